@@ -1,0 +1,52 @@
+# make demo: deploy the example to a local lab fleet.  make test: lint, type-check, test.
+# Both install what they need first (as root on Debian: apt packages, then .venv).
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux jq
+# Debian's Nix runs single-user as root; without a reachable cache every build would wait
+# for cache.nixos.org, so the lab, the tests and the demo use no substituters.
+WITH_NIX := NIX_CONFIG="$$(printf 'experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =')"
+
+.PHONY: setup apt venv test lint typecheck pytest demo demo-down bench clean
+
+setup: apt venv
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(WITH_NIX) $(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+demo: setup
+	$(WITH_NIX) $(PY) tests/demo.py up
+
+demo-down: setup
+	$(PY) tests/demo.py down
+
+bench: setup
+	$(WITH_NIX) $(PY) benchmarks/build_no_build.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,266 @@
+"""The `nix-hive` command: argparse, one function per subcommand, and `main()`.
+
+Exit status: 0 all done; 1 some host or step failed (the rest was done); 2 bad input
+(deployment file, pattern, option), nothing was started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hive import __version__, deploy, process, ssh
+from hive.errors import HiveError, InputError
+from hive.evaluate import evaluate
+from hive.model import Hive, Step
+from hive.report import Progress, dump_json, instance_rows, inventory_json, summary_table, system_rows, table
+from hive.select import flatten, select
+from hive.steps import Context, Options, default_state_file
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but bad options exit 2 with one `error:` line, like every other bad input."""
+
+    def error(self, message: str) -> Any:
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _overrides(values: Sequence[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(f"-I {item!r}: expected NAME=PATH")
+        out[name] = value
+    return out
+
+
+def _load(args: argparse.Namespace) -> Hive:
+    return evaluate(args.config, _overrides(args.include))
+
+
+def _state_file(args: argparse.Namespace, hive: Hive) -> Path:
+    return Path(args.state).resolve() if args.state else default_state_file(hive)
+
+
+def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
+    state = _state_file(args, hive)
+    return ssh.prepare(hive, state.with_name(state.name + ".d") / "ssh")
+
+
+def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
+    return Options(skip=Step.parse_list(getattr(args, "no", None)), state_file=_state_file(args, hive),
+                   jobs=max(1, getattr(args, "jobs", 1)), goal=getattr(args, "goal", "switch"),
+                   keep_going=getattr(args, "keep_going", False),
+                   max_failures=_max_failures(getattr(args, "max_failures", None), selected))
+
+
+def _max_failures(text: str | None, total: int) -> int | None:
+    if text is None:
+        return None
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 <= pct <= 100:
+                raise ValueError
+            return int(total * pct / 100)
+        value = int(text)
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise InputError(f"--max-failures {text!r}: expected a number N or a percentage N%") from None
+
+
+# Commands ------------------------------------------------------------------------------------
+
+def cmd_build(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    waves = select(hive, args.patterns)
+    ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
+    code = deploy.build(ctx)
+    setup = _persistent_ssh(args, hive)
+    dump_json(inventory_json(hive, {i.name for i in ctx.instances}, ctx.path_of, setup.config.read_text()))
+    return code
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    chosen = {i.name for i in flatten(select(hive, args.patterns))}
+    data = inventory_json(hive, chosen)
+    if args.json:
+        dump_json(data)
+        return 0
+    print(table(instance_rows(hive, chosen), ["instance", "system", "store", "tags", "address"]))
+    print()
+    print(table(system_rows(hive, chosen), ["system", "instances", "tags", "paths"]))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
+    hive = _load(args)
+    waves = select(hive, args.patterns)
+    ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
+    code, rows = deploy.deploy(ctx, push_only=push_only)
+    if args.report:
+        with open(args.report, "w") as fh:
+            dump_json({"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]}, fh)
+    if args.json:
+        dump_json({"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]})
+    else:
+        print(summary_table(rows))
+    return code
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    return cmd_deploy(args, push_only=True)
+
+
+def cmd_ssh_config(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    setup = _persistent_ssh(args, hive)
+    sys.stdout.write(setup.config.read_text())
+    return 0
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    if args.instance not in hive.instances:
+        raise InputError(f"{args.instance!r} is not an instance of {hive.shown}")
+    setup = _persistent_ssh(args, hive)
+    return process.interactive(["ssh", "-F", str(setup.config), *args.ssh_args, "--", args.instance,
+                                *args.command])
+
+
+def cmd_scp(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    setup = _persistent_ssh(args, hive)
+    return process.interactive(["scp", "-F", str(setup.config), *args.scp_args])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    if not args.command:
+        raise InputError("run: no command given (nix-hive run PATTERN... -- COMMAND...)")
+    instances = flatten(select(hive, args.patterns))
+    setup = _persistent_ssh(args, hive)
+    failed = deploy.run_everywhere(setup, instances, args.command, jobs=max(1, args.jobs))
+    for name, why in failed:
+        print(f"failed: {name}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    waves = select(hive, args.patterns)
+    ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
+    code, rows = deploy.status(ctx)
+    if args.json:
+        dump_json(rows)
+    else:
+        print(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-", r["state"])
+                     for r in rows], ["instance", "system", "expected path", "current path", "state"]))
+    return code
+
+
+# Parser --------------------------------------------------------------------------------------
+
+def parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument("-c", "--config", metavar="FILE|DIR",
+                        help="deployment file, or a directory holding default.nix (default: ./hive.nix)")
+    common.add_argument("-I", dest="include", action="append", metavar="NAME=PATH",
+                        help="override a NIX_PATH entry of the deployment (e.g. -I nixpkgs=/src/nixpkgs)")
+    common.add_argument("--state", metavar="FILE",
+                        help="state file (default: .hive.state beside the deployment file)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    no = Parser(add_help=False)
+    no.add_argument("--no", metavar="STEPS", default="",
+                    help="skip steps already done for the same inputs: build,push,activate")
+    jobs = Parser(add_help=False)
+    jobs.add_argument("-j", "--jobs", type=int, default=10, help="instances handled at once (default: 10)")
+
+    p = Parser(prog="nix-hive", description="Build a few NixOS systems once, deploy them to many hosts.")
+    p.add_argument("--version", action="version", version=f"nix-hive {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    b = sub.add_parser("build", parents=[common, no], help="build the selected systems, print the inventory as JSON")
+    b.add_argument("patterns", nargs="*", metavar="PATTERN")
+    b.set_defaults(func=cmd_build)
+
+    ls = sub.add_parser("list", parents=[common], help="list instances and systems")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("patterns", nargs="*", metavar="PATTERN")
+    ls.set_defaults(func=cmd_list)
+
+    for name, func, helptext in (("deploy", cmd_deploy, "build, push and activate"),
+                                 ("push", cmd_push, "build and push, no activation")):
+        d = sub.add_parser(name, parents=[common, no, jobs], help=helptext)
+        d.add_argument("--json", action="store_true", help="print the outcome as JSON instead of a table")
+        d.add_argument("--report", metavar="FILE", help="also write the outcome as JSON to FILE")
+        d.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
+        d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
+        d.add_argument("--goal", choices=["switch", "boot", "test", "dry-activate"], default="switch",
+                       help="switch-to-configuration action (default: switch)")
+        d.add_argument("patterns", nargs="*", metavar="PATTERN")
+        d.set_defaults(func=func)
+
+    s = sub.add_parser("status", parents=[common, no, jobs], help="compare each host's system with the hive's")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("patterns", nargs="*", metavar="PATTERN")
+    s.set_defaults(func=cmd_status)
+
+    sc = sub.add_parser("ssh-config", parents=[common], help="print the generated ssh configuration")
+    sc.set_defaults(func=cmd_ssh_config)
+
+    sh_ = sub.add_parser("ssh", parents=[common], help="ssh to an instance")
+    sh_.add_argument("-o", dest="ssh_args", action="append", default=[], type=lambda v: f"-o{v}",
+                     metavar="OPTION", help="extra ssh option")
+    sh_.add_argument("instance")
+    sh_.add_argument("command", nargs=argparse.REMAINDER)
+    sh_.set_defaults(func=cmd_ssh)
+
+    cp = sub.add_parser("scp", parents=[common], help="scp with instance names as hosts")
+    cp.add_argument("scp_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    cp.set_defaults(func=cmd_scp)
+
+    r = sub.add_parser("run", parents=[common, jobs], help="run a command on every selected instance")
+    r.add_argument("patterns", nargs="+", metavar="PATTERN")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_in
+    try:
+        head, tail = _split_command(args_in) if args_in[:1] == ["run"] else (args_in, [])
+        args = parser().parse_args(head)
+        if args_in[:1] == ["run"]:
+            args.command = tail
+        return int(args.func(args))
+    except HiveError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

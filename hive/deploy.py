@@ -1,0 +1,151 @@
+"""Orchestration of a run: the build phase, then wave after wave of pushes and activations,
+each through doit (tasks.py); the summary of what happened; fleet status; `run`.
+
+A wave is the set of instances one pattern selected. By default a failure stops later waves
+(a broken jump host must not take the hosts behind it down with it); `--keep-going` carries
+on; `--max-failures` stops starting new work once that many instances failed.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hive import process, ssh, tasks
+from hive.errors import HiveError
+from hive.model import Instance
+from hive.report import FAILED, OK, SKIPPED, UNCHANGED, Outcome, Row
+from hive.steps import Context
+
+
+def build(ctx: Context) -> int:
+    """Build every selected system (nix-hive build). 0, or 1 when a build failed."""
+    ns = tasks.namespace(ctx, chain_waves=False)
+    code = tasks.run(ctx, ns, [f"build:{s}" for s in ctx.systems], jobs=ctx.options.jobs)
+    return 0 if code == 0 else 1
+
+
+def _blocked(ctx: Context, instance: Instance) -> str | None:
+    """Why an instance cannot be attempted: a step it needs already failed in this run."""
+    if ctx.outcomes.failed(f"build:{instance.system}"):
+        return f"build of {instance.system} failed"
+    if instance.store and ctx.outcomes.failed(f"store:{instance.store}"):
+        return f"relay store {instance.store} failed"
+    return None
+
+
+def deploy(ctx: Context, *, push_only: bool = False) -> tuple[int, list[Row]]:
+    """Build, then push (and activate) wave by wave. Returns the exit status and the summary."""
+    ns = tasks.namespace(ctx, chain_waves=False)
+    last = "push" if push_only else "activate"
+    stopped: str | None = None
+    try:
+        tasks.run(ctx, ns, [f"build:{s}" for s in ctx.systems], jobs=ctx.options.jobs)
+        for number, wave in enumerate(ctx.waves, 1):
+            if stopped is not None:
+                for i in wave:
+                    ctx.outcomes.set(f"{last}:{i.name}", Outcome(SKIPPED, stopped))
+                continue
+            targets = []
+            for i in wave:
+                why = _blocked(ctx, i)
+                if why is None:
+                    targets.append(f"{last}:{i.name}")
+                else:
+                    ctx.outcomes.set(f"{last}:{i.name}", Outcome(SKIPPED, why))
+            if len(ctx.waves) > 1:
+                ctx.progress.line(f"wave {number}/{len(ctx.waves)}: {len(wave)} instance(s)")
+            tasks.run(ctx, ns, targets, jobs=ctx.options.jobs)
+            failed = [i.name for i in wave if _row(ctx, i, last).result == FAILED]
+            total_failed = sum(1 for i in ctx.instances if _row(ctx, i, last).result == FAILED)
+            limit = ctx.options.max_failures
+            if limit is not None and total_failed > limit:
+                stopped = f"not started: more than {limit} instance(s) failed"
+            elif failed and not ctx.options.keep_going:
+                stopped = f"not started: wave {number} failed ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''})"
+    finally:
+        ctx.close()
+    rows = [_row(ctx, i, last) for i in ctx.instances]
+    code = 0 if all(r.result in (OK, UNCHANGED) for r in rows) and not ctx.outcomes.failed() else 1
+    return code, rows
+
+
+def _row(ctx: Context, i: Instance, last: str) -> Row:
+    steps = {"build": f"build:{i.system}", "push": f"push:{i.name}"}
+    if last == "activate":
+        steps["activate"] = f"activate:{i.name}"
+    if i.store:
+        steps["store"] = f"store:{i.store}"
+    outcomes = {k: ctx.outcomes.get(t) for k, t in steps.items()}
+    seconds = {k: o.seconds for k, o in outcomes.items() if o is not None and o.seconds}
+    path = ctx.path_of(i.system) or ""
+    for key in ("build", "store", "push", "activate"):
+        o = outcomes.get(key)
+        if o is not None and o.status == FAILED:
+            if key in ("build", "store"):
+                target = i.system if key == "build" else i.store
+                return Row(i.name, i.system, path, SKIPPED, f"{key} of {target} failed: {o.reason}", seconds)
+            return Row(i.name, i.system, path, FAILED, f"{key}: {o.reason}", seconds)
+    final = outcomes.get(last)
+    if final is None:
+        return Row(i.name, i.system, path, SKIPPED, "not started", seconds)
+    return Row(i.name, i.system, path, final.status, final.reason if final.status != OK else "", seconds)
+
+
+def status(ctx: Context) -> tuple[int, list[dict[str, Any]]]:
+    """Each selected host's current system against the one the hive builds now."""
+    code = build(ctx)
+    try:
+        def probe(i: Instance) -> dict[str, Any]:
+            expected = ctx.path_of(i.system)
+            current = ctx.current_system(i)
+            if current is None:
+                state = "unreachable"
+            elif current == expected:
+                state = "up to date"
+            else:
+                state = "differs"
+            return {"instance": i.name, "system": i.system, "expected": expected, "current": current,
+                    "state": state}
+
+        with ThreadPoolExecutor(max_workers=ctx.options.jobs) as pool:
+            rows = list(pool.map(probe, ctx.instances))
+    finally:
+        ctx.close()
+    bad = code != 0 or any(r["state"] == "unreachable" for r in rows)
+    return (1 if bad else 0), rows
+
+
+def run_everywhere(setup: ssh.SshSetup, instances: Sequence[Instance], command: Sequence[str], *,
+                   jobs: int) -> list[tuple[str, str]]:
+    """Run `command` on every instance; output lines prefixed with the instance name, each
+    host's output printed whole when it finishes. Returns the (instance, reason) that failed."""
+    lock = threading.Lock()
+    failed: list[tuple[str, str]] = []
+    width = max((len(i.name) for i in instances), default=0)
+
+    def one(i: Instance) -> None:
+        start = time.monotonic()
+        try:
+            out = process.run(ssh.ssh_argv(setup, i.name, command), check=False)
+        except HiveError as exc:
+            with lock:
+                failed.append((i.name, str(exc)))
+            return
+        with lock:
+            for line in out.stdout.splitlines():
+                sys.stdout.write(f"{i.name:<{width}} | {line}\n")
+            for line in out.stderr.splitlines():
+                sys.stderr.write(f"{i.name:<{width}} ! {line}\n")
+            sys.stdout.flush()
+            if out.exit_code != 0:
+                why = "ssh could not connect" if out.exit_code == 255 else f"exit status {out.exit_code}"
+                failed.append((i.name, f"{why} ({time.monotonic() - start:.1f}s)"))
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, instances))
+    return sorted(failed)

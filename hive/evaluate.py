@@ -1,0 +1,190 @@
+"""From a deployment file to a validated `Hive`: one `nix eval`, the JSON schema, then the
+checks a schema cannot express. Every failure is a `DeploymentError` naming the file and the
+attribute; nothing is built and nothing is written before this succeeds."""
+
+from __future__ import annotations
+
+import functools
+import os
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from hive import nix
+from hive.errors import DeploymentError, ProcessError
+from hive.model import Hive, Instance, System, frozen_map
+from hive.resources import schema_file
+
+DEFAULT_CONFIG = "hive.nix"
+
+
+def locate(config: str | None) -> tuple[Path, str]:
+    """The deployment file named by `-c` (a file, or a directory holding default.nix)."""
+    shown = config or DEFAULT_CONFIG
+    path = Path(shown)
+    if path.is_dir():
+        path = path / "default.nix"
+        shown = str(path)
+        if not path.is_file():
+            raise DeploymentError(shown, "no such file (a directory given to -c must hold default.nix)")
+    elif not path.is_file():
+        raise DeploymentError(shown, "no such file")
+    return path.resolve(), shown
+
+
+def attr_path(parts: Iterable[Any]) -> str:
+    """`instances."www-1.example.com".system`, as Nix would write the attribute path."""
+    out = []
+    for part in parts:
+        text = str(part)
+        if isinstance(part, int):
+            out.append(f"[{part}]")
+            continue
+        out.append(text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_'-]*", text) else json.dumps(text))
+    return ".".join(out).replace(".[", "[")
+
+
+def _nix_message(stderr: str) -> str:
+    """The first error line of Nix's report and where it points, on one line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if ln.startswith("error:")), lines[0] if lines else "nix eval failed")
+    message = first.removeprefix("error:").strip()
+    where = [m.group(1) for ln in lines if (m := re.match(r"at (/\S+:\d+:\d+):?$", ln))]
+    # The innermost location of the user's own files is the useful one: skip nix-hive's own.
+    own = str(nix.nix_file("eval.nix"))
+    mine = [w for w in where if not w.startswith(own)]
+    return f"{message} (at {mine[0]})" if mine else message
+
+
+@functools.cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_file().read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)  # type: ignore[no-any-return]
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
+    """An attribute path and a one-line message for a schema violation."""
+    path = list(error.absolute_path)
+    value = error.instance
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    what = schema.get("description")
+    shown = json.dumps(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if isinstance(value, dict) and value.get("__nixType"):
+        shown = f"a {value['__nixType']}"
+    if error.validator == "required":
+        missing = re.match(r"'([^']*)'", error.message)
+        return path, f"missing attribute {missing.group(1) if missing else ''}".strip()
+    if error.validator == "additionalProperties":
+        extra = sorted(set(value) - set(schema.get("properties", {}))) if isinstance(value, dict) else []
+        known = ", ".join(sorted(schema.get("properties", {})))
+        return path + extra[:1], f"unknown attribute (expected one of: {known})"
+    if error.validator == "propertyNames":
+        name = value if isinstance(value, str) else "?"
+        sub = error.context[0] if error.context else None
+        desc = (sub.schema.get("description") if sub is not None and isinstance(sub.schema, Mapping) else None)
+        return path, f"{json.dumps(name)} is not {desc or 'a valid name'}"
+    if error.validator == "type":
+        expected = error.validator_value
+        names = {"object": "an attribute set", "array": "a list", "string": "a string",
+                 "integer": "an integer", "boolean": "a boolean", "null": "null"}
+        if isinstance(expected, list):
+            want = " or ".join(names.get(t, t) for t in expected)
+        else:
+            want = names.get(str(expected), str(expected))
+        return path, f"{shown} is not {want}"
+    if error.validator == "enum" and what:
+        return path, f"{shown} is not {what}"
+    if error.validator == "uniqueItems":
+        return path, "a tag is repeated"
+    if what:
+        return path, f"{shown} is not {what}"
+    return path, error.message
+
+
+def _first_error(errors: Sequence[jsonschema.ValidationError]) -> jsonschema.ValidationError:
+    """The error to report: the earliest in document order, the innermost at that place."""
+    best = jsonschema.exceptions.best_match(errors)
+    if best is None:  # pragma: no cover - best_match returns None only for no errors
+        raise AssertionError("no errors")
+    return best
+
+
+def validate(raw: Any, shown: str) -> None:
+    """Check the evaluated inventory against schemas/inventory.schema.json."""
+    if not isinstance(raw, dict):
+        raise DeploymentError(shown, "must evaluate to an attribute set with systems and instances")
+    errors = sorted(_validator().iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        path, message = _describe(_first_error(errors))
+        raise DeploymentError(shown, message, attr_path(path) or None)
+
+
+def _str_map(values: Mapping[str, Any]) -> dict[str, str]:
+    return {k: (("yes" if v else "no") if isinstance(v, bool) else str(v)) for k, v in values.items()}
+
+
+def build_model(raw: Mapping[str, Any], file: Path, shown: str,
+                overrides: Mapping[str, str] | None = None) -> Hive:
+    """The checks the schema cannot express, then the frozen model."""
+    top_paths = {**raw.get("paths", {}), **(overrides or {})}
+    systems: dict[str, System] = {}
+    for name, s in sorted(raw["systems"].items()):
+        paths = {**top_paths, **s.get("paths", {}), **(overrides or {})}
+        systems[name] = System(name=name, paths=frozen_map(paths), platform=s.get("system"),
+                               tags=tuple(s.get("tags", ())))
+    instances: dict[str, Instance] = {}
+    known = ", ".join(sorted(systems)) or "none"
+    for name, i in sorted(raw["instances"].items()):
+        if i["system"] not in systems:
+            raise DeploymentError(shown, f"{json.dumps(i['system'])} is not a system of {shown} (systems: {known})",
+                                  attr_path(["instances", name, "system"]))
+        ssh = _str_map(i.get("ssh", {}))
+        if "HostName" in ssh:
+            ssh["Hostname"] = ssh.pop("HostName")
+        instances[name] = Instance(name=name, system=i["system"], store=i.get("store"),
+                                   tags=tuple(i.get("tags", ())), ssh=frozen_map(ssh),
+                                   host_key=i.get("hostKey"))
+    key: Path | None = None
+    if raw.get("signingKey") is not None:
+        key = Path(raw["signingKey"])
+        if str(key).startswith("/nix/store/"):
+            raise DeploymentError(shown, "the secret key is in the Nix store, readable by every user: "
+                                  "write it as a path literal (./key.sec), never as \"${./key.sec}\"", "signingKey")
+        if not key.is_file():
+            raise DeploymentError(shown, f"{key}: no such file", "signingKey")
+    return Hive(file=file, shown=shown, paths=frozen_map(top_paths), systems=systems,
+                instances=instances, signing_key=key, raw=raw)
+
+
+def evaluate(config: str | None, overrides: Mapping[str, str] | None = None) -> Hive:
+    """Evaluate, validate and model the deployment named by `-c`."""
+    file, shown = locate(config)
+    try:
+        raw = nix.eval_inventory(file)
+    except ProcessError as exc:
+        raise DeploymentError(shown, f"cannot evaluate: {_nix_message(exc.stderr)}") from exc
+    validate(raw, shown)
+    return build_model(raw, file, shown, overrides)
+
+
+def input_files(hive: Hive, *, exclude: Iterable[Path | None] = ()) -> list[Path]:
+    """The files a build of this deployment may read: every file under its directory, except
+    hidden ones (.git, the state file) and links into the Nix store (`result`)."""
+    found: list[Path] = []
+    skip = {p.resolve() for p in exclude if p is not None}
+    for root, dirs, files in os.walk(hive.directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root, name)
+            if name.startswith(".") or path in skip:
+                continue
+            if path.is_symlink() and os.readlink(path).startswith("/nix/store/"):
+                continue
+            found.append(path)
+    return found

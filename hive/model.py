@@ -1,0 +1,92 @@
+"""The deployment as nix-hive understands it: frozen dataclasses, no behaviour but parsing."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from hive.errors import InputError
+
+
+def frozen_map(d: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """A read-only mapping for frozen dataclasses."""
+    return MappingProxyType(dict(d or {}))
+
+
+class Step(enum.Enum):
+    """The steps of a deployment, in order. `--no` names the ones that may be skipped."""
+
+    BUILD = "build"
+    PUSH = "push"
+    ACTIVATE = "activate"
+
+    @classmethod
+    def parse_list(cls, text: str | None) -> frozenset[Step]:
+        """Parse `--no build,push`; an unknown step is bad input."""
+        steps: set[Step] = set()
+        for word in (text or "").replace(" ", ",").split(","):
+            if not word:
+                continue
+            try:
+                steps.add(cls(word))
+            except ValueError:
+                names = ", ".join(s.value for s in cls)
+                raise InputError(f"--no: unknown step {word!r} (steps: {names})") from None
+        return frozenset(steps)
+
+
+@dataclass(frozen=True)
+class System:
+    """A NixOS configuration, built once whatever the number of its instances."""
+
+    name: str
+    paths: Mapping[str, str]  # effective NIX_PATH entries: the hive's, overridden by the system's
+    platform: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def build_key(self) -> tuple[tuple[str, str], ...]:
+        """Systems with equal keys are built by one `nix build` call."""
+        return tuple(sorted(self.paths.items())) + (("\0platform", self.platform or ""),)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A host that runs one system."""
+
+    name: str
+    system: str
+    store: str | None = None  # relay store the instance substitutes from (a Nix store URL)
+    tags: tuple[str, ...] = ()
+    ssh: Mapping[str, str] = field(default_factory=frozen_map)
+    host_key: str | None = None  # pinned public host key ("ssh-ed25519 AAAA...")
+
+    @property
+    def address(self) -> str:
+        """Where ssh connects: the Hostname option, or the instance name itself."""
+        return self.ssh.get("Hostname", self.name)
+
+    @property
+    def url(self) -> str:
+        """The instance's own store, reached over ssh with the generated configuration."""
+        return f"ssh://{self.name}"
+
+
+@dataclass(frozen=True)
+class Hive:
+    """An evaluated and validated deployment file."""
+
+    file: Path  # absolute path of the deployment file
+    shown: str  # the file as the user named it, for messages
+    paths: Mapping[str, str]
+    systems: Mapping[str, System]
+    instances: Mapping[str, Instance]
+    signing_key: Path | None = None
+    raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+
+    @property
+    def directory(self) -> Path:
+        return self.file.parent

@@ -1,0 +1,114 @@
+"""One function per Nix verb nix-hive uses. Each builds an argv and hands it to `process`.
+
+Every `nix` call carries `--extra-experimental-features nix-command`, so nix-hive works on a
+machine whose nix.conf does not enable it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hive import process
+from hive.errors import ProcessError
+from hive.resources import nix_file
+
+NIX = ("nix", "--extra-experimental-features", "nix-command")
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+
+
+def _hive_env(file: Path) -> dict[str, str]:
+    return {"NIX_HIVE_DEPLOYMENT": str(file)}
+
+
+def _include_flags(paths: Mapping[str, str]) -> list[str]:
+    flags: list[str] = []
+    for name, value in sorted(paths.items()):
+        flags += ["-I", f"{name}={value}"]
+    return flags
+
+
+def eval_inventory(file: Path) -> Any:
+    """Evaluate the deployment file into its inventory (nix/eval.nix), building nothing."""
+    argv = [*NIX, "eval", "--json", "--impure", "--show-trace", *_include_flags({"deployment": str(file.parent)}),
+            "--file", str(nix_file("eval.nix"))]
+    out = process.run(argv, env=_hive_env(file))
+    return json.loads(out.stdout)
+
+
+def build(
+    file: Path,
+    systems: Sequence[str],
+    paths: Mapping[str, str],
+    *,
+    on_line: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Build `systems` of the deployment in one `nix build`, so Nix builds them in parallel.
+
+    Returns system name -> store path of its toplevel.
+    """
+    include = {**paths, "deployment": str(file.parent)}
+    argv = [*NIX, "build", "--impure", "--json", "--no-link", *_include_flags(include),
+            "--file", str(nix_file("build.nix")), *systems]
+    out = process.run(argv, env=_hive_env(file), on_stderr=on_line)
+    results = json.loads(out.stdout)
+    return {name: res["outputs"]["out"] for name, res in zip(systems, results, strict=True)}
+
+
+def add_root(path: str, link: Path) -> None:
+    """Keep `path` alive across garbage collections through the symlink `link`."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    process.run(["nix-store", "--realise", path, "--add-root", str(link), "--indirect"])
+
+
+def invalid_paths(paths: Sequence[str]) -> set[str]:
+    """The paths among `paths` that the local store does not hold (asked of Nix)."""
+    if not paths:
+        return set()
+    out = process.run(["nix-store", "--check-validity", "--print-invalid", *paths])
+    return set(out.stdout.split())
+
+
+def sign(key_file: Path, paths: Sequence[str]) -> None:
+    """Sign the closures of `paths` with the secret key in `key_file` (the key stays there)."""
+    process.run([*NIX, "store", "sign", "--key-file", str(key_file), "--recursive", *paths])
+
+
+def copy(
+    to: str,
+    paths: Sequence[str],
+    *,
+    substitute: bool,
+    env: Mapping[str, str],
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """Copy the closures of `paths` to the store `to`; with `substitute`, the destination
+    first tries its own substituters (a relay store) and receives only what they lack."""
+    argv = [*NIX, "copy", "--to", to]
+    if substitute:
+        argv.append("--substitute-on-destination")
+    process.run([*argv, *paths], env=env, on_stderr=on_line)
+
+
+def remote_missing(store: str, paths: Sequence[str], *, env: Mapping[str, str]) -> set[str]:
+    """The paths among `paths` that the store `store` does not hold (asked of that store)."""
+    missing: set[str] = set()
+    for path in paths:
+        out = process.run([*NIX, "path-info", "--store", store, path], env=env, check=False)
+        if out.exit_code != 0:
+            if "is not valid" not in out.stderr:
+                raise ProcessError([*NIX, "path-info", "--store", store, path], out.exit_code, out.stderr)
+            missing.add(path)
+    return missing
+
+
+def set_profile_argv(path: str, profile: str = SYSTEM_PROFILE) -> list[str]:
+    """The command that points the system profile at `path` (run on the host)."""
+    return ["nix-env", "--profile", profile, "--set", path]
+
+
+def switch_argv(path: str, goal: str = "switch") -> list[str]:
+    """The command that activates `path` (run on the host)."""
+    return [f"{path}/bin/switch-to-configuration", goal]

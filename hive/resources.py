@@ -1,0 +1,27 @@
+"""Where nix-hive's own Nix expressions and JSON schemas are, in a checkout or installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+def data_dir(name: str) -> Path:
+    """`nix` or `schemas`: the repository's top-level folder, or its installed copy.
+
+    A checkout (and an editable install) reads the top-level folders; an installed wheel or
+    the Nix package carries them as `hive/_data/<name>`.
+    """
+    for candidate in (_HERE / "_data" / name, _HERE.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"nix-hive is installed without its {name}/ folder")
+
+
+def nix_file(name: str) -> Path:
+    return data_dir("nix") / name
+
+
+def schema_file(name: str = "inventory.schema.json") -> Path:
+    return data_dir("schemas") / name

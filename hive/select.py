@@ -1,0 +1,57 @@
+"""Which instances a command acts on, and in what order.
+
+Patterns are shell globs matched against instance names, system names and tags. The result
+is a list of waves, one per pattern: the first pattern's matches first, each pattern's
+matches sorted by name, each instance once. `deploy portico '*'` yields [[portico], [www-1, ...]].
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+
+from hive.errors import SelectionError
+from hive.model import Hive, Instance
+
+Wave = tuple[Instance, ...]
+
+
+def split_patterns(patterns: Iterable[str]) -> list[str]:
+    """Accept `portico '*'` as well as doit's `targets=portico,*`."""
+    return [p.strip() for arg in patterns for p in arg.split(",") if p.strip()]
+
+
+def matches(hive: Hive, instance: Instance, pattern: str) -> bool:
+    system = hive.systems[instance.system]
+    names = (instance.name, instance.system, *instance.tags, *system.tags)
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
+def select(hive: Hive, patterns: Sequence[str]) -> list[Wave]:
+    """The waves of instances selected by `patterns` (every instance when there are none)."""
+    pats = split_patterns(patterns)
+    if not pats:
+        return [tuple(hive.instances[n] for n in sorted(hive.instances))] if hive.instances else []
+    seen: set[str] = set()
+    waves: list[Wave] = []
+    for pattern in pats:
+        found = [i for n, i in sorted(hive.instances.items()) if matches(hive, i, pattern)]
+        if not found:
+            raise SelectionError(f"pattern {pattern!r} matches no instance, system or tag of {hive.shown}")
+        wave = tuple(i for i in found if i.name not in seen)
+        seen.update(i.name for i in wave)
+        if wave:
+            waves.append(wave)
+    return waves
+
+
+def flatten(waves: Sequence[Wave]) -> list[Instance]:
+    return [i for wave in waves for i in wave]
+
+
+def systems_of(hive: Hive, waves: Sequence[Wave]) -> list[str]:
+    """The systems the selected instances run, in selection order, each once."""
+    order: dict[str, None] = {}
+    for instance in flatten(waves):
+        order.setdefault(instance.system, None)
+    return list(order)

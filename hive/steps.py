@@ -1,0 +1,296 @@
+"""The work of a deployment, step by step: build a system, push closures to a relay store and
+to an instance, activate an instance. Each step is the action of a doit task (see tasks.py);
+each has an up-to-date check that `--no STEP` enables, asking Nix or the host, not a file.
+
+`Context` is one run of nix-hive: the evaluated hive, the selection, the options, what was
+built and what has been done so far in this run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from doit.dependency import UptodateCalculator
+from doit.exceptions import TaskFailed
+
+from hive import nix, process, select, ssh
+from hive.errors import HiveError, ProcessError
+from hive.model import Hive, Instance, Step
+from hive.report import Outcomes, Progress
+from hive.select import Wave
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user asked for, beyond the selection."""
+
+    skip: frozenset[Step] = frozenset()
+    state_file: Path | None = None  # default: .hive.state beside the deployment file
+    jobs: int = 10
+    goal: str = "switch"
+    keep_going: bool = False
+    max_failures: int | None = None  # absolute number, computed from N or N%
+
+
+def default_state_file(hive: Hive) -> Path:
+    return hive.directory / ".hive.state"
+
+
+class Context:
+    """One run: the work to do and what has been done."""
+
+    def __init__(self, hive: Hive, waves: list[Wave], options: Options,
+                 progress: Progress | None = None, outcomes: Outcomes | None = None) -> None:
+        self.hive = hive
+        self.waves = waves
+        self.options = options
+        self.progress = progress or Progress()
+        self.outcomes = outcomes or Outcomes()
+        self.instances = select.flatten(waves)
+        self.systems = select.systems_of(hive, waves)
+        self.state_file = options.state_file or default_state_file(hive)
+        self.gcroots = self.state_file.with_name(self.state_file.name + ".d") / "gcroots"
+        self.results: dict[str, str] = {}  # system -> store path built in this run
+        self._lock = threading.Lock()
+        self._build_locks: dict[Any, threading.Lock] = {}
+        self._signed: set[str] = set()
+        self._ssh: ssh.SshSetup | None = None
+        self._ssh_dir: str | None = None
+        self.dep_manager: Any = None  # doit's Dependency, handed over by BuildUptodate
+        self.tasks_dict: Any = None
+
+    # -- shared helpers ---------------------------------------------------------------------
+
+    def skips(self, step: Step) -> bool:
+        return step in self.options.skip
+
+    def done(self, task: str) -> bool:
+        """Done earlier in this run (a later wave meets it again as a dependency)."""
+        return self.outcomes.succeeded(task)
+
+    @property
+    def ssh(self) -> ssh.SshSetup:
+        with self._lock:
+            if self._ssh is None:
+                self._ssh_dir = tempfile.mkdtemp(prefix="nix-hive-")
+                self._ssh = ssh.prepare(self.hive, Path(self._ssh_dir), control=True)
+            return self._ssh
+
+    def close(self) -> None:
+        """Close shared ssh connections and remove the run's temporary files."""
+        with self._lock:
+            setup, self._ssh = self._ssh, None
+        if setup is None:
+            return
+        sockets = setup.directory / "c"
+        if sockets.is_dir() and any(sockets.iterdir()):
+            for argv in ssh.stop_masters(setup, sorted(self.hive.instances)):
+                process.run(argv, check=False, timeout=10)
+        for root, dirs, files in os.walk(setup.directory, topdown=False):
+            for f in files:
+                Path(root, f).unlink(missing_ok=True)
+            for d in dirs:
+                Path(root, d).rmdir()
+        setup.directory.rmdir()
+
+    def path_of(self, system: str) -> str | None:
+        """The system's store path: built in this run, or recorded by a build that doit found
+        up to date (`--no build`)."""
+        path = self.results.get(system)
+        if path is None and self.dep_manager is not None:
+            values = self.dep_manager.get_values(f"build:{system}") or {}
+            path = values.get("result")
+        return path if isinstance(path, str) else None
+
+    def need_path(self, system: str) -> str:
+        path = self.path_of(system)
+        if path is None:
+            raise HiveError(f"system {system} has no build result")
+        return path
+
+    # -- build ------------------------------------------------------------------------------
+
+    def system_inputs(self, system: str) -> dict[str, Any]:
+        """What a build depends on besides the files of the deployment."""
+        s = self.hive.systems[system]
+        return {"paths": dict(s.paths), "platform": s.platform, "file": str(self.hive.file)}
+
+    def build(self, system: str) -> dict[str, Any] | TaskFailed:
+        """Build `system`, together with every other system of its group that needs it."""
+        key = self.hive.systems[system].build_key()
+        with self._lock:
+            lock = self._build_locks.setdefault(key, threading.Lock())
+        with lock:
+            if system not in self.results:
+                group = [s for s in self.systems
+                         if s not in self.results and self.hive.systems[s].build_key() == key
+                         and (s == system or self._needs_build(s))]
+                try:
+                    built = nix.build(self.hive.file, group, self.hive.systems[system].paths)
+                    for name, path in built.items():
+                        nix.add_root(path, self.gcroots / name)
+                except HiveError as exc:
+                    detail = exc.stderr if isinstance(exc, ProcessError) else ""
+                    return TaskFailed(f"{exc}\n{detail}".rstrip())
+                self.results.update(built)
+        return {"result": self.results[system]}
+
+    def _needs_build(self, system: str) -> bool:
+        """Asks doit itself whether another system's build task is up to date."""
+        if self.dep_manager is None or self.tasks_dict is None:
+            return True
+        task = self.tasks_dict.get(f"build:{system}")
+        if task is None:
+            return False  # not selected in this run
+        return bool(self.dep_manager.get_status(task, self.tasks_dict).status != "up-to-date")
+
+    def build_uptodate(self, system: str) -> BuildUptodate:
+        return BuildUptodate(self, system)
+
+    def recorded_build_valid(self, system: str, values: Mapping[str, Any]) -> bool:
+        """`--no build`: the recorded result is still a valid path of the local store."""
+        path = values.get("result")
+        return isinstance(path, str) and not nix.invalid_paths([path])
+
+    # -- push -------------------------------------------------------------------------------
+
+    def relays(self) -> dict[str, list[str]]:
+        """Relay store URL -> the systems it must hold, in selection order.
+
+        A store that is itself a selected instance (ssh://portico) also gets that instance's
+        own system in the same copy."""
+        out: dict[str, list[str]] = {}
+        for instance in self.instances:
+            if instance.store:
+                systems = out.setdefault(instance.store, [])
+                if instance.system not in systems:
+                    systems.append(instance.system)
+        for url, systems in out.items():
+            owner = self.store_instance(url)
+            if owner is not None and owner.name in {i.name for i in self.instances} \
+                    and owner.system not in systems:
+                systems.insert(0, owner.system)
+        return out
+
+    def store_instance(self, url: str) -> Instance | None:
+        """The instance a store URL names (ssh://portico, ssh-ng://portico), if any."""
+        for scheme in ("ssh://", "ssh-ng://"):
+            if url.startswith(scheme):
+                host = url[len(scheme):].split("?", 1)[0].split("@")[-1]
+                return self.hive.instances.get(host)
+        return None
+
+    def _signed_paths(self, systems: list[str]) -> list[str]:
+        paths = [self.need_path(s) for s in systems]
+        key = self.hive.signing_key
+        if key is not None:
+            with self._lock:
+                todo = [p for p in paths if p not in self._signed]
+                if todo:
+                    nix.sign(key, todo)
+                    self._signed.update(todo)
+        return paths
+
+    def push_store(self, url: str, systems: list[str]) -> dict[str, Any] | TaskFailed:
+        """One `nix copy` of every system a relay store must hold."""
+        try:
+            paths = self._signed_paths(systems)
+            nix.copy(url, paths, substitute=False, env=self.ssh.env)
+        except HiveError as exc:
+            return _failed(exc)
+        return {"paths": paths}
+
+    def push(self, instance: Instance, is_store: bool = False) -> dict[str, Any] | TaskFailed:
+        """Copy the instance's system to it; behind a relay, the instance substitutes from it.
+
+        An instance that is itself a relay store got its system with the store's copy."""
+        try:
+            paths = self._signed_paths([instance.system])
+            if is_store:
+                return {"path": paths[0], "note": "(with its relay store copy)"}
+            nix.copy(instance.url, paths, substitute=bool(instance.store), env=self.ssh.env)
+        except HiveError as exc:
+            return _failed(exc)
+        return {"path": paths[0]}
+
+    def instance_has(self, instance: Instance) -> bool:
+        """`--no push`: the instance's store holds its system (asked of the instance)."""
+        return self.store_has(instance.url, [instance.system])
+
+    def store_has(self, url: str, systems: list[str]) -> bool:
+        """`--no push`: the store already holds every path (asked of the store itself)."""
+        try:
+            paths = [self.need_path(s) for s in systems]
+            return not nix.remote_missing(url, paths, env=self.ssh.env)
+        except HiveError:
+            return False
+
+    # -- activate ---------------------------------------------------------------------------
+
+    def activate(self, instance: Instance) -> dict[str, Any] | TaskFailed:
+        """Point the system profile at the path, then switch to it (sudo when not root)."""
+        try:
+            path = self.need_path(instance.system)
+        except HiveError as exc:
+            return _failed(exc)
+        script = ssh.as_root([nix.set_profile_argv(path), nix.switch_argv(path, self.options.goal)])
+        try:
+            process.run(ssh.shell_argv(self.ssh, instance.name, script))
+        except HiveError as exc:
+            return _failed(exc)
+        return {"path": path}
+
+    def current_system(self, instance: Instance) -> str | None:
+        """The host's /run/current-system, or None when it cannot be read."""
+        try:
+            out = process.run(ssh.ssh_argv(self.ssh, instance.name, ["readlink", "/run/current-system"]))
+        except HiveError:
+            return None
+        return out.stdout.strip() or None
+
+    def is_active(self, instance: Instance) -> bool:
+        """`--no activate`: the host already runs the path (asked of the host)."""
+        path = self.path_of(instance.system)
+        return path is not None and self.current_system(instance) == path
+
+
+def _failed(exc: HiveError) -> TaskFailed:
+    detail = exc.stderr if isinstance(exc, ProcessError) else ""
+    return TaskFailed(f"{exc}\n{detail}".rstrip())
+
+
+class BuildUptodate(UptodateCalculator):  # type: ignore[misc]
+    """The up-to-date check of `build:<system>`; also hands doit's state to the Context, so a
+    group build can ask doit which of its other systems need building."""
+
+    def __init__(self, ctx: Context, system: str) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.system = system
+
+    def setup(self, dep_manager: Any, tasks_dict: Any) -> None:
+        super().setup(dep_manager, tasks_dict)
+        self.ctx.dep_manager = dep_manager
+        self.ctx.tasks_dict = tasks_dict
+
+    def __call__(self, task: Any, values: Mapping[str, Any]) -> bool:
+        if self.ctx.done(task.name):
+            return True
+        return self.ctx.skips(Step.BUILD) and self.ctx.recorded_build_valid(self.system, values)
+
+
+def step_check(ctx: Context, step: Step, probe: Callable[[], bool]) -> Callable[[Any, Any], bool]:
+    """An up-to-date check: done earlier in this run, or skippable and `probe()` says so."""
+
+    def check(task: Any, values: Any) -> bool:
+        if ctx.done(task.name):
+            return True
+        return ctx.skips(step) and probe()
+
+    return check
