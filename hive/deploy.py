@@ -66,7 +66,8 @@ def deploy(ctx: Context, *, push_only: bool = False) -> tuple[int, list[Row]]:
             if limit is not None and total_failed > limit:
                 stopped = f"not started: more than {limit} instance(s) failed"
             elif failed and not ctx.options.keep_going:
-                stopped = f"not started: wave {number} failed ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''})"
+                names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+                stopped = f"not started: wave {number} failed ({names})"
     finally:
         ctx.close()
     rows = [_row(ctx, i, last) for i in ctx.instances]

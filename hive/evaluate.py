@@ -5,8 +5,8 @@ attribute; nothing is built and nothing is written before this succeeds."""
 from __future__ import annotations
 
 import functools
-import os
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -14,10 +14,10 @@ from typing import Any
 
 import jsonschema
 
-from hive import nix
+from hive import nix, process
 from hive.errors import DeploymentError, ProcessError
 from hive.model import Hive, Instance, System, frozen_map
-from hive.resources import schema_file
+from hive.resources import nix_file, schema_file
 
 DEFAULT_CONFIG = "hive.nix"
 
@@ -55,7 +55,7 @@ def _nix_message(stderr: str) -> str:
     message = first.removeprefix("error:").strip()
     where = [m.group(1) for ln in lines if (m := re.match(r"at (/\S+:\d+:\d+):?$", ln))]
     # The innermost location of the user's own files is the useful one: skip nix-hive's own.
-    own = str(nix.nix_file("eval.nix"))
+    own = str(nix_file("eval.nix"))
     mine = [w for w in where if not w.startswith(own)]
     return f"{message} (at {mine[0]})" if mine else message
 
@@ -65,7 +65,7 @@ def _validator() -> jsonschema.protocols.Validator:
     schema = json.loads(schema_file().read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
@@ -94,7 +94,7 @@ def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
         names = {"object": "an attribute set", "array": "a list", "string": "a string",
                  "integer": "an integer", "boolean": "a boolean", "null": "null"}
         if isinstance(expected, list):
-            want = " or ".join(names.get(t, t) for t in expected)
+            want = " or ".join(names.get(str(t), str(t)) for t in expected)
         else:
             want = names.get(str(expected), str(expected))
         return path, f"{shown} is not {want}"
@@ -109,7 +109,7 @@ def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
 
 def _first_error(errors: Sequence[jsonschema.ValidationError]) -> jsonschema.ValidationError:
     """The error to report: the earliest in document order, the innermost at that place."""
-    best = jsonschema.exceptions.best_match(errors)
+    best: jsonschema.ValidationError | None = jsonschema.exceptions.best_match(errors)
     if best is None:  # pragma: no cover - best_match returns None only for no errors
         raise AssertionError("no errors")
     return best
@@ -174,17 +174,37 @@ def evaluate(config: str | None, overrides: Mapping[str, str] | None = None) -> 
 
 
 def input_files(hive: Hive, *, exclude: Iterable[Path | None] = ()) -> list[Path]:
-    """The files a build of this deployment may read: every file under its directory, except
-    hidden ones (.git, the state file) and links into the Nix store (`result`)."""
-    found: list[Path] = []
+    """The files a build of this deployment may read, whose change makes `--no build` build
+    again: in a git work tree, the files git would see under the deployment's directory
+    (tracked, or untracked and not ignored: the rule flakes use, plus new files); elsewhere
+    every file under it. Hidden files (.git, the state file) and links into the Nix store
+    (`result`) never count."""
     skip = {p.resolve() for p in exclude if p is not None}
-    for root, dirs, files in os.walk(hive.directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(root, name)
-            if name.startswith(".") or path in skip:
-                continue
-            if path.is_symlink() and os.readlink(path).startswith("/nix/store/"):
-                continue
+    listed = _git_files(hive.directory)
+    if listed is None:
+        listed = []
+        for root, dirs, files in os.walk(hive.directory):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            listed += [Path(root, name) for name in files]
+    found: list[Path] = []
+    for path in sorted(set(listed)):
+        rel = path.relative_to(hive.directory)
+        if any(part.startswith(".") for part in rel.parts) or path in skip:
+            continue
+        if path.is_symlink() and os.readlink(path).startswith("/nix/store/"):
+            continue
+        if path.is_file():
             found.append(path)
     return found
+
+
+def _git_files(directory: Path) -> list[Path] | None:
+    """Files under `directory` that git sees, or None when it is not in a git work tree."""
+    try:
+        out = process.run(["git", "-C", str(directory), "ls-files", "-z", "--cached", "--others",
+                           "--exclude-standard", "--", "."], check=False)
+    except ProcessError:
+        return None  # git is not installed
+    if out.exit_code != 0:
+        return None
+    return [directory / name for name in out.stdout.split("\0") if name]

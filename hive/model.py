@@ -50,7 +50,7 @@ class System:
 
     def build_key(self) -> tuple[tuple[str, str], ...]:
         """Systems with equal keys are built by one `nix build` call."""
-        return tuple(sorted(self.paths.items())) + (("\0platform", self.platform or ""),)
+        return (*tuple(sorted(self.paths.items())), ("\x00platform", self.platform or ""))
 
 
 @dataclass(frozen=True)

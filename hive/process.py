@@ -80,7 +80,8 @@ def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None) ->
     args = list(argv)
     full_env = {**os.environ, **env} if env else dict(os.environ)
     try:
-        proc = sh.Command(args[0])(*args[1:], _env=full_env, _fg=True, _ok_code=list(range(256)))
+        proc = sh.Command(args[0])(*args[1:], _env=full_env, _fg=True, _ok_code=list(range(256)),
+                                    _return_cmd=True)
     except sh.CommandNotFound as exc:
         raise ProcessError(args, None, f"{args[0]}: command not found") from exc
-    return int(proc.exit_code) if proc is not None else 0
+    return int(proc.exit_code)

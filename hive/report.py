@@ -251,7 +251,7 @@ def inventory_json(hive: Any, selected: set[str], result_of: Callable[[str], str
     return out
 
 
-def instance_rows(hive: Any, selected: set[str]) -> list[tuple[str, ...]]:
+def instance_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
     return [(n, i.system, i.store or "-", join(i.tags) or "-", i.address)
             for n, i in sorted(hive.instances.items()) if n in selected]
 

@@ -1,0 +1,8 @@
+# expect: cannot evaluate: [json.exception.parse_error.101] parse error at line 4, column 1
+let
+  discovered = builtins.fromJSON (builtins.readFile ./bad.json);
+in
+{
+  systems.web = { configuration = { }; };
+  instances = builtins.mapAttrs (_: _: { system = "web"; }) discovered;
+}

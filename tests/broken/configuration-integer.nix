@@ -1,0 +1,5 @@
+# expect: systems.web.configuration: "int" is not a NixOS module
+{
+  systems.web = { configuration = 42; };
+  instances.web-1 = { system = "web"; };
+}

@@ -1,0 +1,5 @@
+# expect: systems.web: missing attribute configuration
+{
+  systems.web = { tags = [ "web" ]; };
+  instances.web-1 = { system = "web"; };
+}

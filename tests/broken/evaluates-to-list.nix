@@ -1,0 +1,2 @@
+# expect: must evaluate to an attribute set with systems and instances
+[ { systems.web = { configuration = { }; }; } ]

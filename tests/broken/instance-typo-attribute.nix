@@ -1,0 +1,5 @@
+# expect: instances.web-1.sytem: unknown attribute (expected one of: hostKey, ssh, store, system, tags)
+{
+  systems.web = { configuration = { }; };
+  instances.web-1 = { system = "web"; sytem = "web"; };
+}

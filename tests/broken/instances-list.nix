@@ -1,0 +1,5 @@
+# expect: instances: list is not an attribute set
+{
+  systems.web = { configuration = { }; };
+  instances = [ { name = "web-1"; system = "web"; } ];
+}

@@ -1,0 +1,4 @@
+# expect: missing attribute instances
+{
+  systems.web = { configuration = { }; };
+}

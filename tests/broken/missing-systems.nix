@@ -1,0 +1,4 @@
+# expect: missing attribute systems
+{
+  instances.web-1 = { system = "web"; };
+}

@@ -1,0 +1,5 @@
+# expect: cannot evaluate: syntax error
+{
+  systems.web = { configuration = { }; };
+  instances.web-1 = { system = "web"
+}

@@ -1,0 +1,5 @@
+# expect: systems: list is not an attribute set
+{
+  systems = [ { configuration = { }; } ];
+  instances.web-1 = { system = "web"; };
+}

@@ -1,0 +1,6 @@
+# expect: instance: unknown attribute (expected one of: instances, paths, signingKey, systems)
+{
+  systems.web = { configuration = { }; };
+  instances = { };
+  instance.web-1 = { system = "web"; };
+}

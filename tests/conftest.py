@@ -1,0 +1,55 @@
+"""Shared fixtures: Nix configured for this machine, hives written on the fly, the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STANDIN = REPO / "tests" / "nixpkgs"
+NIX_CONFIG = "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"
+
+# Every nix call in the tests: no binary cache (there is no network), single-user as root.
+os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
+
+needs_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed")
+
+
+def write_hive(directory: Path, text: str, name: str = "hive.nix") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def nix_hive(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+             check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real `nix-hive` command (this interpreter's), as a user would."""
+    argv = [sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())", *args]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, check=check,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def build_log(tmp_path: Path) -> Iterator[Path]:
+    """A file the stand-in nixpkgs' builder appends the system name to, once per real build."""
+    log = tmp_path / "builds.log"
+    old = os.environ.get("STANDIN_BUILD_LOG")
+    os.environ["STANDIN_BUILD_LOG"] = str(log)
+    yield log
+    if old is None:
+        del os.environ["STANDIN_BUILD_LOG"]
+    else:
+        os.environ["STANDIN_BUILD_LOG"] = old
+
+
+def builds(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []

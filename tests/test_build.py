@@ -1,0 +1,190 @@
+"""Evaluate once, build each system once, --no build, GC roots, and a build killed half-way.
+
+Real Nix throughout: `nix eval` of the hive, `nix build` of the stand-in nixpkgs' systems,
+whose builder appends the system's name to STANDIN_BUILD_LOG each time it really runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hive import state
+from tests.conftest import STANDIN, builds, needs_nix, nix_hive, write_hive
+
+pytestmark = needs_nix
+
+FLEET = f"""
+{{
+  paths.nixpkgs = {STANDIN};
+  systems.a.configuration = {{ networking.hostName = "a"; }};
+  systems.b.configuration = {{ ... }}: {{ imports = [ ./b.nix ]; }};
+  instances = builtins.listToAttrs (builtins.genList (n: {{
+    name = "host-${{toString n}}";
+    value = {{
+      system = if n < 250 then "a" else "b";
+      tags = [ "rack${{toString (n / 100)}}" ];
+      ssh.Hostname = "10.0.${{toString (n / 200)}}.${{toString (n - n / 200 * 200 + 1)}}";
+    }};
+  }}) 500);
+}}
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    hive = write_hive(tmp_path / "fleet", FLEET)
+    (hive.parent / "b.nix").write_text('{ networking.hostName = "b"; }\n')
+    return hive
+
+
+def inventory(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def results(data: dict[str, object]) -> dict[str, str]:
+    systems = data["systems"]
+    assert isinstance(systems, dict)
+    return {name: s["result"] for name, s in systems.items()}
+
+
+def test_two_systems_500_instances_each_built_once(fleet: Path, build_log: Path) -> None:
+    data = inventory(nix_hive("build", "-c", str(fleet)))
+    assert sorted(builds(build_log)) == ["a", "b"]  # 500 instances, two builds
+    instances = data["instances"]
+    assert isinstance(instances, dict) and len(instances) == 500
+    assert instances["host-7"]["system"] == "a" and instances["host-7"]["tags"] == ["rack0"]
+    paths = results(data)
+    for name, path in paths.items():
+        assert path.startswith("/nix/store/") and path.endswith(f"-nixos-system-{name}")
+        assert Path(path, "bin/switch-to-configuration").exists()
+        # kept as a GC root beside the state file
+        root = fleet.parent / ".hive.state.d" / "gcroots" / name
+        assert os.readlink(root) == path
+    assert "Host host-499\n  BatchMode yes" in str(data["ssh"])
+    assert data["paths"] == {"nixpkgs": str(STANDIN)}
+
+
+def test_selection_builds_only_the_selected_systems(fleet: Path, build_log: Path) -> None:
+    data = inventory(nix_hive("build", "-c", str(fleet), "host-1??"))
+    assert builds(build_log) == ["a"]
+    assert results(data)["b"] is None
+
+
+def test_no_build_reuses_recorded_results(fleet: Path, build_log: Path) -> None:
+    first = results(inventory(nix_hive("build", "-c", str(fleet))))
+    again = nix_hive("build", "--no", "build", "-c", str(fleet))
+    assert results(inventory(again)) == first
+    assert sorted(builds(build_log)) == ["a", "b"]  # the builder did not run again
+    assert "unchanged" in again.stderr and "build    a" in again.stderr
+    # without --no, the step runs every time (Nix then finds nothing to do)
+    plain = nix_hive("build", "-c", str(fleet))
+    assert results(inventory(plain)) == first
+    assert "unchanged" not in plain.stderr
+
+
+def test_no_build_rebuilds_a_result_deleted_from_the_store(fleet: Path, build_log: Path) -> None:
+    first = results(inventory(nix_hive("build", "-c", str(fleet))))
+    root = fleet.parent / ".hive.state.d" / "gcroots" / "a"
+    # the GC root protects the result ...
+    refused = subprocess.run(["nix-store", "--delete", first["a"]], capture_output=True, text=True)
+    assert refused.returncode != 0 and Path(first["a"]).exists()
+    # ... until the user removes it; then the path goes, and --no build must notice (asking Nix)
+    root.unlink()
+    subprocess.run(["nix-store", "--delete", first["a"]], check=True, capture_output=True)
+    assert not Path(first["a"]).exists()
+    again = results(inventory(nix_hive("build", "--no", "build", "-c", str(fleet))))
+    assert again == first and Path(first["a"]).exists()
+    assert sorted(builds(build_log)) == ["a", "a", "b"]
+
+
+def test_no_build_rebuilds_when_a_file_of_the_deployment_changed(fleet: Path, build_log: Path) -> None:
+    first = results(inventory(nix_hive("build", "-c", str(fleet))))
+    (fleet.parent / "b.nix").write_text('{ networking.hostName = "b"; standin.payloadBytes = 10; }\n')
+    again = results(inventory(nix_hive("build", "--no", "build", "-c", str(fleet))))
+    assert again["a"] == first["a"] and again["b"] != first["b"]
+    assert sorted(builds(build_log)) == ["a", "b", "b"]
+
+
+def test_no_build_rebuilds_when_paths_changed(fleet: Path, tmp_path: Path, build_log: Path) -> None:
+    inventory(nix_hive("build", "-c", str(fleet)))
+    other = tmp_path / "other-nixpkgs"
+    subprocess.run(["cp", "-r", str(STANDIN), str(other)], check=True)
+    same = nix_hive("build", "--no", "build", "-c", str(fleet))
+    assert same.stderr.count("unchanged") == 2
+    moved = nix_hive("build", "--no", "build", "-c", str(fleet), "-I", f"nixpkgs={other}")
+    inventory(moved)
+    # the build step ran again (Nix then found the same derivations: the copy is identical)
+    assert "unchanged" not in moved.stderr and moved.stderr.count(" ok ") == 2
+
+
+def test_build_failure_exits_1_and_names_the_system(tmp_path: Path) -> None:
+    hive = write_hive(tmp_path / "h", f"""
+        {{
+          paths.nixpkgs = {STANDIN};
+          systems.ok.configuration = {{ networking.hostName = "ok"; }};
+          systems.broken.configuration = {{ networking.hostName = throw "no hostname for you"; }};
+          instances.x = {{ system = "ok"; }};
+          instances.y = {{ system = "broken"; }};
+        }}
+    """)
+    result = nix_hive("build", "-c", str(hive))
+    assert result.returncode == 1
+    assert "build    broken" in result.stderr and "no hostname for you" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+KILL_HIVE = f"""
+{{
+  paths.nixpkgs = {STANDIN};
+  # different paths: three groups, three `nix build` calls, one after the other
+  systems.one = {{ paths.group = "1"; configuration = {{ networking.hostName = "one"; }}; }};
+  systems.two = {{ paths.group = "2"; configuration = {{ networking.hostName = "two"; }}; }};
+  systems.slow = {{
+    paths.group = "3";
+    configuration = {{ networking.hostName = "slow"; standin.buildSeconds = builtins.getEnv "SLOW"; }};
+  }};
+  instances.i1 = {{ system = "one"; }};
+  instances.i2 = {{ system = "two"; }};
+  instances.i3 = {{ system = "slow"; }};
+}}
+"""
+
+
+def test_state_file_survives_kill_9_in_the_middle_of_a_build(tmp_path: Path, build_log: Path) -> None:
+    hive = write_hive(tmp_path / "k", KILL_HIVE)
+    state_file = hive.parent / ".hive.state"
+    argv = [sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())",
+            "build", "-c", str(hive), "i1", "i2", "i3"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "SLOW": "60"})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if {"build:one", "build:two"} <= set(state.load(state_file)):
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # well inside the 60 s build of `slow`
+        assert proc.poll() is None, "the slow build should still be running"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    recorded = state.load(state_file)  # readable, and keeps what finished before the kill
+    assert set(recorded) == {"build:one", "build:two"}
+    assert builds(build_log) == ["one", "two"]
+    first = recorded["build:one"]["_values_:"]["result"]
+
+    # The next run with --no build takes the recorded results and builds only what is missing.
+    data = inventory(nix_hive("build", "--no", "build", "-c", str(hive), env={"SLOW": "0"}))
+    assert results(data)["one"] == first
+    assert builds(build_log) == ["one", "two", "slow"]
