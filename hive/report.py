@@ -256,8 +256,8 @@ def instance_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
             for n, i in sorted(hive.instances.items()) if n in selected]
 
 
-def system_rows(hive: Any, selected: set[str]) -> list[tuple[str, ...]]:
-    rows = []
+def system_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
     for name, s in sorted(hive.systems.items()):
         users = [n for n, i in hive.instances.items() if i.system == name and n in selected]
         if users:

@@ -21,6 +21,7 @@ Command line (used by `make demo`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -365,7 +366,7 @@ class Lab:
         # Network: switch namespace with one bridge per segment, deployer, hosts.
         sw = f"{p}-switch"
         self._add_netns(sw)
-        for s, i in seg_index.items():
+        for i in seg_index.values():
             _run(["ip", "-n", sw, "link", "add", f"br{i}", "type", "bridge"])
             _run(["ip", "-n", sw, "link", "set", f"br{i}", "up"])
         self._state["switch"] = sw
@@ -382,7 +383,7 @@ class Lab:
         dep = self.deployer_netns
         self._add_netns(dep)
         plug(dep, "eth0", "d0", deployer_segment, self.deployer_address)
-        for name, h in self._state["hosts"].items():
+        for h in self._state["hosts"].values():
             self._add_netns(h["netns"])
             for j, s in enumerate(h["segments"]):
                 plug(h["netns"], f"eth{j}", f"h{h['index']}s{seg_index[s]}", s,
@@ -421,12 +422,11 @@ class Lab:
         for name, h in self._state["hosts"].items():
             d = Path(h["dir"])
             enter = ["nsenter", "-t", str(h["anchor"]), "-n", "-m", "-u", "--"]
-            self._spawn(f"{name}/nix-daemon", enter + ["nix-daemon"], d / "nix-daemon.log",
+            self._spawn(f"{name}/nix-daemon", [*enter, "nix-daemon"], d / "nix-daemon.log",
                         _clean_env())
             daemons[name] = self._spawn(
                 f"{name}/sshd",
-                enter + ["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config"),
-                         "-E", str(d / "sshd.log")],
+                [*enter, "/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")],
                 d / "sshd.out", _clean_env())
         self._wait_all("nix-daemon socket", {
             n: (lambda d=Path(h["dir"]): (d / "nix/var/nix/daemon-socket/socket").exists())
@@ -702,10 +702,7 @@ class Lab:
         host, which an ssh_config must then define: see ssh_config())."""
         h = self._host(host)
         jump = self.jump_host(host)
-        if jump is None:
-            addr = h.addresses[self.deployer_segment]
-        else:
-            addr = self._reachable_address(jump, host) or h.address
+        addr = h.addresses[self.deployer_segment] if jump is None else self._reachable_address(jump, host) or h.address
         opts = {"Hostname": addr, "User": user, "IdentityFile": str(self.client_key),
                 "IdentitiesOnly": "yes", "UserKnownHostsFile": str(self.known_hosts),
                 "StrictHostKeyChecking": "yes", "BatchMode": "yes"}
@@ -764,10 +761,8 @@ class Lab:
                     targets += [(int(x), _start_time(int(x))) for x in out.split()
                                 if x.isdigit()]
             for pid, _ in targets:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + (2.0 if sig == signal.SIGTERM else 5.0)
             while time.monotonic() < deadline:
                 for proc in self._procs:
@@ -776,10 +771,8 @@ class Lab:
                     break
                 time.sleep(0.01)
         for proc in self._procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
         self._procs.clear()
         errors = []
         for ns in reversed(self._state.get("netns", [])):

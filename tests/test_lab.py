@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import lab as labmod
-from lab import Lab
+import tests.lab as labmod
+from tests.lab import Lab
 
 HERE = Path(__file__).resolve().parent
 NIX_CONFIG = "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"
