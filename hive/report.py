@@ -185,8 +185,8 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 def dump_json(data: Any, stream: TextIO | None = None) -> None:
     out = stream if stream is not None else sys.stdout
-    json.dump(data, out, indent=2, sort_keys=False)
-    out.write("\n")
+    # Indented for a person at a terminal; compact (and several times faster) for a program.
+    out.write(json.dumps(data, indent=2 if out.isatty() else None) + "\n")
 
 
 def join(items: Iterable[str]) -> str:

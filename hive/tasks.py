@@ -39,7 +39,7 @@ def explain(task: str, dep: str) -> str:
     }.get(step, f"{dep} failed")
 
 
-def namespace(ctx: Context, *, chain_waves: bool) -> dict[str, Any]:
+def namespace(ctx: Context, *, chain_waves: bool, build_only: bool = False) -> dict[str, Any]:
     """The task creators of this run, as a module namespace for doit's loader.
 
     With `chain_waves`, each wave's activations depend on the previous wave's: a single doit
@@ -113,6 +113,8 @@ def namespace(ctx: Context, *, chain_waves: bool) -> dict[str, Any]:
         """Build, push and activate the selected instances."""
         return {"actions": None, "task_dep": [f"activate:{i.name}" for i in ctx.instances]}
 
+    if build_only:  # `nix-hive build`: no need to make a task per instance
+        return {"task_build": task_build, "DOIT_CONFIG": doit_config(ctx)}
     return {
         "task_build": task_build,
         "task_store": task_store,
