@@ -52,8 +52,10 @@ def attr_path(parts: Iterable[Any]) -> str:
 def _nix_message(stderr: str) -> str:
     """The first error line of Nix's report and where it points, on one line."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    first = next((ln for ln in lines if ln.startswith("error:")), lines[0] if lines else "nix eval failed")
-    message = first.removeprefix("error:").strip()
+    start = next((n for n, ln in enumerate(lines) if ln.startswith("error:")), 0)
+    message = lines[start].removeprefix("error:").strip() if lines else "nix eval failed"
+    if not message:  # newer Nix prints a bare "error:" and the trace below it
+        message = next((ln for ln in lines[start + 1:] if not ln.startswith(("…", "at "))), "nix eval failed")
     where = [m.group(1) for ln in lines if (m := re.match(r"at (/\S+:\d+:\d+):?$", ln))]
     # The innermost location of the user's own files is the useful one: skip nix-hive's own.
     own = str(nix_file("eval.nix"))
@@ -113,7 +115,9 @@ def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
             want = names.get(str(expected), str(expected))
         return path, f"{shown} is not {want}"
     if error.validator == "enum" and what:
-        return path, f"{shown} is not {what}"
+        kinds = {"int": "an integer", "float": "a number", "bool": "a boolean", "null": "null",
+                 "list": "a list", "string": "a string"}
+        return path, f"{kinds.get(str(value), shown)} is not {what}"
     if error.validator == "uniqueItems":
         return path, "a tag is repeated"
     if what:
@@ -131,8 +135,11 @@ def _first_error(errors: Sequence[jsonschema.ValidationError]) -> jsonschema.Val
 
 def validate(raw: Any, shown: str) -> None:
     """Check the evaluated inventory against schemas/inventory.schema.json."""
-    if not isinstance(raw, dict):
-        raise DeploymentError(shown, "must evaluate to an attribute set with systems and instances")
+    if not isinstance(raw, dict) or "__nixType" in raw:
+        got = f"a {raw['__nixType']}" if isinstance(raw, dict) else f"a {type(raw).__name__}"
+        names = {"a list": "a list", "a str": "a string", "a int": "an integer", "a NoneType": "null"}
+        raise DeploymentError(shown, f"must evaluate to an attribute set with systems and instances, "
+                              f"not {names.get(got, got)}")
     errors = sorted(_validator().iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         path, message = _describe(_first_error(errors))
@@ -170,6 +177,8 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
         if str(key).startswith("/nix/store/"):
             raise DeploymentError(shown, "the secret key is in the Nix store, readable by every user: "
                                   "write it as a path literal (./key.sec), never as \"${./key.sec}\"", "signingKey")
+        if key.is_dir():
+            raise DeploymentError(shown, f"{key} is a directory, not a secret key file", "signingKey")
         if not key.is_file():
             raise DeploymentError(shown, f"{key}: no such file", "signingKey")
     return Hive(file=file, shown=shown, paths=frozen_map(top_paths), systems=systems,

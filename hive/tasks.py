@@ -13,6 +13,7 @@ two doors, one implementation.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -151,4 +152,10 @@ def run(ctx: Context, ns: dict[str, Any], targets: Sequence[str], *, jobs: int =
     if jobs > 1:
         args += ["-n", str(jobs), "-P", "thread"]
     main = DoitMain(ModuleTaskLoader(ns), config_filenames=(), extra_config={"BACKEND": BACKEND})
-    return int(main.run([*args, *targets]))
+    # doit swaps sys.stdout to capture python-actions; from several threads at once the swaps
+    # interleave and can leave a capture buffer in place: put the real streams back.
+    out, err = sys.stdout, sys.stderr
+    try:
+        return int(main.run([*args, *targets]))
+    finally:
+        sys.stdout, sys.stderr = out, err

@@ -53,3 +53,37 @@ def build_log(tmp_path: Path) -> Iterator[Path]:
 
 def builds(log: Path) -> list[str]:
     return log.read_text().split() if log.exists() else []
+
+
+def lab_unavailable() -> str | None:
+    """Why the lab cannot run here (it needs root, network namespaces, sshd and nix)."""
+    if os.geteuid() != 0:
+        return "the lab needs root (network and mount namespaces)"
+    for tool in ("ip", "unshare", "nsenter", "ssh", "nix", "nix-daemon", "sudo"):
+        if shutil.which(tool) is None:
+            return f"the lab needs {tool}"
+    if not Path("/usr/sbin/sshd").exists():
+        return "the lab needs sshd (openssh-server)"
+    return None
+
+
+needs_lab = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[object]:
+    """Start lab fleets (tests.fleet.Fleet.start's keywords); all are torn down afterwards."""
+    from tests.fleet import Fleet
+
+    started: list[Fleet] = []
+
+    def start(**kwargs: object) -> Fleet:
+        workdir = tmp_path / f"fleet{len(started)}"
+        workdir.mkdir()
+        fleet = Fleet.start(workdir, **kwargs)  # type: ignore[arg-type]
+        started.append(fleet)
+        return fleet
+
+    yield start
+    for fleet in started:
+        fleet.down()

@@ -26,23 +26,7 @@ STATE_NAMES = (".hive.state", ".hive.state.d")
 DUMMY_KEY = "hive-broken-test-dummy:ZmFrZS1rZXktZm9yLXRlc3RzLW9ubHktbm90LWEtcmVhbC1zZWNyZXQtMDAwMDAwMDAwMA==\n"
 
 # Cases the tool currently gets wrong: file name -> why (the tool's current behaviour).
-KNOWN_BUGS: dict[str, str] = {
-    "evaluates-to-function.nix": (
-        "a file evaluating to a function is reported as 'missing attribute systems' "
-        "(eval.nix turns it into {__nixType = \"function\"}, which validate() takes for an attrset)"
-    ),
-    "port-string-out-of-range.nix": (
-        "ssh.Port = \"70000\" is accepted: minimum/maximum only apply to numbers, the string "
-        "pattern ^[0-9]{1,5}$ allows 0 and 65536..99999"
-    ),
-    "instance-name-trailing-newline.nix": (
-        "a trailing newline passes every schema pattern: jsonschema uses Python re.search, "
-        "where '$' also matches before a final newline"
-    ),
-    "store-trailing-newline.nix": "a trailing newline passes the storeUrl pattern (Python '$')",
-    "ssh-value-trailing-newline.nix": "a trailing newline passes the ssh value pattern (Python '$')",
-    "signing-key-directory.nix": "signingKey = ./. (a directory) is reported as 'no such file'",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="nix not installed")
 
@@ -140,9 +124,6 @@ def test_interpolated_key_is_refused_as_in_store(work: Path) -> None:
     assert "./key.sec" in line  # says how to write it instead
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nix/eval.nix is evaluated without --read-only, so \"${./key.sec}\" copies the secret into the "
-    "world-readable Nix store before nix-hive refuses it"))
 def test_interpolated_key_is_not_copied_to_store(work: Path) -> None:
     key = work / "dummy.sec"
     # A key file no earlier run has seen, so its store path cannot already exist. Fake, not a secret.

@@ -1,4 +1,4 @@
-# expect: systems.web.configuration: "int" is not a NixOS module
+# expect: systems.web.configuration: an integer is not a NixOS module
 {
   systems.web = { configuration = 42; };
   instances.web-1 = { system = "web"; };

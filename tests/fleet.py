@@ -1,0 +1,93 @@
+"""A lab fleet with a deployment on it: the example (or any hive) wired to lab hosts.
+
+`Fleet` starts a lab, writes the deployment's instances.json from it (addresses, pinned host
+keys, the lab's client key), generates the signing key, makes the internal hosts trust it and
+substitute from their relay, and runs `nix-hive` from the deployer's network namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.lab import EXAMPLE_TOPOLOGY, Lab
+
+REPO = Path(__file__).resolve().parent.parent
+STANDIN = REPO / "tests" / "nixpkgs"
+NIX_CONFIG = "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"
+
+
+def nix_env() -> dict[str, str]:
+    return {**os.environ, "NIX_CONFIG": os.environ.get("NIX_CONFIG", NIX_CONFIG)}
+
+
+def make_key(directory: Path, name: str = "hive-lab") -> tuple[Path, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    sec, pub = directory / "hive.sec", directory / "hive.pub"
+    if not sec.exists():
+        subprocess.run(["nix-store", "--generate-binary-cache-key", name, str(sec), str(pub)],
+                       check=True, env=nix_env())
+    return sec, pub.read_text().strip()
+
+
+@dataclass
+class Fleet:
+    """A running lab and the deployment directory that targets it."""
+
+    lab: Lab
+    hive: Path  # the deployment directory (a copy of example/, instances.json from the lab)
+    payload_bytes: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, workdir: Path, *, topology: Mapping[str, Sequence[str]] = EXAMPLE_TOPOLOGY,
+              relay: str = "portico", user: str = "root", pin: bool = True,
+              payload_bytes: int = 2_000_000, source: Path = REPO / "example") -> Fleet:
+        hive = workdir / "hive"
+        shutil.copytree(source, hive, ignore=shutil.ignore_patterns("secrets", ".hive.state*"))
+        _, pub = make_key(hive / "secrets")
+        behind = {h: f"substituters = ssh://{relay}\ntrusted-public-keys = {pub}\n"
+                  for h, segs in topology.items() if h != relay and "pub" not in segs}
+        lab = Lab.start(topology, workdir / "lab", nix_conf=behind)
+        try:
+            discovered = {}
+            for name in lab.hosts:
+                opts = lab.ssh_options(name, user)
+                entry: dict[str, object] = {
+                    "address": opts["Hostname"],
+                    "ssh": {"User": user, "IdentityFile": str(lab.client_key), "IdentitiesOnly": "yes"},
+                }
+                if pin:
+                    entry["hostKey"] = lab.hosts[name].host_key_pub
+                else:
+                    entry["ssh"] = {**entry["ssh"], "StrictHostKeyChecking": "no",  # type: ignore[dict-item]
+                                    "UserKnownHostsFile": "/dev/null"}
+                discovered[name] = entry
+            (hive / "instances.json").write_text(json.dumps(discovered, indent=2) + "\n")
+        except BaseException:
+            lab.down()
+            raise
+        env = {"STANDIN_PAYLOAD_BYTES": str(payload_bytes)}
+        return cls(lab=lab, hive=hive, payload_bytes=payload_bytes, env=env)
+
+    def nix_hive_argv(self, *args: str) -> list[str]:
+        return self.lab.deployer_argv([sys.executable, "-c",
+                                       "import sys; from hive.cli import main; sys.exit(main())", *args])
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """`nix-hive ARGS` in the deployer's namespace, against the stand-in nixpkgs."""
+        env = {**nix_env(), **self.env, "PYTHONPATH": str(REPO)}
+        return subprocess.run(self.nix_hive_argv(*args), env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run("deploy", "-c", str(self.hive), "-I", f"nixpkgs={STANDIN}", *args)
+
+    def down(self) -> None:
+        self.lab.down()
