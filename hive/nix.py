@@ -34,8 +34,8 @@ def eval_inventory(file: Path) -> Any:
     """Evaluate the deployment file into its inventory (nix/eval.nix), building nothing."""
     # --read-only: a value such as "${./key.sec}" is never copied into the store, even
     # before nix-hive refuses it.
-    argv = [*NIX, "eval", "--json", "--impure", "--read-only", "--show-trace", *_include_flags({"deployment": str(file.parent)}),
-            "--file", str(nix_file("eval.nix"))]
+    argv = [*NIX, "eval", "--json", "--impure", "--read-only", "--show-trace",
+            *_include_flags({"deployment": str(file.parent)}), "--file", str(nix_file("eval.nix"))]
     out = process.run(argv, env=_hive_env(file))
     return json.loads(out.stdout)
 

@@ -8,8 +8,8 @@
 # - python3Packages.buildPythonApplication: lays pyproject.toml's [tool.setuptools] packages and
 #   package-data out under lib/site like the wheel would, and writes bin/<name> for each
 #   [project.scripts] entry: it applies makeWrapperArgs (--prefix/--suffix/--set), puts lib/site
-#   first on PYTHONPATH and runs the entry point with the `python3` found on PATH.  The
-#   dependencies are NOT installed: the caller's python3 must have them.
+#   first on PYTHONPATH and runs the entry point (bin/.<name>-wrapped, as in nixpkgs) with the
+#   `python3` found on PATH.  The dependencies are NOT installed: the caller's python3 must have them.
 { system ? builtins.currentSystem, ... }:
 let
   lib = import ./lib.nix;
@@ -68,9 +68,15 @@ let
           #!/bin/sh
           ${concatStringsSep "\n" (wrapperLines makeWrapperArgs)}
           export PYTHONPATH=@out@/lib/site''${PYTHONPATH:+:$PYTHONPATH}
-          exec python3 -c 'import sys; sys.argv[0] = "${name}"; from ${mod} import ${fun}; sys.exit(${fun}())' "$@"
+          exec python3 @out@/bin/.${name}-wrapped "$@"
           SCRIPT
-          sed -i "s|@out@|$out|" $out/bin/${name}
+          cat > $out/bin/.${name}-wrapped <<'SCRIPT'
+          import sys
+          sys.argv[0] = "${name}"
+          from ${mod} import ${fun}
+          sys.exit(${fun}())
+          SCRIPT
+          sed -i "s|@out@|$out|g" $out/bin/${name}
           chmod +x $out/bin/${name}
         '';
     in
