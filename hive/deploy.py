@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -130,7 +129,6 @@ def run_everywhere(setup: ssh.SshSetup, instances: Sequence[Instance], command: 
     width = max((len(i.name) for i in instances), default=0)
 
     def one(i: Instance) -> None:
-        start = time.monotonic()
         try:
             out = process.run(ssh.ssh_argv(setup, i.name, command), check=False)
         except HiveError as exc:
@@ -145,7 +143,7 @@ def run_everywhere(setup: ssh.SshSetup, instances: Sequence[Instance], command: 
             sys.stdout.flush()
             if out.exit_code != 0:
                 why = "ssh could not connect" if out.exit_code == 255 else f"exit status {out.exit_code}"
-                failed.append((i.name, f"{why} ({time.monotonic() - start:.1f}s)"))
+                failed.append((i.name, why))
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, instances))

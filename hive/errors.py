@@ -40,6 +40,27 @@ class SelectionError(InputError):
     """A pattern matched no instance, system or tag."""
 
 
+# What ssh says when it cannot reach a host (most telling first); Nix buries it under its own
+# "cannot connect".
+SSH_DIAGNOSTICS = (
+    "Host key verification failed", "Permission denied",
+    "Connection refused", "Connection timed out", "No route to host", "Could not resolve hostname",
+    "Connection closed by", "kex_exchange_identification", "No ED25519 host key is known",
+    "No RSA host key is known", "No ECDSA host key is known", "Too many authentication failures",
+    "sudo: a password is required", "sudo: a terminal is required",
+)
+
+
+def headline(stderr: str) -> str:
+    """One line that says why a command failed: its last words, and ssh's, if it spoke."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    ssh = next((ln for d in SSH_DIAGNOSTICS for ln in lines if d in ln), None)  # in order of priority
+    if ssh and ssh != last:
+        return f"{last} ({ssh.strip('@ ')})" if last else ssh
+    return last
+
+
 class ProcessError(HiveError):
     """A nix or ssh command exited non-zero (or could not be started)."""
 
@@ -47,9 +68,9 @@ class ProcessError(HiveError):
         self.argv = argv
         self.returncode = exit_code
         self.stderr = stderr
-        last = next((ln for ln in reversed(stderr.splitlines()) if ln.strip()), "")
+        last = headline(stderr)
         status = "could not start" if exit_code is None else f"exited {exit_code}"
-        super().__init__(f"{argv[0]} {status}: {last.strip()}" if last else f"{argv[0]} {status}")
+        super().__init__(f"{argv[0]} {status}: {last}" if last else f"{argv[0]} {status}")
 
 
 class StepError(HiveError):

@@ -75,13 +75,16 @@ def run(
     return result
 
 
-def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
-    """Run `argv` attached to this terminal (ssh, scp) and return its exit status."""
+def interactive(argv: Sequence[str]) -> int:
+    """Run `argv` attached to this terminal (ssh, scp) and return its exit status.
+
+    sh's `_fg` takes (almost) no other special argument: the environment is inherited and a
+    non-zero exit arrives as ErrorReturnCode."""
     args = list(argv)
-    full_env = {**os.environ, **env} if env else dict(os.environ)
     try:
-        proc = sh.Command(args[0])(*args[1:], _env=full_env, _fg=True, _ok_code=list(range(256)),
-                                    _return_cmd=True)
+        sh.Command(args[0])(*args[1:], _fg=True)
     except sh.CommandNotFound as exc:
         raise ProcessError(args, None, f"{args[0]}: command not found") from exc
-    return int(proc.exit_code)
+    except sh.ErrorReturnCode as exc:
+        return int(exc.exit_code)
+    return 0

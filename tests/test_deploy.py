@@ -1,0 +1,214 @@
+"""Deploying for real in the lab: the seed's example topology, relay stores, signed paths,
+activation order, pinned host keys, a non-root user with sudo, and the ssh tools.
+
+Each test starts its own fleet (network namespaces, sshd, a Nix store per host); nix-hive
+runs in the deployer's namespace, from which the www hosts are reachable only through
+portico. Bytes are read from the deployer's link counter.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import STANDIN, needs_lab
+from tests.fleet import Fleet
+
+pytestmark = needs_lab
+KIB = 1024
+WWW = ("www-1", "www-2", "www-3")
+Start = Callable[..., Fleet]
+
+
+def closure_bytes(path: str) -> int:
+    out = subprocess.run(["nix", "path-info", "-S", path], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+def outcome(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
+    data = json.loads(result.stdout)
+    return {row["instance"]: row for row in data["instances"]}
+
+
+def activation_time(fleet: Fleet, host: str) -> float:
+    lines = fleet.lab.activations(host)
+    assert len(lines) == 1, lines
+    return float(lines[0].split()[0])
+
+
+def test_example_portico_first_through_the_relay(fleet_factory: Start, build_log: Path) -> None:
+    fleet = fleet_factory()
+    before = fleet.lab.tx_bytes()
+    result = fleet.deploy("--json", "portico", "*")
+    sent = fleet.lab.tx_bytes() - before
+    assert result.returncode == 0, result.stderr
+    rows = outcome(result)
+    assert sorted(builds_of(build_log)) == ["portico", "www"]  # each system built once
+    for host in ("portico", *WWW):
+        assert rows[host]["outcome"] == "ok"
+        assert fleet.lab.current_system(host) == rows[host]["path"]
+        profile = fleet.lab.run(host, ["readlink", "-f", "/nix/var/nix/profiles/system"]).stdout.strip()
+        assert profile == rows[host]["path"]
+    portico_path, www_path = str(rows["portico"]["path"]), str(rows["www-1"]["path"])
+    assert portico_path.endswith("-nixos-system-portico") and www_path.endswith("-nixos-system-www")
+    # portico first, then the www hosts, each activated once
+    assert all(activation_time(fleet, "portico") < activation_time(fleet, h) for h in WWW)
+    # the www hosts took their closure from portico, not from the deployer
+    assert fleet.lab.run("portico", ["nix-store", "--check-validity", www_path]).returncode == 0
+    portico_log = (fleet.lab.hosts["portico"].dir / "sshd.log").read_text()
+    for host in WWW:  # each www host logged in to portico itself, to substitute
+        assert f"Accepted publickey for root from {fleet.lab.hosts[host].address} " in portico_log
+    closures = closure_bytes(portico_path) + closure_bytes(www_path)
+    per_www = (sent - closures) / len(WWW)
+    print(f"\nfull deploy: deployer sent {sent} bytes; closures portico+www {closures} bytes; "
+          f"beyond them {sent - closures} bytes, {per_www:.0f} bytes per www host")
+    assert sent < closures + len(WWW) * 64 * KIB  # the www closure left the deployer once
+    # progress and order as the user sees it
+    assert result.stderr.index("activate portico") < result.stderr.index("push     www-1")
+
+
+def builds_of(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_each_www_host_costs_the_deployer_under_64_kib(fleet_factory: Start) -> None:
+    fleet = fleet_factory()
+    first = fleet.deploy("portico", "www-1")
+    assert first.returncode == 0, first.stderr
+    before = fleet.lab.tx_bytes()
+    second = fleet.deploy("www-2", "www-3")
+    sent = fleet.lab.tx_bytes() - before
+    assert second.returncode == 0, second.stderr
+    print(f"\ntwo more www hosts behind portico: {sent} bytes, {sent / 2:.0f} per host")
+    assert sent / 2 < 64 * KIB
+
+
+def test_unsigned_paths_are_not_taken_from_the_relay(fleet_factory: Start, tmp_path: Path) -> None:
+    """Without the signing key the www hosts refuse portico's paths, and the closure has to
+    come from the deployer again: the signature is what makes the relay work."""
+    fleet = fleet_factory()
+    (fleet.hive / "secrets" / "hive.sec").rename(tmp_path / "moved.sec")
+    first = fleet.deploy("portico", "www-1")
+    assert first.returncode == 0, first.stderr
+    before = fleet.lab.tx_bytes()
+    second = fleet.deploy("www-2")
+    sent = fleet.lab.tx_bytes() - before
+    assert second.returncode == 0, second.stderr
+    print(f"\nunsigned: one www host cost the deployer {sent} bytes")
+    assert sent > fleet.payload_bytes
+
+
+def test_redeploy_changes_nothing(fleet_factory: Start) -> None:
+    fleet = fleet_factory()
+    first = fleet.deploy("--json", "portico", "*")
+    assert first.returncode == 0, first.stderr
+    paths = {h: fleet.lab.current_system(h) for h in fleet.lab.hosts}
+    before = fleet.lab.tx_bytes()
+    again = fleet.deploy("--json", "portico", "*")
+    sent = fleet.lab.tx_bytes() - before
+    assert again.returncode == 0, again.stderr
+    assert {h: fleet.lab.current_system(h) for h in fleet.lab.hosts} == paths
+    for host in fleet.lab.hosts:
+        gens = fleet.lab.run(host, ["nix-env", "--list-generations", "-p", "/nix/var/nix/profiles/system"])
+        assert len(gens.stdout.strip().splitlines()) == 1, gens.stdout  # no new generation
+        assert len(fleet.lab.activations(host)) == 2  # without --no, activation runs again
+    print(f"\nsecond deploy, nothing changed: deployer sent {sent} bytes")
+    assert sent < 4 * 64 * KIB
+
+
+def test_wrong_host_key_is_refused_and_named(fleet_factory: Start) -> None:
+    fleet = fleet_factory()
+    discovered = json.loads((fleet.hive / "instances.json").read_text())
+    discovered["www-2"]["hostKey"] = discovered["www-1"]["hostKey"]  # not www-2's key
+    (fleet.hive / "instances.json").write_text(json.dumps(discovered))
+    result = fleet.deploy("--json", "portico", "*")
+    assert result.returncode == 1
+    rows = outcome(result)
+    assert rows["www-2"]["outcome"] == "failed"
+    assert "Host key verification failed" in str(rows["www-2"]["reason"])
+    assert fleet.lab.current_system("www-2") is None
+    for host in ("portico", "www-1", "www-3"):
+        assert rows[host]["outcome"] == "ok"
+        assert fleet.lab.current_system(host) == rows[host]["path"]
+
+
+def test_non_root_user_deploys_through_sudo(fleet_factory: Start) -> None:
+    fleet = fleet_factory(user="deploy")
+    result = fleet.deploy("--json", "portico", "*")
+    assert result.returncode == 0, result.stderr
+    rows = outcome(result)
+    deployer = fleet.lab.deployer_address
+    for host in fleet.lab.hosts:
+        assert fleet.lab.current_system(host) == rows[host]["path"]
+        assert fleet.lab.activations(host)[0].split()[-1] == "root"  # switched as root, via sudo
+        sshd = (fleet.lab.hosts[host].dir / "sshd.log").read_text().splitlines()
+        accepted = [ln for ln in sshd if ln.startswith("Accepted publickey for ")]
+        if host != "portico":  # only the deployer (through portico) logs in to a www host
+            assert accepted and all(ln.split()[3] == "deploy" for ln in accepted), accepted
+        else:  # root logins on portico are the www hosts substituting from it
+            mine = [ln for ln in accepted if f" from {deployer} " in ln]
+            assert mine and all(ln.split()[3] == "deploy" for ln in mine), mine
+
+
+def test_relay_store_of_another_kind_is_passed_to_nix(fleet_factory: Start, tmp_path: Path) -> None:
+    """A file:// binary cache as the relay store: nix-hive hands the URL to `nix copy`."""
+    fleet = fleet_factory()
+    cache = tmp_path / "cache"
+    default = (fleet.hive / "default.nix").read_text()
+    (fleet.hive / "default.nix").write_text(default.replace('store = "ssh://portico";', f'store = "file://{cache}";'))
+    result = fleet.deploy("--json", "portico", "www-1")
+    assert result.returncode == 0, result.stderr
+    assert list(cache.glob("*.narinfo")), "the relay copy did not reach the file:// store"
+    assert fleet.lab.current_system("www-1") == outcome(result)["www-1"]["path"]
+
+
+def test_ssh_tools_through_the_jump_host(fleet_factory: Start, tmp_path: Path) -> None:
+    fleet = fleet_factory()
+    c = ["-c", str(fleet.hive)]
+    config = fleet.run("ssh-config", *c)
+    assert config.returncode == 0
+    assert "Host www-2\n" in config.stdout and "ProxyJump portico" in config.stdout
+
+    who = fleet.run("ssh", *c, "www-2", "hostname")
+    assert who.returncode == 0, who.stderr
+    assert who.stdout.strip() == "www-2"
+
+    everywhere = fleet.run("run", *c, "www-*", "--", "hostname")
+    assert everywhere.returncode == 0, everywhere.stderr
+    assert sorted(everywhere.stdout.splitlines()) == [f"{h} | {h}" for h in WWW]
+
+    some_fail = fleet.run("run", *c, "*", "--", "sh", "-c", 'test "$(hostname)" != www-2')
+    assert some_fail.returncode == 1
+    assert [ln for ln in some_fail.stderr.splitlines() if ln.startswith("failed:")] == [
+        "failed: www-2: exit status 1"]
+
+    fleet.lab.run("www-3", ["sh", "-c", "echo hello from www-3 > /run/greeting"])
+    local = tmp_path / "greeting"
+    copied = fleet.run("scp", *c, "www-3:/run/greeting", str(local))
+    assert copied.returncode == 0, copied.stderr
+    assert local.read_text() == "hello from www-3\n"
+
+    unknown = fleet.run("ssh", *c, "www-9", "true")
+    assert unknown.returncode == 2 and "'www-9' is not an instance" in unknown.stderr
+
+
+def test_unreachable_host_is_named_and_the_rest_deployed(fleet_factory: Start) -> None:
+    fleet = fleet_factory()
+    fleet.lab.run("www-3", ["ip", "link", "set", "eth0", "down"])  # cut off from portico
+    result = fleet.deploy("--json", "portico", "*")
+    assert result.returncode == 1
+    rows = outcome(result)
+    assert rows["www-3"]["outcome"] == "failed" and "www-3" in result.stderr
+    assert [rows[h]["outcome"] for h in ("portico", "www-1", "www-2")] == ["ok", "ok", "ok"]
+    assert "Traceback" not in result.stderr
+
+
+def test_push_only_does_not_activate(fleet_factory: Start) -> None:
+    fleet = fleet_factory()
+    result = fleet.run("push", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "portico", "*")
+    assert result.returncode == 0, result.stderr
+    for host in fleet.lab.hosts:
+        assert fleet.lab.current_system(host) is None
+        assert fleet.lab.activations(host) == []
