@@ -38,7 +38,8 @@ python3Packages.buildPythonApplication {
   dependencies = with python3Packages; [ doit sh jsonschema tabulate ];
 
   # nix-hive runs nix, nix-store, nix-env, ssh and scp.
-  makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ nix openssh ]) ];
+  # --suffix: the host's own nix (the one matching its daemon) and ssh win when present.
+  makeWrapperArgs = [ "--suffix" "PATH" ":" (lib.makeBinPath [ nix openssh ]) ];
 
   pythonImportsCheck = [ "hive" "hive.cli" ];
   # The test suite needs root, namespaces, sshd and a Nix store of its own: `make test`.

@@ -13,7 +13,7 @@ What this proves:
 - packages.<sys>.default and .nix-hive are one derivation, made by
   python3Packages.buildPythonApplication with pname/version/description from pyproject.toml,
   pyproject = true, build-system setuptools, dependencies doit sh jsonschema tabulate,
-  makeWrapperArgs putting nixpkgs' nix and openssh first on PATH, meta.mainProgram nix-hive;
+  makeWrapperArgs adding nixpkgs' nix and openssh at the end of PATH, meta.mainProgram nix-hive;
 - the source handed to the build holds only pyproject.toml, hive/, nix/, schemas/ (junk
   planted in the copy — .venv, __pycache__, *.pyc, editor backups, tests/ — is filtered out);
 - apps.<sys>.{default,nix-hive}.program is "<that package>/bin/nix-hive";
@@ -164,7 +164,7 @@ def test_package(flake: Flake, packages: Any) -> None:
         assert args["dependencies"] == ["doit", "sh", "jsonschema", "tabulate"]
         assert {d.split(">")[0].split("<")[0] for d in PYPROJECT["dependencies"]} == set(args["dependencies"])
         bins = ":".join(f"{standin_out(flake, system, p)}/bin" for p in ("nix", "openssh"))
-        assert args["makeWrapperArgs"] == ["--prefix", "PATH", ":", bins]
+        assert args["makeWrapperArgs"] == ["--suffix", "PATH", ":", bins]
         assert args["pythonImportsCheck"] == ["hive", "hive.cli"]
         assert default["meta"] == {"mainProgram": "nix-hive", "description": PYPROJECT["description"],
                                    "license": "MIT"}

@@ -1,0 +1,5 @@
+"""`python -m hive` is the nix-hive command."""
+
+from hive.cli import entry
+
+entry()
