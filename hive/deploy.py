@@ -16,7 +16,7 @@ from typing import Any
 
 from hive import process, ssh, tasks
 from hive.errors import HiveError
-from hive.model import Instance
+from hive.model import Instance, Step
 from hive.report import FAILED, OK, SKIPPED, UNCHANGED, Outcome, Row
 from hive.steps import Context
 
@@ -58,6 +58,8 @@ def deploy(ctx: Context, *, push_only: bool = False) -> tuple[int, list[Row]]:
                     ctx.outcomes.set(f"{last}:{i.name}", Outcome(SKIPPED, why))
             if len(ctx.waves) > 1:
                 ctx.progress.line(f"wave {number}/{len(ctx.waves)}: {len(wave)} instance(s)")
+            if ctx.options.skip & {Step.PUSH, Step.ACTIVATE}:
+                ctx.prefetch([i for i in wave if f"{last}:{i.name}" in targets])
             tasks.run(ctx, ns, targets, jobs=ctx.options.jobs)
             failed = [i.name for i in wave if _row(ctx, i, last).result == FAILED]
             total_failed = sum(1 for i in ctx.instances if _row(ctx, i, last).result == FAILED)

@@ -9,9 +9,11 @@ built and what has been done so far in this run.
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ class Context:
         self._build_locks: dict[Any, threading.Lock] = {}
         self._signed: set[str] = set()
         self._ssh: ssh.SshSetup | None = None
+        self._probes: dict[str, Probe] = {}
         self._ssh_dir: str | None = None
         self.dep_manager: Any = None  # doit's Dependency, handed over by BuildUptodate
         self.tasks_dict: Any = None
@@ -199,6 +202,9 @@ class Context:
 
     def push_store(self, url: str, systems: list[str]) -> dict[str, Any] | TaskFailed:
         """One `nix copy` of every system a relay store must hold."""
+        owner = self.store_instance(url)
+        if owner is not None:
+            self.forget(owner)
         try:
             paths = self._signed_paths(systems)
             nix.copy(url, paths, substitute=False, env=self.ssh.env)
@@ -214,6 +220,7 @@ class Context:
             paths = self._signed_paths([instance.system])
             if is_store:
                 return {"path": paths[0], "note": "(with its relay store copy)"}
+            self.forget(instance)
             nix.copy(instance.url, paths, substitute=bool(instance.store), env=self.ssh.env)
         except HiveError as exc:
             return _failed(exc)
@@ -221,15 +228,63 @@ class Context:
 
     def instance_has(self, instance: Instance) -> bool:
         """`--no push`: the instance's store holds its system (asked of the instance)."""
-        return self.store_has(instance.url, [instance.system])
+        path = self.path_of(instance.system)
+        return path is not None and path in self.probe(instance).valid
 
     def store_has(self, url: str, systems: list[str]) -> bool:
         """`--no push`: the store already holds every path (asked of the store itself)."""
         try:
             paths = [self.need_path(s) for s in systems]
+            owner = self.store_instance(url)
+            if owner is not None:
+                return set(paths) <= self.probe(owner).valid
             return not nix.remote_missing(url, paths, env=self.ssh.env)
         except HiveError:
             return False
+
+    # -- asking the hosts -------------------------------------------------------------------
+
+    def probe(self, instance: Instance) -> Probe:
+        """What the host has and runs, asked once per run (one ssh call) and remembered
+        until a step of this run changes it."""
+        with self._lock:
+            known = self._probes.get(instance.name)
+        if known is not None:
+            return known
+        paths = sorted({p for s in self.systems if (p := self.path_of(s)) is not None})
+        script = 'printf "current=%s\\n" "$(readlink /run/current-system 2>/dev/null)"'
+        for path in paths:
+            quoted = shlex.quote(path)
+            script += f"; nix-store --check-validity {quoted} 2>/dev/null && echo valid={quoted}"
+        script += "; true"
+        found = Probe(reachable=False)
+        try:
+            out = process.run(ssh.shell_argv(self.ssh, instance.name, script))
+        except HiveError:
+            pass
+        else:
+            lines = out.stdout.splitlines()
+            current = next((ln[8:] for ln in lines if ln.startswith("current=")), "")
+            found = Probe(reachable=True, current=current or None,
+                          valid=frozenset(ln[6:] for ln in lines if ln.startswith("valid=")))
+        with self._lock:
+            self._probes[instance.name] = found
+        return found
+
+    def forget(self, instance: Instance) -> None:
+        with self._lock:
+            self._probes.pop(instance.name, None)
+
+    def prefetch(self, instances: list[Instance]) -> None:
+        """Probe many hosts at once (`--no push/activate` asks every host before its wave)."""
+        todo = list({i.name: i for i in instances}.values())
+        for url in {i.store for i in instances if i.store}:
+            owner = self.store_instance(url)
+            if owner is not None and owner.name not in {i.name for i in todo}:
+                todo.append(owner)
+        if todo:
+            with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+                list(pool.map(self.probe, todo))
 
     # -- activate ---------------------------------------------------------------------------
 
@@ -240,6 +295,7 @@ class Context:
         except HiveError as exc:
             return _failed(exc)
         script = ssh.as_root([nix.set_profile_argv(path), nix.switch_argv(path, self.options.goal)])
+        self.forget(instance)
         try:
             process.run(ssh.shell_argv(self.ssh, instance.name, script))
         except HiveError as exc:
@@ -257,7 +313,16 @@ class Context:
     def is_active(self, instance: Instance) -> bool:
         """`--no activate`: the host already runs the path (asked of the host)."""
         path = self.path_of(instance.system)
-        return path is not None and self.current_system(instance) == path
+        return path is not None and self.probe(instance).current == path
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A host as one ssh call found it."""
+
+    reachable: bool
+    current: str | None = None  # /run/current-system
+    valid: frozenset[str] = frozenset()  # the run's system paths its store holds
 
 
 def _failed(exc: HiveError) -> TaskFailed:
