@@ -41,39 +41,52 @@ def deploy(ctx: Context, *, push_only: bool = False) -> tuple[int, list[Row]]:
     """Build, then push (and activate) wave by wave. Returns the exit status and the summary."""
     ns = tasks.namespace(ctx, chain_waves=False)
     last = "push" if push_only else "activate"
-    stopped: str | None = None
     try:
-        tasks.run(ctx, ns, [f"build:{s}" for s in ctx.systems], jobs=ctx.options.jobs)
-        for number, wave in enumerate(ctx.waves, 1):
-            if stopped is not None:
-                for i in wave:
-                    ctx.outcomes.set(f"{last}:{i.name}", Outcome(SKIPPED, stopped))
-                continue
-            targets = []
-            for i in wave:
-                why = _blocked(ctx, i)
-                if why is None:
-                    targets.append(f"{last}:{i.name}")
-                else:
-                    ctx.outcomes.set(f"{last}:{i.name}", Outcome(SKIPPED, why))
-            if len(ctx.waves) > 1:
-                ctx.progress.line(f"wave {number}/{len(ctx.waves)}: {len(wave)} instance(s)")
-            if ctx.options.skip & {Step.PUSH, Step.ACTIVATE}:
-                ctx.prefetch([i for i in wave if f"{last}:{i.name}" in targets])
-            tasks.run(ctx, ns, targets, jobs=ctx.options.jobs)
-            failed = [i.name for i in wave if _row(ctx, i, last).result == FAILED]
-            total_failed = sum(1 for i in ctx.instances if _row(ctx, i, last).result == FAILED)
-            limit = ctx.options.max_failures
-            if limit is not None and total_failed > limit:
-                stopped = f"not started: more than {limit} instance(s) failed"
-            elif failed and not ctx.options.keep_going:
-                names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
-                stopped = f"not started: wave {number} failed ({names})"
+        _waves(ctx, ns, last)
+    except KeyboardInterrupt:
+        # Ctrl-C: doit has stopped dispatching and saved the state; wait for the steps already
+        # running (their ssh and nix children got the signal too), then report.
+        ctx.progress.line("interrupted: waiting for the running steps (Ctrl-C again to abort)")
+        ctx.wait_idle()
+        for i in ctx.instances:
+            if ctx.outcomes.get(f"{last}:{i.name}") is None:
+                ctx.outcomes.set(f"{last}:{i.name}", Outcome(SKIPPED, "interrupted"))
     finally:
         ctx.close()
     rows = [_row(ctx, i, last) for i in ctx.instances]
     code = 0 if all(r.result in (OK, UNCHANGED) for r in rows) and not ctx.outcomes.failed() else 1
     return code, rows
+
+
+def _waves(ctx: Context, ns: dict[str, Any], last: str) -> None:
+    """The build phase, then one doit run per wave, applying the failure policy between."""
+    stopped: str | None = None
+    tasks.run(ctx, ns, [f"build:{s}" for s in ctx.systems], jobs=ctx.options.jobs)
+    for number, wave in enumerate(ctx.waves, 1):
+        if stopped is not None:
+            for i in wave:
+                ctx.outcomes.set(f"{last}:{i.name}", Outcome(SKIPPED, stopped))
+            continue
+        targets = []
+        for i in wave:
+            why = _blocked(ctx, i)
+            if why is None:
+                targets.append(f"{last}:{i.name}")
+            else:
+                ctx.outcomes.set(f"{last}:{i.name}", Outcome(SKIPPED, why))
+        if len(ctx.waves) > 1:
+            ctx.progress.line(f"wave {number}/{len(ctx.waves)}: {len(wave)} instance(s)")
+        if ctx.options.skip & {Step.PUSH, Step.ACTIVATE}:
+            ctx.prefetch([i for i in wave if f"{last}:{i.name}" in targets])
+        tasks.run(ctx, ns, targets, jobs=ctx.options.jobs)
+        failed = [i.name for i in wave if _row(ctx, i, last).result == FAILED]
+        total_failed = sum(1 for i in ctx.instances if _row(ctx, i, last).result == FAILED)
+        limit = ctx.options.max_failures
+        if limit is not None and total_failed > limit:
+            stopped = f"not started: more than {limit} instance(s) failed"
+        elif failed and not ctx.options.keep_going:
+            names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+            stopped = f"not started: wave {number} failed ({names})"
 
 
 def _row(ctx: Context, i: Instance, last: str) -> Row:
@@ -85,13 +98,18 @@ def _row(ctx: Context, i: Instance, last: str) -> Row:
     outcomes = {k: ctx.outcomes.get(t) for k, t in steps.items()}
     seconds = {k: o.seconds for k, o in outcomes.items() if o is not None and o.seconds}
     path = ctx.path_of(i.system) or ""
-    for key in ("build", "store", "push", "activate"):
+    order = ("build", "store", "push", "activate")
+    for key in order:
         o = outcomes.get(key)
         if o is not None and o.status == FAILED:
             if key in ("build", "store"):
                 target = i.system if key == "build" else i.store
                 return Row(i.name, i.system, path, SKIPPED, f"{key} of {target} failed: {o.reason}", seconds)
             return Row(i.name, i.system, path, FAILED, f"{key}: {o.reason}", seconds)
+    for key in order:  # the first step not started says why
+        o = outcomes.get(key)
+        if o is not None and o.status == SKIPPED:
+            return Row(i.name, i.system, path, SKIPPED, o.reason, seconds)
     final = outcomes.get(last)
     if final is None:
         return Row(i.name, i.system, path, SKIPPED, "not started", seconds)

@@ -137,10 +137,12 @@ class Reporter:
             return
         step, target = split_task(task.name)
         kind = type(exception).__name__
-        if kind == "UnmetDependency":
-            deps = str(exception.get_msg()).strip().split()
-            dep = deps[0] if deps else "a dependency"
-            reason = self.explain(task.name, dep)
+        if kind in ("UnmetDependency", "NotStarted"):
+            if kind == "NotStarted":
+                reason = str(exception.get_msg()).strip()
+            else:
+                deps = str(exception.get_msg()).strip().split()
+                reason = self.explain(task.name, deps[0] if deps else "a dependency")
             self.outcomes.set(task.name, Outcome(SKIPPED, reason))
             if task.actions:
                 self.progress.step(step, target, SKIPPED, reason)

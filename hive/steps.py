@@ -8,11 +8,12 @@ built and what has been done so far in this run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +65,37 @@ class Context:
         self._signed: set[str] = set()
         self._ssh: ssh.SshSetup | None = None
         self._probes: dict[str, Probe] = {}
+        self._idle = threading.Condition()
+        self._running = 0
         self._ssh_dir: str | None = None
         self.dep_manager: Any = None  # doit's Dependency, handed over by BuildUptodate
         self.tasks_dict: Any = None
 
     # -- shared helpers ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Counts the steps in progress, so an interrupted run can wait for them."""
+        with self._idle:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._running == 0, timeout=timeout)
+
+    def stop_reason(self) -> str | None:
+        """Why no new push or activation may start (--max-failures reached)."""
+        limit = self.options.max_failures
+        if limit is None:
+            return None
+        failed = {t.partition(":")[2] for t in self.outcomes.failed("push:") + self.outcomes.failed("activate:")}
+        return f"not started: more than {limit} instance(s) failed" if len(failed) > limit else None
 
     def skips(self, step: Step) -> bool:
         return step in self.options.skip
@@ -125,6 +152,10 @@ class Context:
         return {"paths": dict(s.paths), "platform": s.platform, "file": str(self.hive.file)}
 
     def build(self, system: str) -> dict[str, Any] | TaskFailed:
+        with self.running():
+            return self._build(system)
+
+    def _build(self, system: str) -> dict[str, Any] | TaskFailed:
         """Build `system`, together with every other system of its group that needs it."""
         key = self.hive.systems[system].build_key()
         with self._lock:
@@ -201,6 +232,13 @@ class Context:
         return paths
 
     def push_store(self, url: str, systems: list[str]) -> dict[str, Any] | TaskFailed:
+        with self.running():
+            reason = self.stop_reason()
+            if reason is not None:
+                return NotStarted(reason)
+            return self._push_store(url, systems)
+
+    def _push_store(self, url: str, systems: list[str]) -> dict[str, Any] | TaskFailed:
         """One `nix copy` of every system a relay store must hold."""
         owner = self.store_instance(url)
         if owner is not None:
@@ -213,6 +251,13 @@ class Context:
         return {"paths": paths}
 
     def push(self, instance: Instance, is_store: bool = False) -> dict[str, Any] | TaskFailed:
+        with self.running():
+            reason = self.stop_reason()
+            if reason is not None:
+                return NotStarted(reason)
+            return self._push(instance, is_store)
+
+    def _push(self, instance: Instance, is_store: bool = False) -> dict[str, Any] | TaskFailed:
         """Copy the instance's system to it; behind a relay, the instance substitutes from it.
 
         An instance that is itself a relay store got its system with the store's copy."""
@@ -289,6 +334,13 @@ class Context:
     # -- activate ---------------------------------------------------------------------------
 
     def activate(self, instance: Instance) -> dict[str, Any] | TaskFailed:
+        with self.running():
+            reason = self.stop_reason()
+            if reason is not None:
+                return NotStarted(reason)
+            return self._activate(instance)
+
+    def _activate(self, instance: Instance) -> dict[str, Any] | TaskFailed:
         """Point the system profile at the path, then switch to it (sudo when not root)."""
         try:
             path = self.need_path(instance.system)
@@ -323,6 +375,10 @@ class Probe:
     reachable: bool
     current: str | None = None  # /run/current-system
     valid: frozenset[str] = frozenset()  # the run's system paths its store holds
+
+
+class NotStarted(TaskFailed):  # type: ignore[misc]
+    """A step that was not started (reported as skipped, not failed)."""
 
 
 def _failed(exc: HiveError) -> TaskFailed:

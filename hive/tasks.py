@@ -27,6 +27,9 @@ from hive.report import Reporter
 from hive.steps import Context, step_check
 
 BACKEND = {"hive": "hive.state:JournalDB"}
+# Actions print nothing; without this doit swaps sys.stdout and sys.stderr around each action,
+# which from several threads at once can leave a capture buffer in place of the real stream.
+NO_CAPTURE = {"capture": False}
 
 
 def explain(task: str, dep: str) -> str:
@@ -61,6 +64,7 @@ def namespace(ctx: Context, *, chain_waves: bool, build_only: bool = False) -> d
                 "name": s,
                 "doc": f"build system {s} ({users} instance{'s' if users != 1 else ''})",
                 "actions": [(ctx.build, [s])],
+                "io": NO_CAPTURE,
                 "file_dep": files,
                 "uptodate": [ctx.build_uptodate(s), config_changed(ctx.system_inputs(s))],
             }
@@ -72,6 +76,7 @@ def namespace(ctx: Context, *, chain_waves: bool, build_only: bool = False) -> d
                 "name": url,
                 "doc": f"copy {', '.join(systems)} to relay store {url}",
                 "actions": [(ctx.push_store, [url, systems])],
+                "io": NO_CAPTURE,
                 "task_dep": [f"build:{s}" for s in systems],
                 "uptodate": [step_check(ctx, Step.PUSH, _bind(ctx.store_has, url, systems))],
             }
@@ -92,6 +97,7 @@ def namespace(ctx: Context, *, chain_waves: bool, build_only: bool = False) -> d
                 "name": i.name,
                 "doc": f"copy {i.system} to {i.name}{via}",
                 "actions": [(ctx.push, [i, i.name in store_of_instance])],
+                "io": NO_CAPTURE,
                 "task_dep": push_deps(i),
                 "uptodate": [step_check(ctx, Step.PUSH, _bind(ctx.instance_has, i))],
             }
@@ -105,6 +111,7 @@ def namespace(ctx: Context, *, chain_waves: bool, build_only: bool = False) -> d
                     "name": i.name,
                     "doc": f"activate {i.system} on {i.name} ({ctx.options.goal})",
                     "actions": [(ctx.activate, [i])],
+                    "io": NO_CAPTURE,
                     "task_dep": [f"push:{i.name}", *(previous if chain_waves else [])],
                     "uptodate": [step_check(ctx, Step.ACTIVATE, _bind(ctx.is_active, i))],
                 }

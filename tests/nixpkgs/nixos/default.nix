@@ -9,7 +9,8 @@
 #   file each time it really runs, so tests can count builds.
 # - standin.buildSeconds: the builder sleeps that long (to kill a build half-way).
 # - standin.payloadBytes, or STANDIN_PAYLOAD_BYTES (environment): the payload's size.
-# - on a host, /run/standin-fail-activation makes switch-to-configuration exit 1.
+# - on a host, /run/standin-fail-activation makes switch-to-configuration exit 1, and
+#   /run/standin-activation-delay (a number of seconds) makes it take that long.
 { configuration, system ? builtins.currentSystem }:
 let
   lib = import ../lib.nix;
@@ -73,6 +74,7 @@ let
       if [ -e /run/standin-fail-activation ]; then
         echo "activation failed: /run/standin-fail-activation exists" >&2; exit 1
       fi
+      if [ -e /run/standin-activation-delay ]; then sleep "\$(cat /run/standin-activation-delay)"; fi
       if [ "\$1" = switch ] || [ "\$1" = test ]; then
         ln -sfn $out /run/current-system
       fi
