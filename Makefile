@@ -9,7 +9,7 @@ APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux j
 # for cache.nixos.org, so the lab, the tests and the demo use no substituters.
 WITH_NIX := NIX_CONFIG="$$(printf 'experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =')"
 
-.PHONY: setup apt venv test lint typecheck pytest demo demo-down bench clean
+.PHONY: setup apt venv test lint typecheck pytest demo demo-down bench bench-fleet clean
 
 setup: apt venv
 
@@ -47,6 +47,9 @@ demo-down: setup
 
 bench: setup
 	$(WITH_NIX) $(PY) benchmarks/build_no_build.py
+
+bench-fleet: setup
+	$(WITH_NIX) $(PY) benchmarks/fleet_deploy.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

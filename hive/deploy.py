@@ -62,6 +62,10 @@ def _waves(ctx: Context, ns: dict[str, Any], last: str) -> None:
     """The build phase, then one doit run per wave, applying the failure policy between."""
     stopped: str | None = None
     tasks.run(ctx, ns, [f"build:{s}" for s in ctx.systems], jobs=ctx.options.jobs)
+    if ctx.options.skip & {Step.PUSH, Step.ACTIVATE}:
+        # `--no push/activate` asks every host what it has and runs: all at once, up front
+        # (a step of this run that changes a host makes the run forget its answer).
+        ctx.prefetch([i for i in ctx.instances if _blocked(ctx, i) is None])
     for number, wave in enumerate(ctx.waves, 1):
         if stopped is not None:
             for i in wave:
@@ -76,8 +80,6 @@ def _waves(ctx: Context, ns: dict[str, Any], last: str) -> None:
                 ctx.outcomes.set(f"{last}:{i.name}", Outcome(SKIPPED, why))
         if len(ctx.waves) > 1:
             ctx.progress.line(f"wave {number}/{len(ctx.waves)}: {len(wave)} instance(s)")
-        if ctx.options.skip & {Step.PUSH, Step.ACTIVATE}:
-            ctx.prefetch([i for i in wave if f"{last}:{i.name}" in targets])
         tasks.run(ctx, ns, targets, jobs=ctx.options.jobs)
         failed = [i.name for i in wave if _row(ctx, i, last).result == FAILED]
         total_failed = sum(1 for i in ctx.instances if _row(ctx, i, last).result == FAILED)

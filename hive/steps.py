@@ -120,8 +120,11 @@ class Context:
             return
         sockets = setup.directory / "c"
         if sockets.is_dir() and any(sockets.iterdir()):
-            for argv in ssh.stop_masters(setup, sorted(self.hive.instances)):
-                process.run(argv, check=False, timeout=10)
+            hosts = sorted({i.name for i in self.instances} | {o.name for url in self.relays()
+                                                               if (o := self.store_instance(url)) is not None})
+            with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+                list(pool.map(lambda argv: process.run(argv, check=False, timeout=10),
+                              ssh.stop_masters(setup, hosts)))
         for root, dirs, files in os.walk(setup.directory, topdown=False):
             for f in files:
                 Path(root, f).unlink(missing_ok=True)

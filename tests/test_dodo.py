@@ -1,0 +1,79 @@
+"""doit's door: `doit list`, `doit build targets=...` and `doit deploy` run the task creators
+the `nix-hive` command runs (real doit, real Nix; deploy in the lab)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hive import state
+from tests.conftest import REPO, STANDIN, builds, needs_lab, needs_nix, write_hive
+from tests.fleet import Fleet, nix_env
+
+HIVE = f"""
+{{
+  paths.nixpkgs = {STANDIN};
+  systems.web.configuration = {{ networking.hostName = "web"; }};
+  systems.db.configuration = {{ networking.hostName = "db"; }};
+  instances.www-1 = {{ system = "web"; store = "ssh://portico"; }};
+  instances.www-2 = {{ system = "web"; }};
+  instances.db-1 = {{ system = "db"; tags = [ "storage" ]; }};
+}}
+"""
+
+
+def doit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@needs_nix
+def test_doit_list_shows_tasks_per_system_and_instance(tmp_path: Path) -> None:
+    hive = write_hive(tmp_path / "h", HIVE)
+    listed = doit("list", "--all", f"config={hive}")
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines()]
+    for name in ("build:web", "build:db", "store:ssh://portico", "push:www-1", "push:db-1", "activate:www-2",
+                 "deploy"):
+        assert name in names
+    only = doit("list", "--all", f"config={hive}", "targets=storage")
+    assert [n for n in (ln.split()[0] for ln in only.stdout.splitlines()) if ":" in n] == [
+        "activate:db-1", "build:db", "push:db-1"]
+
+
+@needs_nix
+def test_doit_build_targets_builds_the_selected_systems_once(tmp_path: Path, build_log: Path) -> None:
+    hive = write_hive(tmp_path / "h", HIVE)
+    built = doit("build", f"config={hive}", "targets=www*")
+    assert built.returncode == 0, built.stderr
+    assert builds(build_log) == ["web"]
+    recorded = state.load(hive.parent / ".hive.state")  # the same state file as nix-hive's
+    assert recorded["build:web"]["_values_:"]["result"].endswith("-nixos-system-web")
+    again = doit("build", f"config={hive}", "targets=www*", "no=build")
+    assert again.returncode == 0 and builds(build_log) == ["web"]
+    assert "unchanged" in again.stderr
+
+
+@needs_nix
+def test_doit_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    hive = write_hive(tmp_path / "h", HIVE)
+    bad = doit("list", f"config={hive}", "targets=nothing-like-this")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == f"error: pattern 'nothing-like-this' matches no instance, system or tag of {hive}"
+
+
+@needs_lab
+def test_doit_deploy_portico_first(fleet_factory: object) -> None:
+    fleet: Fleet = fleet_factory()  # type: ignore[operator]
+    env = {**nix_env(), **fleet.env, "PYTHONPATH": str(REPO)}
+    argv = fleet.lab.deployer_argv([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "-n", "4", "deploy",
+                                    f"config={fleet.hive}", "targets=portico,*"])
+    hive = fleet.hive / "default.nix"
+    hive.write_text(hive.read_text().replace('paths.nixpkgs = "https://nixos.org/channels/nixos-24.05/nixexprs.tar.xz";',
+                                             f"paths.nixpkgs = {STANDIN};"))
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    times = {h: float(fleet.lab.activations(h)[0].split()[0]) for h in fleet.lab.hosts}
+    assert all(times["portico"] < times[h] for h in ("www-1", "www-2", "www-3"))

@@ -1,0 +1,173 @@
+"""Fast unit tests: the argv of each Nix and ssh call (the process seam faked), the generated
+ssh configuration, the state backend, error lines and option errors. The proof that features
+work is in the tests with real Nix and the lab; these pin the details."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hive import cli, nix, process, ssh
+from hive.errors import ProcessError, headline
+from hive.model import Hive, Instance, Step, System, frozen_map
+from hive.state import JournalDB, load
+from hive.steps import Context, Options
+
+
+class Calls:
+    def __init__(self, stdout: str = "") -> None:
+        self.argv: list[list[str]] = []
+        self.env: list[dict[str, str]] = []
+        self.stdout = stdout
+
+    def __call__(self, argv: Sequence[str], *, env: Any = None, **_: Any) -> process.Result:
+        self.argv.append(list(argv))
+        self.env.append(dict(env or {}))
+        return process.Result(stdout=self.stdout, stderr="", exit_code=0)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
+    fake = Calls()
+    monkeypatch.setattr(process, "run", fake)
+    yield fake
+
+
+def test_build_is_one_nix_build_with_the_group_paths(calls: Calls) -> None:
+    calls.stdout = json.dumps([{"outputs": {"out": "/nix/store/a-sys-a"}}, {"outputs": {"out": "/nix/store/b-sys-b"}}])
+    out = nix.build(Path("/d/hive.nix"), ["a", "b"], {"nixpkgs": "/src/nixpkgs", "extra": "https://x/y.tar.xz"})
+    assert out == {"a": "/nix/store/a-sys-a", "b": "/nix/store/b-sys-b"}
+    [argv] = calls.argv
+    assert argv[:6] == ["nix", "--extra-experimental-features", "nix-command", "build", "--impure", "--json"]
+    assert argv[-2:] == ["a", "b"] and "--no-link" in argv
+    flags = [argv[i + 1] for i, a in enumerate(argv) if a == "-I"]
+    assert flags == ["deployment=/d", "extra=https://x/y.tar.xz", "nixpkgs=/src/nixpkgs"]
+    assert calls.env[0] == {"NIX_HIVE_DEPLOYMENT": "/d/hive.nix"}
+
+
+def test_eval_is_read_only_so_nothing_reaches_the_store(calls: Calls) -> None:
+    calls.stdout = "{}"
+    nix.eval_inventory(Path("/d/hive.nix"))
+    [argv] = calls.argv
+    assert {"eval", "--json", "--read-only", "--impure"} <= set(argv)
+    assert argv[argv.index("--file") + 1].endswith("eval.nix")
+
+
+def test_copy_sign_and_profile_commands(calls: Calls) -> None:
+    nix.copy("ssh://www-1", ["/nix/store/p"], substitute=True, env={"NIX_SSHOPTS": "-F /c"})
+    nix.copy("s3://bucket?region=x", ["/nix/store/p", "/nix/store/q"], substitute=False, env={})
+    nix.sign(Path("/k/hive.sec"), ["/nix/store/p"])
+    assert calls.argv[0][3:] == ["copy", "--to", "ssh://www-1", "--substitute-on-destination", "/nix/store/p"]
+    assert calls.env[0] == {"NIX_SSHOPTS": "-F /c"}
+    assert calls.argv[1][3:] == ["copy", "--to", "s3://bucket?region=x", "/nix/store/p", "/nix/store/q"]
+    assert calls.argv[2][3:] == ["store", "sign", "--key-file", "/k/hive.sec", "--recursive", "/nix/store/p"]
+    assert nix.set_profile_argv("/nix/store/p") == ["nix-env", "--profile", "/nix/var/nix/profiles/system",
+                                                    "--set", "/nix/store/p"]
+    assert nix.switch_argv("/nix/store/p", "boot") == ["/nix/store/p/bin/switch-to-configuration", "boot"]
+
+
+def hive(**instances: Instance) -> Hive:
+    return Hive(file=Path("/d/hive.nix"), shown="hive.nix", paths=frozen_map(),
+                systems={"s": System("s", frozen_map())}, instances=instances)
+
+
+def test_ssh_config_blocks_pinning_and_user_layering(tmp_path: Path) -> None:
+    h = hive(
+        portico=Instance("portico", "s", ssh=frozen_map({"Hostname": "203.0.113.1"}),
+                         host_key="ssh-ed25519 AAAAC3Nza portico@lab"),
+        www=Instance("www", "s", store="ssh://portico", ssh=frozen_map({"ProxyJump": "portico", "User": "deploy",
+                                                                        "BatchMode": "no"})),
+    )
+    setup = ssh.prepare(h, tmp_path, control=True)
+    text = setup.config.read_text()
+    portico = text[text.index("Host portico"):text.index("Host www")]
+    assert "  Hostname 203.0.113.1\n" in portico and "  StrictHostKeyChecking yes\n" in portico
+    assert f"  UserKnownHostsFile {setup.known_hosts}\n" in portico and "  HostKeyAlias portico\n" in portico
+    www = text[text.index("Host www"):]
+    assert "  ProxyJump portico\n" in www and "  User deploy\n" in www
+    assert "  BatchMode no\n" in www and "BatchMode yes" not in www  # the deployment wins
+    assert "StrictHostKeyChecking" not in www.split("Match all")[0]  # not pinned: the user's policy
+    assert f"  ControlPath {tmp_path}/c/%C\n" in www
+    assert text.rstrip().endswith("Match all\n  Include ~/.ssh/config\n  Include /etc/ssh/ssh_config")
+    assert setup.known_hosts.read_text() == "portico ssh-ed25519 AAAAC3Nza\n"
+    assert setup.env == {"NIX_SSHOPTS": f"-F {setup.config}"}
+
+
+def test_remote_commands_are_quoted_and_use_sudo_only_when_not_root(tmp_path: Path) -> None:
+    setup = ssh.prepare(hive(w=Instance("w", "s")), tmp_path)
+    argv = ssh.ssh_argv(setup, "w", ["echo", "a b", "$(x)"])
+    assert argv == ["ssh", "-F", str(setup.config), "--", "w", "echo 'a b' '$(x)'"]
+    script = ssh.as_root([["nix-env", "--set", "/nix/store/p"], ["/nix/store/p/bin/switch-to-configuration", "switch"]])
+    assert script.startswith('if [ "$(id -u)" -eq 0 ]; then s=; else s="sudo -n"; fi; ')
+    assert script.endswith("$s nix-env --set /nix/store/p && $s /nix/store/p/bin/switch-to-configuration switch")
+
+
+def test_relays_hold_each_system_once_and_their_own_first() -> None:
+    h = Hive(file=Path("/d/hive.nix"), shown="hive.nix", paths=frozen_map(),
+             systems={"edge": System("edge", frozen_map()), "web": System("web", frozen_map()),
+                      "db": System("db", frozen_map())},
+             instances={"portico": Instance("portico", "edge"),
+                        "w1": Instance("w1", "web", store="ssh://portico"),
+                        "w2": Instance("w2", "web", store="ssh://portico"),
+                        "d1": Instance("d1", "db", store="ssh://portico"),
+                        "c1": Instance("c1", "db", store="s3://cache")})
+    ctx = Context(h, [tuple(h.instances[n] for n in ("w1", "w2", "d1", "c1", "portico"))], Options())
+    assert ctx.relays() == {"ssh://portico": ["edge", "web", "db"], "s3://cache": ["db"]}
+    assert ctx.store_instance("ssh://root@portico?compress=true") == h.instances["portico"]
+    assert ctx.store_instance("s3://cache") is None
+
+
+def test_journal_records_each_task_at_once_and_survives_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    db = JournalDB(str(path))
+    db.set("build:a", "_values_:", {"result": "/nix/store/a"})
+    assert load(path) == {}  # not finished yet: doit writes "deps:" last
+    db.set("build:a", "deps:", [])
+    assert load(path)["build:a"]["_values_:"] == {"result": "/nix/store/a"}
+    db.set("build:b", "deps:", [])
+    db.remove("build:b")
+    assert set(load(path)) == {"build:a"}
+    with open(path, "a") as fh:
+        fh.write('{"task": "build:c", "data": {"deps:"')  # a kill in the middle of a write
+    assert set(load(path)) == {"build:a"}
+    again = JournalDB(str(path))  # reopening compacts: the torn line is gone, the rest stays
+    assert again.get("build:a", "_values_:") == {"result": "/nix/store/a"}
+    assert path.read_text().count("\n") == 2
+    again.remove_all()
+    again.dump()
+    assert load(path) == {}
+
+
+def test_error_headline_prefers_what_ssh_said() -> None:
+    stderr = ("@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.\n"
+              "error: cannot connect to 'www-2'\n")
+    assert headline(stderr) == "error: cannot connect to 'www-2' (Host key verification failed.)"
+    assert headline("boom\n\n") == "boom"
+    err = ProcessError(["nix", "copy"], 1, stderr)
+    assert str(err) == "nix exited 1: error: cannot connect to 'www-2' (Host key verification failed.)"
+
+
+def test_steps_parse() -> None:
+    assert Step.parse_list("build,push") == {Step.BUILD, Step.PUSH}
+    assert Step.parse_list("") == frozenset()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["deploy", "--no", "bild"], "--no: unknown step 'bild' (steps: build, push, activate)"),
+    (["deploy", "--max-failures", "x%"], "--max-failures 'x%'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["build", "--frob"], "unrecognized arguments: --frob"),
+    (["build", "-I", "nixpkgs"], "-I 'nixpkgs': expected NAME=PATH"),
+])
+def test_bad_options_exit_2_with_one_line(argv: list[str], message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hive.nix").write_text('{ systems.s.configuration = {}; instances.i.system = "s"; }')
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert not (tmp_path / ".hive.state").exists()
