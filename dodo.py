@@ -6,8 +6,9 @@
 
 Variables: config (file or directory, default hive.nix), targets (comma-separated patterns,
 default every instance), no (steps to skip when done: build,push,activate), state (file).
-doit's own `-n N` runs N tasks at once, in threads (`doit -n 10 deploy targets=...`). Waves are chained: every activation of
-a pattern waits for the previous pattern's, and a failure stops the later ones.
+doit's own `-n N` runs N tasks at once, in threads (`doit -n 10 deploy targets=...`).
+Waves are chained: every activation of a pattern waits for the previous pattern's, and a
+failure stops the later ones.
 """
 
 from __future__ import annotations
