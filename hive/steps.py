@@ -122,7 +122,7 @@ class Context:
         if sockets.is_dir() and any(sockets.iterdir()):
             hosts = sorted({i.name for i in self.instances} | {o.name for url in self.relays()
                                                                if (o := self.store_instance(url)) is not None})
-            with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+            with ThreadPoolExecutor(max_workers=max(16, self.options.jobs)) as pool:  # local and quick
                 list(pool.map(lambda argv: process.run(argv, check=False, timeout=10),
                               ssh.stop_masters(setup, hosts)))
         for root, dirs, files in os.walk(setup.directory, topdown=False):
@@ -324,15 +324,23 @@ class Context:
             self._probes.pop(instance.name, None)
 
     def prefetch(self, instances: list[Instance]) -> None:
-        """Probe many hosts at once (`--no push/activate` asks every host before its wave)."""
-        todo = list({i.name: i for i in instances}.values())
+        """Probe many hosts at once (`--no push/activate` asks every host up front).
+
+        Jump hosts and relay stores first: their shared connection is then up before the
+        hosts behind them are asked through it (instead of each racing to open its own)."""
+        todo = {i.name: i for i in instances}
         for url in {i.store for i in instances if i.store}:
             owner = self.store_instance(url)
-            if owner is not None and owner.name not in {i.name for i in todo}:
-                todo.append(owner)
-        if todo:
-            with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
-                list(pool.map(self.probe, todo))
+            if owner is not None:
+                todo.setdefault(owner.name, owner)
+        jumps = {j.split("@")[-1].split(":")[0] for i in todo.values()
+                 for j in i.ssh.get("ProxyJump", "").split(",") if j}
+        jumps |= {o.name for i in todo.values() if i.store and (o := self.store_instance(i.store)) is not None}
+        first = [i for n, i in todo.items() if n in jumps]
+        then = [i for n, i in todo.items() if n not in jumps]
+        with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+            for stage in (first, then):
+                list(pool.map(self.probe, stage))
 
     # -- activate ---------------------------------------------------------------------------
 

@@ -171,3 +171,23 @@ def test_bad_options_exit_2_with_one_line(argv: list[str], message: str, tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
     assert not (tmp_path / ".hive.state").exists()
+
+
+def test_systems_sharing_paths_are_built_by_one_nix_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[list[str]] = []
+
+    def fake_build(file: Path, systems: Sequence[str], paths: Any, **_: Any) -> dict[str, str]:
+        built.append(list(systems))
+        return {s: f"/nix/store/{s}" for s in systems}
+
+    monkeypatch.setattr(nix, "build", fake_build)
+    monkeypatch.setattr(nix, "add_root", lambda path, link: None)
+    shared = frozen_map({"nixpkgs": "/src/a"})
+    h = Hive(file=Path("/d/hive.nix"), shown="hive.nix", paths=shared,
+             systems={"a": System("a", shared), "b": System("b", shared),
+                      "c": System("c", frozen_map({"nixpkgs": "/src/other"}))},
+             instances={n: Instance(n, n) for n in ("a", "b", "c")})
+    ctx = Context(h, [tuple(h.instances.values())], Options())
+    results = [ctx.build(s) for s in ("a", "b", "c")]
+    assert built == [["a", "b"], ["c"]]
+    assert results == [{"result": "/nix/store/a"}, {"result": "/nix/store/b"}, {"result": "/nix/store/c"}]
