@@ -9,8 +9,8 @@ built and what has been done so far in this run.
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -67,7 +67,6 @@ class Context:
         self._probes: dict[str, Probe] = {}
         self._idle = threading.Condition()
         self._running = 0
-        self._ssh_dir: str | None = None
         self.dep_manager: Any = None  # doit's Dependency, handed over by BuildUptodate
         self.tasks_dict: Any = None
 
@@ -108,8 +107,7 @@ class Context:
     def ssh(self) -> ssh.SshSetup:
         with self._lock:
             if self._ssh is None:
-                self._ssh_dir = tempfile.mkdtemp(prefix="nix-hive-")
-                self._ssh = ssh.prepare(self.hive, Path(self._ssh_dir), control=True)
+                self._ssh = ssh.prepare(self.hive, Path(tempfile.mkdtemp(prefix="nix-hive-")), control=True)
             return self._ssh
 
     def close(self) -> None:
@@ -120,17 +118,19 @@ class Context:
             return
         sockets = setup.directory / "c"
         if sockets.is_dir() and any(sockets.iterdir()):
-            hosts = sorted({i.name for i in self.instances} | {o.name for url in self.relays()
-                                                               if (o := self.store_instance(url)) is not None})
+            hosts = sorted({i.name for i in self.instances} | self.gateways(self.instances))
             with ThreadPoolExecutor(max_workers=max(16, self.options.jobs)) as pool:  # local and quick
                 list(pool.map(lambda argv: process.run(argv, check=False, timeout=10),
                               ssh.stop_masters(setup, hosts)))
-        for root, dirs, files in os.walk(setup.directory, topdown=False):
-            for f in files:
-                Path(root, f).unlink(missing_ok=True)
-            for d in dirs:
-                Path(root, d).rmdir()
-        setup.directory.rmdir()
+        shutil.rmtree(setup.directory, ignore_errors=True)
+
+    def gateways(self, instances: list[Instance]) -> set[str]:
+        """The jump hosts (ProxyJump) and relay stores that `instances` are reached or fed
+        through, by the names the ssh configuration knows them by."""
+        names = {j.split("@")[-1].split(":")[0] for i in instances
+                 for j in i.ssh.get("ProxyJump", "").split(",") if j}
+        names |= {o.name for i in instances if i.store and (o := self.store_instance(i.store)) is not None}
+        return names
 
     def path_of(self, system: str) -> str | None:
         """The system's store path: built in this run, or recorded by a build that doit found
@@ -173,8 +173,7 @@ class Context:
                     for name, path in built.items():
                         nix.add_root(path, self.gcroots / name)
                 except HiveError as exc:
-                    detail = exc.stderr if isinstance(exc, ProcessError) else ""
-                    return TaskFailed(f"{exc}\n{detail}".rstrip())
+                    return _failed(exc)
                 self.results.update(built)
         return {"result": self.results[system]}
 
@@ -329,15 +328,13 @@ class Context:
         Jump hosts and relay stores first: their shared connection is then up before the
         hosts behind them are asked through it (instead of each racing to open its own)."""
         todo = {i.name: i for i in instances}
-        for url in {i.store for i in instances if i.store}:
-            owner = self.store_instance(url)
+        for i in instances:  # relay stores are asked what they hold too
+            owner = self.store_instance(i.store) if i.store else None
             if owner is not None:
                 todo.setdefault(owner.name, owner)
-        jumps = {j.split("@")[-1].split(":")[0] for i in todo.values()
-                 for j in i.ssh.get("ProxyJump", "").split(",") if j}
-        jumps |= {o.name for i in todo.values() if i.store and (o := self.store_instance(i.store)) is not None}
-        first = [i for n, i in todo.items() if n in jumps]
-        then = [i for n, i in todo.items() if n not in jumps]
+        gateways = self.gateways(instances)
+        first = [i for n, i in todo.items() if n in gateways]
+        then = [i for n, i in todo.items() if n not in gateways]
         with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
             for stage in (first, then):
                 list(pool.map(self.probe, stage))
