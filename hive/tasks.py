@@ -13,7 +13,6 @@ two doors, one implementation.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -48,7 +47,7 @@ def namespace(ctx: Context, *, chain_waves: bool, build_only: bool = False) -> d
 
     With `chain_waves`, each wave's activations depend on the previous wave's: a single doit
     run then keeps the order and stops at the first failed wave (the `doit deploy` door).
-    The `nix-hive` command runs one wave at a time instead (see cli.py), to apply
+    The `nix-hive` command runs one wave at a time instead (see deploy.py), to apply
     --keep-going and --max-failures between waves.
     """
     files = [str(p) for p in input_files(ctx.hive, exclude=(ctx.state_file, ctx.hive.signing_key))]
@@ -159,10 +158,4 @@ def run(ctx: Context, ns: dict[str, Any], targets: Sequence[str], *, jobs: int =
     if jobs > 1:
         args += ["-n", str(jobs), "-P", "thread"]
     main = DoitMain(ModuleTaskLoader(ns), config_filenames=(), extra_config={"BACKEND": BACKEND})
-    # doit swaps sys.stdout to capture python-actions; from several threads at once the swaps
-    # interleave and can leave a capture buffer in place: put the real streams back.
-    out, err = sys.stdout, sys.stderr
-    try:
-        return int(main.run([*args, *targets]))
-    finally:
-        sys.stdout, sys.stderr = out, err
+    return int(main.run([*args, *targets]))

@@ -188,3 +188,38 @@ def test_state_file_survives_kill_9_in_the_middle_of_a_build(tmp_path: Path, bui
     data = inventory(nix_hive("build", "--no", "build", "-c", str(hive), env={"SLOW": "0"}))
     assert results(data)["one"] == first
     assert builds(build_log) == ["one", "two", "slow"]
+
+
+def test_list_tables_and_json(fleet: Path) -> None:
+    table = nix_hive("list", "-c", str(fleet), "rack4")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["instance", "system", "store", "tags", "address"]
+    assert sum(1 for ln in lines if ln.startswith("host-4")) == 100  # host-400 .. host-499
+    assert any(ln.split()[:2] == ["b", "100"] for ln in lines)  # the system table
+    as_json = nix_hive("list", "--json", "-c", str(fleet), "host-1")
+    data = json.loads(as_json.stdout)
+    assert data["instances"]["host-1"]["selected"] and not data["instances"]["host-2"]["selected"]
+    assert data["systems"]["a"]["result"] is None  # list builds nothing
+
+
+def test_deployment_path_and_platform_reach_the_build(tmp_path: Path, build_log: Path) -> None:
+    hive = write_hive(tmp_path / "p", f"""
+        {{
+          paths.nixpkgs = {STANDIN};
+          systems.here = {{
+            system = builtins.currentSystem;
+            configuration = {{ imports = [ <deployment/modules/name.nix> ]; }};
+          }};
+          systems.arm = {{ system = "aarch64-linux"; configuration = {{ networking.hostName = "arm"; }}; }};
+          instances.h.system = "here";
+          instances.a.system = "arm";
+        }}
+    """)
+    (hive.parent / "modules").mkdir()
+    (hive.parent / "modules" / "name.nix").write_text('{ networking.hostName = "from-deployment-path"; }\n')
+    ok = nix_hive("build", "-c", str(hive), "h")
+    assert results(inventory(ok))["here"].endswith("-nixos-system-from-deployment-path")
+    arm = nix_hive("build", "-c", str(hive), "a")
+    assert arm.returncode == 1  # the platform is handed to Nix, which cannot build it here
+    assert "aarch64-linux" in arm.stderr and "Traceback" not in arm.stderr

@@ -67,6 +67,13 @@ def test_example_portico_first_through_the_relay(fleet_factory: Start, build_log
     assert sent < closures + len(WWW) * 64 * KIB  # the www closure left the deployer once
     # progress and order as the user sees it
     assert result.stderr.index("activate portico") < result.stderr.index("push     www-1")
+    # the signing key never reached a store: not as a path, not inside a closure
+    secret = (fleet.hive / "secrets" / "hive.sec").read_text().strip().split(":", 1)[1]
+    assert not list(Path("/nix/store").glob("*hive.sec*"))
+    closure = subprocess.run(["nix-store", "-qR", portico_path, www_path], capture_output=True, text=True,
+                             check=True).stdout.split()
+    found = subprocess.run(["grep", "-rlF", secret, *closure], capture_output=True, text=True)
+    assert found.stdout == "", found.stdout
 
 
 def builds_of(log: Path) -> list[str]:
@@ -203,6 +210,20 @@ def test_unreachable_host_is_named_and_the_rest_deployed(fleet_factory: Start) -
     assert rows["www-3"]["outcome"] == "failed" and "www-3" in result.stderr
     assert [rows[h]["outcome"] for h in ("portico", "www-1", "www-2")] == ["ok", "ok", "ok"]
     assert "Traceback" not in result.stderr
+
+
+def test_goal_boot_sets_the_profile_without_switching(fleet_factory: Start, tmp_path: Path) -> None:
+    fleet = fleet_factory()
+    report = tmp_path / "report.json"
+    result = fleet.deploy("--goal", "boot", "--report", str(report), "portico")
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(report.read_text())["instances"]
+    assert row["instance"] == "portico" and row["outcome"] == "ok"
+    assert fleet.lab.current_system("portico") is None  # boot: not switched now
+    assert fleet.lab.activations("portico")[0].split()[1:3] == ["boot", row["path"]]
+    profile = fleet.lab.run("portico", ["readlink", "-f", "/nix/var/nix/profiles/system"]).stdout.strip()
+    assert profile == row["path"]
+    assert "instance" in result.stdout and "portico" in result.stdout  # the table is still printed
 
 
 def test_push_only_does_not_activate(fleet_factory: Start) -> None:

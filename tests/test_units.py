@@ -151,6 +151,16 @@ def test_error_headline_prefers_what_ssh_said() -> None:
     assert str(err) == "nix exited 1: error: cannot connect to 'www-2' (Host key verification failed.)"
 
 
+def test_max_failures_takes_a_number_or_a_percentage() -> None:
+    assert cli._max_failures(None, 50) is None
+    assert cli._max_failures("3", 50) == 3
+    assert cli._max_failures("10%", 50) == 5
+    assert cli._max_failures("0%", 50) == 0
+    for bad in ("-1", "101%", "x", "5%%"):
+        with pytest.raises(cli.InputError):
+            cli._max_failures(bad, 50)
+
+
 def test_steps_parse() -> None:
     assert Step.parse_list("build,push") == {Step.BUILD, Step.PUSH}
     assert Step.parse_list("") == frozenset()
