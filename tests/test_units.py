@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hive import cli, nix, process, ssh
-from hive.errors import ProcessError, headline
+from hive.errors import InputError, ProcessError, headline
 from hive.model import Hive, Instance, Step, System, frozen_map
 from hive.state import JournalDB, load
 from hive.steps import Context, Options
@@ -157,7 +157,7 @@ def test_max_failures_takes_a_number_or_a_percentage() -> None:
     assert cli._max_failures("10%", 50) == 5
     assert cli._max_failures("0%", 50) == 0
     for bad in ("-1", "101%", "x", "5%%"):
-        with pytest.raises(cli.InputError):
+        with pytest.raises(InputError):
             cli._max_failures(bad, 50)
 
 
