@@ -12,6 +12,10 @@ through the relay, one system whose closure is about MB megabytes. Measured in t
   turn, `nix copy --to ssh://host` straight from the deployer (through the relay as a jump
   host), then `ssh host` to set the profile and switch.
 
+- the floor: on a third fresh lab, the closure copied to the relay, then a bare
+  `nix copy --substitute-on-destination` to every host at once (no activation): what the
+  machine itself needs for the hosts to import the closure from the relay.
+
 Then the ratios. Nothing is asserted (timings are noisy); targets: deployer bytes for N=30
 under closure + 30 x 64 KiB, wall(N=30)/wall(N=1) under 4, repeated no-change deploy of 30
 under 3 s, naive/nix-hive wall time for N=30 above 3.
@@ -87,6 +91,20 @@ def naive(fleet: Fleet, n: int, path: str) -> dict[str, float]:
             "auths": deployer_auths(fleet)}
 
 
+def floor(fleet: Fleet, path: str) -> float:
+    """Bare `nix copy -s` to every host behind the relay at once, after the relay has it."""
+    env = {**nix_env(), "NIX_SSHOPTS": f"-F {fleet.lab.ssh_config_path}"}
+    subprocess.run(fleet.lab.deployer_argv(["nix", "copy", "--to", "ssh://relay", path]), env=env, check=True,
+                   capture_output=True)
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(fleet.lab.deployer_argv(["nix", "copy", "-s", "--to", f"ssh://{h}", path]), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for h in sorted(fleet.lab.hosts) if h != "relay"]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("a bare nix copy -s failed")
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,10,30")
@@ -110,13 +128,20 @@ def main() -> None:
                 theirs = naive(fleet, n, path)
             finally:
                 fleet.down()
+            fleet = start(Path(tmp, f"floor{n}"), n, args.mb)
+            try:
+                built = fleet.run("build", "-q", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
+                mine["floor"] = floor(fleet, json.loads(built.stdout)["systems"]["node"]["result"])
+            finally:
+                fleet.down()
             results[n] = {"nix-hive": mine, "naive": theirs}
             kib = 1024
             print(f"N={n:>3} (+relay): nix-hive {mine['wall']:6.2f} s, {mine['bytes'] / 1e6:7.2f} MB sent, "
                   f"{mine['auths']:3.0f} auths, repeat --no all {mine['repeat']:5.2f} s | "
                   f"naive {theirs['wall']:6.2f} s, {theirs['bytes'] / 1e6:7.2f} MB, {theirs['auths']:3.0f} auths | "
                   f"closure {mine['closure'] / 1e6:.2f} MB, beyond it "
-                  f"{(mine['bytes'] - mine['closure']) / (n + 1) / kib:.1f} KiB per host", flush=True)
+                  f"{(mine['bytes'] - mine['closure']) / (n + 1) / kib:.1f} KiB per host | "
+                  f"floor (bare nix copy -s to all at once) {mine['floor']:.2f} s", flush=True)
     first, last = sizes[0], sizes[-1]
     mine_last, naive_last = results[last]["nix-hive"], results[last]["naive"]
     print(f"\nwall(N={last}) / wall(N={first}), nix-hive: {mine_last['wall'] / results[first]['nix-hive']['wall']:.2f}")
@@ -125,6 +150,8 @@ def main() -> None:
     print(f"deployer bytes N={last}: {mine_last['bytes']:,.0f} vs closure + {last} x 64 KiB = "
           f"{mine_last['closure'] + last * 64 * 1024:,.0f}")
     print(f"repeated no-change deploy, N={last}: {mine_last['repeat']:.2f} s")
+    print(f"floor(N={last}) / floor(N={first}): {mine_last['floor'] / results[first]['nix-hive']['floor']:.2f}; "
+          f"nix-hive wall / floor, N={last}: {mine_last['wall'] / mine_last['floor']:.2f}")
 
 
 if __name__ == "__main__":
