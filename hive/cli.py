@@ -7,6 +7,7 @@ Exit status: 0 all done; 1 some host or step failed (the rest was done); 2 bad i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,13 +104,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
+    report = Path(args.report) if args.report else None
+    if report is not None and not (report.parent.is_dir() and os.access(report.parent, os.W_OK)):
+        raise InputError(f"--report {args.report}: cannot write there")  # say so before starting
     ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
     code, rows = deploy.deploy(ctx, push_only=push_only)
-    if args.report:
-        with open(args.report, "w") as fh:
-            dump_json({"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]}, fh)
+    outcome = {"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]}
+    if report is not None:
+        with open(report, "w") as fh:
+            dump_json(outcome, fh)
     if args.json:
-        dump_json({"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]})
+        dump_json(outcome)
     else:
         print(summary_table(rows))
     return code

@@ -172,6 +172,10 @@ def test_steps_parse() -> None:
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["build", "--frob"], "unrecognized arguments: --frob"),
     (["build", "-I", "nixpkgs"], "-I 'nixpkgs': expected NAME=PATH"),
+    (["deploy", "--report", "/nonexistent-dir/r.json"], "--report /nonexistent-dir/r.json: cannot write there"),
+    (["deploy", "nope"], "pattern 'nope' matches no instance, system or tag of hive.nix"),
+    (["ssh", "nope"], "'nope' is not an instance of hive.nix"),
+    (["run", "i"], "run: no command given"),
 ])
 def test_bad_options_exit_2_with_one_line(argv: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
