@@ -16,7 +16,7 @@ from typing import Any
 from hive import __version__, deploy, process, ssh
 from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
-from hive.model import Hive, Step
+from hive.model import Goal, Hive, Step
 from hive.report import Progress, dump_json, instance_rows, inventory_json, summary_table, system_rows, table
 from hive.select import flatten, select
 from hive.steps import Context, Options, default_state_file
@@ -54,7 +54,7 @@ def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
 
 def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
     return Options(skip=Step.parse_list(getattr(args, "no", None)), state_file=_state_file(args, hive),
-                   jobs=max(1, getattr(args, "jobs", 1)), goal=getattr(args, "goal", "switch"),
+                   jobs=max(1, getattr(args, "jobs", 1)), goal=Goal(getattr(args, "goal", "switch")),
                    keep_going=getattr(args, "keep_going", False),
                    max_failures=_max_failures(getattr(args, "max_failures", None), selected))
 
@@ -211,7 +211,7 @@ def parser() -> Parser:
         d.add_argument("--report", metavar="FILE", help="also write the outcome as JSON to FILE")
         d.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
         d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
-        d.add_argument("--goal", choices=["switch", "boot", "test", "dry-activate"], default="switch",
+        d.add_argument("--goal", choices=[g.value for g in Goal], default="switch",
                        help="switch-to-configuration action (default: switch)")
         d.add_argument("patterns", nargs="*", metavar="PATTERN")
         d.set_defaults(func=func)

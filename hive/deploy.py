@@ -122,20 +122,23 @@ def status(ctx: Context) -> tuple[int, list[dict[str, Any]]]:
     """Each selected host's current system against the one the hive builds now."""
     code = build(ctx)
     try:
-        def probe(i: Instance) -> dict[str, Any]:
+        ctx.prefetch(ctx.instances)
+
+        def row(i: Instance) -> dict[str, Any]:
             expected = ctx.path_of(i.system)
-            current = ctx.current_system(i)
-            if current is None:
+            found = ctx.probe(i)
+            if not found.reachable:
                 state = "unreachable"
-            elif current == expected:
+            elif found.current is None:
+                state = "not activated"
+            elif found.current == expected:
                 state = "up to date"
             else:
                 state = "differs"
-            return {"instance": i.name, "system": i.system, "expected": expected, "current": current,
-                    "state": state}
+            return {"instance": i.name, "system": i.system, "expected": expected, "current": found.current,
+                    "profile": found.profile, "state": state}
 
-        with ThreadPoolExecutor(max_workers=ctx.options.jobs) as pool:
-            rows = list(pool.map(probe, ctx.instances))
+        rows = [row(i) for i in ctx.instances]
     finally:
         ctx.close()
     bad = code != 0 or any(r["state"] == "unreachable" for r in rows)

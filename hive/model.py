@@ -39,6 +39,31 @@ class Step(enum.Enum):
         return frozenset(steps)
 
 
+class Goal(enum.Enum):
+    """What activation does (switch-to-configuration's action)."""
+
+    SWITCH = "switch"  # make it the boot default and run it now
+    BOOT = "boot"  # make it the boot default only
+    TEST = "test"  # run it now, leave the boot default alone
+    DRY_ACTIVATE = "dry-activate"  # show what switching would do
+
+    @property
+    def sets_profile(self) -> bool:
+        """Whether the system profile (the next boot's system) is pointed at the path."""
+        return self in (Goal.SWITCH, Goal.BOOT)
+
+    def reached(self, path: str, current: str | None, profile: str | None) -> bool:
+        """Whether a host with this running system and profile already is where the goal
+        would take it (`--no activate`). A dry activation is never done."""
+        if self is Goal.SWITCH:
+            return current == path and profile == path
+        if self is Goal.BOOT:
+            return profile == path
+        if self is Goal.TEST:
+            return current == path
+        return False
+
+
 @dataclass(frozen=True)
 class System:
     """A NixOS configuration, built once whatever the number of its instances."""

@@ -24,7 +24,7 @@ from doit.exceptions import TaskFailed
 
 from hive import nix, process, select, ssh
 from hive.errors import HiveError, ProcessError
-from hive.model import Hive, Instance, Step
+from hive.model import Goal, Hive, Instance, Step
 from hive.report import Outcomes, Progress
 from hive.select import Wave
 
@@ -36,7 +36,7 @@ class Options:
     skip: frozenset[Step] = frozenset()
     state_file: Path | None = None  # default: .hive.state beside the deployment file
     jobs: int = 10
-    goal: str = "switch"
+    goal: Goal = Goal.SWITCH
     keep_going: bool = False
     max_failures: int | None = None  # absolute number, computed from N or N%
 
@@ -62,6 +62,10 @@ class Context:
         self.results: dict[str, str] = {}  # system -> store path built in this run
         self._lock = threading.Lock()
         self._build_locks: dict[Any, threading.Lock] = {}
+        self._build_failures: dict[str, HiveError] = {}
+        self._planned: dict[str, bool] = {}  # system -> doit will build it in this run
+        self._planning = False
+        self._sign_lock = threading.Lock()
         self._signed: set[str] = set()
         self._ssh: ssh.SshSetup | None = None
         self._probes: dict[str, Probe] = {}
@@ -159,32 +163,54 @@ class Context:
             return self._build(system)
 
     def _build(self, system: str) -> dict[str, Any] | TaskFailed:
-        """Build `system`, together with every other system of its group that needs it."""
+        """Build `system`, together with the other systems of its group that doit will build
+        too (as planned by `plan_group`): one `nix build`, so Nix builds them in parallel."""
         key = self.hive.systems[system].build_key()
         with self._lock:
             lock = self._build_locks.setdefault(key, threading.Lock())
         with lock:
-            if system not in self.results:
-                group = [s for s in self.systems
-                         if s not in self.results and self.hive.systems[s].build_key() == key
-                         and (s == system or self._needs_build(s))]
-                try:
-                    built = nix.build(self.hive.file, group, self.hive.systems[system].paths)
-                    for name, path in built.items():
-                        nix.add_root(path, self.gcroots / name)
-                except HiveError as exc:
-                    return _failed(exc)
-                self.results.update(built)
+            if system not in self.results and system not in self._build_failures:
+                group = [system] + [s for s in self.systems
+                                    if s != system and self._planned.get(s, False) and s not in self.results
+                                    and s not in self._build_failures
+                                    and self.hive.systems[s].build_key() == key]
+                self._build_group(group)
+        failure = self._build_failures.get(system)
+        if failure is not None:
+            return _failed(failure)
         return {"result": self.results[system]}
 
-    def _needs_build(self, system: str) -> bool:
-        """Asks doit itself whether another system's build task is up to date."""
-        if self.dep_manager is None or self.tasks_dict is None:
-            return True
-        task = self.tasks_dict.get(f"build:{system}")
-        if task is None:
-            return False  # not selected in this run
-        return bool(self.dep_manager.get_status(task, self.tasks_dict).status != "up-to-date")
+    def _build_group(self, group: list[str]) -> None:
+        try:
+            built = nix.build(self.hive.file, group, self.hive.systems[group[0]].paths)
+            for name, path in built.items():
+                nix.add_root(path, self.gcroots / name)
+        except HiveError as exc:
+            if len(group) == 1:
+                self._build_failures[group[0]] = exc
+                return
+            for name in group:  # one broken system must not fail the others: build them alone
+                self._build_group([name])
+            return
+        self.results.update(built)
+
+    def plan_group(self, system: str) -> None:
+        """Asks doit, before it runs `build:<system>`, which other systems of the same group it
+        will build too. Runs in doit's main thread, from the up-to-date check (see
+        BuildUptodate), where doit itself computes task status."""
+        if self.dep_manager is None or self.tasks_dict is None or self._planning:
+            return
+        key = self.hive.systems[system].build_key()
+        self._planning = True
+        try:
+            for other in self.systems:
+                task = self.tasks_dict.get(f"build:{other}")
+                if other == system or other in self._planned or task is None \
+                        or self.hive.systems[other].build_key() != key:
+                    continue
+                self._planned[other] = self.dep_manager.get_status(task, self.tasks_dict).status != "up-to-date"
+        finally:
+            self._planning = False
 
     def build_uptodate(self, system: str) -> BuildUptodate:
         return BuildUptodate(self, system)
@@ -226,7 +252,7 @@ class Context:
         paths = [self.need_path(s) for s in systems]
         key = self.hive.signing_key
         if key is not None:
-            with self._lock:
+            with self._sign_lock:
                 todo = [p for p in paths if p not in self._signed]
                 if todo:
                     nix.sign(key, todo)
@@ -299,7 +325,8 @@ class Context:
         if known is not None:
             return known
         paths = sorted({p for s in self.systems if (p := self.path_of(s)) is not None})
-        script = 'printf "current=%s\\n" "$(readlink /run/current-system 2>/dev/null)"'
+        script = ('printf "current=%s\\n" "$(readlink /run/current-system 2>/dev/null)"; '
+                  'p=/nix/var/nix/profiles/system; printf "profile=%s\\n" "$(test -L $p && readlink -f $p)"')
         for path in paths:
             quoted = shlex.quote(path)
             script += f"; nix-store --check-validity {quoted} 2>/dev/null && echo valid={quoted}"
@@ -312,7 +339,8 @@ class Context:
         else:
             lines = out.stdout.splitlines()
             current = next((ln[8:] for ln in lines if ln.startswith("current=")), "")
-            found = Probe(reachable=True, current=current or None,
+            profile = next((ln[8:] for ln in lines if ln.startswith("profile=")), "")
+            found = Probe(reachable=True, current=current or None, profile=profile or None,
                           valid=frozenset(ln[6:] for ln in lines if ln.startswith("valid=")))
         with self._lock:
             self._probes[instance.name] = found
@@ -349,12 +377,15 @@ class Context:
             return self._activate(instance)
 
     def _activate(self, instance: Instance) -> dict[str, Any] | TaskFailed:
-        """Point the system profile at the path, then switch to it (sudo when not root)."""
+        """Point the system profile at the path (switch, boot), then run switch-to-configuration
+        with the goal; as root, through sudo when the ssh user is not root."""
         try:
             path = self.need_path(instance.system)
         except HiveError as exc:
             return _failed(exc)
-        script = ssh.as_root([nix.set_profile_argv(path), nix.switch_argv(path, self.options.goal)])
+        goal = self.options.goal
+        commands = [nix.set_profile_argv(path)] if goal.sets_profile else []
+        script = ssh.as_root([*commands, nix.switch_argv(path, goal.value)])
         self.forget(instance)
         try:
             process.run(ssh.shell_argv(self.ssh, instance.name, script))
@@ -362,18 +393,12 @@ class Context:
             return _failed(exc)
         return {"path": path}
 
-    def current_system(self, instance: Instance) -> str | None:
-        """The host's /run/current-system, or None when it cannot be read."""
-        try:
-            out = process.run(ssh.ssh_argv(self.ssh, instance.name, ["readlink", "/run/current-system"]))
-        except HiveError:
-            return None
-        return out.stdout.strip() or None
 
     def is_active(self, instance: Instance) -> bool:
         """`--no activate`: the host already runs the path (asked of the host)."""
         path = self.path_of(instance.system)
-        return path is not None and self.probe(instance).current == path
+        found = self.probe(instance)
+        return path is not None and self.options.goal.reached(path, found.current, found.profile)
 
 
 @dataclass(frozen=True)
@@ -382,6 +407,7 @@ class Probe:
 
     reachable: bool
     current: str | None = None  # /run/current-system
+    profile: str | None = None  # what /nix/var/nix/profiles/system points at (the boot default)
     valid: frozenset[str] = frozenset()  # the run's system paths its store holds
 
 
@@ -395,8 +421,8 @@ def _failed(exc: HiveError) -> TaskFailed:
 
 
 class BuildUptodate(UptodateCalculator):  # type: ignore[misc]
-    """The up-to-date check of `build:<system>`; also hands doit's state to the Context, so a
-    group build can ask doit which of its other systems need building."""
+    """The up-to-date check of `build:<system>`. It also hands doit's state to the Context and
+    has it plan the group build (which other systems doit will build), in doit's main thread."""
 
     def __init__(self, ctx: Context, system: str) -> None:
         super().__init__()
@@ -411,7 +437,9 @@ class BuildUptodate(UptodateCalculator):  # type: ignore[misc]
     def __call__(self, task: Any, values: Mapping[str, Any]) -> bool:
         if self.ctx.done(task.name):
             return True
-        return self.ctx.skips(Step.BUILD) and self.ctx.recorded_build_valid(self.system, values)
+        verdict = self.ctx.skips(Step.BUILD) and self.ctx.recorded_build_valid(self.system, values)
+        self.ctx.plan_group(self.system)
+        return verdict
 
 
 def step_check(ctx: Context, step: Step, probe: Callable[[], bool]) -> Callable[[Any, Any], bool]:

@@ -108,7 +108,7 @@ def namespace(ctx: Context, *, chain_waves: bool, build_only: bool = False) -> d
             for i in wave:
                 yield {
                     "name": i.name,
-                    "doc": f"activate {i.system} on {i.name} ({ctx.options.goal})",
+                    "doc": f"activate {i.system} on {i.name} ({ctx.options.goal.value})",
                     "actions": [(ctx.activate, [i])],
                     "io": NO_CAPTURE,
                     "task_dep": [f"push:{i.name}", *(previous if chain_waves else [])],

@@ -128,7 +128,7 @@ def test_no_build_rebuilds_when_paths_changed(fleet: Path, tmp_path: Path, build
     assert "unchanged" not in moved.stderr and moved.stderr.count(" ok ") == 2
 
 
-def test_build_failure_exits_1_and_names_the_system(tmp_path: Path) -> None:
+def test_a_broken_system_fails_alone(tmp_path: Path, build_log: Path) -> None:
     hive = write_hive(tmp_path / "h", f"""
         {{
           paths.nixpkgs = {STANDIN};
@@ -142,6 +142,11 @@ def test_build_failure_exits_1_and_names_the_system(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "build    broken" in result.stderr and "no hostname for you" in result.stderr
     assert "Traceback" not in result.stderr
+    # same paths, so one group: the group's build failed, then each was built alone
+    built = results(json.loads(result.stdout))
+    assert built["broken"] is None and built["ok"] is not None and Path(built["ok"]).exists()
+    assert builds(build_log) == ["ok"]
+    assert "build    ok                          ok" in result.stderr
 
 
 KILL_HIVE = f"""

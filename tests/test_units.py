@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from hive import cli, nix, process, ssh
+from hive import cli, nix, process, ssh, tasks
 from hive.errors import InputError, ProcessError, headline
 from hive.model import Hive, Instance, Step, System, frozen_map
+from hive.report import Progress
 from hive.state import JournalDB, load
 from hive.steps import Context, Options
 
@@ -187,21 +188,33 @@ def test_bad_options_exit_2_with_one_line(argv: list[str], message: str, tmp_pat
     assert not (tmp_path / ".hive.state").exists()
 
 
-def test_systems_sharing_paths_are_built_by_one_nix_build(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_systems_sharing_paths_are_built_by_one_nix_build(jobs: int, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through doit itself (the real task runner, serial and threaded), with Nix faked: the
+    group is planned from doit's own view of which build tasks will run."""
     built: list[list[str]] = []
 
     def fake_build(file: Path, systems: Sequence[str], paths: Any, **_: Any) -> dict[str, str]:
         built.append(list(systems))
+        if "broken" in systems:
+            raise ProcessError(["nix"], 1, "error: broken is broken")
         return {s: f"/nix/store/{s}" for s in systems}
 
     monkeypatch.setattr(nix, "build", fake_build)
     monkeypatch.setattr(nix, "add_root", lambda path, link: None)
     shared = frozen_map({"nixpkgs": "/src/a"})
-    h = Hive(file=Path("/d/hive.nix"), shown="hive.nix", paths=shared,
-             systems={"a": System("a", shared), "b": System("b", shared),
+    h = Hive(file=tmp_path / "hive.nix", shown="hive.nix", paths=shared,
+             systems={"a": System("a", shared), "b": System("b", shared), "broken": System("broken", shared),
                       "c": System("c", frozen_map({"nixpkgs": "/src/other"}))},
-             instances={n: Instance(n, n) for n in ("a", "b", "c")})
-    ctx = Context(h, [tuple(h.instances.values())], Options())
-    results = [ctx.build(s) for s in ("a", "b", "c")]
-    assert built == [["a", "b"], ["c"]]
-    assert results == [{"result": "/nix/store/a"}, {"result": "/nix/store/b"}, {"result": "/nix/store/c"}]
+             instances={n: Instance(n, n) for n in ("a", "b", "broken", "c")})
+    ctx = Context(h, [tuple(h.instances.values())], Options(state_file=tmp_path / "state", jobs=jobs),
+                  progress=Progress(quiet=True))
+    code = tasks.run(ctx, tasks.namespace(ctx, chain_waves=False, build_only=True),
+                     [f"build:{s}" for s in ctx.systems], jobs=jobs)
+    assert code != 0  # broken failed
+    groups = sorted(sorted(g) for g in built)
+    # one call for the group of a, b and broken; it failed, so each was built alone; c apart
+    assert groups == [["a"], ["a", "b", "broken"], ["b"], ["broken"], ["c"]]
+    assert ctx.results == {"a": "/nix/store/a", "b": "/nix/store/b", "c": "/nix/store/c"}
+    assert ctx.outcomes.failed() == ["build:broken"]
