@@ -29,7 +29,8 @@ from hive.steps import Context, Options
 
 def _namespace() -> dict[str, Any]:
     hive = evaluate(get_var("config", "hive.nix"))
-    waves = select(hive, [get_var("targets", "")])
+    targets = get_var("targets", "")
+    waves = select(hive, [targets] if targets else [])
     state = get_var("state", None)
     options = Options(skip=Step.parse_list(get_var("no", "")), state_file=Path(state).resolve() if state else None)
     ctx = Context(hive, waves, options)

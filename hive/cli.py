@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hive import __version__, deploy, process, ssh
+from hive import __version__, deploy, process, ssh, state
 from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
@@ -44,7 +44,12 @@ def _load(args: argparse.Namespace) -> Hive:
 
 
 def _state_file(args: argparse.Namespace, hive: Hive) -> Path:
-    return Path(args.state).resolve() if args.state else default_state_file(hive)
+    path = Path(args.state).resolve() if args.state else default_state_file(hive)
+    if path.is_dir():
+        raise InputError(f"state file {path} is a directory (--state FILE)")
+    if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+        raise InputError(f"cannot write the state file {path} (choose another with --state FILE)")
+    return path
 
 
 def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
@@ -82,7 +87,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
     ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
-    code = deploy.build(ctx)
+    with state.locked(ctx.state_file):
+        code = deploy.build(ctx)
     setup = _persistent_ssh(args, hive)
     dump_json(inventory_json(hive, {i.name for i in ctx.instances}, ctx.path_of, setup.config.read_text()))
     return code
@@ -105,10 +111,11 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
     report = Path(args.report) if args.report else None
-    if report is not None and not (report.parent.is_dir() and os.access(report.parent, os.W_OK)):
+    if report is not None and (report.is_dir() or not (report.parent.is_dir() and os.access(report.parent, os.W_OK))):
         raise InputError(f"--report {args.report}: cannot write there")  # say so before starting
     ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
-    code, rows = deploy.deploy(ctx, push_only=push_only)
+    with state.locked(ctx.state_file):
+        code, rows = deploy.deploy(ctx, push_only=push_only)
     outcome = {"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]}
     if report is not None:
         with open(report, "w") as fh:
@@ -150,9 +157,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     hive = _load(args)
     if not args.command:
         raise InputError("run: no command given (nix-hive run PATTERN... -- COMMAND...)")
-    instances = flatten(select(hive, args.patterns))
-    setup = _persistent_ssh(args, hive)
-    failed = deploy.run_everywhere(setup, instances, args.command, jobs=max(1, args.jobs))
+    waves = select(hive, args.patterns)
+    ctx = Context(hive, waves, Options(jobs=max(1, args.jobs), state_file=_state_file(args, hive)))
+    try:  # through the run's shared connections (a jump host authenticates once)
+        failed = deploy.run_everywhere(ctx.ssh, ctx.instances, args.command, jobs=ctx.options.jobs)
+    finally:
+        ctx.close()
     for name, why in failed:
         print(f"failed: {name}: {why}", file=sys.stderr)
     return 1 if failed else 0
@@ -162,7 +172,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
     ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
-    code, rows = deploy.status(ctx)
+    with state.locked(ctx.state_file):
+        code, rows = deploy.status(ctx)
     if args.json:
         dump_json(rows)
     else:
@@ -262,6 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a file nix-hive had to read or write
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

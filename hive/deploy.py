@@ -155,7 +155,7 @@ def run_everywhere(setup: ssh.SshSetup, instances: Sequence[Instance], command: 
 
     def one(i: Instance) -> None:
         try:
-            out = process.run(ssh.ssh_argv(setup, i.name, command), check=False)
+            out = process.run(ssh.command_argv(setup, i.name, command), check=False)
         except HiveError as exc:
             with lock:
                 failed.append((i.name, str(exc)))

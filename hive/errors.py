@@ -52,9 +52,11 @@ SSH_DIAGNOSTICS = (
 
 
 def headline(stderr: str) -> str:
-    """One line that says why a command failed: its last words, and ssh's, if it spoke."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    last = lines[-1] if lines else ""
+    """One line that says why a command failed: Nix's first error (else the last line), and
+    what ssh said, if it spoke."""
+    lines = [ln.strip() for ln in stderr.splitlines()
+             if ln.strip() and not ln.strip().startswith("(use '--show-trace'")]
+    last = next((ln for ln in lines if ln.startswith("error:")), lines[-1] if lines else "")
     ssh = next((ln for d in SSH_DIAGNOSTICS for ln in lines if d in ln), None)  # in order of priority
     if ssh and ssh != last:
         return f"{last} ({ssh.strip('@ ')})" if last else ssh
@@ -71,6 +73,10 @@ class ProcessError(HiveError):
         last = headline(stderr)
         status = "could not start" if exit_code is None else f"exited {exit_code}"
         super().__init__(f"{argv[0]} {status}: {last}" if last else f"{argv[0]} {status}")
+
+
+class BusyError(InputError):
+    """Another nix-hive run holds the state file: nothing was started."""
 
 
 class StepError(HiveError):

@@ -102,8 +102,10 @@ def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
         return path + extra[:1], f"unknown attribute (expected one of: {known})"
     if error.validator == "propertyNames":
         name = value if isinstance(value, str) else "?"
+        names = error.validator_value if isinstance(error.validator_value, Mapping) else {}
         sub = error.context[0] if error.context else None
-        desc = (sub.schema.get("description") if sub is not None and isinstance(sub.schema, Mapping) else None)
+        desc = names.get("description") or (
+            sub.schema.get("description") if sub is not None and isinstance(sub.schema, Mapping) else None)
         return path, f"{json.dumps(name)} is not {desc or 'a valid name'}"
     if error.validator == "type":
         expected = error.validator_value

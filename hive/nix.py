@@ -51,7 +51,7 @@ def build(
 
     Returns system name -> store path of its toplevel.
     """
-    include = {**paths, "deployment": str(file.parent)}
+    include = {"deployment": str(file.parent), **paths}
     argv = [*NIX, "build", "--impure", "--json", "--no-link", *_include_flags(include),
             "--file", str(nix_file("build.nix")), *systems]
     out = process.run(argv, env=_hive_env(file), on_stderr=on_line)

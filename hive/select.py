@@ -17,8 +17,16 @@ Wave = tuple[Instance, ...]
 
 
 def split_patterns(patterns: Iterable[str]) -> list[str]:
-    """Accept `portico '*'` as well as doit's `targets=portico,*`."""
-    return [p.strip() for arg in patterns for p in arg.split(",") if p.strip()]
+    """Accept `portico '*'` as well as doit's `targets=portico,*`. An empty pattern is an
+    error, not "everything": `nix-hive deploy "$HOSTS"` with an empty variable must not
+    deploy the whole fleet."""
+    out = []
+    for arg in patterns:
+        for p in arg.split(","):
+            if not p.strip():
+                raise SelectionError(f"empty pattern in {arg!r} (no pattern at all selects every instance)")
+            out.append(p.strip())
+    return out
 
 
 def matches(hive: Hive, instance: Instance, pattern: str) -> bool:

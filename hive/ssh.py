@@ -39,25 +39,50 @@ class SshSetup:
         return {"NIX_SSHOPTS": f"-F {self.config}"}
 
 
+# Options whose one value is a file name, which may hold spaces: written in double quotes
+# (the schema refuses quotes inside values). Other options keep ssh's own word splitting.
+QUOTED = frozenset(o.lower() for o in ("IdentityFile", "CertificateFile", "IdentityAgent", "ControlPath",
+                                       "PKCS11Provider", "SecurityKeyProvider", "RevokedHostKeys", "XAuthLocation"))
+
+
+class _Options:
+    """ssh_config options of one Host block: keywords are case-insensitive, as in ssh."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[str, str]] = {}
+
+    def set(self, key: str, value: str, *, override: bool = True) -> None:
+        if override or key.lower() not in self._by_key:
+            self._by_key[key.lower()] = (key, value)
+
+    def lines(self) -> list[str]:
+        out = []
+        for low, (key, value) in self._by_key.items():
+            if low in QUOTED and any(c.isspace() for c in value):
+                value = f'"{value}"'
+            out.append(f"  {key} {value}")
+        return out
+
+
 def _block(instance: Instance, known_hosts: Path, control_dir: Path | None) -> list[str]:
-    lines = [f"Host {instance.name}"]
-    options = dict(DEFAULTS)
-    options.update(instance.ssh)
+    options = _Options()
+    for key, value in DEFAULTS.items():
+        options.set(key, value)
+    for key, value in instance.ssh.items():
+        options.set(key, value)
     if instance.host_key:
-        options.update({
-            "HostKeyAlias": instance.name,
-            "UserKnownHostsFile": str(known_hosts),
-            "GlobalKnownHostsFile": "/dev/null",
-            "StrictHostKeyChecking": "yes",
-            "CheckHostIP": "no",
-        })
+        for key, value in (("HostKeyAlias", instance.name), ("UserKnownHostsFile", str(known_hosts)),
+                           ("GlobalKnownHostsFile", "/dev/null"), ("StrictHostKeyChecking", "yes"),
+                           ("CheckHostIP", "no")):
+            options.set(key, value)
     if control_dir is not None:
-        options.setdefault("ControlMaster", "auto")
-        options.setdefault("ControlPath", f"{control_dir}/%C")
-        options.setdefault("ControlPersist", "60")
-    for key, value in options.items():
-        lines.append(f"  {key} {value}")
-    return lines
+        for key, value in _control(control_dir).items():
+            options.set(key, value, override=False)
+    return [f"Host {instance.name}", *options.lines()]
+
+
+def _control(control_dir: Path) -> dict[str, str]:
+    return {"ControlMaster": "auto", "ControlPath": f"{control_dir}/%C", "ControlPersist": "60"}
 
 
 def render_config(hive: Hive, known_hosts: Path, *, control_dir: Path | None = None,
@@ -67,6 +92,9 @@ def render_config(hive: Hive, known_hosts: Path, *, control_dir: Path | None = N
     for name in sorted(hive.instances):
         lines += _block(hive.instances[name], known_hosts, control_dir)
         lines.append("")
+    if control_dir is not None:
+        # Jump hosts that are not instances share their connection too.
+        lines += ["Host *", *(f"  {k} {v}" for k, v in _control(control_dir).items()), ""]
     if include_user:
         lines += ["# The user's own configuration fills in what the deployment does not say.",
                   "Match all", "  Include ~/.ssh/config", "  Include /etc/ssh/ssh_config"]
@@ -99,12 +127,10 @@ def prepare(hive: Hive, directory: Path, *, control: bool = False) -> SshSetup:
     return SshSetup(directory=directory, config=config, known_hosts=known, control=control)
 
 
-def ssh_argv(setup: SshSetup, host: str, remote: Sequence[str] = (), *, options: Sequence[str] = ()) -> list[str]:
-    """`ssh -F generated [options] -- host [command]`; the command is quoted for the remote shell."""
-    argv = ["ssh", "-F", str(setup.config), *options, "--", host]
-    if remote:
-        argv.append(" ".join(shlex.quote(a) for a in remote))
-    return argv
+def command_argv(setup: SshSetup, host: str, words: Sequence[str]) -> list[str]:
+    """`ssh host WORDS...` as ssh itself does it: the words joined by spaces and run by the
+    remote user's shell (so `run '*' -- 'uptime; df -h'` means what it says)."""
+    return ["ssh", "-F", str(setup.config), "--", host, " ".join(words)]
 
 
 def shell_argv(setup: SshSetup, host: str, script: str) -> list[str]:

@@ -13,11 +13,16 @@ The state only spares work under `--no`: the real state of a deployment is the h
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from hive.errors import BusyError
 
 FORMAT = "nix-hive-state/1"
 COMMIT_KEY = "deps:"  # the last key doit's Dependency.save_success writes for a task
@@ -44,6 +49,20 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
         elif "task" in entry and isinstance(entry.get("data"), dict):
             data[entry["task"]] = entry["data"]
     return data
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the state file for one run: a second run on the same state would otherwise lose
+    the first one's records when either compacts the file."""
+    lock = path.with_name(path.name + ".d") / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BusyError(f"another nix-hive run is using {path}") from None
+        yield
 
 
 def _line(entry: dict[str, Any]) -> bytes:

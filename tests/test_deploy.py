@@ -186,7 +186,7 @@ def test_ssh_tools_through_the_jump_host(fleet_factory: Start, tmp_path: Path) -
     assert everywhere.returncode == 0, everywhere.stderr
     assert sorted(everywhere.stdout.splitlines()) == [f"{h} | {h}" for h in WWW]
 
-    some_fail = fleet.run("run", *c, "*", "--", "sh", "-c", 'test "$(hostname)" != www-2')
+    some_fail = fleet.run("run", *c, "*", "--", 'test "$(hostname)" != www-2')
     assert some_fail.returncode == 1
     assert [ln for ln in some_fail.stderr.splitlines() if ln.startswith("failed:")] == [
         "failed: www-2: exit status 1"]
@@ -224,6 +224,24 @@ def test_goal_boot_sets_the_profile_without_switching(fleet_factory: Start, tmp_
     profile = fleet.lab.run("portico", ["readlink", "-f", "/nix/var/nix/profiles/system"]).stdout.strip()
     assert profile == row["path"]
     assert "instance" in result.stdout and "portico" in result.stdout  # the table is still printed
+
+
+def test_goals_test_and_dry_activate_leave_the_boot_default_alone(fleet_factory: Start) -> None:
+    fleet = fleet_factory()
+    profile = ["sh", "-c", "p=/nix/var/nix/profiles/system; test -L $p && readlink -f $p; true"]
+    dry = fleet.deploy("--json", "--goal", "dry-activate", "www-1")
+    assert dry.returncode == 0, dry.stderr
+    assert fleet.lab.current_system("www-1") is None and fleet.lab.run("www-1", profile).stdout == ""
+    assert fleet.lab.activations("www-1")[0].split()[1] == "dry-activate"
+    test = fleet.deploy("--json", "--goal", "test", "www-1")
+    path = outcome(test)["www-1"]["path"]
+    assert fleet.lab.current_system("www-1") == path and fleet.lab.run("www-1", profile).stdout == ""
+    # --no activate knows what each goal changes: boot is done once the profile is set
+    boot = fleet.deploy("--json", "--goal", "boot", "--no", "activate", "www-1")
+    assert outcome(boot)["www-1"]["outcome"] == "ok"
+    again = fleet.deploy("--json", "--goal", "boot", "--no", "activate", "www-1")
+    assert outcome(again)["www-1"]["outcome"] == "unchanged"
+    assert len(fleet.lab.activations("www-1")) == 3
 
 
 def test_push_only_does_not_activate(fleet_factory: Start) -> None:

@@ -187,13 +187,14 @@ def test_kill_9_at_any_point_then_the_next_run_completes(fleet_factory: Start) -
 def test_status_compares_hosts_with_the_deployment(fleet_factory: Start) -> None:
     fleet = fleet_factory()
     assert fleet.deploy("portico", "www-1", "www-2").returncode == 0
-    fleet.lab.run("www-2", ["ln", "-sfn", "/nix/store/00000000000000000000000000000000-other", "/run/current-system"])
-    fleet.lab.run("www-3", ["ip", "link", "set", "eth0", "down"])
+    fleet.lab.run("www-1", ["ln", "-sfn", "/nix/store/00000000000000000000000000000000-other", "/run/current-system"])
+    fleet.lab.run("www-2", ["ip", "link", "set", "eth0", "down"])
     result = fleet.run("status", "--json", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
     assert result.returncode == 1  # an unreachable host
     states = {row["instance"]: row["state"] for row in json.loads(result.stdout)}
-    assert states == {"portico": "up to date", "www-1": "up to date", "www-2": "differs", "www-3": "unreachable"}
-    table = fleet.run("status", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "www-1")
+    assert states == {"portico": "up to date", "www-1": "differs", "www-2": "unreachable",
+                      "www-3": "not activated"}
+    table = fleet.run("status", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "portico")
     assert table.returncode == 0 and "up to date" in table.stdout and "www-2" not in table.stdout
 
 

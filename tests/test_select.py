@@ -64,6 +64,12 @@ def test_pattern_matching_nothing_is_an_error_naming_it() -> None:
         select(make_hive(), ["portico", "nope*"])
 
 
+def test_an_empty_pattern_is_an_error_not_everything() -> None:
+    for patterns in ([""], ["portico,"], [","], ["portico", " "]):
+        with pytest.raises(SelectionError, match="empty pattern"):
+            select(make_hive(), patterns)
+
+
 def test_glob_is_case_sensitive_and_whole_name() -> None:
     with pytest.raises(SelectionError):
         select(make_hive(), ["WWW"])

@@ -5,6 +5,7 @@ work is in the tests with real Nix and the lab; these pin the details."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from hive import cli, nix, process, ssh, tasks
 from hive.errors import InputError, ProcessError, headline
 from hive.model import Hive, Instance, Step, System, frozen_map
 from hive.report import Progress
-from hive.state import JournalDB, load
+from hive.state import JournalDB, load, locked
 from hive.steps import Context, Options
 
 
@@ -98,10 +99,27 @@ def test_ssh_config_blocks_pinning_and_user_layering(tmp_path: Path) -> None:
     assert setup.env == {"NIX_SSHOPTS": f"-F {setup.config}"}
 
 
+def test_ssh_values_with_spaces_and_keywords_in_any_case(tmp_path: Path) -> None:
+    h = hive(w=Instance("w", "s", ssh=frozen_map({"IdentityFile": "/home/me/my keys/id", "batchmode": "no",
+                                                   "SendEnv": "LANG LC_ALL"})))
+    text = ssh.prepare(h, tmp_path, control=True).config.read_text()
+    block = text[text.index("Host w"):text.index("Host *")]
+    assert '  IdentityFile "/home/me/my keys/id"\n' in block  # one file name, spaces and all
+    assert "  SendEnv LANG LC_ALL\n" in block  # several words stay several words
+    assert "  batchmode no\n" in block and "BatchMode" not in block  # ssh keywords ignore case
+    star = text[text.index("Host *"):text.index("Match all")]
+    assert "ControlMaster auto" in star  # jump hosts that are no instance share connections too
+    check = subprocess.run(["ssh", "-G", "-F", str(tmp_path / "ssh_config"), "w"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr  # ssh itself accepts the file
+    assert "identityfile /home/me/my keys/id" in check.stdout
+
+
 def test_remote_commands_are_quoted_and_use_sudo_only_when_not_root(tmp_path: Path) -> None:
     setup = ssh.prepare(hive(w=Instance("w", "s")), tmp_path)
-    argv = ssh.ssh_argv(setup, "w", ["echo", "a b", "$(x)"])
-    assert argv == ["ssh", "-F", str(setup.config), "--", "w", "echo 'a b' '$(x)'"]
+    assert ssh.command_argv(setup, "w", ["uptime;", "df", "-h"]) == [
+        "ssh", "-F", str(setup.config), "--", "w", "uptime; df -h"]  # as ssh itself does
+    assert ssh.shell_argv(setup, "w", "echo '$(x)'") == ["ssh", "-F", str(setup.config), "--", "w",
+                                                         "sh -c 'echo '\"'\"'$(x)'\"'\"''"]
     script = ssh.as_root([["nix-env", "--set", "/nix/store/p"], ["/nix/store/p/bin/switch-to-configuration", "switch"]])
     assert script.startswith('if [ "$(id -u)" -eq 0 ]; then s=; else s="sudo -n"; fi; ')
     assert script.endswith("$s nix-env --set /nix/store/p && $s /nix/store/p/bin/switch-to-configuration switch")
@@ -162,6 +180,15 @@ def test_max_failures_takes_a_number_or_a_percentage() -> None:
             cli._max_failures(bad, 50)
 
 
+def test_a_second_run_on_the_same_state_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hive.nix").write_text('{ systems.s.configuration = {}; instances.i.system = "s"; }')
+    with locked(tmp_path / ".hive.state"):
+        assert cli.main(["build", "--no", "build"]) == 2
+    assert capsys.readouterr().err == f"error: another nix-hive run is using {tmp_path / '.hive.state'}\n"
+
+
 def test_steps_parse() -> None:
     assert Step.parse_list("build,push") == {Step.BUILD, Step.PUSH}
     assert Step.parse_list("") == frozenset()
@@ -177,6 +204,9 @@ def test_steps_parse() -> None:
     (["deploy", "nope"], "pattern 'nope' matches no instance, system or tag of hive.nix"),
     (["ssh", "nope"], "'nope' is not an instance of hive.nix"),
     (["run", "i"], "run: no command given"),
+    (["deploy", ""], "empty pattern in ''"),
+    (["build", "--state", "/tmp"], "state file /tmp is a directory"),
+    (["deploy", "--report", "/tmp", "i"], "--report /tmp: cannot write there"),
 ])
 def test_bad_options_exit_2_with_one_line(argv: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
