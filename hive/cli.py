@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,14 @@ def _state_file(args: argparse.Namespace, hive: Hive) -> Path:
 
 
 def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
-    state = _state_file(args, hive)
+    """The generated ssh files beside the state file, where `ssh -F` can find them later; in
+    a private temporary directory when that place is read-only (ssh and scp still work)."""
+    try:
+        state = _state_file(args, hive)
+    except InputError:
+        if args.state:
+            raise
+        return ssh.prepare(hive, Path(tempfile.mkdtemp(prefix="nix-hive-ssh-")))
     return ssh.prepare(hive, state.with_name(state.name + ".d") / "ssh")
 
 
