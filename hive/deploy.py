@@ -32,8 +32,14 @@ def _blocked(ctx: Context, instance: Instance) -> str | None:
     """Why an instance cannot be attempted: a step it needs already failed in this run."""
     if ctx.outcomes.failed(f"build:{instance.system}"):
         return f"build of {instance.system} failed"
-    if instance.store and ctx.outcomes.failed(f"store:{instance.store}"):
-        return f"relay store {instance.store} failed"
+    url = instance.store
+    while url is not None:  # its relay, and the relays that one substitutes from
+        found = ctx.outcomes.get(f"store:{url}")
+        if found is not None and found.status == FAILED:
+            return f"relay store {url} failed"
+        if found is not None and found.status == SKIPPED:
+            return found.reason
+        url = ctx.upstream(url)
     return None
 
 

@@ -226,19 +226,48 @@ class Context:
         """Relay store URL -> the systems it must hold, in selection order.
 
         A store that is itself a selected instance (ssh://portico) also gets that instance's
-        own system in the same copy."""
+        own system in the same copy. A relay that substitutes from another relay (its own
+        `store`) needs that one to hold everything it holds: relays can be chained."""
         out: dict[str, list[str]] = {}
+
+        def need(url: str, system: str, first: bool = False) -> bool:
+            systems = out.setdefault(url, [])
+            if system in systems:
+                return False
+            systems.insert(0, system) if first else systems.append(system)
+            return True
+
+        selected = {i.name for i in self.instances}
         for instance in self.instances:
             if instance.store:
-                systems = out.setdefault(instance.store, [])
-                if instance.system not in systems:
-                    systems.append(instance.system)
-        for url, systems in out.items():
+                need(instance.store, instance.system)
+        for url in list(out):
             owner = self.store_instance(url)
-            if owner is not None and owner.name in {i.name for i in self.instances} \
-                    and owner.system not in systems:
-                systems.insert(0, owner.system)
+            if owner is not None and owner.name in selected:
+                need(url, owner.system, first=True)
+        changed = True
+        while changed:
+            changed = False
+            for url in list(out):
+                upstream = self.upstream(url)
+                if upstream is not None:
+                    for system in list(out[url]):
+                        changed |= need(upstream, system)
         return out
+
+    def upstream(self, url: str) -> str | None:
+        """The relay a relay store itself substitutes from (its instance's `store`), unless
+        following that chain comes back to `url`."""
+        seen = {url}
+        owner = self.store_instance(url)
+        nxt = owner.store if owner is not None else None
+        while nxt is not None:
+            if nxt in seen:
+                return None
+            seen.add(nxt)
+            hop = self.store_instance(nxt)
+            nxt = hop.store if hop is not None else None
+        return owner.store if owner is not None else None
 
     def store_instance(self, url: str) -> Instance | None:
         """The instance a store URL names (ssh://portico, ssh-ng://portico), if any."""
@@ -273,7 +302,7 @@ class Context:
             self.forget(owner)
         try:
             paths = self._signed_paths(systems)
-            nix.copy(url, paths, substitute=False, env=self.ssh.env)
+            nix.copy(url, paths, substitute=self.upstream(url) is not None, env=self.ssh.env)
         except HiveError as exc:
             return _failed(exc)
         return {"paths": paths}

@@ -76,7 +76,8 @@ def namespace(ctx: Context, *, chain_waves: bool, build_only: bool = False) -> d
                 "doc": f"copy {', '.join(systems)} to relay store {url}",
                 "actions": [(ctx.push_store, [url, systems])],
                 "io": NO_CAPTURE,
-                "task_dep": [f"build:{s}" for s in systems],
+                "task_dep": [f"build:{s}" for s in systems] + (
+                    [f"store:{up}"] if (up := ctx.upstream(url)) is not None else []),
                 "uptodate": [step_check(ctx, Step.PUSH, _bind(ctx.store_has, url, systems))],
             }
 

@@ -686,16 +686,30 @@ class Lab:
         return text.count("Accepted publickey")
 
     def jump_host(self, host: str) -> str | None:
-        """None if host is on the deployer's segment, else a host on both the deployer's
-        segment and one of host's segments."""
+        """None if host is on the deployer's segment, else the host one hop closer to the
+        deployer that shares a segment with it (jump hosts can be chained: its own block
+        then names its jump host in turn)."""
         h = self._host(host)
         if self.deployer_segment in h.segments:
             return None
-        for j in self.hosts.values():
-            if self.deployer_segment in j.segments and set(j.segments) & set(h.segments):
-                return j.name
-        raise LabError(f"{host} is unreachable from the deployer: no host on "
-                       f"{self.deployer_segment} shares a segment with it")
+        # breadth-first from the deployer's segment: each host's distance in hops
+        hops: dict[str, int] = {n: 0 for n, x in self.hosts.items() if self.deployer_segment in x.segments}
+        frontier = list(hops)
+        while frontier:
+            nxt = []
+            for n in frontier:
+                for m, x in self.hosts.items():
+                    if m not in hops and set(x.segments) & set(self.hosts[n].segments):
+                        hops[m] = hops[n] + 1
+                        nxt.append(m)
+            frontier = nxt
+        if host not in hops:
+            raise LabError(f"{host} is unreachable from the deployer: no chain of hosts links "
+                           f"it to {self.deployer_segment}")
+        for j, x in sorted(self.hosts.items()):
+            if hops.get(j) == hops[host] - 1 and set(x.segments) & set(h.segments):
+                return j
+        raise LabError(f"{host}: no jump host found")  # pragma: no cover - BFS guarantees one
 
     def ssh_options(self, host: str, user: str = "root") -> dict[str, str]:
         """ssh options reaching host from the deployer namespace (ProxyJump names the jump

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import STANDIN, needs_lab
+from tests.conftest import REPO, STANDIN, needs_lab
 from tests.fleet import Fleet
 
 pytestmark = needs_lab
@@ -90,6 +90,29 @@ def test_each_www_host_costs_the_deployer_under_64_kib(fleet_factory: Start) -> 
     assert second.returncode == 0, second.stderr
     print(f"\ntwo more www hosts behind portico: {sent} bytes, {sent / 2:.0f} per host")
     assert sent / 2 < 64 * KIB
+
+
+def test_chained_relays_each_closure_leaves_the_deployer_once(fleet_factory: Start) -> None:
+    """portico relays for eu, eu for w1 and w2 (two jumps away): the deployer sends every
+    closure to portico only; eu substitutes from portico, the w hosts from eu."""
+    topology = {"portico": ["pub", "a"], "eu": ["a", "b"], "w1": ["b"], "w2": ["b"]}
+    fleet = fleet_factory(topology=topology, relays={"eu": "portico", "w1": "eu", "w2": "eu"},
+                          source=REPO / "tests" / "hives" / "chain", payload_bytes=1_000_000)
+    before = fleet.lab.tx_bytes()
+    result = fleet.run("deploy", "--json", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "portico", "eu", "*")
+    sent = fleet.lab.tx_bytes() - before
+    assert result.returncode == 0, result.stderr
+    rows = outcome(result)
+    paths = {str(rows[h]["system"]): str(rows[h]["path"]) for h in ("portico", "eu", "w1")}
+    for host in fleet.lab.hosts:
+        assert fleet.lab.current_system(host) == rows[host]["path"]
+    closures = sum(closure_bytes(p) for p in paths.values())
+    print(f"\nchained relays: deployer sent {sent} bytes for closures of {closures} bytes")
+    assert sent < closures + 4 * 64 * KIB  # each closure once, to portico
+    logs = {h: (fleet.lab.hosts[h].dir / "sshd.log").read_text() for h in ("portico", "eu")}
+    assert f"Accepted publickey for root from {fleet.lab.hosts['eu'].addresses['a']} " in logs["portico"]
+    for host in ("w1", "w2"):
+        assert f"Accepted publickey for root from {fleet.lab.hosts[host].address} " in logs["eu"]
 
 
 def test_unsigned_paths_are_not_taken_from_the_relay(fleet_factory: Start, tmp_path: Path) -> None:

@@ -140,6 +140,24 @@ def test_relays_hold_each_system_once_and_their_own_first() -> None:
     assert ctx.store_instance("s3://cache") is None
 
 
+def test_chained_relays_hold_what_the_relays_below_them_hold() -> None:
+    s = frozen_map()
+    h = Hive(file=Path("/d/hive.nix"), shown="hive.nix", paths=s,
+             systems={n: System(n, s) for n in ("edge", "region", "web")},
+             instances={"portico": Instance("portico", "edge"),
+                        "eu": Instance("eu", "region", store="ssh://portico"),
+                        "w1": Instance("w1", "web", store="ssh://eu"),
+                        # a loop of relays is cut: neither substitutes from the other
+                        "a": Instance("a", "web", store="ssh://b"), "b": Instance("b", "web", store="ssh://a")})
+    ctx = Context(h, [tuple(h.instances[n] for n in ("portico", "eu", "w1"))], Options())
+    assert ctx.relays() == {"ssh://portico": ["edge", "region", "web"], "ssh://eu": ["region", "web"]}
+    assert ctx.upstream("ssh://eu") == "ssh://portico" and ctx.upstream("ssh://portico") is None
+    assert ctx.upstream("ssh://a") is None and ctx.upstream("ssh://b") is None
+    ns = tasks.namespace(ctx, chain_waves=False)
+    stores = {t["name"]: t for t in ns["task_store"]()}
+    assert "store:ssh://portico" in stores["ssh://eu"]["task_dep"]
+
+
 def test_journal_records_each_task_at_once_and_survives_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / "state"
     db = JournalDB(str(path))
