@@ -169,6 +169,9 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
                                   attr_path(["instances", name, "system"]))
         ssh = _str_map(i.get("ssh", {}))
         if "HostName" in ssh:
+            if "Hostname" in ssh:
+                raise DeploymentError(shown, "Hostname and HostName are one option: give it once",
+                                      attr_path(["instances", name, "ssh"]))
             ssh["Hostname"] = ssh.pop("HostName")
         instances[name] = Instance(name=name, system=i["system"], store=i.get("store"),
                                    tags=tuple(i.get("tags", ())), ssh=frozen_map(ssh),
@@ -184,7 +187,7 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
         if not key.is_file():
             raise DeploymentError(shown, f"{key}: no such file", "signingKey")
     return Hive(file=file, shown=shown, paths=frozen_map(top_paths), systems=systems,
-                instances=instances, signing_key=key, raw=raw)
+                instances=instances, signing_key=key)
 
 
 def evaluate(config: str | None, overrides: Mapping[str, str] | None = None) -> Hive:

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from hive.errors import InputError
 
@@ -110,7 +109,6 @@ class Hive:
     systems: Mapping[str, System]
     instances: Mapping[str, Instance]
     signing_key: Path | None = None
-    raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
     def directory(self) -> Path:

@@ -100,7 +100,6 @@ class Reporter:
         self.explain = explain or (lambda task, dep: f"{dep} failed")
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.errors: list[str] = []
 
     # doit calls these -------------------------------------------------------------------
     def initialize(self, tasks: Any, selected_tasks: Any) -> None:
@@ -167,10 +166,11 @@ class Reporter:
         pass
 
     def cleanup_error(self, exception: Any) -> None:
-        self.errors.append(str(exception.get_msg()))
+        self.runtime_error(str(exception.get_msg()))
 
     def runtime_error(self, msg: str) -> None:
-        self.errors.append(msg)
+        """doit could not run the tasks at all (it says why): shown, never swallowed."""
+        self.progress.line(f"error: {msg.strip()}")
 
     def teardown_task(self, task: Any) -> None:
         pass

@@ -31,7 +31,6 @@ class SshSetup:
     directory: Path
     config: Path
     known_hosts: Path
-    control: bool = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -124,7 +123,7 @@ def prepare(hive: Hive, directory: Path, *, control: bool = False) -> SshSetup:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-    return SshSetup(directory=directory, config=config, known_hosts=known, control=control)
+    return SshSetup(directory=directory, config=config, known_hosts=known)
 
 
 def command_argv(setup: SshSetup, host: str, words: Sequence[str]) -> list[str]:
