@@ -67,6 +67,9 @@ def deploy(ctx: Context, *, push_only: bool = False) -> tuple[int, list[Row]]:
 def _waves(ctx: Context, ns: dict[str, Any], last: str) -> None:
     """The build phase, then one doit run per wave, applying the failure policy between."""
     stopped: str | None = None
+    if ctx.hive.signing_key is None and any(i.store for i in ctx.instances):
+        ctx.progress.line("warning: no signingKey: instances behind a relay take its paths only if they trust "
+                          "them otherwise; if not, the deployer sends them the closure itself")
     tasks.run(ctx, ns, [f"build:{s}" for s in ctx.systems], jobs=ctx.options.jobs)
     if ctx.options.skip & {Step.PUSH, Step.ACTIVATE}:
         # `--no push/activate` asks every host what it has and runs: all at once, up front

@@ -181,8 +181,16 @@ class Context:
         return {"result": self.results[system]}
 
     def _build_group(self, group: list[str]) -> None:
+        label = ",".join(group)
+
+        def show(line: str) -> None:  # Nix's own progress: what it builds or fetches
+            text = line.strip()
+            if text.startswith(("building '", "copying path '")):
+                name = text.split("'")[1].split("/")[-1].split("-", 1)[-1].removesuffix(".drv")
+                self.progress.step("build", label, f"{text.split()[0]} {name}")
+
         try:
-            built = nix.build(self.hive.file, group, self.hive.systems[group[0]].paths)
+            built = nix.build(self.hive.file, group, self.hive.systems[group[0]].paths, on_line=show)
             for name, path in built.items():
                 nix.add_root(path, self.gcroots / name)
         except HiveError as exc:

@@ -59,8 +59,10 @@ def results(data: dict[str, object]) -> dict[str, str]:
 
 
 def test_two_systems_500_instances_each_built_once(fleet: Path, build_log: Path) -> None:
-    data = inventory(nix_hive("build", "-c", str(fleet)))
+    result = nix_hive("build", "-c", str(fleet))
+    data = inventory(result)
     assert sorted(builds(build_log)) == ["a", "b"]  # 500 instances, two builds
+    assert "build    a,b                         building nixos-system-a" in result.stderr  # Nix's progress
     instances = data["instances"]
     assert isinstance(instances, dict) and len(instances) == 500
     assert instances["host-7"]["system"] == "a" and instances["host-7"]["tags"] == ["rack0"]

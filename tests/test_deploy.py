@@ -128,6 +128,7 @@ def test_unsigned_paths_are_not_taken_from_the_relay(fleet_factory: Start, tmp_p
     assert second.returncode == 0, second.stderr
     print(f"\nunsigned: one www host cost the deployer {sent} bytes")
     assert sent > fleet.payload_bytes
+    assert "warning: no signingKey" in second.stderr
 
 
 def test_redeploy_changes_nothing(fleet_factory: Start) -> None:

@@ -26,8 +26,8 @@ pytestmark = needs_lab
 TEN = {"portico": ["pub", "int"], **{f"www-{n}": ["int"] for n in range(1, 11)}}
 WWW = [f"www-{n}" for n in range(1, 11)]
 Start = Callable[..., Fleet]
-PROGRESS = re.compile(r"^(\[ *\d+\.\ds\] (\S+ +\S+ +(ok|failed|skipped|unchanged|\.\.\.)(\s.*)?|wave \d+/\d+: .*|"
-                      r"interrupted: .*)|    \| .*)$")
+PROGRESS = re.compile(r"^(\[ *\d+\.\ds\] (\S+ +\S+ +(ok|failed|skipped|unchanged|\.\.\.|building|copying)(\s.*)?|"
+                      r"wave \d+/\d+: .*|interrupted: .*)|    \| .*)$")
 
 
 def rows(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
