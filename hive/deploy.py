@@ -46,7 +46,7 @@ def _blocked(ctx: Context, instance: Instance) -> str | None:
 def deploy(ctx: Context, *, push_only: bool = False) -> tuple[int, list[Row]]:
     """Build, then push (and activate) wave by wave. Returns the exit status and the summary."""
     ns = tasks.namespace(ctx, chain_waves=False)
-    last = "push" if push_only else "activate"
+    last = ctx.final_step = "push" if push_only else "activate"
     try:
         _waves(ctx, ns, last)
     except KeyboardInterrupt:

@@ -69,6 +69,7 @@ class Context:
         self._signed: set[str] = set()
         self._ssh: ssh.SshSetup | None = None
         self._probes: dict[str, Probe] = {}
+        self.final_step = "activate"  # the last step of this run for an instance ("push": push only)
         self._idle = threading.Condition()
         self._running = 0
         self.dep_manager: Any = None  # doit's Dependency, handed over by BuildUptodate
@@ -99,6 +100,14 @@ class Context:
             return None
         failed = {t.partition(":")[2] for t in self.outcomes.failed("push:") + self.outcomes.failed("activate:")}
         return f"not started: more than {limit} instance(s) failed" if len(failed) > limit else None
+
+    def _gated(self, step: Callable[..., dict[str, Any] | TaskFailed], *args: Any) -> dict[str, Any] | TaskFailed:
+        """Run a push or activation, unless --max-failures says to start nothing more."""
+        with self.running():
+            reason = self.stop_reason()
+            if reason is not None:
+                return NotStarted(reason)
+            return step(*args)
 
     def skips(self, step: Step) -> bool:
         return step in self.options.skip
@@ -223,7 +232,7 @@ class Context:
     def build_uptodate(self, system: str) -> BuildUptodate:
         return BuildUptodate(self, system)
 
-    def recorded_build_valid(self, system: str, values: Mapping[str, Any]) -> bool:
+    def recorded_build_valid(self, values: Mapping[str, Any]) -> bool:
         """`--no build`: the recorded result is still a valid path of the local store."""
         path = values.get("result")
         return isinstance(path, str) and not nix.invalid_paths([path])
@@ -297,11 +306,7 @@ class Context:
         return paths
 
     def push_store(self, url: str, systems: list[str]) -> dict[str, Any] | TaskFailed:
-        with self.running():
-            reason = self.stop_reason()
-            if reason is not None:
-                return NotStarted(reason)
-            return self._push_store(url, systems)
+        return self._gated(self._push_store, url, systems)
 
     def _push_store(self, url: str, systems: list[str]) -> dict[str, Any] | TaskFailed:
         """One `nix copy` of every system a relay store must hold."""
@@ -316,11 +321,7 @@ class Context:
         return {"paths": paths}
 
     def push(self, instance: Instance, is_store: bool = False) -> dict[str, Any] | TaskFailed:
-        with self.running():
-            reason = self.stop_reason()
-            if reason is not None:
-                return NotStarted(reason)
-            return self._push(instance, is_store)
+        return self._gated(self._push, instance, is_store)
 
     def _push(self, instance: Instance, is_store: bool = False) -> dict[str, Any] | TaskFailed:
         """Copy the instance's system to it; behind a relay, the instance substitutes from it.
@@ -334,6 +335,9 @@ class Context:
             nix.copy(instance.url, paths, substitute=bool(instance.store), env=self.ssh.env)
         except HiveError as exc:
             return _failed(exc)
+        finally:
+            if self.final_step == "push":
+                self.release(instance)
         return {"path": paths[0]}
 
     def instance_has(self, instance: Instance) -> bool:
@@ -400,18 +404,18 @@ class Context:
         gateways = self.gateways(instances)
         first = [i for n, i in todo.items() if n in gateways]
         then = [i for n, i in todo.items() if n not in gateways]
+        def probe_and_release(i: Instance) -> None:
+            self.probe(i)
+            self.release(i)  # many hosts: do not hold a jump host channel for each
+
         with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
-            for stage in (first, then):
-                list(pool.map(self.probe, stage))
+            list(pool.map(self.probe, first))
+            list(pool.map(probe_and_release, then))
 
     # -- activate ---------------------------------------------------------------------------
 
     def activate(self, instance: Instance) -> dict[str, Any] | TaskFailed:
-        with self.running():
-            reason = self.stop_reason()
-            if reason is not None:
-                return NotStarted(reason)
-            return self._activate(instance)
+        return self._gated(self._activate, instance)
 
     def _activate(self, instance: Instance) -> dict[str, Any] | TaskFailed:
         """Point the system profile at the path (switch, boot), then run switch-to-configuration
@@ -428,7 +432,18 @@ class Context:
             process.run(ssh.shell_argv(self.ssh, instance.name, script))
         except HiveError as exc:
             return _failed(exc)
+        finally:
+            self.release(instance)
         return {"path": path}
+
+    def release(self, instance: Instance) -> None:
+        """Close a host's shared connection once this run is done with it. Behind a jump host,
+        each open connection holds a channel of the jump host's own, and sshd allows only
+        MaxSessions (10 by default) per connection: past that, ssh falls back to opening (and
+        authenticating) new connections to the jump host. Jump hosts and relays stay open."""
+        if self._ssh is None or instance.name in self.gateways(self.instances):
+            return
+        process.run(ssh.stop_masters(self._ssh, [instance.name])[0], check=False, timeout=10)
 
 
     def is_active(self, instance: Instance) -> bool:
@@ -474,7 +489,7 @@ class BuildUptodate(UptodateCalculator):  # type: ignore[misc]
     def __call__(self, task: Any, values: Mapping[str, Any]) -> bool:
         if self.ctx.done(task.name):
             return True
-        verdict = self.ctx.skips(Step.BUILD) and self.ctx.recorded_build_valid(self.system, values)
+        verdict = self.ctx.skips(Step.BUILD) and self.ctx.recorded_build_valid(values)
         self.ctx.plan_group(self.system)
         return verdict
 
