@@ -132,9 +132,12 @@ def command_argv(setup: SshSetup, host: str, words: Sequence[str]) -> list[str]:
     return ["ssh", "-F", str(setup.config), "--", host, " ".join(words)]
 
 
-def shell_argv(setup: SshSetup, host: str, script: str) -> list[str]:
-    """Run a POSIX shell script on `host` (the script is passed as one quoted argument)."""
-    return ["ssh", "-F", str(setup.config), "--", host, f"sh -c {shlex.quote(script)}"]
+def shell_argv(setup: SshSetup, host: str, script: str, *, share: bool = True) -> list[str]:
+    """Run a POSIX shell script on `host` (the script is passed as one quoted argument).
+    Without `share`, the call uses a shared connection if one is open, but leaves none
+    behind (a one-off question to many hosts)."""
+    options = [] if share else ["-o", "ControlMaster=no"]
+    return ["ssh", "-F", str(setup.config), *options, "--", host, f"sh -c {shlex.quote(script)}"]
 
 
 def as_root(commands: Sequence[Sequence[str]]) -> str:

@@ -69,6 +69,7 @@ class Context:
         self._signed: set[str] = set()
         self._ssh: ssh.SshSetup | None = None
         self._probes: dict[str, Probe] = {}
+        self.hubs = self.gateways(self.instances)  # jump hosts and relays of this run
         self.final_step = "activate"  # the last step of this run for an instance ("push": push only)
         self._idle = threading.Condition()
         self._running = 0
@@ -131,7 +132,7 @@ class Context:
             return
         sockets = setup.directory / "c"
         if sockets.is_dir() and any(sockets.iterdir()):
-            hosts = sorted({i.name for i in self.instances} | self.gateways(self.instances))
+            hosts = sorted({i.name for i in self.instances} | self.hubs)
             with ThreadPoolExecutor(max_workers=max(16, self.options.jobs)) as pool:  # local and quick
                 list(pool.map(lambda argv: process.run(argv, check=False, timeout=10),
                               ssh.stop_masters(setup, hosts)))
@@ -374,7 +375,9 @@ class Context:
         script += "; true"
         found = Probe(reachable=False)
         try:
-            out = process.run(ssh.shell_argv(self.ssh, instance.name, script))
+            # jump hosts and relays keep their connection; the hosts behind them need none yet
+            share = instance.name in self.hubs
+            out = process.run(ssh.shell_argv(self.ssh, instance.name, script, share=share))
         except HiveError:
             pass
         else:
@@ -404,13 +407,9 @@ class Context:
         gateways = self.gateways(instances)
         first = [i for n, i in todo.items() if n in gateways]
         then = [i for n, i in todo.items() if n not in gateways]
-        def probe_and_release(i: Instance) -> None:
-            self.probe(i)
-            self.release(i)  # many hosts: do not hold a jump host channel for each
-
         with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
-            list(pool.map(self.probe, first))
-            list(pool.map(probe_and_release, then))
+            for stage in (first, then):
+                list(pool.map(self.probe, stage))
 
     # -- activate ---------------------------------------------------------------------------
 
@@ -441,7 +440,7 @@ class Context:
         each open connection holds a channel of the jump host's own, and sshd allows only
         MaxSessions (10 by default) per connection: past that, ssh falls back to opening (and
         authenticating) new connections to the jump host. Jump hosts and relays stay open."""
-        if self._ssh is None or instance.name in self.gateways(self.instances):
+        if self._ssh is None or instance.name in self.hubs:
             return
         process.run(ssh.stop_masters(self._ssh, [instance.name])[0], check=False, timeout=10)
 
