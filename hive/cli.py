@@ -19,7 +19,7 @@ from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
 from hive.report import Progress, dump_json, instance_rows, inventory_json, summary_table, system_rows, table
-from hive.select import flatten, select
+from hive.select import Wave, flatten, select
 from hive.steps import Context, Options, default_state_file
 
 
@@ -44,13 +44,22 @@ def _load(args: argparse.Namespace) -> Hive:
     return evaluate(args.config, _overrides(args.include))
 
 
+def _writable(path: Path) -> bool:
+    """Whether a file can be written at `path` (checked before any work starts)."""
+    return not path.is_dir() and path.parent.is_dir() and os.access(path.parent, os.W_OK)
+
+
 def _state_file(args: argparse.Namespace, hive: Hive) -> Path:
     path = Path(args.state).resolve() if args.state else default_state_file(hive)
     if path.is_dir():
         raise InputError(f"state file {path} is a directory (--state FILE)")
-    if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+    if not _writable(path):
         raise InputError(f"cannot write the state file {path} (choose another with --state FILE)")
     return path
+
+
+def _context(args: argparse.Namespace, hive: Hive, waves: list[Wave]) -> Context:
+    return Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
 
 
 def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
@@ -94,7 +103,7 @@ def _max_failures(text: str | None, total: int) -> int | None:
 def cmd_build(args: argparse.Namespace) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
-    ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
+    ctx = _context(args, hive, waves)
     with state.locked(ctx.state_file):
         code = deploy.build(ctx)
     setup = _persistent_ssh(args, hive)
@@ -119,9 +128,9 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
     report = Path(args.report) if args.report else None
-    if report is not None and (report.is_dir() or not (report.parent.is_dir() and os.access(report.parent, os.W_OK))):
+    if report is not None and not _writable(report):
         raise InputError(f"--report {args.report}: cannot write there")  # say so before starting
-    ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
+    ctx = _context(args, hive, waves)
     with state.locked(ctx.state_file):
         code, rows = deploy.deploy(ctx, push_only=push_only)
     outcome = {"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]}
@@ -179,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
-    ctx = Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
+    ctx = _context(args, hive, waves)
     with state.locked(ctx.state_file):
         code, rows = deploy.status(ctx)
     if args.json:

@@ -91,11 +91,8 @@ def _waves(ctx: Context, ns: dict[str, Any], last: str) -> None:
             ctx.progress.line(f"wave {number}/{len(ctx.waves)}: {len(wave)} instance(s)")
         tasks.run(ctx, ns, targets, jobs=ctx.options.jobs)
         failed = [i.name for i in wave if _row(ctx, i, last).result == FAILED]
-        total_failed = sum(1 for i in ctx.instances if _row(ctx, i, last).result == FAILED)
-        limit = ctx.options.max_failures
-        if limit is not None and total_failed > limit:
-            stopped = f"not started: more than {limit} instance(s) failed"
-        elif failed and not ctx.options.keep_going:
+        stopped = ctx.stop_reason()  # --max-failures, counted over the whole run
+        if stopped is None and failed and not ctx.options.keep_going:
             names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
             stopped = f"not started: wave {number} failed ({names})"
 

@@ -77,7 +77,3 @@ class ProcessError(HiveError):
 
 class BusyError(InputError):
     """Another nix-hive run holds the state file: nothing was started."""
-
-
-class StepError(HiveError):
-    """One step (build, push, activate) failed for one system or instance."""
