@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux jq
 # Debian's Nix runs single-user as root; without a reachable cache every build would wait
-# for cache.nixos.org, so the lab, the tests and the demo use no substituters.
-WITH_NIX := NIX_CONFIG="$$(printf 'experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =')"
+# for cache.nixos.org, so the lab, the tests and the demo use no substituters: NIX_CONFIG is
+# defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
+WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 
 .PHONY: setup apt venv test lint typecheck pytest demo demo-down bench bench-fleet clean
 
@@ -40,16 +41,16 @@ pytest: setup
 test: lint typecheck pytest
 
 demo: setup
-	$(WITH_NIX) $(PY) tests/demo.py up
+	$(WITH_NIX) $(PY) -m tests.demo up
 
 demo-down: setup
-	$(PY) tests/demo.py down
+	$(PY) -m tests.demo down
 
 bench: setup
-	$(WITH_NIX) $(PY) benchmarks/build_no_build.py
+	$(WITH_NIX) $(PY) -m benchmarks.build_no_build
 
 bench-fleet: setup
-	$(WITH_NIX) $(PY) benchmarks/fleet_deploy.py
+	$(WITH_NIX) $(PY) -m benchmarks.fleet_deploy
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

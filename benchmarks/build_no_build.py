@@ -1,6 +1,6 @@
 """`nix-hive build --no build` on 1,000 instances of 2 systems, against 2 instances.
 
-    make bench        (or: .venv/bin/python benchmarks/build_no_build.py [--runs N])
+    make bench        (or, from the repository root: .venv/bin/python -m benchmarks.build_no_build [--runs N])
 
 Both hives are built once first; then each command is timed N times (best and median wall
 time), and the ratio of the two medians is printed. Nothing is asserted: the numbers are
@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-STANDIN = REPO / "tests" / "nixpkgs"
+from tests.constants import NIX_CONFIG, STANDIN
+
 HIVE = """
 {{
   paths.nixpkgs = {standin};
@@ -55,8 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    os.environ.setdefault("NIX_CONFIG", "experimental-features = nix-command flakes\n"
-                          "build-users-group =\nsubstituters =\n")
+    os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
     with tempfile.TemporaryDirectory() as tmp:
         medians = {}
         for count in (2, 1000):

@@ -1,6 +1,7 @@
 """Deploying to a fleet behind one relay: nix-hive against the naive way, in the lab.
 
-    make bench-fleet     (or: .venv/bin/python benchmarks/fleet_deploy.py [--sizes 1,10,30] [--mb 20])
+    make bench-fleet     (or, from the repository root:
+                          .venv/bin/python -m benchmarks.fleet_deploy [--sizes 1,10,30] [--mb 20])
 
 Needs root (the lab). For each N, a fresh lab: one relay and N hosts behind it, reachable only
 through the relay, one system whose closure is about MB megabytes. Measured in the same run:
@@ -26,15 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.fleet import STANDIN, Fleet, nix_env  # noqa: E402
+from tests.constants import REPO, STANDIN, nix_env
+from tests.fleet import Fleet
 
 HIVE = REPO / "benchmarks" / "fleet"
 

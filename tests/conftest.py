@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-STANDIN = REPO / "tests" / "nixpkgs"
-NIX_CONFIG = "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"
+from tests.constants import NIX_CONFIG
+from tests.constants import REPO as REPO  # re-exported: tests import them from here
+from tests.constants import STANDIN as STANDIN
 
 # Every nix call in the tests: no binary cache (there is no network), single-user as root.
 os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)

@@ -1,7 +1,9 @@
 """`make demo`: deploy the example to a lab fleet on this machine, and leave it running.
 
-    python tests/demo.py up      start the fleet (portico + www-1..3), deploy, report
-    python tests/demo.py down    tear the fleet down
+    python -m tests.demo up      start the fleet (portico + www-1..3), deploy, report
+    python -m tests.demo down    tear the fleet down
+
+(from the repository root, as `make demo` and `make demo-down` do).
 
 The fleet lives in .lab/demo: the lab (network namespaces, sshd and a Nix store per host),
 the deployment (a copy of example/ whose instances.json the lab wrote, as terraform would)
@@ -11,18 +13,16 @@ and `.lab/demo/nix-hive`, a wrapper that runs nix-hive from the deployer's names
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.fleet import STANDIN, Fleet, nix_env  # noqa: E402
-from tests.lab import Lab  # noqa: E402
+from tests.constants import REPO, STANDIN, nix_env
+from tests.fleet import Fleet
+from tests.lab import Lab
 
 WORKDIR = REPO / ".lab" / "demo"
 
@@ -62,8 +62,6 @@ def up() -> int:
     before = fleet.lab.tx_bytes()
     code = subprocess.run(command, cwd=REPO).returncode
     sent = fleet.lab.tx_bytes() - before
-    import json
-
     report = json.loads((WORKDIR / "report.json").read_text())
     paths = {row["system"]: row["path"] for row in report["instances"] if row["path"]}
     closures = {system: closure(path) for system, path in paths.items()}

@@ -8,7 +8,6 @@ substitute from their relay, and runs `nix-hive` from the deployer's network nam
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,15 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.constants import REPO, STANDIN
+from tests.constants import nix_env as nix_env  # re-exported: tests import it from here
 from tests.lab import EXAMPLE_TOPOLOGY, Lab
-
-REPO = Path(__file__).resolve().parent.parent
-STANDIN = REPO / "tests" / "nixpkgs"
-NIX_CONFIG = "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"
-
-
-def nix_env() -> dict[str, str]:
-    return {**os.environ, "NIX_CONFIG": os.environ.get("NIX_CONFIG", NIX_CONFIG)}
 
 
 def make_key(directory: Path, name: str = "hive-lab") -> tuple[Path, str]:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.constants import NIX_CONFIG, REPO
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 BROKEN = HERE / "broken"
-NIX_CONFIG = "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"
 RUN_CLI = "import sys; from hive.cli import main; sys.exit(main())"
 STATE_NAMES = (".hive.state", ".hive.state.d")
 # signing-key-interpolated.nix interpolates this file: a fake key, not a secret.

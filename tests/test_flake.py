@@ -51,9 +51,10 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.constants import NIX_CONFIG
+from tests.constants import REPO as ROOT
+
 STANDIN = ROOT / "tests" / "flakenixpkgs"
-NIX_CONFIG = "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"
 SYSTEMS = ("x86_64-linux", "aarch64-linux", "x86_64-darwin", "aarch64-darwin")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # What a checkout gives the flake (the wheel is built from a subset, see nix/package.nix).

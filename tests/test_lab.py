@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 import tests.lab as labmod
+from tests.constants import REPO, nix_env
 from tests.lab import Lab
+from tests.lab.procs import is_alive
 
 HERE = Path(__file__).resolve().parent
-NIX_CONFIG = "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"
 
 
 def _missing() -> str | None:
@@ -38,13 +39,9 @@ def _missing() -> str | None:
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
-def nix_env() -> dict[str, str]:
-    return dict(os.environ, NIX_CONFIG=NIX_CONFIG)
-
-
-def sh(argv: list[str], *, env: dict[str, str] | None = None, check: bool = True
-       ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+def sh(argv: list[str], *, env: dict[str, str] | None = None, check: bool = True,
+       cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -227,7 +224,7 @@ def test_two_labs_and_down(fleet: tuple[Lab, float], tmp_path: Path) -> None:
     second.down()
     print(f"\nsecond lab: start {started:.2f}s, down {time.monotonic() - t0:.2f}s")
     assert netns_names() & ours == set()
-    assert not any(labmod._is_alive(p, None) for p in pids)
+    assert not any(is_alive(p, None) for p in pids)
     assert not (tmp_path / "two").exists()
     second.down()  # idempotent
     # The first lab is untouched.
@@ -246,7 +243,7 @@ def test_failed_start_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         Lab.start(labmod.EXAMPLE_TOPOLOGY, tmp_path / "bad")
     assert len(seen["netns"]) == 6 and len(seen["pids"]) >= 12
     assert netns_names().isdisjoint(seen["netns"])
-    assert not any(labmod._is_alive(int(p), None) for p in seen["pids"])
+    assert not any(is_alive(int(p), None) for p in seen["pids"])
     assert not (tmp_path / "bad").exists()
     with pytest.raises(labmod.LabError, match="unknown hosts"):
         Lab.start({"a": ["pub"]}, tmp_path / "bad2", nix_conf={"b": "x = y"})
@@ -254,16 +251,16 @@ def test_failed_start_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_cli_up_down(tmp_path: Path) -> None:
     wd = tmp_path / "cli"
-    script = str(HERE / "lab.py")
-    up = sh([sys.executable, script, "up", "--workdir", str(wd), "--topology",
-             json.dumps({"solo": ["pub"]})])
+    cli = [sys.executable, "-m", "tests.lab"]
+    up = sh([*cli, "up", "--workdir", str(wd), "--topology", json.dumps({"solo": ["pub"]})],
+            cwd=REPO)
     assert "solo" in up.stdout
     lab = Lab.load(wd)
     assert lab.run("solo", ["hostname"]).stdout.strip() == "solo"
     ns = set(lab.namespaces)
     assert ns <= netns_names()
     pids = lab.pids()
-    down = sh([sys.executable, script, "down", "--workdir", str(wd)])
+    down = sh([*cli, "down", "--workdir", str(wd)], cwd=REPO)
     assert "down" in down.stdout
     assert netns_names() & ns == set()
-    assert not any(labmod._is_alive(p, None) for p in pids)
+    assert not any(is_alive(p, None) for p in pids)

@@ -1,0 +1,1 @@
+"""Benchmarks of nix-hive: run them as modules from the repository root (see the Makefile)."""

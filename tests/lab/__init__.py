@@ -1,0 +1,60 @@
+"""A local fleet of NixOS-like hosts on one machine, for nix-hive's tests and demo.
+
+Each host is a network namespace plus a private mount (and UTS) namespace in which per-host
+directories are bind-mounted over /nix, /run, /etc/nix, /etc/ssh, /root, /home and the account
+files (/etc/passwd, /etc/group, /etc/shadow, /etc/sudoers.d, /etc/hosts); it runs its own
+nix-daemon and sshd.  Segments are bridges inside a lab-owned "switch" namespace.  The deployer
+is a network namespace on the deployer segment that uses the machine's real /nix.
+
+SAFETY: nothing is ever added to the root network namespace.  Every link is a veth pair created
+inside a lab namespace with its peer moved to another lab namespace, bridges live in the lab's
+switch namespace, and `down` removes only what the lab recorded in DIR/lab.json.
+
+Needs root, iproute2, util-linux (unshare, nsenter), openssh-server and nix.
+
+Modules:
+
+    topology  pure logic: topology checks, address plan, jump hosts, ssh options and configs
+    netns     network namespaces, bridges, veth pairs, address slots
+    hostfs    per-host directories: accounts, nix.conf, sshd_config, keys; workdir removal
+    procs     running commands, spawning daemons, pid/start-time tracking, waiting, killing
+    bringup   the start sequence
+    records   what DIR/lab.json says, and recording what the lab makes before making it
+    lab       the Lab class (on top of records): start, load, queries, ssh helpers, down
+    __main__  the command line (used by `make demo`):
+
+    python -m tests.lab up --workdir DIR [--topology example|JSON|FILE]
+    python -m tests.lab down --workdir DIR
+"""
+
+from tests.lab.hostfs import ANCHOR_SCRIPT, DEPLOY_USER
+from tests.lab.lab import Lab
+from tests.lab.netns import SLOT_DIR
+from tests.lab.procs import HOST_PATH, START_TIMEOUT
+from tests.lab.topology import (
+    DEPLOYER_OCTET,
+    EXAMPLE_TOPOLOGY,
+    FIRST_HOST_OCTET,
+    MAX_SEGMENTS,
+    NAME_RE,
+    SLOTS,
+    Host,
+    LabError,
+)
+
+__all__ = [
+    "ANCHOR_SCRIPT",
+    "DEPLOYER_OCTET",
+    "DEPLOY_USER",
+    "EXAMPLE_TOPOLOGY",
+    "FIRST_HOST_OCTET",
+    "HOST_PATH",
+    "MAX_SEGMENTS",
+    "NAME_RE",
+    "SLOTS",
+    "SLOT_DIR",
+    "START_TIMEOUT",
+    "Host",
+    "Lab",
+    "LabError",
+]

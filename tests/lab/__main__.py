@@ -1,0 +1,65 @@
+"""The lab's command line:
+
+    python -m tests.lab up --workdir DIR [--topology example|JSON|FILE]
+    python -m tests.lab down --workdir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.lab.lab import Lab
+from tests.lab.topology import LabError, parse_topology
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m tests.lab", description="nix-hive test lab")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start a lab")
+    up.add_argument("--workdir", type=Path, required=True)
+    up.add_argument("--topology", default="example",
+                    help="'example', a JSON object host -> [segments], or a JSON file")
+    up.add_argument("--deployer-segment", default="pub")
+    up.add_argument("--nix-conf", default="{}",
+                    help="JSON object host -> extra nix.conf lines")
+    down = sub.add_parser("down", help="stop the lab recorded in WORKDIR/lab.json")
+    down.add_argument("--workdir", type=Path, required=True)
+    return ap
+
+
+def up(args: argparse.Namespace) -> None:
+    t0 = time.monotonic()
+    lab = Lab.start(parse_topology(args.topology), args.workdir,
+                    deployer_segment=args.deployer_segment, nix_conf=json.loads(args.nix_conf))
+    print(lab.summary())
+    print(f"  up in {time.monotonic() - t0:.2f}s; stop with: python -m tests.lab down "
+          f"--workdir {args.workdir}")
+
+
+def down(args: argparse.Namespace) -> None:
+    if not (args.workdir / "lab.json").exists():
+        print(f"no lab in {args.workdir}")
+        return
+    t0 = time.monotonic()
+    lab = Lab.load(args.workdir)
+    lab.down()
+    print(f"lab {lab.prefix} down in {time.monotonic() - t0:.2f}s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        (up if args.cmd == "up" else down)(args)
+    except LabError as e:
+        print(f"lab: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Host file systems: the per-host directories bind-mounted over /nix, /run, /etc/nix,
+/etc/ssh, /root, /home and the account files, with the host's nix.conf, sshd_config, keys and
+the deploy user; and removing what the lab put in its workdir."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.lab import topology
+from tests.lab.procs import run
+from tests.lab.topology import Host
+
+DEPLOY_USER = "deploy"
+SUBDIRS = ("nix", "run", "run/sshd", "etc-nix", "etc-ssh", "etc", "etc/sudoers.d", "root", "home")
+
+# Runs inside `ip netns exec NS unshare --mount --uts --propagation private`: makes the host's
+# view of the file system, then stays as the namespace anchor (its pid is recorded).
+ANCHOR_SCRIPT = r"""
+set -e
+d="$1"; name="$2"
+mount --bind "$d/nix" /nix
+mount --bind "$d/run" /run
+mount --bind "$d/etc-nix" /etc/nix
+mount --bind "$d/etc-ssh" /etc/ssh
+for f in passwd group shadow hosts; do mount --bind "$d/etc/$f" "/etc/$f"; done
+mount --bind "$d/etc/sudoers.d" /etc/sudoers.d
+mount --bind "$d/root" /root
+mount --bind "$d/home" /home
+hostname "$name"
+: > "$d/ready"
+exec sleep infinity
+"""
+
+
+def write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def free_id(path: str, field: int, base: int) -> int:
+    """The first id from base on that no line of path (passwd or group) uses in field."""
+    used = {int(line.split(":")[field]) for line in Path(path).read_text().splitlines()
+            if line.count(":") >= field and line.split(":")[field].isdigit()}
+    n = base
+    while n in used:
+        n += 1
+    return n
+
+
+def keygen(key: Path, comment: str) -> str:
+    """A new ed25519 key pair at key, key.pub; its public key without comment."""
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)])
+    return public_key(key.with_name(key.name + ".pub"))
+
+
+def public_key(pub: Path) -> str:
+    """"ssh-ed25519 AAAA..." from a .pub file, without the comment."""
+    return " ".join(pub.read_text().split()[:2])
+
+
+def nix_conf(extra_nix_conf: str) -> str:
+    """nix.conf: defaults first, dropped when the caller's lines set the same key."""
+    defaults = {"build-users-group": "", "experimental-features": "nix-command",
+                "sandbox": "false", "trusted-users": f"root {DEPLOY_USER}",
+                "substituters": ""}
+    extra = [line.strip() for line in extra_nix_conf.splitlines() if line.strip()]
+    extra_keys = {line.split("=", 1)[0].strip() for line in extra if "=" in line}
+    conf = [f"{k} = {v}".rstrip() for k, v in defaults.items() if k not in extra_keys]
+    return "\n".join(conf + extra) + "\n"
+
+
+def sshd_config(d: Path) -> str:
+    """The sshd_config of the host whose directory is d."""
+    return "\n".join([
+        "Port 22",
+        "ListenAddress 0.0.0.0",
+        "HostKey /etc/ssh/ssh_host_ed25519_key",
+        "AuthorizedKeysFile /etc/ssh/lab_authorized_keys",
+        "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",
+        f"PidFile {d}/sshd.pid",
+        "LogLevel VERBOSE",
+        "PrintMotd no",
+        "UseDNS no",
+        "MaxStartups 100:30:200",
+        "MaxSessions 100",
+        "Subsystem sftp /usr/lib/openssh/sftp-server",
+    ]) + "\n"
+
+
+def make_host_dir(hosts: Mapping[str, Host], name: str, *, uid: int, gid: int,
+                  extra_nix_conf: str, keys: Path, client_key: Path) -> None:
+    """Everything host `name` mounts over the machine's own directories (see ANCHOR_SCRIPT)."""
+    d = hosts[name].dir
+    for sub in SUBDIRS:
+        (d / sub).mkdir(parents=True)
+    d.chmod(0o755)
+    (d / "root").chmod(0o700)
+    home = d / "home" / DEPLOY_USER
+    home.mkdir(mode=0o755)
+    os.chown(home, uid, gid)
+    write_accounts(d, uid, gid)
+    write(d / "etc/hosts", topology.etc_hosts(hosts, name))
+    write(d / "etc-nix/nix.conf", nix_conf(extra_nix_conf))
+    write_etc_ssh(hosts, name, keys, client_key)
+    write(d / "sshd_config", sshd_config(d))
+
+
+def write_accounts(d: Path, uid: int, gid: int) -> None:
+    """Copies of the real account files plus the deploy user (in this host only)."""
+    passwd = Path("/etc/passwd").read_text()
+    write(d / "etc/passwd", passwd.rstrip("\n") +
+          f"\n{DEPLOY_USER}:x:{uid}:{gid}:lab deploy user:/home/{DEPLOY_USER}:/bin/sh\n")
+    group = Path("/etc/group").read_text()
+    write(d / "etc/group", group.rstrip("\n") + f"\n{DEPLOY_USER}:x:{gid}:\n")
+    shadow = Path("/etc/shadow").read_text()
+    write(d / "etc/shadow", shadow.rstrip("\n") + f"\n{DEPLOY_USER}:*:19000:0:99999:7:::\n", 0o640)
+    shutil.copystat("/etc/shadow", d / "etc/shadow")
+    st = os.stat("/etc/shadow")
+    os.chown(d / "etc/shadow", st.st_uid, st.st_gid)
+    for f in Path("/etc/sudoers.d").iterdir():
+        if f.is_file():
+            shutil.copy2(f, d / "etc/sudoers.d" / f.name)
+    write(d / "etc/sudoers.d/lab-deploy", f"{DEPLOY_USER} ALL=(ALL) NOPASSWD: ALL\n", 0o440)
+
+
+def write_etc_ssh(hosts: Mapping[str, Host], name: str, keys: Path, client_key: Path) -> None:
+    """/etc/ssh: host key, authorized keys, client key and config for the host's root."""
+    es = hosts[name].dir / "etc-ssh"
+    shutil.copyfile(keys / f"{name}_host_key", es / "ssh_host_ed25519_key")
+    (es / "ssh_host_ed25519_key").chmod(0o600)
+    shutil.copyfile(keys / f"{name}_host_key.pub", es / "ssh_host_ed25519_key.pub")
+    write(es / "lab_authorized_keys", client_key.with_name(client_key.name + ".pub").read_text())
+    shutil.copyfile(client_key, es / "lab_client_key")
+    (es / "lab_client_key").chmod(0o600)
+    if Path("/etc/ssh/moduli").exists():
+        shutil.copyfile("/etc/ssh/moduli", es / "moduli")
+    known, config = topology.host_ssh_files(hosts, name)
+    write(es / "lab_known_hosts", known)
+    write(es / "ssh_config", config)
+
+
+# ----------------------------------------------------------------- removal
+
+def remove_entries(workdir: Path, entries: Sequence[str], created_workdir: bool) -> None:
+    """Remove the workdir entries the lab made, its lab.json, and workdir if the lab made it."""
+    for name in entries:
+        path = workdir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=False, onerror=_rm_error)
+        else:
+            path.unlink(missing_ok=True)
+    for name in ("lab.json", "lab.json.tmp"):
+        (workdir / name).unlink(missing_ok=True)
+    if created_workdir:
+        try:
+            workdir.rmdir()
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                raise
+
+
+def _rm_error(func: Any, path: str, exc: Any) -> None:
+    # Store paths are read-only; root may still lack write permission on the parent
+    # directory's mode bits only in odd setups: make it writable and retry once.
+    parent = os.path.dirname(path)
+    os.chmod(parent, 0o755)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
