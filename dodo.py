@@ -1,41 +1,32 @@
-"""doit's door into nix-hive: the same task creators the `nix-hive` command runs.
+"""doit's door into nix-hive: the same plan, tasks, lock, failure policy and Ctrl-C handling
+the `nix-hive` command runs (hive/orchestrate.py).
 
-    doit list config=example              tasks per system and instance
-    doit build targets='www*'             build the systems of the www instances
-    doit deploy targets=portico,* config=example no=build
+    doit list config=example                         tasks per system and instance
+    doit build targets='www*' config=example         build the systems of the www instances
+    doit deploy targets=portico,* config=example     the whole deployment, portico first
 
-Variables: config (file or directory, default hive.nix), targets (comma-separated patterns,
-default every instance), no (steps to skip when done: build,push,activate), state (file).
-doit's own `-n N` runs N tasks at once, in threads (`doit -n 10 deploy targets=...`).
-Waves are chained: every activation of a pattern waits for the previous pattern's, and a
-failure stops the later ones.
+Variables (as `nix-hive deploy`'s options): config (file or directory, default hive.nix),
+targets (comma-separated patterns, default every instance), no (steps to skip when done:
+build,push,activate), state (file), goal (switch|boot|test|dry-activate), jobs (instances at
+once, default 10), keep_going (1/true), max_failures (N or N%), I (name=path,… overriding
+NIX_PATH entries), push_only (1: the plan of `nix-hive push`), verbose (1: print every command).
 """
 
 from __future__ import annotations
 
-import atexit
 import sys
-from pathlib import Path
 from typing import Any
 
 from doit import get_var
 
-from hive import errors, tasks
-from hive.evaluate import evaluate
-from hive.model import Step
-from hive.select import select
-from hive.steps import Context, Options
+from hive import errors, orchestrate
 
 
 def _namespace() -> dict[str, Any]:
-    hive = evaluate(get_var("config", "hive.nix"))
-    targets = get_var("targets", "")
-    waves = select(hive, [targets] if targets else [])
-    state = get_var("state", None)
-    options = Options(skip=Step.parse_list(get_var("no", "")), state_file=Path(state).resolve() if state else None)
-    ctx = Context(hive, waves, options)
-    atexit.register(ctx.close)
-    return tasks.namespace(ctx, chain_waves=True)
+    names = ("config", "targets", "no", "state", "goal", "jobs", "keep_going", "max_failures", "I", "push_only",
+             "verbose")
+    variables = {name: value for name in names if (value := get_var(name, None)) is not None}
+    return orchestrate.from_doit(variables)
 
 
 try:

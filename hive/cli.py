@@ -7,20 +7,21 @@ Exit status: 0 all done; 1 some host or step failed (the rest was done); 2 bad i
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hive import __version__, deploy, process, ssh, state
+from hive import __version__, options, orchestrate, plan, process, remote, ssh, state
 from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
-from hive.report import Progress, dump_json, instance_rows, inventory_json, summary_table, system_rows, table
+from hive.options import Options
+from hive.plan import Kind
+from hive.report import Progress, dump_json, instance_rows, inventory_json, plan_rows, summary_table, system_rows, table
 from hive.select import Wave, flatten, select
-from hive.steps import Context, Options, default_state_file
+from hive.session import Session
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,43 +31,22 @@ class Parser(argparse.ArgumentParser):
         raise InputError(f"{self.prog}: {message}")
 
 
-def _overrides(values: Sequence[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values or ():
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise InputError(f"-I {item!r}: expected NAME=PATH")
-        out[name] = value
-    return out
-
-
 def _load(args: argparse.Namespace) -> Hive:
-    return evaluate(args.config, _overrides(args.include))
+    return evaluate(args.config, options.overrides(args.include))
 
 
-def _writable(path: Path) -> bool:
-    """Whether a file can be written at `path` (checked before any work starts)."""
-    return not path.is_dir() and path.parent.is_dir() and os.access(path.parent, os.W_OK)
-
-
-def _state_file(args: argparse.Namespace, hive: Hive) -> Path:
-    path = Path(args.state).resolve() if args.state else default_state_file(hive)
-    if path.is_dir():
-        raise InputError(f"state file {path} is a directory (--state FILE)")
-    if not _writable(path):
-        raise InputError(f"cannot write the state file {path} (choose another with --state FILE)")
-    return path
-
-
-def _context(args: argparse.Namespace, hive: Hive, waves: list[Wave]) -> Context:
-    return Context(hive, waves, _options(args, hive, len(flatten(waves))), Progress(quiet=args.quiet))
+def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
+             build_only: bool = False) -> Session:
+    given = _options(args, hive, len(flatten(waves)))
+    the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only)
+    return Session(hive, the_plan, given, Progress(quiet=args.quiet))
 
 
 def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
     """The generated ssh files beside the state file, where `ssh -F` can find them later; in
     a private temporary directory when that place is read-only (ssh and scp still work)."""
     try:
-        state = _state_file(args, hive)
+        state = options.state_file(args.state, hive)
     except InputError:
         if args.state:
             raise
@@ -75,40 +55,37 @@ def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
 
 
 def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
-    return Options(skip=Step.parse_list(getattr(args, "no", None)), state_file=_state_file(args, hive),
-                   jobs=max(1, getattr(args, "jobs", 1)), goal=Goal(getattr(args, "goal", "switch")),
+    return Options(skip=Step.parse_list(getattr(args, "no", None)), state_file=options.state_file(args.state, hive),
+                   jobs=options.positive(str(getattr(args, "jobs", 1)), "-j/--jobs"),
+                   goal=options.goal(getattr(args, "goal", "switch")),
                    keep_going=getattr(args, "keep_going", False),
-                   max_failures=_max_failures(getattr(args, "max_failures", None), selected))
-
-
-def _max_failures(text: str | None, total: int) -> int | None:
-    if text is None:
-        return None
-    try:
-        if text.endswith("%"):
-            pct = float(text[:-1])
-            if not 0 <= pct <= 100:
-                raise ValueError
-            return int(total * pct / 100)
-        value = int(text)
-        if value < 0:
-            raise ValueError
-        return value
-    except ValueError:
-        raise InputError(f"--max-failures {text!r}: expected a number N or a percentage N%") from None
+                   max_failures=options.max_failures(getattr(args, "max_failures", None), selected))
 
 
 # Commands ------------------------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
     hive = _load(args)
-    waves = select(hive, args.patterns)
-    ctx = _context(args, hive, waves)
-    with state.locked(ctx.state_file):
-        code = deploy.build(ctx)
+    session = _session(args, hive, select(hive, args.patterns), build_only=True)
+    with state.locked(session.state_file):
+        code = orchestrate.build(session)
     setup = _persistent_ssh(args, hive)
-    dump_json(inventory_json(hive, {i.name for i in ctx.instances}, ctx.path_of, setup.config.read_text()))
+    dump_json(inventory_json(hive, {i.name for i in session.plan.instances}, session.path_of,
+                             setup.config.read_text()))
     return code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    waves = select(hive, args.patterns)
+    given = _options(args, hive, len(flatten(waves)))
+    final = Kind.PUSH if args.push_only else Kind.ACTIVATE
+    the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final)
+    if args.json:
+        dump_json(plan.as_json(the_plan))
+        return 0
+    print(table(plan_rows(the_plan), ["task", "waits for", "--no", "what"]))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -128,11 +105,11 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
     report = Path(args.report) if args.report else None
-    if report is not None and not _writable(report):
+    if report is not None and not options.writable(report):
         raise InputError(f"--report {args.report}: cannot write there")  # say so before starting
-    ctx = _context(args, hive, waves)
-    with state.locked(ctx.state_file):
-        code, rows = deploy.deploy(ctx, push_only=push_only)
+    session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE)
+    with state.locked(session.state_file):
+        code, rows = orchestrate.deploy(session)
     outcome = {"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]}
     if report is not None:
         with open(report, "w") as fh:
@@ -160,14 +137,14 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     if args.instance not in hive.instances:
         raise InputError(f"{args.instance!r} is not an instance of {hive.shown}")
     setup = _persistent_ssh(args, hive)
-    return process.interactive(["ssh", "-F", str(setup.config), *args.ssh_args, "--", args.instance,
-                                *args.command])
+    return process.interactive(remote.interactive_argv(setup, "ssh", [*args.ssh_args, "--", args.instance,
+                                                                      *args.command]))
 
 
 def cmd_scp(args: argparse.Namespace) -> int:
     hive = _load(args)
     setup = _persistent_ssh(args, hive)
-    return process.interactive(["scp", "-F", str(setup.config), *args.scp_args])
+    return process.interactive(remote.interactive_argv(setup, "scp", args.scp_args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -175,11 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.command:
         raise InputError("run: no command given (nix-hive run PATTERN... -- COMMAND...)")
     waves = select(hive, args.patterns)
-    ctx = Context(hive, waves, Options(jobs=max(1, args.jobs), state_file=_state_file(args, hive)))
-    try:  # through the run's shared connections (a jump host authenticates once)
-        failed = deploy.run_everywhere(ctx.ssh, ctx.instances, args.command, jobs=ctx.options.jobs)
-    finally:
-        ctx.close()
+    options.state_file(args.state, hive)
+    failed = orchestrate.run_everywhere(hive, plan.make_plan(hive, waves), args.command, jobs=args.jobs)
     for name, why in failed:
         print(f"failed: {name}: {why}", file=sys.stderr)
     return 1 if failed else 0
@@ -188,9 +162,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
-    ctx = _context(args, hive, waves)
-    with state.locked(ctx.state_file):
-        code, rows = deploy.status(ctx)
+    session = _session(args, hive, waves, build_only=True)
+    with state.locked(session.state_file):
+        code, rows = orchestrate.status(session)
     if args.json:
         dump_json(rows)
     else:
@@ -211,12 +185,13 @@ def parser() -> Parser:
                         help="state file (default: .hive.state beside the deployment file)")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    common.add_argument("-v", "--verbose", action="store_true", help="print every command as it starts")
 
     no = Parser(add_help=False)
     no.add_argument("--no", metavar="STEPS", default="",
                     help="skip steps already done for the same inputs: build,push,activate")
     jobs = Parser(add_help=False)
-    jobs.add_argument("-j", "--jobs", type=int, default=10, help="instances handled at once (default: 10)")
+    jobs.add_argument("-j", "--jobs", default=10, help="instances handled at once (default: 10)")
 
     p = Parser(prog="nix-hive", description="Build a few NixOS systems once, deploy them to many hosts.")
     p.add_argument("--version", action="version", version=f"nix-hive {__version__}")
@@ -226,6 +201,13 @@ def parser() -> Parser:
     b = sub.add_parser("build", parents=[common, no], help="build the selected systems, print the inventory as JSON")
     b.add_argument("patterns", nargs="*", metavar="PATTERN")
     b.set_defaults(func=cmd_build)
+
+    pl = sub.add_parser("plan", parents=[common, no], help="print what a deployment would do, doing nothing")
+    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--goal", choices=[g.value for g in Goal], default="switch")
+    pl.add_argument("--push-only", action="store_true", help="the plan of `nix-hive push`")
+    pl.add_argument("patterns", nargs="*", metavar="PATTERN")
+    pl.set_defaults(func=cmd_plan)
 
     ls = sub.add_parser("list", parents=[common], help="list instances and systems")
     ls.add_argument("--json", action="store_true")
@@ -284,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(head)
         if args_in[:1] == ["run"]:
             args.command = tail
+        process.set_verbose(sys.stderr if args.verbose else None)
         return int(args.func(args))
     except HiveError as exc:
         if debug:

@@ -2,26 +2,180 @@
 
 Callers hand over an argv (every argument its own string: no shell, no globbing) and an
 environment to add; they get the captured output or a `ProcessError` carrying stderr.
+
+Three rules hold for every command started here:
+
+* `run` starts each child in a session (and so a process group) of its own. A Ctrl-C at the
+  terminal signals the terminal's foreground process group: that is nix-hive alone, which then
+  decides what to do (finish the running steps, start no new ones), instead of every running
+  `nix copy` and `ssh` dying half-way under it. `interactive` is the exception: it is the
+  terminal's program, so it stays in the foreground group and gets the Ctrl-C itself.
+* A child killed by a signal is reported as a `ProcessError` (`ProcessKilledError`), never as one of
+  sh's own exceptions, which would fly past every `except HiveError`. Its exit code is the
+  shell's convention, 128 + the signal number (SIGKILL: 137), and `Result.killed_by` names
+  the signal where a caller passed `check=False`.
+* With `set_verbose(stream)` every command is printed as it starts, quoted for a POSIX shell
+  (`$ NIX_SSHOPTS='-F cfg' nix copy --to ssh://portico /nix/store/...`), one whole line per
+  command. What a command reads on stdin (`input`) is never printed: secrets travel there.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
-from collections.abc import Callable, Mapping, Sequence
+import shlex
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
+from typing import TextIO
 
 import sh
 
-from hive.errors import ProcessError
+from hive.errors import ProcessError, headline
+
+# sh raises for any exit status not listed here, and for a death by one of its "bad" signals
+# unless its negative number is listed: list them all, and decide here what each one means.
+_ALL_STATUSES = [*range(-64, 0), *range(256)]
+
+# Grace between asking an abandoned child to stop (SIGTERM) and insisting (SIGKILL).
+_TERMINATE_GRACE = 5.0
 
 
 @dataclass(frozen=True)
 class Result:
-    """What a finished command printed."""
+    """What a finished command printed, and how it ended.
+
+    `exit_code` is the command's exit status, or 128 + N when signal N killed it (the shell's
+    `$?`), so that "non-zero means failed" holds either way; `killed_by` tells the two apart.
+    """
 
     stdout: str
     stderr: str
     exit_code: int
+    killed_by: signal.Signals | None = None
+
+
+class ProcessKilledError(ProcessError):
+    """A command died of a signal (nobody asked for it: a timeout is `ProcessTimeoutError`).
+
+    `returncode` is 128 + the signal number; the message names the signal, which "exited 137"
+    would leave the user to decode.
+    """
+
+    def __init__(self, argv: list[str], signum: signal.Signals, stderr: str) -> None:
+        super().__init__(argv, 128 + signum, stderr)
+        self.signal = signum
+        self.args = (_message(argv, f"killed by {signum.name}", stderr),)
+
+
+class ProcessTimeoutError(ProcessError):
+    """A command outlived its `timeout` and was killed (with everything it started).
+
+    `returncode` stays None, as before: the command did not get to choose an exit status.
+    """
+
+    def __init__(self, argv: list[str], timeout: float, stderr: str) -> None:
+        super().__init__(argv, None, stderr)
+        self.timeout = timeout
+        self.args = (_message(argv, f"timed out after {timeout:g} s", stderr),)
+
+
+def _message(argv: list[str], status: str, stderr: str) -> str:
+    last = headline(stderr)
+    return f"{argv[0]} {status}: {last}" if last else f"{argv[0]} {status}"
+
+
+# --- verbose ------------------------------------------------------------------------------
+
+_verbose: TextIO | None = None
+_verbose_lock = threading.Lock()
+
+
+def set_verbose(stream: TextIO | None) -> None:
+    """Print every command as it starts on `stream` (the CLI's `-v` passes sys.stderr); None
+    turns it off. A module setting, not a parameter, so that no caller between the CLI and
+    this module has to pass it along."""
+    global _verbose
+    with _verbose_lock:
+        _verbose = stream
+
+
+def command_line(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """`argv` as a POSIX shell would need it typed, preceded by the environment additions that
+    differ from nix-hive's own environment (NIX_SSHOPTS, ...): what the user pastes to retry."""
+    added = [f"{name}={shlex.quote(value)}" for name, value in (env or {}).items()
+             if os.environ.get(name) != value]
+    return " ".join([*added, shlex.join(argv)])
+
+
+def _announce(argv: Sequence[str], env: Mapping[str, str] | None) -> None:
+    """One whole line per command, even from concurrent steps: one write, under a lock."""
+    stream = _verbose
+    if stream is None:
+        return
+    line = f"$ {command_line(argv, env)}\n"
+    with _verbose_lock:
+        stream.write(line)
+        stream.flush()
+
+
+# --- children that outlive their caller -----------------------------------------------------
+
+_children: set[int] = set()  # process group ids of the `run` children still running
+_children_lock = threading.Lock()
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Signal a child's whole group (nix's own ssh children too); False when it is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def terminate_children() -> int:
+    """Send SIGTERM to every command `run` still waits for, and return how many there were.
+
+    Children live in sessions of their own, so nothing reaches them when nix-hive ends (no
+    terminal Ctrl-C, no hang-up): a caller that gives up on running steps calls this, and it
+    runs at interpreter exit."""
+    with _children_lock:
+        groups = list(_children)
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    return len(groups)
+
+
+atexit.register(terminate_children)
+
+
+def _abandon(pgid: int) -> None:
+    """The caller stopped waiting (KeyboardInterrupt, SystemExit...): stop the child rather
+    than leave it running unseen, first politely, then for good from a daemon thread."""
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+
+    def _insist() -> None:
+        if not threading.Event().wait(_TERMINATE_GRACE):
+            _signal_group(pgid, signal.SIGKILL)
+
+    threading.Thread(target=_insist, daemon=True, name=f"kill group {pgid}").start()
+
+
+# --- running --------------------------------------------------------------------------------
+
+def _signal_of(code: int) -> signal.Signals | None:
+    """sh reports a death by signal N as exit code -N."""
+    if code >= 0:
+        return None
+    try:
+        return signal.Signals(-code)
+    except ValueError:  # a real-time signal without a name of its own
+        return None
 
 
 def run(
@@ -33,13 +187,17 @@ def run(
     on_stderr: Callable[[str], None] | None = None,
     timeout: float | None = None,
 ) -> Result:
-    """Run `argv`, wait for it, and return its output.
+    """Run `argv` in a session of its own, wait for it, and return its output.
 
     `env` is added to this process's environment (sh's `_env` replaces it, so merge here).
-    `on_stderr` receives stderr line by line as it comes (progress), and stderr is still
-    captured for the error message.
+    `input` is written to its stdin (and never shown by `set_verbose`). `on_stderr` receives
+    stderr line by line as it comes (progress), and stderr is still captured for the error
+    message. With `check`, a non-zero exit raises `ProcessError` and a death by signal its
+    subclass `ProcessKilledError`; without, both come back as a `Result` (see its `exit_code`).
+    A `timeout` always raises `ProcessTimeoutError`, after killing the command's whole group.
     """
     args = list(argv)
+    _announce(args, env)
     full_env = {**os.environ, **env} if env else dict(os.environ)
     err_lines: list[str] = []
 
@@ -59,32 +217,85 @@ def run(
             _in=input,
             _tty_out=False,
             _err=_err,
-            _return_cmd=True,
-            _ok_code=list(range(256)),
+            _bg=True,
+            _bg_exc=False,
+            _new_session=True,
+            _ok_code=_ALL_STATUSES,
             _timeout=timeout,
             _decode_errors="replace",
         )
-    except sh.TimeoutException as exc:
-        raise ProcessError(args, None, f"timed out after {timeout} s: {''.join(err_lines)}") from exc
     except OSError as exc:
         raise ProcessError(args, None, str(exc)) from exc
+    pgid = proc.pid  # a session leader's pid is its group's id
+    with _children_lock:
+        _children.add(pgid)
+    try:
+        proc.wait()
+    except sh.TimeoutException as exc:
+        # sh kills the command itself; whatever it started (nix's ssh) goes with its group.
+        _signal_group(pgid, signal.SIGKILL)
+        raise ProcessTimeoutError(args, timeout or 0.0, "".join(err_lines)) from exc
+    except BaseException:
+        _abandon(pgid)
+        raise
+    finally:
+        with _children_lock:
+            _children.discard(pgid)
     code = int(proc.exit_code)
-    result = Result(stdout=str(proc), stderr="".join(err_lines), exit_code=code)
+    killed_by = _signal_of(code)
+    stderr = "".join(err_lines)
+    if code < 0:
+        code = 128 - code
+    result = Result(stdout=str(proc), stderr=stderr, exit_code=code, killed_by=killed_by)
+    if check and killed_by is not None:
+        raise ProcessKilledError(args, killed_by, stderr)
     if check and code != 0:
-        raise ProcessError(args, code, result.stderr)
+        raise ProcessError(args, code, stderr)
     return result
 
 
 def interactive(argv: Sequence[str]) -> int:
-    """Run `argv` attached to this terminal (ssh, scp) and return its exit status.
+    """Run `argv` attached to this terminal (ssh, scp) and return its exit status (128 + N
+    when signal N killed it).
 
-    sh's `_fg` takes (almost) no other special argument: the environment is inherited and a
-    non-zero exit arrives as ErrorReturnCode."""
+    The command stays in the terminal's foreground process group: it is what the user talks
+    to, so a Ctrl-C is for it (an interactive ssh passes it on to the remote shell). nix-hive
+    itself ignores that Ctrl-C meanwhile, as system(3) does, and reports the command's end
+    instead of a traceback. sh's `_fg` takes (almost) no other special argument: the
+    environment is inherited."""
     args = list(argv)
+    _announce(args, None)
     try:
-        sh.Command(args[0])(*args[1:], _fg=True)
+        cmd = sh.Command(args[0])
     except sh.CommandNotFound as exc:
         raise ProcessError(args, None, f"{args[0]}: command not found") from exc
-    except sh.ErrorReturnCode as exc:
-        return int(exc.exit_code)
+    with _sigint_deferred():
+        try:
+            cmd(*args[1:], _fg=True)  # None on success; any other status raises, with it
+        except sh.ErrorReturnCode as exc:  # SignalException_* too, with exit_code -N
+            code = int(exc.exit_code)
+            return 128 - code if code < 0 else code
+        except OSError as exc:
+            raise ProcessError(args, None, str(exc)) from exc
     return 0
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ignore SIGINT in nix-hive while a foreground child runs; restore it after.
+
+    A Python handler that does nothing, not SIG_IGN: exec resets handled signals to their
+    default in the child, but keeps ignored ones ignored, and the child must stay
+    interruptible. Only the main thread may set handlers; from another one this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _ignore)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """SIGINT handler while the terminal belongs to a child: nothing to do."""

@@ -1,8 +1,7 @@
 """What the user sees: progress lines while work runs, tables at the end, JSON for programs.
 
-`Outcomes` is the record of every step of a run (build, store, push, activate), filled by
-`Reporter`, the doit reporter nix-hive installs; the summary table and `--json` are read
-from it. Progress goes to stderr, one line per step, whole lines only (threads share a lock).
+Progress goes to stderr, one line per step, whole lines only (threads share a lock). The
+summary is read from the run's outcomes (outcome.py) by orchestrate.py.
 """
 
 from __future__ import annotations
@@ -16,18 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tabulate import tabulate
-
-OK, FAILED, SKIPPED, UNCHANGED = "ok", "failed", "skipped", "unchanged"
-
-
-@dataclass
-class Outcome:
-    """What happened to one step (a doit task such as `push:www-1`)."""
-
-    status: str
-    reason: str = ""
-    seconds: float = 0.0
-    log: str = ""
 
 
 class Progress:
@@ -57,126 +44,6 @@ class Progress:
             for ln in text.rstrip().splitlines():
                 self.stream.write(f"{indent}{ln}\n")
             self.stream.flush()
-
-
-class Outcomes:
-    """Every step's outcome in this run, by task name."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_task: dict[str, Outcome] = {}
-
-    def set(self, task: str, outcome: Outcome) -> None:
-        with self._lock:
-            self._by_task[task] = outcome
-
-    def get(self, task: str) -> Outcome | None:
-        with self._lock:
-            return self._by_task.get(task)
-
-    def succeeded(self, task: str) -> bool:
-        found = self.get(task)
-        return found is not None and found.status in (OK, UNCHANGED)
-
-    def failed(self, prefix: str = "") -> list[str]:
-        with self._lock:
-            return [t for t, o in self._by_task.items() if o.status == FAILED and t.startswith(prefix)]
-
-
-def split_task(name: str) -> tuple[str, str]:
-    step, _, target = name.partition(":")
-    return step, target
-
-
-class Reporter:
-    """A doit reporter: records outcomes and prints progress (doit's reporter protocol)."""
-
-    desc = "nix-hive progress"
-
-    def __init__(self, outcomes: Outcomes, progress: Progress,
-                 explain: Callable[[str, str], str] | None = None) -> None:
-        self.outcomes = outcomes
-        self.progress = progress
-        self.explain = explain or (lambda task, dep: f"{dep} failed")
-        self._started: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    # doit calls these -------------------------------------------------------------------
-    def initialize(self, tasks: Any, selected_tasks: Any) -> None:
-        pass
-
-    def get_status(self, task: Any) -> None:
-        pass
-
-    def execute_task(self, task: Any) -> None:
-        if not task.actions or task.name.startswith("_"):
-            return
-        with self._lock:
-            self._started[task.name] = time.monotonic()
-        step, target = split_task(task.name)
-        if step in ("build", "store"):
-            self.progress.step(step, target, "...")
-
-    def _seconds(self, name: str) -> float:
-        with self._lock:
-            start = self._started.pop(name, None)
-        return round(time.monotonic() - start, 2) if start is not None else 0.0
-
-    def add_success(self, task: Any) -> None:
-        if not task.actions or task.name.startswith("_"):
-            return
-        seconds = self._seconds(task.name)
-        values = task.values or {}
-        self.outcomes.set(task.name, Outcome(OK, str(values.get("note", "")), seconds))
-        step, target = split_task(task.name)
-        self.progress.step(step, target, OK, f"{seconds:.1f}s {values.get('note', '')}".rstrip())
-
-    def add_failure(self, task: Any, exception: Any) -> None:
-        if task.name.startswith("_"):
-            return
-        step, target = split_task(task.name)
-        kind = type(exception).__name__
-        if kind in ("UnmetDependency", "NotStarted"):
-            if kind == "NotStarted":
-                reason = str(exception.get_msg()).strip()
-            else:
-                deps = str(exception.get_msg()).strip().split()
-                reason = self.explain(task.name, deps[0] if deps else "a dependency")
-            self.outcomes.set(task.name, Outcome(SKIPPED, reason))
-            if task.actions:
-                self.progress.step(step, target, SKIPPED, reason)
-            return
-        message = str(exception.get_msg()).strip() if hasattr(exception, "get_msg") else str(exception)
-        first = message.splitlines()[0] if message else kind
-        log = "\n".join(message.splitlines()[1:])
-        self.outcomes.set(task.name, Outcome(FAILED, first, self._seconds(task.name), log))
-        self.progress.step(step, target, FAILED, first)
-        self.progress.block(log)
-
-    def skip_uptodate(self, task: Any) -> None:
-        if task.name.startswith("_") or not task.actions:
-            return
-        if self.outcomes.succeeded(task.name):
-            return  # done earlier in this run, already reported
-        self.outcomes.set(task.name, Outcome(UNCHANGED, "already done (--no)"))
-        step, target = split_task(task.name)
-        self.progress.step(step, target, UNCHANGED)
-
-    def skip_ignore(self, task: Any) -> None:
-        pass
-
-    def cleanup_error(self, exception: Any) -> None:
-        self.runtime_error(str(exception.get_msg()))
-
-    def runtime_error(self, msg: str) -> None:
-        """doit could not run the tasks at all (it says why): shown, never swallowed."""
-        self.progress.line(f"error: {msg.strip()}")
-
-    def teardown_task(self, task: Any) -> None:
-        pass
-
-    def complete_run(self) -> None:
-        pass
 
 
 # Tables -------------------------------------------------------------------------------------
@@ -266,3 +133,10 @@ def system_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
             paths = " ".join(f"{k}={v}" for k, v in sorted(s.paths.items()))
             rows.append((name, str(len(users)), join(s.tags) or "-", paths or "-"))
     return rows
+
+
+def plan_rows(plan: Any) -> list[tuple[str, ...]]:
+    """`nix-hive plan`: a row per task, in the order the plan lists them."""
+    return [(str(t.id), " ".join(str(d) for d in (*t.setup, *t.deps)) or "-",
+             t.skippable.value if t.skippable is not None and t.skippable in plan.skip else "-", t.doc)
+            for t in plan.tasks]

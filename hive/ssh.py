@@ -6,15 +6,14 @@ user's own ~/.ssh/config and /etc/ssh/ssh_config (`Include`d after the generated
 the deployment's values win and the user's fill the rest). An instance with a pinned
 `hostKey` is checked against a known_hosts file of nix-hive's own and nothing else.
 
-Values were validated by the schema (one line, no quotes, no leading '-'); this module
-quotes nothing into a shell except through `shlex.quote`.
+Values were validated by the schema (one line, no quotes, no leading '-'). The argv of ssh
+calls is remote.py's.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ class SshSetup:
     directory: Path
     config: Path
     known_hosts: Path
+    control_dir: Path | None = None  # sockets of shared connections, when the run shares them
 
     @property
     def env(self) -> dict[str, str]:
@@ -123,30 +123,4 @@ def prepare(hive: Hive, directory: Path, *, control: bool = False) -> SshSetup:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-    return SshSetup(directory=directory, config=config, known_hosts=known)
-
-
-def command_argv(setup: SshSetup, host: str, words: Sequence[str]) -> list[str]:
-    """`ssh host WORDS...` as ssh itself does it: the words joined by spaces and run by the
-    remote user's shell (so `run '*' -- 'uptime; df -h'` means what it says)."""
-    return ["ssh", "-F", str(setup.config), "--", host, " ".join(words)]
-
-
-def shell_argv(setup: SshSetup, host: str, script: str, *, share: bool = True) -> list[str]:
-    """Run a POSIX shell script on `host` (the script is passed as one quoted argument).
-    Without `share`, the call uses a shared connection if one is open, but leaves none
-    behind (a one-off question to many hosts)."""
-    options = [] if share else ["-o", "ControlMaster=no"]
-    return ["ssh", "-F", str(setup.config), *options, "--", host, f"sh -c {shlex.quote(script)}"]
-
-
-def as_root(commands: Sequence[Sequence[str]]) -> str:
-    """A remote script running `commands` in turn as root: directly when the ssh user is
-    root, through `sudo -n` otherwise (never prompting: a missing sudo rule fails fast)."""
-    body = " && ".join("$s " + " ".join(shlex.quote(a) for a in cmd) for cmd in commands)
-    return f'if [ "$(id -u)" -eq 0 ]; then s=; else s="sudo -n"; fi; {body}'
-
-
-def stop_masters(setup: SshSetup, hosts: Sequence[str]) -> list[list[str]]:
-    """The commands that close the shared connections of `hosts` (ssh -O exit)."""
-    return [["ssh", "-F", str(setup.config), "-O", "exit", "--", h] for h in hosts]
+    return SshSetup(directory=directory, config=config, known_hosts=known, control_dir=control_dir)

@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hive.errors import BusyError
 
@@ -51,18 +51,34 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
     return data
 
 
+class Lock:
+    """One run's hold on a state file: a second run on the same state would otherwise lose
+    the first one's records when either compacts the file."""
+
+    def __init__(self, path: Path) -> None:
+        lock = path.with_name(path.name + ".d") / "lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = open(lock, "w")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise BusyError(f"another nix-hive run is using {path}") from None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold the state file for one run: a second run on the same state would otherwise lose
-    the first one's records when either compacts the file."""
-    lock = path.with_name(path.name + ".d") / "lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BusyError(f"another nix-hive run is using {path}") from None
+    """Hold the state file for the duration of a `with` block."""
+    lock = Lock(path)
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def _line(entry: dict[str, Any]) -> bytes:

@@ -1,14 +1,8 @@
-"""The doit tasks of a deployment, and the one way nix-hive runs them.
+"""The plan as doit tasks, doit's reporter, and the one way nix-hive runs doit.
 
-Task creators are plain functions of a `Context` (the evaluated hive, the selection, the
-options). `dodo.py` and the `nix-hive` command both get their tasks from `namespace()`:
-two doors, one implementation.
-
-    build:<system>        build a system (systems sharing paths: one `nix build`)
-    store:<url>           copy systems to a relay store that instances substitute from
-    push:<instance>       copy the instance's system to it (substituting from its relay)
-    activate:<instance>   set the system profile and switch to it
-    deploy                every selected instance activated
+`namespace()` turns a session's plan into task creators for doit's loader; `dodo.py` and the
+`nix-hive` command both run that namespace, in one doit run, with the same configuration
+(threads, `continue`: the failure policy is the plan's `wave:<n>` tasks, not doit's).
 """
 
 from __future__ import annotations
@@ -18,12 +12,17 @@ from typing import Any
 
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
+from doit.exceptions import UnmetDependency
 from doit.tools import config_changed
 
+from hive.activate import activate, is_active
+from hive.build import Builds
 from hive.evaluate import input_files
-from hive.model import Instance, Step
-from hive.report import Reporter
-from hive.steps import Context, step_check
+from hive.model import Step
+from hive.outcome import NotStarted, Outcome, Status, StepFailed
+from hive.plan import Kind, PlannedTask, TaskId
+from hive.push import Pushes
+from hive.session import Session
 
 BACKEND = {"hive": "hive.state:JournalDB"}
 # Actions print nothing; without this doit swaps sys.stdout and sys.stderr around each action,
@@ -31,132 +30,216 @@ BACKEND = {"hive": "hive.state:JournalDB"}
 NO_CAPTURE = {"capture": False}
 
 
-def explain(task: str, dep: str) -> str:
-    """Why `task` was not started: the dependency `dep` failed."""
-    step, _, target = dep.partition(":")
-    return {
-        "build": f"build of {target} failed",
-        "store": f"relay store {target} failed",
-        "push": "push failed",
-        "activate": f"an earlier wave failed ({target})",
-    }.get(step, f"{dep} failed")
+class Steps:
+    """Each kind of task's action and up-to-date check, for one session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.builds = Builds(session)
+        self.pushes = Pushes(session)
+        self.instances = {i.name: i for i in session.plan.instances}
+
+    def action(self, task: TaskId) -> Callable[[], Any] | None:
+        s, t = self.session, task.target
+        if task.kind is Kind.NIX_BUILD:
+            group = next(g for g in s.plan.groups if g.id == task)
+            return lambda: s.perform(task, lambda: self.builds.build_group(group))
+        if task.kind is Kind.BUILD:
+            return lambda: s.perform(task, lambda: self.builds.result(t))
+        if task.kind is Kind.STORE:
+            relay = next(r for r in s.plan.relays if r.id == task)
+            return lambda: s.perform(task, lambda: self.pushes.relay(relay), gated=True)
+        if task.kind is Kind.PUSH:
+            return lambda: s.perform(task, lambda: self.pushes.instance(self.instances[t]), gated=True)
+        if task.kind is Kind.ACTIVATE:
+            return lambda: s.perform(task, lambda: activate(s, self.instances[t]), gated=True)
+        if task.kind is Kind.WAVE:
+            return lambda: s.open_wave(int(t))
+        return None
+
+    def done(self, planned: PlannedTask) -> Callable[[Any, Any], bool] | None:
+        """The up-to-date check that `--no STEP` enables: asked of Nix or of the host."""
+        s, task = self.session, planned.id
+        if planned.skippable is None or task.kind is Kind.BUILD:
+            return None
+        if task.kind is Kind.STORE:
+            relay = next(r for r in s.plan.relays if r.id == task)
+            probe: Callable[[], bool] = lambda: self.pushes.relay_has(relay)  # noqa: E731
+        elif task.kind is Kind.PUSH:
+            probe = lambda: self.pushes.instance_has(self.instances[task.target])  # noqa: E731
+        else:
+            probe = lambda: is_active(s, self.instances[task.target])  # noqa: E731
+        step = planned.skippable
+        return lambda task, values: s.skips(step) and not s.interrupted and probe()
+
+    def doit_task(self, planned: PlannedTask, files: list[str]) -> dict[str, Any]:
+        task = planned.id
+        out: dict[str, Any] = {"name": task.target or None, "doc": planned.doc, "actions": [],
+                               "task_dep": [str(d) for d in planned.deps], "io": NO_CAPTURE}
+        action = self.action(task)
+        if action is not None:
+            out["actions"] = [action]
+        if planned.setup:
+            out["setup"] = [str(d) for d in planned.setup]
+        if task.kind is Kind.BUILD:
+            out["file_dep"] = files
+            out["uptodate"] = [self.builds.uptodate(task.target), config_changed(self.builds.inputs(task.target))]
+        elif (check := self.done(planned)) is not None:
+            out["uptodate"] = [check]
+        return out
 
 
-def namespace(ctx: Context, *, chain_waves: bool, build_only: bool = False) -> dict[str, Any]:
-    """The task creators of this run, as a module namespace for doit's loader.
-
-    With `chain_waves`, each wave's activations depend on the previous wave's: a single doit
-    run then keeps the order and stops at the first failed wave (the `doit deploy` door).
-    The `nix-hive` command runs one wave at a time instead (see deploy.py), to apply
-    --keep-going and --max-failures between waves.
-    """
-    files = [str(p) for p in input_files(ctx.hive, exclude=(ctx.state_file, ctx.hive.signing_key))]
-    relays = ctx.relays()
-    store_of_instance = {inst.name: url for url in relays
-                         if (inst := ctx.store_instance(url)) is not None}
-
-    def task_build() -> Iterator[dict[str, Any]]:
-        """Build each selected system once."""
-        for s in ctx.systems:
-            users = sum(1 for i in ctx.instances if i.system == s)
-            yield {
-                "name": s,
-                "doc": f"build system {s} ({users} instance{'s' if users != 1 else ''})",
-                "actions": [(ctx.build, [s])],
-                "io": NO_CAPTURE,
-                "file_dep": files,
-                "uptodate": [ctx.build_uptodate(s), config_changed(ctx.system_inputs(s))],
-            }
-
-    def task_store() -> Iterator[dict[str, Any]]:
-        """Copy systems to the relay stores instances substitute from."""
-        for url, systems in relays.items():
-            yield {
-                "name": url,
-                "doc": f"copy {', '.join(systems)} to relay store {url}",
-                "actions": [(ctx.push_store, [url, systems])],
-                "io": NO_CAPTURE,
-                "task_dep": [f"build:{s}" for s in systems] + (
-                    [f"store:{up}"] if (up := ctx.upstream(url)) is not None else []),
-                "uptodate": [step_check(ctx, Step.PUSH, _bind(ctx.store_has, url, systems))],
-            }
-
-    def push_deps(i: Instance) -> list[str]:
-        deps = [f"build:{i.system}"]
-        if i.store:
-            deps.append(f"store:{i.store}")
-        if i.name in store_of_instance and store_of_instance[i.name] != i.store:
-            deps.append(f"store:{store_of_instance[i.name]}")
-        return deps
-
-    def task_push() -> Iterator[dict[str, Any]]:
-        """Copy each selected instance's system to it."""
-        for i in ctx.instances:
-            via = f" from {i.store}" if i.store else ""
-            yield {
-                "name": i.name,
-                "doc": f"copy {i.system} to {i.name}{via}",
-                "actions": [(ctx.push, [i, i.name in store_of_instance])],
-                "io": NO_CAPTURE,
-                "task_dep": push_deps(i),
-                "uptodate": [step_check(ctx, Step.PUSH, _bind(ctx.instance_has, i))],
-            }
-
-    def task_activate() -> Iterator[dict[str, Any]]:
-        """Switch each selected instance to its system, wave after wave."""
-        previous: list[str] = []
-        for wave in ctx.waves:
-            for i in wave:
-                yield {
-                    "name": i.name,
-                    "doc": f"activate {i.system} on {i.name} ({ctx.options.goal.value})",
-                    "actions": [(ctx.activate, [i])],
-                    "io": NO_CAPTURE,
-                    "task_dep": [f"push:{i.name}", *(previous if chain_waves else [])],
-                    "uptodate": [step_check(ctx, Step.ACTIVATE, _bind(ctx.is_active, i))],
-                }
-            previous = [f"activate:{i.name}" for i in wave]
-
-    def task_deploy() -> dict[str, Any]:
-        """Build, push and activate the selected instances."""
-        return {"actions": None, "task_dep": [f"activate:{i.name}" for i in ctx.instances]}
-
-    if build_only:  # `nix-hive build`: no need to make a task per instance
-        return {"task_build": task_build, "DOIT_CONFIG": doit_config(ctx)}
-    return {
-        "task_build": task_build,
-        "task_store": task_store,
-        "task_push": task_push,
-        "task_activate": task_activate,
-        "task_deploy": task_deploy,
-        "DOIT_CONFIG": doit_config(ctx),
-    }
+def namespace(session: Session, *, on_complete: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The session's plan as a module namespace for doit's loader: a `task_<kind>` creator
+    per kind, yielding a sub-task per target (`deploy` is a task of its own)."""
+    steps = Steps(session)
+    exclude = (session.state_file, session.hive.signing_key)
+    files = [str(p) for p in input_files(session.hive, exclude=exclude)] if session.plan.systems else []
+    ns: dict[str, Any] = {}
+    for kind in Kind:
+        planned = [t for t in session.plan.tasks if t.id.kind is kind]
+        if not planned:
+            continue
+        if kind is Kind.DEPLOY:
+            only = steps.doit_task(planned[0], files)
+            ns["task_deploy"] = _single({k: v for k, v in only.items() if k != "name"})
+        else:
+            ns[f"task_{kind.value}"] = _creator(kind, [steps.doit_task(t, files) for t in planned])
+    ns["DOIT_CONFIG"] = doit_config(session, steps, on_complete)
+    return ns
 
 
-def _bind(fn: Callable[..., bool], *args: Any) -> Callable[[], bool]:
-    return lambda: fn(*args)
+def _creator(kind: Kind, tasks: list[dict[str, Any]]) -> Callable[[], Iterator[dict[str, Any]]]:
+    def create() -> Iterator[dict[str, Any]]:
+        yield from tasks
+
+    create.__doc__ = {Kind.NIX_BUILD: "Build each group of systems sharing paths in one nix build.",
+                      Kind.BUILD: "Build each selected system once.",
+                      Kind.STORE: "Copy systems to the relay stores instances substitute from.",
+                      Kind.PUSH: "Copy each selected instance's system to it.",
+                      Kind.ACTIVATE: "Switch each selected instance to its system, wave after wave.",
+                      Kind.WAVE: "Start each wave once the previous one settled, as the failure policy allows."
+                      }.get(kind, "")
+    return create
 
 
-def doit_config(ctx: Context) -> dict[str, Any]:
+def _single(task: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    def create() -> dict[str, Any]:
+        return task
+
+    create.__doc__ = "Build, push and activate the selected instances."
+    return create
+
+
+def doit_config(session: Session, steps: Steps, on_complete: Callable[[], None] | None = None) -> dict[str, Any]:
     return {
         "backend": "hive",
-        "dep_file": str(ctx.state_file),
-        "reporter": Reporter(ctx.outcomes, ctx.progress, explain),
+        "dep_file": str(session.state_file),
+        "reporter": Reporter(session, steps, on_complete),
         "verbosity": 0,
         "par_type": "thread",
+        "num_process": session.options.jobs if session.options.jobs > 1 else 0,
+        "continue": True,
         "default_tasks": ["build"],
     }
 
 
-def run(ctx: Context, ns: dict[str, Any], targets: Sequence[str], *, jobs: int = 1,
-        keep_going: bool = True) -> int:
-    """Run the named tasks (and what they depend on) through doit; doit's exit status."""
+class Reporter:
+    """A doit reporter (doit's protocol): records what doit decides itself (up to date, not
+    started because a dependency failed); the steps record their own outcomes."""
+
+    desc = "nix-hive progress"
+
+    def __init__(self, session: Session, steps: Steps, on_complete: Callable[[], None] | None = None) -> None:
+        self.session = session
+        self.steps = steps
+        self.on_complete = on_complete
+
+    def initialize(self, tasks: Any, selected_tasks: Any) -> None:
+        """The tasks doit will run: the selected ones and what they wait for."""
+        todo, seen = list(selected_tasks), set()
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in tasks:
+                continue
+            seen.add(name)
+            todo += list(tasks[name].task_dep) + list(tasks[name].setup_tasks)
+        self.session.expected = frozenset(t for n in seen if (t := TaskId.parse(n)) is not None)
+        if any(t.kind is Kind.PUSH for t in self.session.expected):
+            self.session.warn_unsigned()
+
+    def get_status(self, task: Any) -> None:
+        pass
+
+    def execute_task(self, task: Any) -> None:
+        pass
+
+    def add_success(self, task: Any) -> None:
+        pass
+
+    def add_failure(self, task: Any, exception: Any) -> None:
+        task_id = TaskId.parse(task.name)
+        if task_id is None or isinstance(exception, StepFailed | NotStarted):
+            return  # recorded by the step itself
+        if isinstance(exception, UnmetDependency):
+            reason = self._why_not(str(exception.get_msg()).split())
+            self.session.outcomes.set_default(task_id, Outcome(Status.SKIPPED, reason))
+            if task.actions and task_id.kind is not Kind.WAVE:
+                self.session.progress.step(task_id.kind.shown, task_id.target, str(Status.SKIPPED), reason)
+            return
+        message = str(exception.get_msg()).strip() if hasattr(exception, "get_msg") else str(exception)
+        self.session.outcomes.set(task_id, Outcome(Status.FAILED, message.splitlines()[0] if message else ""))
+        self.session.progress.step(task_id.kind.shown, task_id.target, str(Status.FAILED), message)
+
+    def _why_not(self, deps: Sequence[str]) -> str:
+        """Why a task was not started: the first of its dependencies that failed."""
+        dep = TaskId.parse(deps[0]) if deps else None
+        if dep is None:
+            return "a dependency failed"
+        found = self.session.outcomes.get(dep)
+        if found is not None and found.status is Status.SKIPPED:
+            return found.reason
+        if dep.kind in (Kind.BUILD, Kind.NIX_BUILD):
+            return f"build of {dep.target} failed"
+        if dep.kind is Kind.STORE:
+            relay = next((r for r in self.session.plan.relays if r.id == dep), None)
+            return f"relay store {relay.url if relay else dep.target} failed"
+        return f"{dep.kind.value} failed"
+
+    def skip_uptodate(self, task: Any) -> None:
+        task_id = TaskId.parse(task.name)
+        if task_id is None or not task.actions:
+            return
+        if task_id.kind is Kind.BUILD:
+            self.steps.builds.adopt(task_id.target)
+        self.session.outcomes.set(task_id, Outcome(Status.UNCHANGED, "already done (--no)"))
+        self.session.progress.step(task_id.kind.shown, task_id.target, str(Status.UNCHANGED))
+
+    def skip_ignore(self, task: Any) -> None:
+        pass
+
+    def cleanup_error(self, exception: Any) -> None:
+        self.runtime_error(str(exception.get_msg()))
+
+    def runtime_error(self, msg: str) -> None:
+        """doit could not run the tasks at all (it says why): shown, never swallowed."""
+        self.session.progress.line(f"error: {msg.strip()}")
+
+    def teardown_task(self, task: Any) -> None:
+        pass
+
+    def complete_run(self) -> None:
+        if self.on_complete is not None:
+            self.on_complete()
+
+
+def run(session: Session, ns: dict[str, Any], targets: Sequence[str]) -> int:
+    """Run the named tasks (and what they wait for) through doit; doit's exit status."""
     if not targets:
         return 0
-    args = ["run"]
-    if keep_going:
-        args.append("--continue")
-    if jobs > 1:
-        args += ["-n", str(jobs), "-P", "thread"]
     main = DoitMain(ModuleTaskLoader(ns), config_filenames=(), extra_config={"BACKEND": BACKEND})
-    return int(main.run([*args, *targets]))
+    return int(main.run(["run", *targets]))
+
+
+def skip_steps(text: str | None) -> frozenset[Step]:
+    return Step.parse_list(text)

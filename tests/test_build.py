@@ -187,7 +187,8 @@ def test_state_file_survives_kill_9_in_the_middle_of_a_build(tmp_path: Path, bui
     finally:
         proc.wait()
     recorded = state.load(state_file)  # readable, and keeps what finished before the kill
-    assert set(recorded) == {"build:one", "build:two"}
+    # each system's build is recorded (its group's `nix-build:` task may be too)
+    assert {t for t in recorded if t.startswith("build:")} == {"build:one", "build:two"}
     assert builds(build_log) == ["one", "two"]
     first = recorded["build:one"]["_values_:"]["result"]
 

@@ -40,7 +40,7 @@ def test_doit_list_shows_tasks_per_system_and_instance(tmp_path: Path) -> None:
         assert name in names
     only = doit("list", "--all", f"config={hive}", "targets=storage")
     assert [n for n in (ln.split()[0] for ln in only.stdout.splitlines()) if ":" in n] == [
-        "activate:db-1", "build:db", "push:db-1"]
+        "activate:db-1", "build:db", "nix-build:db", "push:db-1"]
 
 
 @needs_nix
@@ -75,5 +75,8 @@ def test_doit_deploy_portico_first(fleet_factory: object) -> None:
                                              f"paths.nixpkgs = {STANDIN};"))
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    # progress lines only: no traceback, no "Exception ignored" at exit
+    assert all(line.startswith("[") for line in result.stderr.splitlines()), result.stderr
+    assert "www-3" in result.stdout and "ok" in result.stdout  # the summary table, as nix-hive prints it
     times = {h: float(fleet.lab.activations(h)[0].split()[0]) for h in fleet.lab.hosts}
     assert all(times["portico"] < times[h] for h in ("www-1", "www-2", "www-3"))

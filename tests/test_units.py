@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
-from hive import cli, nix, process, ssh, tasks
+from hive import cli, nix, options, plan, process, remote, ssh, tasks
 from hive.errors import InputError, ProcessError, headline
 from hive.model import Hive, Instance, Step, System, frozen_map
+from hive.options import Options
+from hive.outcome import Status
 from hive.report import Progress
+from hive.session import Session
 from hive.state import JournalDB, load, locked
-from hive.steps import Context, Options
 
 
 class Calls:
@@ -116,46 +118,30 @@ def test_ssh_values_with_spaces_and_keywords_in_any_case(tmp_path: Path) -> None
 
 def test_remote_commands_are_quoted_and_use_sudo_only_when_not_root(tmp_path: Path) -> None:
     setup = ssh.prepare(hive(w=Instance("w", "s")), tmp_path)
-    assert ssh.command_argv(setup, "w", ["uptime;", "df", "-h"]) == [
+    w = remote.Remote(setup, "w")
+    assert w.command_argv(["uptime;", "df", "-h"]) == [
         "ssh", "-F", str(setup.config), "--", "w", "uptime; df -h"]  # as ssh itself does
-    assert ssh.shell_argv(setup, "w", "echo '$(x)'") == ["ssh", "-F", str(setup.config), "--", "w",
-                                                         "sh -c 'echo '\"'\"'$(x)'\"'\"''"]
-    script = ssh.as_root([["nix-env", "--set", "/nix/store/p"], ["/nix/store/p/bin/switch-to-configuration", "switch"]])
+    assert w.shell_argv("echo '$(x)'") == ["ssh", "-F", str(setup.config), "--", "w",
+                                           "sh -c 'echo '\"'\"'$(x)'\"'\"''"]
+    assert w.shell_argv("true", share=False)[3:5] == ["-o", "ControlMaster=no"]
+    script = remote.as_root([["nix-env", "--set", "/nix/store/p"],
+                             ["/nix/store/p/bin/switch-to-configuration", "switch"]])
     assert script.startswith('if [ "$(id -u)" -eq 0 ]; then s=; else s="sudo -n"; fi; ')
     assert script.endswith("$s nix-env --set /nix/store/p && $s /nix/store/p/bin/switch-to-configuration switch")
 
 
-def test_relays_hold_each_system_once_and_their_own_first() -> None:
-    h = Hive(file=Path("/d/hive.nix"), shown="hive.nix", paths=frozen_map(),
-             systems={"edge": System("edge", frozen_map()), "web": System("web", frozen_map()),
-                      "db": System("db", frozen_map())},
-             instances={"portico": Instance("portico", "edge"),
-                        "w1": Instance("w1", "web", store="ssh://portico"),
-                        "w2": Instance("w2", "web", store="ssh://portico"),
-                        "d1": Instance("d1", "db", store="ssh://portico"),
-                        "c1": Instance("c1", "db", store="s3://cache")})
-    ctx = Context(h, [tuple(h.instances[n] for n in ("w1", "w2", "d1", "c1", "portico"))], Options())
-    assert ctx.relays() == {"ssh://portico": ["edge", "web", "db"], "s3://cache": ["db"]}
-    assert ctx.store_instance("ssh://root@portico?compress=true") == h.instances["portico"]
-    assert ctx.store_instance("s3://cache") is None
-
-
-def test_chained_relays_hold_what_the_relays_below_them_hold() -> None:
-    s = frozen_map()
-    h = Hive(file=Path("/d/hive.nix"), shown="hive.nix", paths=s,
-             systems={n: System(n, s) for n in ("edge", "region", "web")},
-             instances={"portico": Instance("portico", "edge"),
-                        "eu": Instance("eu", "region", store="ssh://portico"),
-                        "w1": Instance("w1", "web", store="ssh://eu"),
-                        # a loop of relays is cut: neither substitutes from the other
-                        "a": Instance("a", "web", store="ssh://b"), "b": Instance("b", "web", store="ssh://a")})
-    ctx = Context(h, [tuple(h.instances[n] for n in ("portico", "eu", "w1"))], Options())
-    assert ctx.relays() == {"ssh://portico": ["edge", "region", "web"], "ssh://eu": ["region", "web"]}
-    assert ctx.upstream("ssh://eu") == "ssh://portico" and ctx.upstream("ssh://portico") is None
-    assert ctx.upstream("ssh://a") is None and ctx.upstream("ssh://b") is None
-    ns = tasks.namespace(ctx, chain_waves=False)
-    stores = {t["name"]: t for t in ns["task_store"]()}
-    assert "store:ssh://portico" in stores["ssh://eu"]["task_dep"]
+def test_probe_script_and_parser_on_recorded_answers() -> None:
+    script = remote.probe_script(["/nix/store/b-y", "/nix/store/a-x"])
+    assert script.count("nix-store --check-validity") == 2 and script.endswith("; true")
+    assert script.index("/nix/store/a-x") < script.index("/nix/store/b-y")
+    recorded = ("current=/nix/store/a-x\nprofile=/nix/store/a-x\nvalid=/nix/store/a-x\n"
+                "valid=/nix/store/zzz-not-asked\n")
+    found = remote.parse_probe(recorded, ["/nix/store/a-x", "/nix/store/b-y"])
+    assert found == remote.Probe(reachable=True, current="/nix/store/a-x", profile="/nix/store/a-x",
+                                 valid=frozenset({"/nix/store/a-x"}),
+                                 asked=frozenset({"/nix/store/a-x", "/nix/store/b-y"}))
+    never = remote.parse_probe("current=\nprofile=\n", [])  # a host never activated
+    assert never.reachable and never.current is None and never.profile is None and never.valid == frozenset()
 
 
 def test_journal_records_each_task_at_once_and_survives_a_torn_line(tmp_path: Path) -> None:
@@ -189,13 +175,13 @@ def test_error_headline_prefers_what_ssh_said() -> None:
 
 
 def test_max_failures_takes_a_number_or_a_percentage() -> None:
-    assert cli._max_failures(None, 50) is None
-    assert cli._max_failures("3", 50) == 3
-    assert cli._max_failures("10%", 50) == 5
-    assert cli._max_failures("0%", 50) == 0
+    assert options.max_failures(None, 50) is None
+    assert options.max_failures("3", 50) == 3
+    assert options.max_failures("10%", 50) == 5
+    assert options.max_failures("0%", 50) == 0
     for bad in ("-1", "101%", "x", "5%%"):
         with pytest.raises(InputError):
-            cli._max_failures(bad, 50)
+            options.max_failures(bad, 50)
 
 
 def test_a_second_run_on_the_same_state_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -239,8 +225,8 @@ def test_bad_options_exit_2_with_one_line(argv: list[str], message: str, tmp_pat
 @pytest.mark.parametrize("jobs", [1, 4])
 def test_systems_sharing_paths_are_built_by_one_nix_build(jobs: int, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through doit itself (the real task runner, serial and threaded), with Nix faked: the
-    group is planned from doit's own view of which build tasks will run."""
+    """Through doit itself (the real task runner, serial and threaded), with Nix faked: a
+    group's `nix-build` task is a doit setup task of its systems' builds."""
     built: list[list[str]] = []
 
     def fake_build(file: Path, systems: Sequence[str], paths: Any, **_: Any) -> dict[str, str]:
@@ -256,13 +242,13 @@ def test_systems_sharing_paths_are_built_by_one_nix_build(jobs: int, tmp_path: P
              systems={"a": System("a", shared), "b": System("b", shared), "broken": System("broken", shared),
                       "c": System("c", frozen_map({"nixpkgs": "/src/other"}))},
              instances={n: Instance(n, n) for n in ("a", "b", "broken", "c")})
-    ctx = Context(h, [tuple(h.instances.values())], Options(state_file=tmp_path / "state", jobs=jobs),
-                  progress=Progress(quiet=True))
-    code = tasks.run(ctx, tasks.namespace(ctx, chain_waves=False, build_only=True),
-                     [f"build:{s}" for s in ctx.systems], jobs=jobs)
+    the_plan = plan.make_plan(h, [tuple(h.instances.values())], build_only=True)
+    session = Session(h, the_plan, Options(state_file=tmp_path / "state", jobs=jobs), progress=Progress(quiet=True))
+    code = tasks.run(session, tasks.namespace(session), [f"build:{s}" for s in the_plan.systems])
     assert code != 0  # broken failed
     groups = sorted(sorted(g) for g in built)
     # one call for the group of a, b and broken; it failed, so each was built alone; c apart
     assert groups == [["a"], ["a", "b", "broken"], ["b"], ["broken"], ["c"]]
-    assert ctx.results == {"a": "/nix/store/a", "b": "/nix/store/b", "c": "/nix/store/c"}
-    assert ctx.outcomes.failed() == ["build:broken"]
+    assert session.results == {"a": "/nix/store/a", "b": "/nix/store/b", "c": "/nix/store/c"}
+    assert [str(t) for t in session.outcomes.failed()] == ["build:broken"]
+    assert session.outcomes.status(plan.TaskId(plan.Kind.BUILD, "a")) is Status.OK

@@ -1,0 +1,100 @@
+"""What the user asked for beyond the selection, parsed the same way for both doors: the
+`nix-hive` options and the `doit` variables. Every bad value is an `InputError` naming the
+option (exit 2, nothing started)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hive.errors import InputError
+from hive.model import Goal, Hive, Step
+
+
+@dataclass(frozen=True)
+class Options:
+    """A run's options."""
+
+    skip: frozenset[Step] = frozenset()
+    state_file: Path | None = None  # default: .hive.state beside the deployment file
+    jobs: int = 10
+    goal: Goal = Goal.SWITCH
+    keep_going: bool = False
+    max_failures: int | None = None  # absolute number, computed from N or N%
+
+
+def default_state_file(hive: Hive) -> Path:
+    return hive.directory / ".hive.state"
+
+
+def overrides(values: Iterable[str] | None, option: str = "-I") -> dict[str, str]:
+    """`-I NAME=PATH`, as often as given."""
+    out: dict[str, str] = {}
+    for item in values or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(f"{option} {item!r}: expected NAME=PATH")
+        out[name] = value
+    return out
+
+
+def max_failures(text: str | None, total: int, option: str = "--max-failures") -> int | None:
+    """`N` (more than N failed instances stop new work) or `N%` of the selected instances."""
+    if text is None:
+        return None
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 <= pct <= 100:
+                raise ValueError
+            return int(total * pct / 100)
+        value = int(text)
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected a number N or a percentage N%") from None
+
+
+def positive(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"{option} {text!r}: expected a whole number of at least 1")
+    return value
+
+
+def goal(text: str, option: str = "--goal") -> Goal:
+    try:
+        return Goal(text)
+    except ValueError:
+        names = ", ".join(g.value for g in Goal)
+        raise InputError(f"{option} {text!r}: expected one of {names}") from None
+
+
+def flag(text: str, option: str) -> bool:
+    """A doit variable meaning yes or no."""
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise InputError(f"{option}={text!r}: expected 1 or 0 (true or false)")
+
+
+def writable(path: Path) -> bool:
+    """Whether a file can be written at `path` (checked before any work starts)."""
+    return not path.is_dir() and path.parent.is_dir() and os.access(path.parent, os.W_OK)
+
+
+def state_file(given: str | None, hive: Hive, option: str = "--state FILE") -> Path:
+    path = Path(given).resolve() if given else default_state_file(hive)
+    if path.is_dir():
+        raise InputError(f"state file {path} is a directory ({option})")
+    if not writable(path):
+        raise InputError(f"cannot write the state file {path} (choose another with {option})")
+    return path

@@ -1,0 +1,195 @@
+"""One `Remote` per host: the argv of every ssh call nix-hive makes, the host's shared
+connection (open on first use, released when the run is done with the host, closed at the
+end), the probe (what the host has and runs, asked in one ssh call), and running as root.
+
+`Remotes` is a run's set of them, with the generated ssh files in a private temporary
+directory; it is a context manager that closes every shared connection and removes the files.
+Nothing else in nix-hive builds an `ssh -F …` argv.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from hive import process, ssh
+from hive.errors import HiveError
+from hive.model import Hive
+
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A host as one ssh call found it."""
+
+    reachable: bool
+    current: str | None = None  # /run/current-system
+    profile: str | None = None  # what the system profile points at (the boot default)
+    valid: frozenset[str] = frozenset()  # the asked paths its store holds
+    asked: frozenset[str] = frozenset()  # the paths it was asked about
+
+
+def probe_script(paths: Iterable[str]) -> str:
+    """A POSIX shell script printing `current=`, `profile=` and a `valid=` line per path of
+    `paths` the host's store holds."""
+    script = ('printf "current=%s\\n" "$(readlink /run/current-system 2>/dev/null)"; '
+              f'p={SYSTEM_PROFILE}; printf "profile=%s\\n" "$(test -L $p && readlink -f $p)"')
+    for path in sorted(paths):
+        quoted = shlex.quote(path)
+        script += f"; nix-store --check-validity {quoted} 2>/dev/null && echo valid={quoted}"
+    return script + "; true"
+
+
+def parse_probe(stdout: str, asked: Iterable[str]) -> Probe:
+    """The `Probe` of a host whose answer to `probe_script(asked)` is `stdout`."""
+    lines = stdout.splitlines()
+    current = next((ln.removeprefix("current=") for ln in lines if ln.startswith("current=")), "")
+    profile = next((ln.removeprefix("profile=") for ln in lines if ln.startswith("profile=")), "")
+    wanted = frozenset(asked)
+    valid = frozenset(ln.removeprefix("valid=") for ln in lines if ln.startswith("valid=")) & wanted
+    return Probe(reachable=True, current=current or None, profile=profile or None, valid=valid, asked=wanted)
+
+
+def as_root(commands: Sequence[Sequence[str]]) -> str:
+    """A remote script running `commands` in turn as root: directly when the ssh user is
+    root, through `sudo -n` otherwise (never prompting: a missing sudo rule fails fast)."""
+    body = " && ".join("$s " + shlex.join(cmd) for cmd in commands)
+    return f'if [ "$(id -u)" -eq 0 ]; then s=; else s="sudo -n"; fi; {body}'
+
+
+class Remote:
+    """A host as ssh knows it (an instance, or a jump host of the user's configuration)."""
+
+    def __init__(self, setup: ssh.SshSetup, name: str, *, hub: bool = False) -> None:
+        self.setup = setup
+        self.name = name
+        self.hub = hub  # a jump host or relay: its connection stays open for the hosts behind it
+        self._lock = threading.Lock()
+        self._probe: Probe | None = None
+
+    def shell_argv(self, script: str, *, share: bool = True) -> list[str]:
+        """Run a POSIX shell script on the host (passed as one quoted argument). Without
+        `share`, the call uses a shared connection if one is open but leaves none behind (a
+        one-off question to many hosts)."""
+        options = [] if share else ["-o", "ControlMaster=no"]
+        return ["ssh", "-F", str(self.setup.config), *options, "--", self.name, f"sh -c {shlex.quote(script)}"]
+
+    def command_argv(self, words: Sequence[str]) -> list[str]:
+        """`ssh host WORDS...` as ssh itself does it: the words joined by spaces and run by
+        the remote user's shell (so `run '*' -- 'uptime; df -h'` means what it says)."""
+        return ["ssh", "-F", str(self.setup.config), "--", self.name, " ".join(words)]
+
+    def run_as_root(self, commands: Sequence[Sequence[str]]) -> process.Result:
+        self.forget()
+        return process.run(self.shell_argv(as_root(commands)))
+
+    def probe(self, paths: Iterable[str]) -> Probe:
+        """What the host has and runs, asked once (one ssh call) and remembered until a step
+        changes the host (`forget`) or a path it was not asked about is needed."""
+        wanted = frozenset(paths)
+        with self._lock:
+            known = self._probe
+        if known is not None and (wanted <= known.asked or not known.reachable):
+            return known
+        try:
+            # jump hosts and relays keep their connection; the hosts behind them need none yet
+            out = process.run(self.shell_argv(probe_script(wanted), share=self.hub))
+            found = parse_probe(out.stdout, wanted)
+        except HiveError:
+            found = Probe(reachable=False, asked=wanted)
+        with self._lock:
+            self._probe = found
+        return found
+
+    def forget(self) -> None:
+        with self._lock:
+            self._probe = None
+
+    def release(self) -> None:
+        """Close the shared connection once the run is done with the host. Behind a jump host
+        each open connection holds a session of the jump host's, and sshd allows MaxSessions
+        (10 by default) per connection: past that, ssh opens (and authenticates) new
+        connections to the jump host. Jump hosts and relays stay open until `close`."""
+        if not self.hub:
+            self.close()
+
+    def close(self) -> None:
+        if self.setup.control_dir is not None:
+            process.run(["ssh", "-F", str(self.setup.config), "-O", "exit", "--", self.name], check=False, timeout=10)
+
+
+class Remotes:
+    """A run's remotes, one per host, over one generated ssh configuration with shared
+    connections (written on first use into a private temporary directory)."""
+
+    def __init__(self, hive: Hive, hubs: Iterable[str] = (), *, jobs: int = 10) -> None:
+        self.hive = hive
+        self.hubs = frozenset(hubs)
+        self.jobs = max(1, jobs)
+        self._lock = threading.Lock()
+        self._setup: ssh.SshSetup | None = None
+        self._remotes: dict[str, Remote] = {}
+
+    @property
+    def setup(self) -> ssh.SshSetup:
+        with self._lock:
+            if self._setup is None:
+                directory = Path(tempfile.mkdtemp(prefix="nix-hive-"))
+                self._setup = ssh.prepare(self.hive, directory, control=True)
+            return self._setup
+
+    def __getitem__(self, name: str) -> Remote:
+        setup = self.setup
+        with self._lock:
+            if name not in self._remotes:
+                self._remotes[name] = Remote(setup, name, hub=name in self.hubs)
+            return self._remotes[name]
+
+    def probe_all(self, wanted: dict[str, frozenset[str]]) -> dict[str, Probe]:
+        """Probe many hosts at once (host -> the paths to ask about). Jump hosts and relays
+        first: their shared connection is then up before the hosts behind them are asked
+        through it (instead of each racing to open its own)."""
+        first = [n for n in wanted if n in self.hubs]
+        then = [n for n in wanted if n not in self.hubs]
+        found: dict[str, Probe] = {}
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for stage in (first, then):
+                for name, probe in zip(stage, pool.map(lambda n: self[n].probe(wanted[n]), stage), strict=True):
+                    found[name] = probe
+        return found
+
+    def close(self) -> None:
+        """Close every shared connection (in parallel: each is local and quick) and remove
+        the generated files."""
+        with self._lock:
+            setup, self._setup = self._setup, None
+            remotes = list(self._remotes.values())
+            self._remotes = {}
+        if setup is None:
+            return
+        sockets = setup.control_dir
+        if sockets is not None and sockets.is_dir() and any(sockets.iterdir()):
+            names = {r.name for r in remotes} | self.hubs
+            with ThreadPoolExecutor(max_workers=max(16, self.jobs)) as pool:
+                list(pool.map(lambda n: Remote(setup, n).close(), sorted(names)))
+        shutil.rmtree(setup.directory, ignore_errors=True)
+
+    def __enter__(self) -> Remotes:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def interactive_argv(setup: ssh.SshSetup, tool: str, args: Sequence[str]) -> list[str]:
+    """`ssh` or `scp` at the user's terminal with the generated configuration."""
+    return [tool, "-F", str(setup.config), *args]

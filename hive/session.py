@@ -1,0 +1,181 @@
+"""One run of nix-hive: the plan, the options, the remotes, what has been built, and every
+task's outcome so far; plus the failure policy (waves, --keep-going, --max-failures, Ctrl-C)
+that decides whether a step may start. The steps (build.py, push.py, activate.py) act on it;
+orchestrate.py opens and closes it."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from hive.errors import HiveError, ProcessError
+from hive.model import Hive, Step
+from hive.options import Options, default_state_file
+from hive.outcome import Failure, NotStarted, Outcome, Outcomes, Status, StepFailed
+from hive.plan import Kind, Plan, TaskId
+from hive.remote import Probe, Remotes
+from hive.report import Progress
+
+
+class Session:
+    """A run: the work to do and what has been done."""
+
+    def __init__(self, hive: Hive, plan: Plan, options: Options, progress: Progress | None = None) -> None:
+        self.hive = hive
+        self.plan = plan
+        self.options = options
+        self.progress = progress or Progress()
+        self.outcomes = Outcomes()
+        self.state_file = options.state_file or default_state_file(hive)
+        self.gcroots = self.state_file.with_name(self.state_file.name + ".d") / "gcroots"
+        self.remotes = Remotes(hive, plan.hubs, jobs=options.jobs)
+        self.results: dict[str, str] = {}  # system -> store path (built, or recorded under --no build)
+        self.expected: frozenset[TaskId] | None = None  # the tasks doit will run (None: all)
+        self._idle = threading.Condition()
+        self._running = 0
+        self._interrupted = False
+        self._probe_lock = threading.Lock()
+        self._prefetched = False
+
+    # -- results ---------------------------------------------------------------------------
+
+    def path_of(self, system: str) -> str | None:
+        return self.results.get(system)
+
+    def need_path(self, system: str) -> str:
+        path = self.results.get(system)
+        if path is None:
+            raise HiveError(f"system {system} has no build result")
+        return path
+
+    def skips(self, step: Step) -> bool:
+        return step in self.options.skip
+
+    # -- asking the hosts ------------------------------------------------------------------
+
+    def probe(self, host: str, paths: Iterable[str] = ()) -> Probe:
+        """What `host` has and runs (`--no push/activate`). The first question of a run asks
+        every host of the run at once, one ssh call each, jump hosts first, about every
+        path built so far; later questions are answered from that, unless they name a path
+        a host was not asked about."""
+        with self._probe_lock:
+            if not self._prefetched:
+                self._prefetched = True
+                known = frozenset(self.results.values())
+                hosts = {i.name for i in self.plan.instances if i.system in self.results}
+                hosts |= {r.owner for r in self.plan.relays if r.owner is not None}
+                self.remotes.probe_all({h: known for h in sorted(hosts)})
+        return self.remotes[host].probe(paths)
+
+    # -- policy ----------------------------------------------------------------------------
+
+    def warn_unsigned(self) -> None:
+        if self.hive.signing_key is None and any(i.store for i in self.plan.instances):
+            self.progress.line("warning: no signingKey: instances behind a relay take its paths only if they "
+                               "trust them otherwise; if not, the deployer sends them the closure itself")
+
+    def interrupt(self) -> None:
+        """Ctrl-C: start nothing more; the steps already running finish."""
+        self._interrupted = True
+        self.outcomes.poke()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted
+
+    def failed_instances(self) -> set[str]:
+        return {t.target for t in self.outcomes.failed(Kind.PUSH, Kind.ACTIVATE)}
+
+    def stop_reason(self) -> str | None:
+        """Why no new push or activation may start: interrupted, or --max-failures passed."""
+        if self._interrupted:
+            return "interrupted"
+        limit = self.options.max_failures
+        if limit is not None and len(self.failed_instances()) > limit:
+            return f"not started: more than {limit} instance(s) failed"
+        return None
+
+    def wave_settled(self, number: int) -> bool:
+        """Every instance of wave `number` that this run will attempt has an outcome."""
+        finals = [self.plan.final_id(i.name) for i in self.plan.waves[number - 1]]
+        return all(self.outcomes.get(t) is not None for t in finals if self.expected is None or t in self.expected)
+
+    def open_wave(self, number: int) -> dict[str, Any] | NotStarted:
+        """The action of `wave:<number>`: wait for the previous wave to settle, then start
+        this one unless it failed (and not --keep-going), --max-failures was passed, or the
+        run was interrupted. doit runs it in a worker thread when tasks run in parallel; in
+        doit's own thread (serial run) every earlier task has already run."""
+        previous = number - 1
+        if threading.current_thread() is not threading.main_thread():
+            self.outcomes.wait_for(lambda: self._interrupted or self.wave_settled(previous))
+        reason = self.stop_reason()
+        failed = sorted(i.name for i in self.plan.waves[previous - 1]
+                        if self.outcomes.status(self.plan.final_id(i.name)) is Status.FAILED)
+        if reason is None and failed and not self.options.keep_going:
+            names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+            reason = f"not started: wave {previous} failed ({names})"
+        if reason is None and not self.wave_settled(previous):
+            reason = f"not started: wave {previous} did not run first"
+        task = TaskId(Kind.WAVE, str(number))
+        if reason is not None:
+            self.outcomes.set(task, Outcome(Status.SKIPPED, reason))
+            return NotStarted(reason)
+        self.outcomes.set(task, Outcome(Status.OK))
+        self.progress.line(f"wave {number}/{len(self.plan.waves)}: {len(self.plan.waves[number - 1])} instance(s)")
+        return {}
+
+    # -- running steps ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Counts the steps in progress, so an interrupted run can wait for them."""
+        with self._idle:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._running == 0, timeout=timeout)
+
+    def perform(self, task: TaskId, action: Callable[[], dict[str, Any]], *,
+                gated: bool = False) -> dict[str, Any] | StepFailed | NotStarted:
+        """Run one step's action and record its outcome: ok with its seconds, or a failure
+        that keeps its structure. A gated step (push, activation) starts only if the policy
+        allows it."""
+        with self.running():
+            reason = self.stop_reason() if gated else None
+            if reason is not None:
+                self.outcomes.set(task, Outcome(Status.SKIPPED, reason))
+                self.progress.step(task.kind.shown, task.target, str(Status.SKIPPED), reason)
+                return NotStarted(reason)
+            start = time.monotonic()
+            if task.kind in (Kind.NIX_BUILD, Kind.STORE):
+                self.progress.step(task.kind.shown, task.target, "...")
+            try:
+                values = action()
+            except HiveError as exc:
+                output = exc.stderr if isinstance(exc, ProcessError) else ""
+                failure = Failure(task, str(exc), output)
+                seconds = round(time.monotonic() - start, 2)
+                self.outcomes.set(task, Outcome(Status.FAILED, str(exc), seconds, failure))
+                self.progress.step(task.kind.shown, task.target, str(Status.FAILED), str(exc))
+                self.progress.block(output)
+                return StepFailed(failure)
+            seconds = round(time.monotonic() - start, 2)
+            note = str(values.pop("note", ""))
+            self.outcomes.set(task, Outcome(Status.OK, note, seconds))
+            if task.kind is not Kind.NIX_BUILD:  # each system's build says ok (or failed) itself
+                self.progress.step(task.kind.shown, task.target, str(Status.OK), f"{seconds:.1f}s {note}".rstrip())
+            return values
+
+    def close(self) -> None:
+        """Close shared connections and remove the run's temporary files."""
+        self.remotes.close()

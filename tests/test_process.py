@@ -1,0 +1,217 @@
+"""The process seam for real: children in their own session (a terminal Ctrl-C is nix-hive's
+alone), deaths by signal as ProcessError, timeouts that take the whole group, and -v lines."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hive import process
+from hive.errors import HiveError, ProcessError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def quiet() -> Iterator[None]:
+    yield
+    process.set_verbose(None)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_output_status_and_env() -> None:
+    out = process.run(["sh", "-c", 'echo "$HIVE_T"; cat; echo err >&2; exit 3'], env={"HIVE_T": "x y"},
+                      input="from stdin\n", check=False)
+    assert out == process.Result(stdout="x y\nfrom stdin\n", stderr="err\n", exit_code=3, killed_by=None)
+    with pytest.raises(ProcessError) as caught:
+        process.run(["sh", "-c", "echo 'error: broken' >&2; exit 3"])
+    assert caught.value.returncode == 3
+    assert str(caught.value) == "sh exited 3: error: broken"
+
+
+def test_on_stderr_gets_lines() -> None:
+    lines: list[str] = []
+    process.run(["sh", "-c", "echo one >&2; echo two >&2"], on_stderr=lines.append)
+    assert lines == ["one", "two"]
+
+
+def test_command_not_found() -> None:
+    with pytest.raises(ProcessError, match="could not start"):
+        process.run(["no-such-command-for-hive"])
+    with pytest.raises(ProcessError, match="could not start"):
+        process.interactive(["no-such-command-for-hive"])
+
+
+def test_child_has_its_own_session_and_group() -> None:
+    # Fields 5 and 6 of /proc/self/stat (after the parenthesised name): process group, session.
+    out = process.run(["sh", "-c", "cut -d')' -f2 /proc/$$/stat"])
+    pgrp, session = (int(field) for field in out.stdout.split()[2:4])
+    assert pgrp != os.getpgid(0)
+    assert session != os.getsid(0)
+    assert pgrp == session  # a session leader, whose group holds whatever it starts
+
+
+def test_terminal_ctrl_c_reaches_nix_hive_alone() -> None:
+    """A terminal's Ctrl-C is SIGINT to its foreground group. Play it in a Python process that
+    has a group of its own (not pytest's, whose group may hold more than pytest): the main
+    thread gets KeyboardInterrupt while a step thread's child runs to its end."""
+    script = textwrap.dedent("""
+        import os, signal, threading, time
+        from hive import process
+        results = []
+        step = threading.Thread(target=lambda: results.append(process.run(["sh", "-c", "sleep 1; echo done"])))
+        step.start()
+        time.sleep(0.3)
+        try:
+            os.killpg(0, signal.SIGINT)
+            time.sleep(10)
+        except KeyboardInterrupt:
+            print("interrupted")
+        step.join()
+        print(results[0].stdout.strip(), results[0].exit_code)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, start_new_session=True, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["interrupted", "done 0"]
+
+
+def test_interrupted_caller_stops_its_child(tmp_path: Path) -> None:
+    """When the waiting thread itself is interrupted, the child is not left running unseen."""
+    pid_file = tmp_path / "pid"
+    script = textwrap.dedent(f"""
+        import os, signal, threading
+        from hive import process
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        try:
+            process.run(["sh", "-c", "echo $$ > {pid_file}; sleep 30 & wait"])
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, start_new_session=True, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.stdout == "interrupted\n", proc.stderr
+    assert time.monotonic() - started < 10
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid)
+
+
+def test_signal_death_is_a_process_error() -> None:
+    with pytest.raises(process.ProcessKilledError) as caught:
+        process.run(["sh", "-c", "echo 'about to die' >&2; kill -9 $$"])
+    assert isinstance(caught.value, ProcessError) and isinstance(caught.value, HiveError)
+    assert caught.value.signal == signal.SIGKILL
+    assert caught.value.returncode == 128 + 9
+    assert str(caught.value) == "sh killed by SIGKILL: about to die"
+
+
+def test_signal_death_unchecked() -> None:
+    out = process.run(["sh", "-c", "kill -TERM $$"], check=False)
+    assert out.exit_code == 128 + 15
+    assert out.killed_by == signal.SIGTERM
+    assert process.run(["sh", "-c", "exit 143"], check=False).killed_by is None  # same number, no signal
+
+
+def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    started = time.monotonic()
+    with pytest.raises(process.ProcessTimeoutError) as caught:
+        # The grandchild holds stdout and stderr open: it too must die, or the wait would not end.
+        process.run(["sh", "-c", f"sleep 30 & echo $! > {pid_file}; echo slow >&2; wait"], timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert isinstance(caught.value, ProcessError)
+    assert caught.value.returncode is None
+    assert str(caught.value) == "sh timed out after 0.5 s: slow"
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while not _gone(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(grandchild)
+    # A timeout raises even without check: there is no status to return.
+    with pytest.raises(process.ProcessTimeoutError):
+        process.run(["sleep", "5"], timeout=0.2, check=False)
+
+
+def test_interactive_status() -> None:
+    assert process.interactive(["true"]) == 0
+    assert process.interactive(["sh", "-c", "exit 4"]) == 4
+    assert process.interactive(["sh", "-c", "kill -9 $$"]) == 128 + 9
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_verbose_line() -> None:
+    stream = io.StringIO()
+    process.set_verbose(stream)
+    process.run(["sh", "-c", "cat >/dev/null; exit 0", "arg with space", "it's"],
+                env={"NIX_SSHOPTS": "-F /tmp/x y", "HOME": os.environ["HOME"]}, input="the secret\n")
+    process.interactive(["true"])
+    process.run(["sh", "-c", "exit 1"], check=False)
+    assert stream.getvalue() == (
+        "$ NIX_SSHOPTS='-F /tmp/x y' sh -c 'cat >/dev/null; exit 0' 'arg with space' 'it'\"'\"'s'\n"
+        "$ true\n"
+        "$ sh -c 'exit 1'\n"
+    )
+    assert "secret" not in stream.getvalue()  # stdin is never shown
+    process.set_verbose(None)
+    process.run(["true"])
+    assert stream.getvalue().count("\n") == 3
+
+
+def test_command_line_round_trips_through_a_shell() -> None:
+    argv = ["printf", "%s|", "a b", "it's", "$HOME", "*", ""]
+    line = process.command_line(argv)
+    assert subprocess.run(["sh", "-c", line], capture_output=True, text=True).stdout == "a b|it's|$HOME|*||"
+
+
+def test_verbose_whole_lines_from_threads() -> None:
+    class Slow(io.StringIO):
+        """Writes that yield midway, to let interleaving show if there were any."""
+
+        def write(self, s: str) -> int:
+            for ch in s:
+                super().write(ch)
+                time.sleep(0)
+            return len(s)
+
+    stream = Slow()
+    process.set_verbose(stream)
+    threads = [threading.Thread(target=process.run, args=(["echo", f"thread-{i}", "x" * 50],)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = stream.getvalue().splitlines()
+    assert sorted(lines) == sorted(f"$ echo thread-{i} {'x' * 50}" for i in range(16))
+
+
+def test_terminate_children() -> None:
+    results: list[process.Result] = []
+    step = threading.Thread(target=lambda: results.append(process.run(["sleep", "30"], check=False)))
+    step.start()
+    deadline = time.monotonic() + 5
+    while not process.terminate_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    step.join(10)
+    assert results and results[0].killed_by == signal.SIGTERM
+    assert process.terminate_children() == 0
