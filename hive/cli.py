@@ -175,7 +175,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # Parser --------------------------------------------------------------------------------------
 
-def parser() -> Parser:
+def _shared() -> tuple[Parser, Parser, Parser]:
+    """The option groups commands share: every command's, `--no`, `-j`."""
     common = Parser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE|DIR",
                         help="deployment file, or a directory holding default.nix (default: ./hive.nix)")
@@ -186,68 +187,69 @@ def parser() -> Parser:
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     common.add_argument("-v", "--verbose", action="store_true", help="print every command as it starts")
-
     no = Parser(add_help=False)
     no.add_argument("--no", metavar="STEPS", default="",
                     help="skip steps already done for the same inputs: build,push,activate")
     jobs = Parser(add_help=False)
     jobs.add_argument("-j", "--jobs", default=10, help="instances handled at once (default: 10)")
+    return common, no, jobs
 
-    p = Parser(prog="nix-hive", description="Build a few NixOS systems once, deploy them to many hosts.")
-    p.add_argument("--version", action="version", version=f"nix-hive {__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
 
+def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> None:
+    """The commands that take patterns: build, plan, list, deploy, push, status."""
+    goal = Parser(add_help=False)
+    goal.add_argument("--goal", choices=[g.value for g in Goal], default="switch",
+                      help="switch-to-configuration action (default: switch)")
+    json_out = Parser(add_help=False)
+    json_out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b = sub.add_parser("build", parents=[common, no], help="build the selected systems, print the inventory as JSON")
-    b.add_argument("patterns", nargs="*", metavar="PATTERN")
     b.set_defaults(func=cmd_build)
-
-    pl = sub.add_parser("plan", parents=[common, no], help="print what a deployment would do, doing nothing")
-    pl.add_argument("--json", action="store_true")
-    pl.add_argument("--goal", choices=[g.value for g in Goal], default="switch")
+    pl = sub.add_parser("plan", parents=[common, no, goal, json_out],
+                        help="print what a deployment would do, doing nothing")
     pl.add_argument("--push-only", action="store_true", help="the plan of `nix-hive push`")
-    pl.add_argument("patterns", nargs="*", metavar="PATTERN")
     pl.set_defaults(func=cmd_plan)
-
-    ls = sub.add_parser("list", parents=[common], help="list instances and systems")
-    ls.add_argument("--json", action="store_true")
-    ls.add_argument("patterns", nargs="*", metavar="PATTERN")
+    ls = sub.add_parser("list", parents=[common, json_out], help="list instances and systems")
     ls.set_defaults(func=cmd_list)
-
     for name, func, helptext in (("deploy", cmd_deploy, "build, push and activate"),
                                  ("push", cmd_push, "build and push, no activation")):
-        d = sub.add_parser(name, parents=[common, no, jobs], help=helptext)
-        d.add_argument("--json", action="store_true", help="print the outcome as JSON instead of a table")
+        d = sub.add_parser(name, parents=[common, no, jobs, goal, json_out], help=helptext)
         d.add_argument("--report", metavar="FILE", help="also write the outcome as JSON to FILE")
         d.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
         d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
-        d.add_argument("--goal", choices=[g.value for g in Goal], default="switch",
-                       help="switch-to-configuration action (default: switch)")
-        d.add_argument("patterns", nargs="*", metavar="PATTERN")
         d.set_defaults(func=func)
-
-    s = sub.add_parser("status", parents=[common, no, jobs], help="compare each host's system with the hive's")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("patterns", nargs="*", metavar="PATTERN")
+    s = sub.add_parser("status", parents=[common, no, jobs, json_out],
+                       help="compare each host's system with the hive's")
     s.set_defaults(func=cmd_status)
+    for command in (b, pl, ls, s, *(sub.choices[n] for n in ("deploy", "push"))):
+        command.add_argument("patterns", nargs="*", metavar="PATTERN")
 
+
+def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
+    """ssh-config, ssh, scp and run: the generated ssh configuration at work."""
     sc = sub.add_parser("ssh-config", parents=[common], help="print the generated ssh configuration")
     sc.set_defaults(func=cmd_ssh_config)
-
     sh_ = sub.add_parser("ssh", parents=[common], help="ssh to an instance")
     sh_.add_argument("-o", dest="ssh_args", action="append", default=[], type=lambda v: f"-o{v}",
                      metavar="OPTION", help="extra ssh option")
     sh_.add_argument("instance")
     sh_.add_argument("command", nargs=argparse.REMAINDER)
     sh_.set_defaults(func=cmd_ssh)
-
     cp = sub.add_parser("scp", parents=[common], help="scp with instance names as hosts")
     cp.add_argument("scp_args", nargs=argparse.REMAINDER, metavar="ARGS")
     cp.set_defaults(func=cmd_scp)
-
     r = sub.add_parser("run", parents=[common, jobs], help="run a command on every selected instance")
     r.add_argument("patterns", nargs="+", metavar="PATTERN")
     r.set_defaults(func=cmd_run)
+
+
+def parser() -> Parser:
+    common, no, jobs = _shared()
+    p = Parser(prog="nix-hive", description="Build a few NixOS systems once, deploy them to many hosts.")
+    p.add_argument("--version", action="version", version=f"nix-hive {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    _selection_commands(sub, common, no, jobs)
+    _ssh_commands(sub, common, jobs)
     return p
 
 

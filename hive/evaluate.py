@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 
 from hive import nix, process
+from hive.address import StoreUrl, parse_proxy_jump
 from hive.errors import DeploymentError, ProcessError
 from hive.model import Hive, Instance, System, frozen_map
 from hive.resources import nix_file, schema_file
@@ -173,6 +174,7 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
                 raise DeploymentError(shown, "Hostname and HostName are one option: give it once",
                                       attr_path(["instances", name, "ssh"]))
             ssh["Hostname"] = ssh.pop("HostName")
+        _check_addresses(shown, name, i.get("store"), ssh)
         instances[name] = Instance(name=name, system=i["system"], store=i.get("store"),
                                    tags=tuple(i.get("tags", ())), ssh=frozen_map(ssh),
                                    host_key=i.get("hostKey"))
@@ -188,6 +190,21 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
             raise DeploymentError(shown, f"{key}: no such file", "signingKey")
     return Hive(file=file, shown=shown, paths=frozen_map(top_paths), systems=systems,
                 instances=instances, signing_key=key)
+
+
+def _check_addresses(shown: str, name: str, store: str | None, ssh: Mapping[str, str]) -> None:
+    """A store URL and a ProxyJump that nix-hive (and Nix, and ssh) can read."""
+    try:
+        if store is not None:
+            StoreUrl.parse(store)
+    except ValueError as exc:
+        raise DeploymentError(shown, str(exc), attr_path(["instances", name, "store"])) from None
+    jump = next((k for k in ssh if k.lower() == "proxyjump"), None)
+    try:
+        if jump is not None:
+            parse_proxy_jump(ssh[jump])
+    except ValueError as exc:
+        raise DeploymentError(shown, str(exc), attr_path(["instances", name, "ssh", jump])) from None
 
 
 def evaluate(config: str | None, overrides: Mapping[str, str] | None = None) -> Hive:

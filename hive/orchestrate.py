@@ -36,7 +36,8 @@ def catch_ctrl_c(session: Session) -> Any:
     Returns the previous handler."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if session.interrupted:
+        if session.interrupted:  # the second: stop the running steps' commands too
+            process.terminate_children()
             raise KeyboardInterrupt
         session.progress.line("interrupted: waiting for the running steps (Ctrl-C again to abort)")
         session.interrupt()

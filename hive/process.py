@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 import sh
 
@@ -198,7 +198,6 @@ def run(
     """
     args = list(argv)
     _announce(args, env)
-    full_env = {**os.environ, **env} if env else dict(os.environ)
     err_lines: list[str] = []
 
     def _err(line: str) -> None:
@@ -206,17 +205,36 @@ def run(
         if on_stderr is not None:
             on_stderr(line.rstrip("\n"))
 
+    proc = _start(args, env, input, _err, timeout)
+    _wait(proc, args, timeout, err_lines)
+    code = int(proc.exit_code)
+    killed_by = _signal_of(code)
+    stderr = "".join(err_lines)
+    if code < 0:
+        code = 128 - code
+    result = Result(stdout=str(proc), stderr=stderr, exit_code=code, killed_by=killed_by)
+    if check and killed_by is not None:
+        raise ProcessKilledError(args, killed_by, stderr)
+    if check and code != 0:
+        raise ProcessError(args, code, stderr)
+    return result
+
+
+def _start(args: list[str], env: Mapping[str, str] | None, input: str | None, err: Callable[[str], None],
+           timeout: float | None) -> Any:
+    """Start `args` in the background, in a session of its own; sh's running command."""
+    full_env = {**os.environ, **env} if env else dict(os.environ)
     try:
         cmd = sh.Command(args[0])
     except sh.CommandNotFound as exc:
         raise ProcessError(args, None, f"{args[0]}: command not found") from exc
     try:
-        proc = cmd(
+        return cmd(
             *args[1:],
             _env=full_env,
             _in=input,
             _tty_out=False,
-            _err=_err,
+            _err=err,
             _bg=True,
             _bg_exc=False,
             _new_session=True,
@@ -226,6 +244,10 @@ def run(
         )
     except OSError as exc:
         raise ProcessError(args, None, str(exc)) from exc
+
+
+def _wait(proc: Any, args: list[str], timeout: float | None, err_lines: list[str]) -> None:
+    """Wait for a started command; on a timeout or an interrupt, stop its whole group."""
     pgid = proc.pid  # a session leader's pid is its group's id
     with _children_lock:
         _children.add(pgid)
@@ -241,17 +263,6 @@ def run(
     finally:
         with _children_lock:
             _children.discard(pgid)
-    code = int(proc.exit_code)
-    killed_by = _signal_of(code)
-    stderr = "".join(err_lines)
-    if code < 0:
-        code = 128 - code
-    result = Result(stdout=str(proc), stderr=stderr, exit_code=code, killed_by=killed_by)
-    if check and killed_by is not None:
-        raise ProcessKilledError(args, killed_by, stderr)
-    if check and code != 0:
-        raise ProcessError(args, code, stderr)
-    return result
 
 
 def interactive(argv: Sequence[str]) -> int:

@@ -103,30 +103,6 @@ class Session:
         finals = [self.plan.final_id(i.name) for i in self.plan.waves[number - 1]]
         return all(self.outcomes.get(t) is not None for t in finals if self.expected is None or t in self.expected)
 
-    def open_wave(self, number: int) -> dict[str, Any] | NotStarted:
-        """The action of `wave:<number>`: wait for the previous wave to settle, then start
-        this one unless it failed (and not --keep-going), --max-failures was passed, or the
-        run was interrupted. doit runs it in a worker thread when tasks run in parallel; in
-        doit's own thread (serial run) every earlier task has already run."""
-        previous = number - 1
-        if threading.current_thread() is not threading.main_thread():
-            self.outcomes.wait_for(lambda: self._interrupted or self.wave_settled(previous))
-        reason = self.stop_reason()
-        failed = sorted(i.name for i in self.plan.waves[previous - 1]
-                        if self.outcomes.status(self.plan.final_id(i.name)) is Status.FAILED)
-        if reason is None and failed and not self.options.keep_going:
-            names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
-            reason = f"not started: wave {previous} failed ({names})"
-        if reason is None and not self.wave_settled(previous):
-            reason = f"not started: wave {previous} did not run first"
-        task = TaskId(Kind.WAVE, str(number))
-        if reason is not None:
-            self.outcomes.set(task, Outcome(Status.SKIPPED, reason))
-            return NotStarted(reason)
-        self.outcomes.set(task, Outcome(Status.OK))
-        self.progress.line(f"wave {number}/{len(self.plan.waves)}: {len(self.plan.waves[number - 1])} instance(s)")
-        return {}
-
     # -- running steps ---------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -179,3 +155,28 @@ class Session:
     def close(self) -> None:
         """Close shared connections and remove the run's temporary files."""
         self.remotes.close()
+
+
+def open_wave(session: Session, number: int) -> dict[str, Any] | NotStarted:
+    """The action of `wave:<number>`: wait for the previous wave to settle, then start
+    this one unless it failed (and not --keep-going), --max-failures was passed, or the
+    run was interrupted. doit runs it in a worker thread when tasks run in parallel; in
+    doit's own thread (serial run) every earlier task has already run."""
+    previous = number - 1
+    if threading.current_thread() is not threading.main_thread():
+        session.outcomes.wait_for(lambda: session.interrupted or session.wave_settled(previous))
+    reason = session.stop_reason()
+    failed = sorted(i.name for i in session.plan.waves[previous - 1]
+                    if session.outcomes.status(session.plan.final_id(i.name)) is Status.FAILED)
+    if reason is None and failed and not session.options.keep_going:
+        names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+        reason = f"not started: wave {previous} failed ({names})"
+    if reason is None and not session.wave_settled(previous):
+        reason = f"not started: wave {previous} did not run first"
+    task = TaskId(Kind.WAVE, str(number))
+    if reason is not None:
+        session.outcomes.set(task, Outcome(Status.SKIPPED, reason))
+        return NotStarted(reason)
+    session.outcomes.set(task, Outcome(Status.OK))
+    session.progress.line(f"wave {number}/{len(session.plan.waves)}: {len(session.plan.waves[number - 1])} instance(s)")
+    return {}

@@ -22,7 +22,7 @@ from hive.model import Step
 from hive.outcome import NotStarted, Outcome, Status, StepFailed
 from hive.plan import Kind, PlannedTask, TaskId
 from hive.push import Pushes
-from hive.session import Session
+from hive.session import Session, open_wave
 
 BACKEND = {"hive": "hive.state:JournalDB"}
 # Actions print nothing; without this doit swaps sys.stdout and sys.stderr around each action,
@@ -54,7 +54,7 @@ class Steps:
         if task.kind is Kind.ACTIVATE:
             return lambda: s.perform(task, lambda: activate(s, self.instances[t]), gated=True)
         if task.kind is Kind.WAVE:
-            return lambda: s.open_wave(int(t))
+            return lambda: open_wave(s, int(t))
         return None
 
     def done(self, planned: PlannedTask) -> Callable[[Any, Any], bool] | None:

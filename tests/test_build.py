@@ -231,3 +231,43 @@ def test_deployment_path_and_platform_reach_the_build(tmp_path: Path, build_log:
     arm = nix_hive("build", "-c", str(hive), "a")
     assert arm.returncode == 1  # the platform is handed to Nix, which cannot build it here
     assert "aarch64-linux" in arm.stderr and "Traceback" not in arm.stderr
+
+
+RELAYED = f"""
+{{
+  paths.nixpkgs = {STANDIN};
+  systems.edge.configuration = {{ }};
+  systems.web.configuration = {{ }};
+  instances.portico = {{ system = "edge"; }};
+  instances.www-1 = {{ system = "web"; store = "ssh://portico?compress=true"; ssh.ProxyJump = "portico"; }};
+  instances.www-2 = {{ system = "web"; store = "ssh://portico?compress=true"; ssh.ProxyJump = "portico"; }};
+}}
+"""
+
+
+def test_plan_shows_what_a_deployment_would_do_and_does_nothing(tmp_path: Path, build_log: Path) -> None:
+    hive = write_hive(tmp_path / "h", RELAYED)
+    shown = nix_hive("plan", "--json", "--no", "push", "-c", str(hive), "portico", "www-*")
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["waves"] == [["portico"], ["www-1", "www-2"]]
+    assert data["relays"] == [{"url": "ssh://portico?compress=true", "systems": ["edge", "web"], "owner": "portico",
+                               "upstream": None}]
+    tasks = {t["task"]: t for t in data["tasks"]}
+    assert tasks["push:www-1"]["after"] == ["build:web", "wave:2", "store:ssh://portico?compress%3Dtrue"]
+    assert tasks["push:www-1"]["skippable"] == "push" and tasks["activate:www-1"]["skippable"] is None
+    assert data["builds"] == [{"systems": ["edge", "web"], "result": {"edge": None, "web": None}}]
+    table = nix_hive("plan", "-c", str(hive), "portico", "www-*")
+    assert table.returncode == 0 and "wave:2" in table.stdout and "nix-build:edge+web" in table.stdout
+    assert builds(build_log) == [] and not (hive.parent / ".hive.state").exists()  # nothing built or written
+
+
+def test_verbose_prints_every_command_as_it_starts(tmp_path: Path) -> None:
+    hive = write_hive(tmp_path / "h", RELAYED)
+    out = nix_hive("build", "-v", "-c", str(hive), "www-1")
+    assert out.returncode == 0, out.stderr
+    commands = [ln for ln in out.stderr.splitlines() if ln.startswith("$ ")]
+    assert any(" eval --json " in c for c in commands)
+    assert any(" build --impure --json " in c and c.endswith(" web") for c in commands)
+    quiet = nix_hive("build", "-c", str(hive), "www-1")
+    assert not any(ln.startswith("$ ") for ln in quiet.stderr.splitlines())

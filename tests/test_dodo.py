@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hive import state
 from tests.conftest import REPO, STANDIN, builds, needs_lab, needs_nix, write_hive
 from tests.fleet import Fleet, nix_env
@@ -64,19 +66,46 @@ def test_doit_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert bad.stderr.strip() == f"error: pattern 'nothing-like-this' matches no instance, system or tag of {hive}"
 
 
+@needs_nix
+@pytest.mark.parametrize(("variable", "message"), [
+    ("jobs=0", "jobs= '0': expected a whole number of at least 1"),
+    ("goal=reboot", "goal= 'reboot': expected one of switch, boot, test, dry-activate"),
+    ("max_failures=lots", "max_failures= 'lots': expected a number N or a percentage N%"),
+    ("keep_going=maybe", "keep_going='maybe': expected 1 or 0"),
+    ("I=nixpkgs", "I= 'nixpkgs': expected NAME=PATH"),
+    ("no=bild", "--no: unknown step 'bild'"),
+])
+def test_doit_variables_are_checked_like_options(variable: str, message: str, tmp_path: Path) -> None:
+    hive = write_hive(tmp_path / "h", HIVE)
+    bad = doit("list", f"config={hive}", variable)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
+    assert not (hive.parent / ".hive.state").exists()
+
+
+@needs_nix
+def test_doit_and_nix_hive_share_the_lock(tmp_path: Path) -> None:
+    hive = write_hive(tmp_path / "h", HIVE)
+    with state.locked(hive.parent / ".hive.state"):
+        busy = doit("build", f"config={hive}")
+    assert busy.returncode == 2
+    assert busy.stderr.strip() == f"error: another nix-hive run is using {hive.parent / '.hive.state'}"
+
+
 @needs_lab
 def test_doit_deploy_portico_first(fleet_factory: object) -> None:
     fleet: Fleet = fleet_factory()  # type: ignore[operator]
     env = {**nix_env(), **fleet.env, "PYTHONPATH": str(REPO)}
-    argv = fleet.lab.deployer_argv([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "-n", "4", "deploy",
-                                    f"config={fleet.hive}", "targets=portico,*"])
-    hive = fleet.hive / "default.nix"
-    hive.write_text(hive.read_text().replace('paths.nixpkgs = "https://nixos.org/channels/nixos-24.05/nixexprs.tar.xz";',
-                                             f"paths.nixpkgs = {STANDIN};"))
+    argv = fleet.lab.deployer_argv([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "deploy",
+                                    f"config={fleet.hive}", "targets=portico,*", f"I=nixpkgs={STANDIN}", "jobs=4",
+                                    "goal=test"])
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     # progress lines only: no traceback, no "Exception ignored" at exit
     assert all(line.startswith("[") for line in result.stderr.splitlines()), result.stderr
+    assert "wave 2/2: 3 instance(s)" in result.stderr
     assert "www-3" in result.stdout and "ok" in result.stdout  # the summary table, as nix-hive prints it
     times = {h: float(fleet.lab.activations(h)[0].split()[0]) for h in fleet.lab.hosts}
     assert all(times["portico"] < times[h] for h in ("www-1", "www-2", "www-3"))
+    assert all(" test " in f" {fleet.lab.activations(h)[0]} " for h in fleet.lab.hosts)  # goal=test reached them
+    assert fleet.lab.run("www-1", ["test", "-e", "/nix/var/nix/profiles/system"], check=False).returncode != 0
