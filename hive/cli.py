@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hive import __version__, options, orchestrate, plan, process, remote, ssh, state
+from hive import __version__, options, orchestrate, plan, process, remote, ssh, state, tempdirs
 from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
@@ -50,7 +49,7 @@ def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
     except InputError:
         if args.state:
             raise
-        return ssh.prepare(hive, Path(tempfile.mkdtemp(prefix="nix-hive-ssh-")))
+        return ssh.prepare(hive, tempdirs.make("ssh"))
     return ssh.prepare(hive, state.with_name(state.name + ".d") / "ssh")
 
 

@@ -6,6 +6,11 @@ single `error: ...` line and exits with `exit_code`, re-raising only under `--de
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
 
 class HiveError(Exception):
     """Root of every error nix-hive reports to its user."""
@@ -77,3 +82,15 @@ class ProcessError(HiveError):
 
 class BusyError(InputError):
     """Another nix-hive run holds the state file: nothing was started."""
+
+
+def attr_path(parts: Iterable[Any]) -> str:
+    """`instances."www-1.example.com".system`, as Nix would write the attribute path."""
+    out = []
+    for part in parts:
+        text = str(part)
+        if isinstance(part, int):
+            out.append(f"[{part}]")
+            continue
+        out.append(text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_'-]*", text) else json.dumps(text))
+    return ".".join(out).replace(".[", "[")

@@ -14,9 +14,8 @@ from typing import Any
 
 import jsonschema
 
-from hive import nix, process
-from hive.address import StoreUrl, parse_proxy_jump
-from hive.errors import DeploymentError, ProcessError
+from hive import checks, nix, process
+from hive.errors import DeploymentError, ProcessError, attr_path
 from hive.model import Hive, Instance, System, frozen_map
 from hive.resources import nix_file, schema_file
 
@@ -36,18 +35,6 @@ def locate(config: str | None) -> tuple[Path, str]:
     elif not path.is_file():
         raise DeploymentError(shown, "no such file")
     return path.resolve(), shown
-
-
-def attr_path(parts: Iterable[Any]) -> str:
-    """`instances."www-1.example.com".system`, as Nix would write the attribute path."""
-    out = []
-    for part in parts:
-        text = str(part)
-        if isinstance(part, int):
-            out.append(f"[{part}]")
-            continue
-        out.append(text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_'-]*", text) else json.dumps(text))
-    return ".".join(out).replace(".[", "[")
 
 
 def _nix_message(stderr: str) -> str:
@@ -174,37 +161,17 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
                 raise DeploymentError(shown, "Hostname and HostName are one option: give it once",
                                       attr_path(["instances", name, "ssh"]))
             ssh["Hostname"] = ssh.pop("HostName")
-        _check_addresses(shown, name, i.get("store"), ssh)
+        checks.addresses(shown, name, i.get("store"), ssh)
+        checks.allowed_options(shown, name, ssh)
         instances[name] = Instance(name=name, system=i["system"], store=i.get("store"),
                                    tags=tuple(i.get("tags", ())), ssh=frozen_map(ssh),
                                    host_key=i.get("hostKey"))
     key: Path | None = None
     if raw.get("signingKey") is not None:
         key = Path(raw["signingKey"])
-        if str(key).startswith("/nix/store/"):
-            raise DeploymentError(shown, "the secret key is in the Nix store, readable by every user: "
-                                  "write it as a path literal (./key.sec), never as \"${./key.sec}\"", "signingKey")
-        if key.is_dir():
-            raise DeploymentError(shown, f"{key} is a directory, not a secret key file", "signingKey")
-        if not key.is_file():
-            raise DeploymentError(shown, f"{key}: no such file", "signingKey")
+        checks.signing_key(shown, key)
     return Hive(file=file, shown=shown, paths=frozen_map(top_paths), systems=systems,
                 instances=instances, signing_key=key)
-
-
-def _check_addresses(shown: str, name: str, store: str | None, ssh: Mapping[str, str]) -> None:
-    """A store URL and a ProxyJump that nix-hive (and Nix, and ssh) can read."""
-    try:
-        if store is not None:
-            StoreUrl.parse(store)
-    except ValueError as exc:
-        raise DeploymentError(shown, str(exc), attr_path(["instances", name, "store"])) from None
-    jump = next((k for k in ssh if k.lower() == "proxyjump"), None)
-    try:
-        if jump is not None:
-            parse_proxy_jump(ssh[jump])
-    except ValueError as exc:
-        raise DeploymentError(shown, str(exc), attr_path(["instances", name, "ssh", jump])) from None
 
 
 def evaluate(config: str | None, overrides: Mapping[str, str] | None = None) -> Hive:
@@ -215,17 +182,22 @@ def evaluate(config: str | None, overrides: Mapping[str, str] | None = None) -> 
     except ProcessError as exc:
         raise DeploymentError(shown, f"cannot evaluate: {_nix_message(exc.stderr)}") from exc
     validate(raw, shown)
-    return build_model(raw, file, shown, overrides)
+    hive = build_model(raw, file, shown, overrides)
+    checks.jump_loops(hive)
+    checks.ssh_config(hive)
+    return hive
 
 
 def input_files(hive: Hive, *, exclude: Iterable[Path | None] = ()) -> list[Path]:
     """The files a build of this deployment may read, whose change makes `--no build` build
     again: in a git work tree, the files git would see under the deployment's directory
-    (tracked, or untracked and not ignored: the rule flakes use, plus new files); elsewhere
-    every file under it. Hidden files (.git, the state file) and links into the Nix store
-    (`result`) never count."""
+    (tracked, or untracked and not ignored: the rule flakes use, plus new files); elsewhere,
+    or when git ignores the deployment file itself, every file under it. Hidden files (.git,
+    the state file) and links into the Nix store (`result`) never count."""
     skip = {p.resolve() for p in exclude if p is not None}
     listed = _git_files(hive.directory)
+    if listed is not None and hive.file not in listed:
+        listed = None  # git ignores the deployment itself (the demo's .lab/demo/hive): walk it
     if listed is None:
         listed = []
         for root, dirs, files in os.walk(hive.directory):

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 
-from hive import process, ssh
+from hive import process, ssh, tempdirs
 from hive.errors import HiveError
 from hive.model import Hive
 
@@ -142,7 +140,7 @@ class Remotes:
     def setup(self) -> ssh.SshSetup:
         with self._lock:
             if self._setup is None:
-                directory = Path(tempfile.mkdtemp(prefix="nix-hive-"))
+                directory = tempdirs.make("run")
                 self._setup = ssh.prepare(self.hive, directory, control=True)
             return self._setup
 

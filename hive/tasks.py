@@ -95,6 +95,10 @@ def namespace(session: Session, *, on_complete: Callable[[], None] | None = None
     steps = Steps(session)
     exclude = (session.state_file, session.hive.signing_key)
     files = [str(p) for p in input_files(session.hive, exclude=exclude)] if session.plan.systems else []
+    if session.plan.systems and not files and session.skips(Step.BUILD):
+        session.progress.line(f"warning: no input files found for {session.hive.shown}: --no build cannot tell "
+                              "whether a system changed, so every system is built")
+        steps.builds.trust_records = False
     ns: dict[str, Any] = {}
     for kind in Kind:
         planned = [t for t in session.plan.tasks if t.id.kind is kind]

@@ -271,3 +271,28 @@ def test_verbose_prints_every_command_as_it_starts(tmp_path: Path) -> None:
     assert any(" build --impure --json " in c and c.endswith(" web") for c in commands)
     quiet = nix_hive("build", "-c", str(hive), "www-1")
     assert not any(ln.startswith("$ ") for ln in quiet.stderr.splitlines())
+
+
+def test_no_build_walks_a_deployment_git_ignores(tmp_path: Path, build_log: Path) -> None:
+    """The demo's deployment lives in an ignored directory of this repository: git sees none
+    of its files, so they are walked instead (an edited module is built again)."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("ignored/\n")
+    hive = write_hive(tmp_path / "ignored" / "fleet", FLEET)
+    (hive.parent / "b.nix").write_text('{ networking.hostName = "b"; }\n')
+    inventory(nix_hive("build", "-c", str(hive), "host-300"))
+    assert builds(build_log) == ["b"]
+    (hive.parent / "b.nix").write_text('{ networking.hostName = "b2"; }\n')
+    inventory(nix_hive("build", "--no", "build", "-c", str(hive), "host-300"))
+    assert builds(build_log) == ["b", "b2"]  # built again: the edit was seen
+    inventory(nix_hive("build", "--no", "build", "-c", str(hive), "host-300"))
+    assert builds(build_log) == ["b", "b2"]  # and not a third time
+
+
+def test_no_build_without_inputs_says_so_and_builds(tmp_path: Path, build_log: Path) -> None:
+    hive = write_hive(tmp_path / "h", f'{{ paths.nixpkgs = {STANDIN}; systems.a.configuration = {{ }}; '
+                      'instances.i.system = "a"; }', name=".hidden-hive.nix")
+    inventory(nix_hive("build", "-c", str(hive)))
+    again = nix_hive("build", "--no", "build", "-c", str(hive))
+    inventory(again)
+    assert "warning: no input files found" in again.stderr and "unchanged" not in again.stderr

@@ -1,0 +1,135 @@
+"""The checks of a deployment that a JSON schema cannot express, run before anything is built:
+store URLs and ProxyJump chains as Nix and ssh read them, ssh options from the allowlist,
+jump-host loops, the signing key's content, and the whole generated ssh configuration as ssh
+itself parses it (`ssh -G`). Every failure is a `DeploymentError` naming the attribute."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import stat
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from hive import process, ssh, tempdirs
+from hive.address import StoreUrl, parse_proxy_jump
+from hive.errors import DeploymentError, ProcessError, attr_path
+from hive.model import Hive
+
+# Nix store URL parameters that make Nix run a program (on either side): never from a
+# deployment file, for the reason ssh options are allowlisted.
+PROGRAM_PARAMETERS = frozenset({"remote-program"})
+
+
+def addresses(shown: str, name: str, store: str | None, options: Mapping[str, str]) -> None:
+    """A store URL and a ProxyJump that nix-hive (and Nix, and ssh) can read."""
+    if store is not None:
+        where = attr_path(["instances", name, "store"])
+        try:
+            url = StoreUrl.parse(store)
+        except ValueError as exc:
+            raise DeploymentError(shown, str(exc), where) from None
+        for key, _ in url.params:
+            if key in PROGRAM_PARAMETERS:
+                raise DeploymentError(shown, f"the store URL parameter {key} runs a program: not taken from a "
+                                      "deployment file (set it in nix.conf or ~/.ssh/config)", where)
+    jump = next((k for k in options if k.lower() == "proxyjump"), None)
+    if jump is not None:
+        try:
+            parse_proxy_jump(options[jump])
+        except ValueError as exc:
+            raise DeploymentError(shown, str(exc), attr_path(["instances", name, "ssh", jump])) from None
+
+
+def allowed_options(shown: str, name: str, options: Mapping[str, str]) -> None:
+    """Only ssh options that cannot run code or open ports on this machine (ssh.ALLOWED)."""
+    for key in options:
+        if key.lower() not in ssh.ALLOWED:
+            raise DeploymentError(
+                shown, f"{key} is not an ssh option nix-hive takes from a deployment file (it could run code, "
+                "load a library or open a port on this machine, or ssh has no such option); put it in "
+                "~/.ssh/config, which the generated configuration includes (allowed: see the README, "
+                "'ssh options')", attr_path(["instances", name, "ssh", key]))
+
+
+def jump_loops(hive: Hive) -> None:
+    """ProxyJump chains through instances end: an instance reached through itself, or any
+    loop of instances, makes ssh start ssh until the machine runs out of processes."""
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = " -> ".join([*path[path.index(name):], name])
+            raise DeploymentError(hive.shown, f"jump hosts loop: {cycle} (ssh would start ssh without end)",
+                                  attr_path(["instances", path[-1], "ssh", "ProxyJump"]))
+        if name in done or name not in hive.instances:
+            return
+        value = hive.instances[name].ssh.get("ProxyJump")
+        for hop in parse_proxy_jump(value) if value else ():
+            visit(hop.host, [*path, name])
+        done.add(name)
+
+    for name in sorted(hive.instances):
+        visit(name, [])
+
+
+def signing_key(shown: str, key: Path) -> None:
+    """A Nix secret key (`nix-store --generate-binary-cache-key`): `NAME:BASE64` of 64 bytes.
+    Its content is never shown."""
+    if str(key).startswith("/nix/store/"):
+        raise DeploymentError(shown, "the secret key is in the Nix store, readable by every user: "
+                              "write it as a path literal (./key.sec), never as \"${./key.sec}\"", "signingKey")
+    if key.is_dir():
+        raise DeploymentError(shown, f"{key} is a directory, not a secret key file", "signingKey")
+    if not key.is_file():
+        raise DeploymentError(shown, f"{key}: no such file", "signingKey")
+    try:
+        text = key.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        text = "?"
+    if not text:
+        raise DeploymentError(shown, f"{key} is empty, not a secret key", "signingKey")
+    name, _, data = text.partition(":")
+    try:
+        size = len(base64.b64decode(data, validate=True)) if name and data else 0
+    except (binascii.Error, ValueError):
+        size = 0
+    if size == 32:
+        raise DeploymentError(shown, f"{key} is a public key: give the secret one (the .sec file)", "signingKey")
+    if size != 64 or "\n" in text:
+        raise DeploymentError(shown, f"{key} is not a Nix secret key (NAME:BASE64, as written by "
+                              "nix-store --generate-binary-cache-key)", "signingKey")
+    if key.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(f"warning: {shown}: signingKey: {key} is readable by other users (chmod 600 {key})", file=sys.stderr)
+
+
+_SSH_ERROR = re.compile(r"line (\d+): ?(.*)$")
+
+
+def ssh_config(hive: Hive) -> None:
+    """The generated ssh configuration, as ssh itself parses it: one `ssh -G` reads every
+    block, and an error at line N is the instance option that line came from. Without the
+    user's own configuration: its mistakes are not the deployment's."""
+    if not hive.instances:
+        return
+    with tempdirs.private("check") as directory:
+        config = directory / "ssh_config"
+        lines = ssh.render_lines(hive, directory / "known_hosts", include_user=False)
+        config.write_text("\n".join(text for text, _ in lines) + "\n")
+        try:
+            out = process.run(["ssh", "-G", "-F", str(config), "--", sorted(hive.instances)[0]], check=False)
+        except ProcessError:
+            return  # no ssh here: nothing nix-hive runs would work, and it will say so then
+    for line in out.stderr.splitlines():
+        found = _SSH_ERROR.search(line)
+        if found is None:
+            continue
+        number = int(found.group(1))
+        origin = lines[number - 1][1] if 0 < number <= len(lines) else None
+        where = attr_path(["instances", origin[0], "ssh", origin[1]]) if origin is not None else None
+        raise DeploymentError(hive.shown, f"ssh refuses it: {found.group(2).strip()}", where)
+    if out.exit_code != 0:
+        raise DeploymentError(hive.shown, f"ssh refuses the generated configuration: "
+                              f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.exit_code}")

@@ -1,0 +1,7 @@
+# expect: signingKey: /
+# expect: is not a Nix secret key
+{
+  signingKey = ./garbage.key;
+  systems.www = { configuration = { }; };
+  instances.www-1 = { system = "www"; };
+}

@@ -1,0 +1,7 @@
+# expect: instances.www-2.ssh.ServerAliveCountMax
+# expect: ssh refuses it
+{
+  systems.www = { configuration = { }; };
+  instances.www-1 = { system = "www"; };
+  instances.www-2 = { system = "www"; ssh.ServerAliveCountMax = "three"; };
+}
