@@ -150,9 +150,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     hive = _load(args)
     if not args.command:
         raise InputError("run: no command given (nix-hive run PATTERN... -- COMMAND...)")
+    jobs = options.positive(str(args.jobs), "-j/--jobs")
     waves = select(hive, args.patterns)
     options.state_file(args.state, hive)
-    failed = orchestrate.run_everywhere(hive, plan.make_plan(hive, waves), args.command, jobs=args.jobs)
+    failed = orchestrate.run_everywhere(hive, plan.make_plan(hive, waves), args.command, jobs=jobs)
     for name, why in failed:
         print(f"failed: {name}: {why}", file=sys.stderr)
     return 1 if failed else 0

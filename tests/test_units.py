@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from hive import cli, nix, options, plan, process, remote, ssh, tasks
-from hive.errors import InputError, ProcessError, headline
+from hive import checks, cli, nix, options, plan, process, remote, ssh, tasks
+from hive.errors import DeploymentError, InputError, ProcessError, headline
 from hive.model import Hive, Instance, Step, System, frozen_map
 from hive.options import Options
 from hive.outcome import Status
@@ -210,6 +210,11 @@ def test_steps_parse() -> None:
     (["run", "i"], "run: no command given"),
     (["deploy", ""], "empty pattern in ''"),
     (["build", "--state", "/tmp"], "state file /tmp is a directory"),
+    (["deploy", "-j", "0"], "-j/--jobs '0': expected a whole number of at least 1"),
+    (["deploy", "-j", "-5", "i"], "-j/--jobs '-5': expected a whole number of at least 1"),
+    (["status", "--jobs", "many"], "-j/--jobs 'many': expected a whole number of at least 1"),
+    (["run", "-j", "0", "i", "--", "true"], "-j/--jobs '0': expected a whole number of at least 1"),
+    (["deploy", "--goal", "reboot"], "argument --goal: invalid choice: 'reboot'"),
     (["deploy", "--report", "/tmp", "i"], "--report /tmp: cannot write there"),
 ])
 def test_bad_options_exit_2_with_one_line(argv: list[str], message: str, tmp_path: Path,
@@ -252,3 +257,16 @@ def test_systems_sharing_paths_are_built_by_one_nix_build(jobs: int, tmp_path: P
     assert session.results == {"a": "/nix/store/a", "b": "/nix/store/b", "c": "/nix/store/c"}
     assert [str(t) for t in session.outcomes.failed()] == ["build:broken"]
     assert session.outcomes.status(plan.TaskId(plan.Kind.BUILD, "a")) is Status.OK
+
+
+def test_a_signing_key_others_can_read_gets_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key, pub = tmp_path / "hive.sec", tmp_path / "hive.pub"
+    subprocess.run(["nix-store", "--generate-binary-cache-key", "t", str(key), str(pub)], check=True)
+    key.chmod(0o600)
+    checks.signing_key("hive.nix", key)
+    assert capsys.readouterr().err == ""
+    key.chmod(0o644)
+    checks.signing_key("hive.nix", key)
+    assert capsys.readouterr().err == f"warning: hive.nix: signingKey: {key} is readable by other users (chmod 600 {key})\n"
+    with pytest.raises(DeploymentError, match="is a public key"):
+        checks.signing_key("hive.nix", pub)
