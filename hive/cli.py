@@ -45,12 +45,12 @@ def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
     """The generated ssh files beside the state file, where `ssh -F` can find them later; in
     a private temporary directory when that place is read-only (ssh and scp still work)."""
     try:
-        state = options.state_file(args.state, hive)
+        path = options.state_file(args.state, hive)
     except InputError:
         if args.state:
             raise
         return ssh.prepare(hive, tempdirs.make("ssh"))
-    return ssh.prepare(hive, state.with_name(state.name + ".d") / "ssh")
+    return ssh.prepare(hive, state.ensure_private_dir(path) / "ssh")
 
 
 def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:

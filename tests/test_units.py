@@ -1,5 +1,5 @@
 """Fast unit tests: the argv of each Nix and ssh call (the process seam faked), the generated
-ssh configuration, the state backend, error lines and option errors. The proof that features
+ssh configuration, error lines and option errors. The proof that features
 work is in the tests with real Nix and the lab; these pin the details."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from hive.options import Options
 from hive.outcome import Status
 from hive.report import Progress
 from hive.session import Session
-from hive.state import JournalDB, load, locked
 
 
 class Calls:
@@ -144,27 +143,6 @@ def test_probe_script_and_parser_on_recorded_answers() -> None:
     assert never.reachable and never.current is None and never.profile is None and never.valid == frozenset()
 
 
-def test_journal_records_each_task_at_once_and_survives_a_torn_line(tmp_path: Path) -> None:
-    path = tmp_path / "state"
-    db = JournalDB(str(path))
-    db.set("build:a", "_values_:", {"result": "/nix/store/a"})
-    assert load(path) == {}  # not finished yet: doit writes "deps:" last
-    db.set("build:a", "deps:", [])
-    assert load(path)["build:a"]["_values_:"] == {"result": "/nix/store/a"}
-    db.set("build:b", "deps:", [])
-    db.remove("build:b")
-    assert set(load(path)) == {"build:a"}
-    with open(path, "a") as fh:
-        fh.write('{"task": "build:c", "data": {"deps:"')  # a kill in the middle of a write
-    assert set(load(path)) == {"build:a"}
-    again = JournalDB(str(path))  # reopening compacts: the torn line is gone, the rest stays
-    assert again.get("build:a", "_values_:") == {"result": "/nix/store/a"}
-    assert path.read_text().count("\n") == 2
-    again.remove_all()
-    again.dump()
-    assert load(path) == {}
-
-
 def test_error_headline_prefers_what_ssh_said() -> None:
     stderr = ("@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.\n"
               "error: cannot connect to 'www-2'\n")
@@ -182,15 +160,6 @@ def test_max_failures_takes_a_number_or_a_percentage() -> None:
     for bad in ("-1", "101%", "x", "5%%"):
         with pytest.raises(InputError):
             options.max_failures(bad, 50)
-
-
-def test_a_second_run_on_the_same_state_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "hive.nix").write_text('{ systems.s.configuration = {}; instances.i.system = "s"; }')
-    with locked(tmp_path / ".hive.state"):
-        assert cli.main(["build", "--no", "build"]) == 2
-    assert capsys.readouterr().err == f"error: another nix-hive run is using {tmp_path / '.hive.state'}\n"
 
 
 def test_steps_parse() -> None:
@@ -267,6 +236,7 @@ def test_a_signing_key_others_can_read_gets_a_warning(tmp_path: Path, capsys: py
     assert capsys.readouterr().err == ""
     key.chmod(0o644)
     checks.signing_key("hive.nix", key)
-    assert capsys.readouterr().err == f"warning: hive.nix: signingKey: {key} is readable by other users (chmod 600 {key})\n"
+    warning = f"warning: hive.nix: signingKey: {key} is readable by other users (chmod 600 {key})\n"
+    assert capsys.readouterr().err == warning
     with pytest.raises(DeploymentError, match="is a public key"):
         checks.signing_key("hive.nix", pub)
