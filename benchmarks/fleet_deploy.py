@@ -17,6 +17,10 @@ through the relay, one system whose closure is about MB megabytes. Measured in t
   `nix copy --substitute-on-destination` to every host at once (no activation): what the
   machine itself needs for the hosts to import the closure from the relay.
 
+- safe rollouts: on two more fresh labs of `--safety-n` hosts, the same deployment with
+  `--no-rollback` and no health check, and with the defaults (magic rollback: confirmation
+  over a fresh login) plus a command check on every host.
+
 Then the ratios. Nothing is asserted (timings are noisy); targets: deployer bytes for N=30
 under closure + 30 x 64 KiB, wall(N=30)/wall(N=1) under 4, repeated no-change deploy of 30
 under 3 s, naive/nix-hive wall time for N=30 above 3.
@@ -103,10 +107,28 @@ def floor(fleet: Fleet, path: str) -> float:
     return time.perf_counter() - t0
 
 
+def safety(workdir: Path, n: int, mb: float) -> tuple[float, float]:
+    """Wall time of a deployment without safety steps, and with checks and confirmation."""
+    walls = []
+    for name, checks, extra in (("bare", "0", ["--no-rollback"]), ("safe", "1", [])):
+        fleet = start(workdir / name, n, mb)
+        try:
+            fleet.env["BENCH_CHECKS"] = checks
+            t0 = time.perf_counter()
+            done = fleet.run("deploy", "-q", *extra, "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "relay", "*")
+            walls.append(time.perf_counter() - t0)
+            if done.returncode != 0:
+                raise SystemExit(f"deploy failed ({name}):\n{done.stderr}")
+        finally:
+            fleet.down()
+    return walls[0], walls[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,10,30")
     parser.add_argument("--mb", type=float, default=20.0, help="closure size in MB (default 20)")
+    parser.add_argument("--safety-n", type=int, default=10, help="hosts for the safe-rollout cost (default 10)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[int, dict[str, dict[str, float]]] = {}
@@ -150,6 +172,11 @@ def main() -> None:
     print(f"repeated no-change deploy, N={last}: {mine_last['repeat']:.2f} s")
     print(f"floor(N={last}) / floor(N={first}): {mine_last['floor'] / results[first]['nix-hive']['floor']:.2f}; "
           f"nix-hive wall / floor, N={last}: {mine_last['wall'] / mine_last['floor']:.2f}")
+    if args.safety_n > 0:
+        with tempfile.TemporaryDirectory(prefix="hive-bench-") as tmp:
+            bare, safe = safety(Path(tmp), args.safety_n, args.mb)
+        print(f"safe rollouts, N={args.safety_n}: --no-rollback, no checks {bare:.2f} s; magic rollback + a check "
+              f"per host {safe:.2f} s; ratio {safe / bare:.2f}")
 
 
 if __name__ == "__main__":

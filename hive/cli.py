@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hive import __version__, options, orchestrate, plan, process, remote, ssh, state, tempdirs
+from hive import __version__, fleet, options, orchestrate, plan, process, remote, ssh, state, tempdirs
 from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
@@ -58,7 +58,15 @@ def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
                    jobs=options.positive(str(getattr(args, "jobs", 1)), "-j/--jobs"),
                    goal=options.goal(getattr(args, "goal", "switch")),
                    keep_going=getattr(args, "keep_going", False),
-                   max_failures=options.max_failures(getattr(args, "max_failures", None), selected))
+                   max_failures=options.max_failures(getattr(args, "max_failures", None), selected),
+                   rollback=getattr(args, "rollback", True),
+                   activation_timeout=_seconds(args, "activation_timeout", "--activation-timeout"),
+                   confirm_timeout=_seconds(args, "confirm_timeout", "--confirm-timeout"))
+
+
+def _seconds(args: argparse.Namespace, name: str, option: str) -> int | None:
+    value = getattr(args, name, None)
+    return options.positive(value, option) if value is not None else None
 
 
 # Commands ------------------------------------------------------------------------------------
@@ -153,10 +161,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     jobs = options.positive(str(args.jobs), "-j/--jobs")
     waves = select(hive, args.patterns)
     options.state_file(args.state, hive)
-    failed = orchestrate.run_everywhere(hive, plan.make_plan(hive, waves), args.command, jobs=jobs)
+    failed = fleet.run_everywhere(hive, plan.make_plan(hive, waves), args.command, jobs=jobs)
     for name, why in failed:
         print(f"failed: {name}: {why}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    jobs = options.positive(str(args.jobs), "-j/--jobs")
+    rows = fleet.check(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs)
+    if args.json:
+        dump_json(rows)
+    else:
+        shown = {True: "healthy", False: "FAILED", None: "-"}
+        print(table([(r["instance"], r["check"] or "-", shown[r["healthy"]], r["tries"], f"{r['seconds']:.1f}",
+                      r["detail"]) for r in rows], ["instance", "check", "result", "tries", "seconds", "detail"]))
+    return 1 if any(r["healthy"] is False for r in rows) else 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    jobs = options.positive(str(args.jobs), "-j/--jobs")
+    the_plan = plan.make_plan(hive, select(hive, args.patterns))
+    rows = fleet.rollback(hive, the_plan, options.goal(args.goal), jobs=jobs, keep_going=args.keep_going)
+    code = 0 if all(r.result == "ok" for r in rows) else 1
+    if args.json:
+        dump_json({"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]})
+    else:
+        print(summary_table(rows))
+    return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -217,6 +251,14 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
         d.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
         d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
         d.set_defaults(func=func)
+    deploy = sub.choices["deploy"]
+    deploy.add_argument("--no-rollback", dest="rollback", action="store_false",
+                        help="leave a host whose activation or checks failed as it is (no automatic or magic rollback)")
+    deploy.add_argument("--activation-timeout", metavar="SECONDS",
+                        help="stop an activation running longer (default: the deployment's, else 600)")
+    deploy.add_argument("--confirm-timeout", metavar="SECONDS",
+                        help="a host rolls back by itself without confirmation within this (default: the deployment's, "
+                             "else 30)")
     s = sub.add_parser("status", parents=[common, no, jobs, json_out],
                        help="compare each host's system with the hive's")
     s.set_defaults(func=cmd_status)
@@ -237,6 +279,17 @@ def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
     cp = sub.add_parser("scp", parents=[common], help="scp with instance names as hosts")
     cp.add_argument("scp_args", nargs=argparse.REMAINDER, metavar="ARGS")
     cp.set_defaults(func=cmd_scp)
+    ck = sub.add_parser("check", parents=[common, jobs], help="run the selected instances' health checks alone")
+    ck.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ck.add_argument("patterns", nargs="*", metavar="PATTERN")
+    ck.set_defaults(func=cmd_check)
+    rb = sub.add_parser("rollback", parents=[common, jobs],
+                        help="switch the selected instances to the previous generation of their system profile")
+    rb.add_argument("--goal", choices=[g.value for g in Goal], default="switch")
+    rb.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rb.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
+    rb.add_argument("patterns", nargs="*", metavar="PATTERN")
+    rb.set_defaults(func=cmd_rollback)
     r = sub.add_parser("run", parents=[common, jobs], help="run a command on every selected instance")
     r.add_argument("patterns", nargs="+", metavar="PATTERN")
     r.set_defaults(func=cmd_run)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -78,6 +78,31 @@ class ProcessError(HiveError):
         last = headline(stderr)
         status = "could not start" if exit_code is None else f"exited {exit_code}"
         super().__init__(f"{argv[0]} {status}: {last}" if last else f"{argv[0]} {status}")
+
+
+class StepError(HiveError):
+    """A step failed on a host: why (one line), the host's own output, and the seconds its
+    phases took (check, confirm, rollback). `status` is how the summary shows it."""
+
+    status = "failed"
+
+    def __init__(self, message: str, *, log: str = "", seconds: Mapping[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.log = log
+        self.seconds = dict(seconds or {})
+
+
+class RolledBackError(StepError):
+    """The host was put back on the system it ran before (activation failed or timed out, a
+    health check failed, or no confirmation came)."""
+
+    status = "rolled back"
+
+
+class TimedOutError(StepError):
+    """The activation did not end in time, and the host could not be rolled back."""
+
+    status = "timed out"
 
 
 class BusyError(InputError):

@@ -16,7 +16,7 @@ import jsonschema
 
 from hive import checks, nix, process
 from hive.errors import DeploymentError, ProcessError, attr_path
-from hive.model import Hive, Instance, System, frozen_map
+from hive.model import DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_CONFIRM_TIMEOUT, Check, Hive, Instance, System, frozen_map
 from hive.resources import nix_file, schema_file
 
 DEFAULT_CONFIG = "hive.nix"
@@ -78,7 +78,8 @@ def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
     value = error.instance
     schema = error.schema if isinstance(error.schema, Mapping) else {}
     what = schema.get("description")
-    shown = json.dumps(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    shown = json.dumps(value) if not isinstance(value, (dict, list)) else "a list" if isinstance(value, list) else (
+        "this attribute set")
     if isinstance(value, dict) and value.get("__nixType"):
         shown = f"a {value['__nixType']}"
     if error.validator == "required":
@@ -163,15 +164,30 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
             ssh["Hostname"] = ssh.pop("HostName")
         checks.addresses(shown, name, i.get("store"), ssh)
         checks.allowed_options(shown, name, ssh)
-        instances[name] = Instance(name=name, system=i["system"], store=i.get("store"),
-                                   tags=tuple(i.get("tags", ())), ssh=frozen_map(ssh),
-                                   host_key=i.get("hostKey"))
+        s = raw["systems"][i["system"]]
+        checks_ = {**s.get("checks", {}), **i.get("checks", {})}
+        instances[name] = Instance(
+            name=name, system=i["system"], store=i.get("store"), tags=tuple(i.get("tags", ())),
+            ssh=frozen_map(ssh), host_key=i.get("hostKey"),
+            checks=tuple(_check(n, c) for n, c in sorted(checks_.items())),
+            activation_timeout=_first(DEFAULT_ACTIVATION_TIMEOUT, "activationTimeout", i, s, raw),
+            confirm_timeout=_first(DEFAULT_CONFIRM_TIMEOUT, "confirmTimeout", i, s, raw))
     key: Path | None = None
     if raw.get("signingKey") is not None:
         key = Path(raw["signingKey"])
         checks.signing_key(shown, key)
     return Hive(file=file, shown=shown, paths=frozen_map(top_paths), systems=systems,
                 instances=instances, signing_key=key)
+
+
+def _check(name: str, c: Mapping[str, Any]) -> Check:
+    return Check(name=name, command=c.get("command"), http=c.get("http"), timeout=c.get("timeout", 10),
+                 retries=c.get("retries", 5), interval=c.get("interval", 2), status=tuple(c.get("status", ())))
+
+
+def _first(default: int, key: str, *levels: Mapping[str, Any]) -> int:
+    """The most specific level's value of `key` (instance, system, deployment)."""
+    return next((int(level[key]) for level in levels if level.get(key) is not None), default)
 
 
 def evaluate(config: str | None, overrides: Mapping[str, str] | None = None) -> Hive:

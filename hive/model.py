@@ -78,6 +78,27 @@ class System:
 
 
 @dataclass(frozen=True)
+class Check:
+    """A health check, run after activation (goals switch and test): a command on the host
+    (exit 0 is healthy) or an http:// URL fetched through the host's ssh connection."""
+
+    name: str
+    command: str | None = None
+    http: str | None = None
+    timeout: int = 10  # seconds per try
+    retries: int = 5  # tries after the first that failed
+    interval: int = 2  # seconds between tries
+    status: tuple[int, ...] = ()  # healthy HTTP statuses (default: any 2xx)
+
+    def healthy_status(self, code: int) -> bool:
+        return code in self.status if self.status else 200 <= code < 300
+
+
+DEFAULT_ACTIVATION_TIMEOUT = 600
+DEFAULT_CONFIRM_TIMEOUT = 30
+
+
+@dataclass(frozen=True)
 class Instance:
     """A host that runs one system."""
 
@@ -87,6 +108,9 @@ class Instance:
     tags: tuple[str, ...] = ()
     ssh: Mapping[str, str] = field(default_factory=frozen_map)
     host_key: str | None = None  # pinned public host key ("ssh-ed25519 AAAA...")
+    checks: tuple[Check, ...] = ()  # its system's, with its own added or replacing them by name
+    activation_timeout: int = DEFAULT_ACTIVATION_TIMEOUT  # seconds (instance, system, deployment)
+    confirm_timeout: int = DEFAULT_CONFIRM_TIMEOUT  # seconds the host waits for confirmation
 
     @property
     def address(self) -> str:

@@ -23,6 +23,9 @@ class Options:
     goal: Goal = Goal.SWITCH
     keep_going: bool = False
     max_failures: int | None = None  # absolute number, computed from N or N%
+    rollback: bool = True  # automatic and magic rollback (--no-rollback)
+    activation_timeout: int | None = None  # seconds; overrides the deployment's (--activation-timeout)
+    confirm_timeout: int | None = None  # seconds; overrides the deployment's (--confirm-timeout)
 
 
 def default_state_file(hive: Hive) -> Path:

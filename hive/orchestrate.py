@@ -13,18 +13,15 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
 from hive import options, process, state, tasks
-from hive.errors import HiveError
 from hive.evaluate import evaluate
-from hive.model import Hive, Instance, Step
+from hive.model import Instance, Step
 from hive.options import Options
 from hive.outcome import Outcome, Status
-from hive.plan import Kind, Plan, TaskId, make_plan
-from hive.remote import Remotes
+from hive.plan import Kind, TaskId, make_plan
 from hive.report import Progress, Row, summary_table
 from hive.select import select
 from hive.session import Session
@@ -71,7 +68,10 @@ def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
                     jobs=options.positive(variables.get("jobs", "10"), "jobs="),
                     goal=options.goal(variables.get("goal", "switch"), "goal="),
                     keep_going=options.flag(variables.get("keep_going", "0"), "keep_going"),
-                    max_failures=options.max_failures(variables.get("max_failures"), selected, "max_failures="))
+                    max_failures=options.max_failures(variables.get("max_failures"), selected, "max_failures="),
+                    rollback=options.flag(variables.get("rollback", "1"), "rollback"),
+                    activation_timeout=_positive_or_none(variables.get("activation_timeout"), "activation_timeout="),
+                    confirm_timeout=_positive_or_none(variables.get("confirm_timeout"), "confirm_timeout="))
     final = Kind.PUSH if options.flag(variables.get("push_only", "0"), "push_only") else Kind.ACTIVATE
     the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final)
     process.set_verbose(sys.stderr if options.flag(variables.get("verbose", "0"), "verbose") else None)
@@ -100,6 +100,10 @@ def execute(session: Session, targets: Sequence[str | TaskId]) -> int:
             return tasks.run(session, tasks.namespace(session), [str(t) for t in targets])
     finally:
         finish(session)
+
+
+def _positive_or_none(text: str | None, option: str) -> int | None:
+    return options.positive(text, option) if text is not None else None
 
 
 def finish(session: Session) -> None:
@@ -147,14 +151,17 @@ def row(session: Session, i: Instance) -> Row:
     built = outcomes.get(group.id) if group is not None else None
     if built is not None and built.seconds:  # the system's share of the time: its group's nix build
         seconds["build"] = round(seconds.get("build", 0.0) + built.seconds, 2)
+    for o in found.values():  # an activation's phases: check, confirm
+        if o is not None:
+            seconds.update(o.parts)
     path = session.path_of(i.system) or ""
     for key, o in found.items():
-        if o is not None and o.status is Status.FAILED:
+        if o is not None and o.status.is_failure:
             if key in ("build", "store"):
                 target = i.system if key == "build" else relays[0].url
                 return Row(i.name, i.system, path, Status.SKIPPED.value, f"{key} of {target} failed: {o.reason}",
                            seconds)
-            return Row(i.name, i.system, path, Status.FAILED.value, f"{key}: {o.reason}", seconds)
+            return Row(i.name, i.system, path, o.status.value, f"{key}: {o.reason}", seconds)
     for o in found.values():  # the first step not started says why
         if o is not None and o.status is Status.SKIPPED:
             return Row(i.name, i.system, path, Status.SKIPPED.value, o.reason, seconds)
@@ -187,34 +194,3 @@ def status(session: Session) -> tuple[int, list[dict[str, Any]]]:
         session.close()
     bad = code != 0 or any(r["state"] == "unreachable" for r in found)
     return (1 if bad else 0), found
-
-
-def run_everywhere(hive: Hive, plan: Plan, command: Sequence[str], *, jobs: int) -> list[tuple[str, str]]:
-    """Run `command` on every instance of the plan over shared connections (a jump host
-    authenticates once); output lines prefixed with the instance name, each host's output
-    printed whole when it finishes. Returns the (instance, reason) that failed."""
-    lock = threading.Lock()
-    failed: list[tuple[str, str]] = []
-    width = max((len(i.name) for i in plan.instances), default=0)
-
-    with Remotes(hive, plan.hubs, jobs=jobs) as remotes:
-        def one(i: Instance) -> None:
-            try:
-                out = process.run(remotes[i.name].command_argv(command), check=False)
-            except HiveError as exc:
-                with lock:
-                    failed.append((i.name, str(exc)))
-                return
-            with lock:
-                for line in out.stdout.splitlines():
-                    sys.stdout.write(f"{i.name:<{width}} | {line}\n")
-                for line in out.stderr.splitlines():
-                    sys.stderr.write(f"{i.name:<{width}} ! {line}\n")
-                sys.stdout.flush()
-                if out.exit_code != 0:
-                    why = "ssh could not connect" if out.exit_code == 255 else f"exit status {out.exit_code}"
-                    failed.append((i.name, why))
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(one, plan.instances))
-    return sorted(failed)

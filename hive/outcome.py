@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from doit.exceptions import TaskFailed
 
@@ -21,6 +21,8 @@ class Status(enum.Enum):
     FAILED = "failed"
     SKIPPED = "skipped"  # not started: a dependency failed, a policy stopped it, interrupted
     UNCHANGED = "unchanged"  # already done (`--no`)
+    ROLLED_BACK = "rolled back"  # activated, then put back on the system it ran before
+    TIMED_OUT = "timed out"  # the activation did not end in time (and could not be rolled back)
 
     def __str__(self) -> str:
         return self.value
@@ -28,6 +30,11 @@ class Status(enum.Enum):
     @property
     def settled_well(self) -> bool:
         return self in (Status.OK, Status.UNCHANGED)
+
+    @property
+    def is_failure(self) -> bool:
+        """Counts as a failed instance (waves, --max-failures, exit status)."""
+        return self in (Status.FAILED, Status.ROLLED_BACK, Status.TIMED_OUT)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class Outcome:
     reason: str = ""
     seconds: float = 0.0
     failure: Failure | None = None
+    parts: Mapping[str, float] = field(default_factory=dict)  # seconds of a step's phases (check, confirm)
 
 
 class StepFailed(TaskFailed):  # type: ignore[misc]
@@ -95,7 +103,7 @@ class Outcomes:
 
     def failed(self, *kinds: Kind) -> list[TaskId]:
         with self._changed:
-            return [t for t, o in self._by_task.items() if o.status is Status.FAILED and (not kinds or t.kind in kinds)]
+            return [t for t, o in self._by_task.items() if o.status.is_failure and (not kinds or t.kind in kinds)]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Block until `predicate()` holds (checked after each record, and on `poke`)."""

@@ -290,9 +290,12 @@ def _deploy_tasks(plan: Plan) -> list[PlannedTask]:
             out.append(PlannedTask(TaskId(Kind.PUSH, i.name), tuple(deps), doc=f"copy {i.system} to {i.name}{via}",
                                    skippable=Step.PUSH))
             if plan.final is Kind.ACTIVATE:
+                checks = ""
+                if i.checks and plan.goal in (Goal.SWITCH, Goal.TEST):
+                    checks = f"; then checks {', '.join(c.name for c in i.checks)}"
                 out.append(PlannedTask(TaskId(Kind.ACTIVATE, i.name), (TaskId(Kind.PUSH, i.name), *gate),
-                                       doc=f"activate {i.system} on {i.name} ({plan.goal.value})",
-                                       skippable=Step.ACTIVATE))
+                                       doc=f"activate {i.system} on {i.name} ({plan.goal.value}, at most "
+                                       f"{i.activation_timeout} s){checks}", skippable=Step.ACTIVATE))
     out.append(PlannedTask(TaskId(Kind.DEPLOY), tuple(plan.final_id(i.name) for i in plan.instances),
                            doc="build, push and activate the selected instances"))
     return out
@@ -309,6 +312,12 @@ def as_json(plan: Plan, paths: Mapping[str, str | None] | None = None) -> dict[s
         "relays": [{"url": r.url, "systems": list(r.systems), "owner": r.owner, "upstream": r.upstream}
                    for r in plan.relays],
         "hubs": sorted(plan.hubs),
+        "instances": {i.name: {"system": i.system, "wave": plan.wave_of(i.name), "store": i.store,
+                               "activationTimeout": i.activation_timeout, "confirmTimeout": i.confirm_timeout,
+                               "checks": {c.name: {"command": c.command, "http": c.http, "timeout": c.timeout,
+                                                   "retries": c.retries, "interval": c.interval,
+                                                   "status": list(c.status)} for c in i.checks}}
+                      for i in plan.instances},
         "tasks": [{"task": str(t.id), "after": [str(d) for d in t.deps], "setup": [str(s) for s in t.setup],
                    "skippable": t.skippable.value if t.skippable and t.skippable in plan.skip else None,
                    "doc": t.doc} for t in plan.tasks],

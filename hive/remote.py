@@ -33,6 +33,7 @@ class Probe:
     profile: str | None = None  # what the system profile points at (the boot default)
     valid: frozenset[str] = frozenset()  # the asked paths its store holds
     asked: frozenset[str] = frozenset()  # the paths it was asked about
+    pending: bool = False  # an activation still waits for its confirmation (it may roll back)
 
 
 def probe_script(paths: Iterable[str]) -> str:
@@ -40,6 +41,8 @@ def probe_script(paths: Iterable[str]) -> str:
     `paths` the host's store holds."""
     script = ('printf "current=%s\\n" "$(readlink /run/current-system 2>/dev/null)"; '
               f'p={SYSTEM_PROFILE}; printf "profile=%s\\n" "$(test -L $p && readlink -f $p)"')
+    script += ('; for f in /run/nix-hive/*/state; do [ "$(cat "$f" 2>/dev/null)" = waiting ] && echo pending=1; '
+               'done')
     for path in sorted(paths):
         quoted = shlex.quote(path)
         script += f"; nix-store --check-validity {quoted} 2>/dev/null && echo valid={quoted}"
@@ -53,7 +56,8 @@ def parse_probe(stdout: str, asked: Iterable[str]) -> Probe:
     profile = next((ln.removeprefix("profile=") for ln in lines if ln.startswith("profile=")), "")
     wanted = frozenset(asked)
     valid = frozenset(ln.removeprefix("valid=") for ln in lines if ln.startswith("valid=")) & wanted
-    return Probe(reachable=True, current=current or None, profile=profile or None, valid=valid, asked=wanted)
+    return Probe(reachable=True, current=current or None, profile=profile or None, valid=valid, asked=wanted,
+                 pending="pending=1" in lines)
 
 
 def as_root(commands: Sequence[Sequence[str]]) -> str:
@@ -79,6 +83,17 @@ class Remote:
         one-off question to many hosts)."""
         options = [] if share else ["-o", "ControlMaster=no"]
         return ["ssh", "-F", str(self.setup.config), *options, "--", self.name, f"sh -c {shlex.quote(script)}"]
+
+    def fresh_argv(self, script: str) -> list[str]:
+        """Run a script over a new connection of its own (a fresh authentication to the host,
+        through the same jump hosts): proof that the host still lets nix-hive in."""
+        return ["ssh", "-F", str(self.setup.config), "-o", "ControlMaster=no", "-o", "ControlPath=none", "--",
+                self.name, f"sh -c {shlex.quote(script)}"]
+
+    def forward_argv(self, host: str, port: int) -> list[str]:
+        """Connect standard input and output to host:port as the remote host sees it (`ssh -W`)."""
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return ["ssh", "-F", str(self.setup.config), "-W", target, "--", self.name]
 
     def command_argv(self, words: Sequence[str]) -> list[str]:
         """`ssh host WORDS...` as ssh itself does it: the words joined by spaces and run by

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from hive.errors import HiveError, ProcessError
+from hive.errors import HiveError, ProcessError, StepError
 from hive.model import Hive, Step
 from hive.options import Options, default_state_file
 from hive.outcome import Failure, NotStarted, Outcome, Outcomes, Status, StepFailed
@@ -139,15 +139,19 @@ class Session:
                 values = action()
             except HiveError as exc:
                 output = exc.stderr if isinstance(exc, ProcessError) else ""
+                output = exc.log if isinstance(exc, StepError) else output
+                status = Status(exc.status) if isinstance(exc, StepError) else Status.FAILED
+                parts = exc.seconds if isinstance(exc, StepError) else {}
                 failure = Failure(task, str(exc), output)
                 seconds = round(time.monotonic() - start, 2)
-                self.outcomes.set(task, Outcome(Status.FAILED, str(exc), seconds, failure))
-                self.progress.step(task.kind.shown, task.target, str(Status.FAILED), str(exc))
+                self.outcomes.set(task, Outcome(status, str(exc), seconds, failure, parts))
+                self.progress.step(task.kind.shown, task.target, str(status), str(exc))
                 self.progress.block(output)
                 return StepFailed(failure)
             seconds = round(time.monotonic() - start, 2)
             note = str(values.pop("note", ""))
-            self.outcomes.set(task, Outcome(Status.OK, note, seconds))
+            parts = values.pop("seconds", {})
+            self.outcomes.set(task, Outcome(Status.OK, note, seconds, parts=parts))
             if task.kind is not Kind.NIX_BUILD:  # each system's build says ok (or failed) itself
                 self.progress.step(task.kind.shown, task.target, str(Status.OK), f"{seconds:.1f}s {note}".rstrip())
             return values
@@ -166,8 +170,9 @@ def open_wave(session: Session, number: int) -> dict[str, Any] | NotStarted:
     if threading.current_thread() is not threading.main_thread():
         session.outcomes.wait_for(lambda: session.interrupted or session.wave_settled(previous))
     reason = session.stop_reason()
-    failed = sorted(i.name for i in session.plan.waves[previous - 1]
-                    if session.outcomes.status(session.plan.final_id(i.name)) is Status.FAILED)
+    wave = session.plan.waves[previous - 1]
+    statuses = {i.name: session.outcomes.status(session.plan.final_id(i.name)) for i in wave}
+    failed = sorted(name for name, found in statuses.items() if found is not None and found.is_failure)
     if reason is None and failed and not session.options.keep_going:
         names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
         reason = f"not started: wave {previous} failed ({names})"

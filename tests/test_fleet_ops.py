@@ -199,15 +199,25 @@ def test_status_compares_hosts_with_the_deployment(fleet_factory: Start) -> None
     assert table.returncode == 0 and "up to date" in table.stdout and "www-2" not in table.stdout
 
 
-def test_each_host_authenticates_once_per_deploy(fleet_factory: Start) -> None:
+def test_each_host_authenticates_once_per_deploy_and_once_more_to_confirm(fleet_factory: Start) -> None:
+    """One login per host shared by every step; magic rollback adds the confirmation's own
+    fresh login (through the jump host's shared connection), and only that."""
     fleet = fleet_factory(topology=TEN, payload_bytes=100_000)
-    result = fleet.deploy("-j", "4", "portico", "*")
-    assert result.returncode == 0, result.stderr
     deployer = fleet.lab.deployer_address
-    portico_log = (fleet.lab.hosts["portico"].dir / "sshd.log").read_text().splitlines()
-    from_deployer = [ln for ln in portico_log if ln.startswith("Accepted publickey") and f" from {deployer} " in ln]
-    per_www = {h: fleet.lab.auth_count(h) for h in WWW}
-    print(f"\nauthentications in one deploy: portico (jump host and relay) {len(from_deployer)} "
+
+    def logins() -> tuple[int, dict[str, int]]:
+        portico_log = (fleet.lab.hosts["portico"].dir / "sshd.log").read_text().splitlines()
+        portico = [ln for ln in portico_log if ln.startswith("Accepted publickey") and f" from {deployer} " in ln]
+        return len(portico), {h: fleet.lab.auth_count(h) for h in WWW}
+
+    result = fleet.deploy("-j", "4", "--no-rollback", "portico", "*")
+    assert result.returncode == 0, result.stderr
+    portico, per_www = logins()
+    print(f"\nauthentications in one deploy without rollback: portico (jump host and relay) {portico} "
           f"from the deployer; www hosts {sorted(set(per_www.values()))} each")
-    assert len(from_deployer) == 1
-    assert set(per_www.values()) == {1}
+    assert portico == 1 and set(per_www.values()) == {1}
+    again = fleet.deploy("-j", "4", "portico", "*")  # with magic rollback, the default
+    assert again.returncode == 0, again.stderr
+    portico_after, per_www_after = logins()
+    assert portico_after - portico == 2  # the run's shared connection, and the confirmation
+    assert {per_www_after[h] - per_www[h] for h in WWW} == {2}

@@ -89,7 +89,7 @@ def test_waves_are_gated_one_after_the_other() -> None:
     assert deps(p, "wave:2") == [] and deps(p, "wave:3") == ["wave:2"]
     assert deps(p, "push:a") == ["build:s", "wave:2"] and deps(p, "activate:c") == ["push:c", "wave:3"]
     assert deps(p, "deploy") == ["activate:p", "activate:a", "activate:b", "activate:c"]
-    assert p.wave_of("b") == 2 and "(boot)" in p.task(TaskId(Kind.ACTIVATE, "a")).doc
+    assert p.wave_of("b") == 2 and "(boot, at most 600 s)" in p.task(TaskId(Kind.ACTIVATE, "a")).doc
     pushed = make_plan(h, waves, final=Kind.PUSH)
     assert deps(pushed, "deploy") == ["push:p", "push:a", "push:b", "push:c"]
     assert not any(t.id.kind is Kind.ACTIVATE for t in pushed.tasks)

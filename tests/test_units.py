@@ -139,6 +139,7 @@ def test_probe_script_and_parser_on_recorded_answers() -> None:
     assert found == remote.Probe(reachable=True, current="/nix/store/a-x", profile="/nix/store/a-x",
                                  valid=frozenset({"/nix/store/a-x"}),
                                  asked=frozenset({"/nix/store/a-x", "/nix/store/b-y"}))
+    assert not found.pending and remote.parse_probe("current=/x\npending=1\n", []).pending
     never = remote.parse_probe("current=\nprofile=\n", [])  # a host never activated
     assert never.reachable and never.current is None and never.profile is None and never.valid == frozenset()
 

@@ -1,4 +1,4 @@
-# expect: systems: list is not an attribute set
+# expect: systems: a list is not an attribute set
 {
   systems = [ { configuration = { }; } ];
   instances.web-1 = { system = "web"; };

@@ -10,13 +10,25 @@ SAFETY: nothing is ever added to the root network namespace.  Every link is a ve
 inside a lab namespace with its peer moved to another lab namespace, bridges live in the lab's
 switch namespace, and `down` removes only what the lab recorded in DIR/lab.json.
 
+Activation hooks: each host's /run holds two scripts the stand-in's switch-to-configuration
+(tests/nixpkgs/nixos) runs, inside the host, for `services.openssh.enable`:
+/run/standin-sshd-stop stops the host's listening sshd only (by the pid in HOSTDIR/sshd.pid, the
+PidFile its sshd_config names, checked against its command line), so open ssh connections
+survive, like `systemctl stop sshd` with NixOS's KillMode=process; /run/standin-sshd-start
+starts it again unless it runs: the lab's own command line (same sshd_config and log, clean
+environment, in the host's namespaces since the activation runs there) but daemonized, and
+waits for its pid file.  Such an sshd, and the stand-in's health server (/run/standin-http.pid),
+are not in lab.json: `pids` and `down` find them in the host's network namespace (every process
+there is the lab's) and by those pid files.
+
 Needs root, iproute2, util-linux (unshare, nsenter), openssh-server and nix.
 
 Modules:
 
     topology  pure logic: topology checks, address plan, jump hosts, ssh options and configs
     netns     network namespaces, bridges, veth pairs, address slots
-    hostfs    per-host directories: accounts, nix.conf, sshd_config, keys; workdir removal
+    hostfs    per-host directories: accounts, nix.conf, sshd_config, keys, activation hooks;
+              workdir removal
     procs     running commands, spawning daemons, pid/start-time tracking, waiting, killing
     bringup   the start sequence
     records   what DIR/lab.json says, and recording what the lab makes before making it
@@ -27,7 +39,7 @@ Modules:
     python -m tests.lab down --workdir DIR
 """
 
-from tests.lab.hostfs import ANCHOR_SCRIPT, DEPLOY_USER
+from tests.lab.hostfs import ANCHOR_SCRIPT, DEPLOY_USER, SSHD_START_HOOK, SSHD_STOP_HOOK
 from tests.lab.lab import Lab
 from tests.lab.netns import SLOT_DIR
 from tests.lab.procs import HOST_PATH, START_TIMEOUT
@@ -53,6 +65,8 @@ __all__ = [
     "NAME_RE",
     "SLOTS",
     "SLOT_DIR",
+    "SSHD_START_HOOK",
+    "SSHD_STOP_HOOK",
     "START_TIMEOUT",
     "Host",
     "Lab",

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tests.lab.lab import Lab
 
 TOOLS = ("ip", "unshare", "nsenter", "ssh-keygen", "nix-daemon")
-SSHD = Path("/usr/sbin/sshd")
+SSHD = Path(hostfs.SSHD)
 
 
 def start(lab: Lab, topo: Mapping[str, Sequence[str]], segments: list[str], deployer_segment: str,

@@ -1,21 +1,24 @@
 """Host file systems: the per-host directories bind-mounted over /nix, /run, /etc/nix,
-/etc/ssh, /root, /home and the account files, with the host's nix.conf, sshd_config, keys and
-the deploy user; and removing what the lab put in its workdir."""
+/etc/ssh, /root, /home and the account files, with the host's nix.conf, sshd_config, keys, the
+deploy user and the activation hooks in its /run (/run/standin-sshd-stop and -start, see
+SSHD_STOP_HOOK); and removing what the lab put in its workdir."""
 
 from __future__ import annotations
 
 import errno
 import os
+import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.lab import topology
-from tests.lab.procs import run
+from tests.lab.procs import HOST_PATH, run
 from tests.lab.topology import Host
 
 DEPLOY_USER = "deploy"
+SSHD = "/usr/sbin/sshd"
 SUBDIRS = ("nix", "run", "run/sshd", "etc-nix", "etc-ssh", "etc", "etc/sudoers.d", "root", "home")
 
 # Runs inside `ip netns exec NS unshare --mount --uts --propagation private`: makes the host's
@@ -96,6 +99,73 @@ def sshd_config(d: Path) -> str:
     ]) + "\n"
 
 
+# The per-host hooks the stand-in's switch-to-configuration calls (tests/nixpkgs/nixos), in the
+# host's own /run: a system with `services.openssh.enable = false` runs SSHD_STOP_HOOK, any other
+# SSHD_START_HOOK, as `systemctl stop/start sshd` would on NixOS.
+SSHD_STOP_HOOK = "/run/standin-sshd-stop"
+SSHD_START_HOOK = "/run/standin-sshd-start"
+
+_HOOK_COMMON = r"""#!/bin/sh
+# Written by the nix-hive lab (tests/lab/hostfs.py) for host {name}; run inside the host
+# (by its switch-to-configuration, as root).
+pidfile={d}/sshd.pid
+config={d}/sshd_config
+# ours PID: PID is this host's listening sshd (its command line names this host's config;
+# sshd rewrites it, as "sshd: /usr/sbin/sshd -D -f CONFIG ... [listener] ...")
+ours() {{
+  [ -n "$1" ] && tr '\0' ' ' 2>/dev/null < "/proc/$1/cmdline" | grep -qF -- " -f $config "
+}}
+# alive PID: the process exists and is not a zombie
+alive() {{
+  [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
+}}
+pid=$(cat "$pidfile" 2>/dev/null) || pid=
+"""
+
+SSHD_STOP_SCRIPT = _HOOK_COMMON + r"""
+# Stops the host's listening sshd only, like `systemctl stop sshd` on NixOS
+# (KillMode=process): the per-connection sshd processes, so the open ssh connections, survive.
+if ours "$pid" && alive "$pid"; then
+  kill -TERM "$pid"
+  i=0
+  while alive "$pid"; do
+    if [ $i -ge 500 ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    if [ $i -ge 1000 ]; then echo "standin-sshd-stop: sshd $pid does not die" >&2; exit 1; fi
+    sleep 0.01; i=$((i + 1))
+  done
+fi
+rm -f "$pidfile"
+"""
+
+SSHD_START_SCRIPT = _HOOK_COMMON + r"""
+# Starts the host's sshd unless it runs: the lab's command line (same config, log, clean
+# environment, in the caller's namespaces: the host's), but daemonized, so that it outlives the
+# activation.  It writes its pid to $pidfile once it listens; Lab.down finds it there (and in the
+# host's network namespace).
+if ours "$pid" && alive "$pid"; then exit 0; fi
+rm -f "$pidfile"
+env -i PATH={path} HOME=/root LANG=C.UTF-8 USER=root LOGNAME=root \
+  setsid {sshd} -f "$config" -E {d}/sshd.log < /dev/null >> {d}/sshd.out 2>&1 || {{
+  echo "standin-sshd-start: sshd failed to start; see {d}/sshd.log" >&2; exit 1; }}
+i=0
+until pid=$(cat "$pidfile" 2>/dev/null) && alive "$pid"; do
+  if [ $i -ge 1000 ]; then
+    echo "standin-sshd-start: no sshd after 10s; {d}/sshd.log ends with:" >&2
+    tail -n 5 {d}/sshd.log >&2
+    exit 1
+  fi
+  sleep 0.01; i=$((i + 1))
+done
+"""
+
+
+def sshd_hooks(d: Path, name: str) -> dict[str, str]:
+    """The host's /run/standin-sshd-stop and -start (see SSHD_STOP_HOOK), by path in the host."""
+    fmt = {"d": shlex.quote(str(d)), "name": name, "path": HOST_PATH, "sshd": SSHD}
+    return {SSHD_STOP_HOOK: SSHD_STOP_SCRIPT.format(**fmt),
+            SSHD_START_HOOK: SSHD_START_SCRIPT.format(**fmt)}
+
+
 def make_host_dir(hosts: Mapping[str, Host], name: str, *, uid: int, gid: int,
                   extra_nix_conf: str, keys: Path, client_key: Path) -> None:
     """Everything host `name` mounts over the machine's own directories (see ANCHOR_SCRIPT)."""
@@ -112,6 +182,8 @@ def make_host_dir(hosts: Mapping[str, Host], name: str, *, uid: int, gid: int,
     write(d / "etc-nix/nix.conf", nix_conf(extra_nix_conf))
     write_etc_ssh(hosts, name, keys, client_key)
     write(d / "sshd_config", sshd_config(d))
+    for path, script in sshd_hooks(d, name).items():
+        write(d / path.removeprefix("/"), script, 0o755)
 
 
 def write_accounts(d: Path, uid: int, gid: int) -> None:

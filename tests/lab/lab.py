@@ -100,6 +100,12 @@ class Lab(Records):
         text = self.read(host, "/run/standin-activations.log")
         return text.splitlines() if text else []
 
+    def activation_starts(self, host: str) -> list[str]:
+        """Lines "<epoch> <goal> <path> <user>" the stand-in's switch-to-configuration writes
+        when it starts (activations() has those that completed)."""
+        text = self.read(host, "/run/standin-activation-starts.log")
+        return text.splitlines() if text else []
+
     def deployer_argv(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.deployer_netns, *argv]
 
@@ -158,13 +164,19 @@ class Lab(Records):
     # ----------------------------------------------------------------- down
 
     def pids(self) -> list[int]:
-        """Live processes of this lab: recorded ones plus any inside its namespaces."""
+        """Live processes of this lab: recorded ones, any inside its namespaces, and the
+        daemons activations started in its hosts, by their pid files (see _pidfile_pids)."""
         live = [p for p, s in self._recorded() if procs.is_alive(p, s)]
-        return sorted(set(live + netns.pids(self.namespaces)))
+        return sorted(set(live + self._unrecorded()))
+
+    def _unrecorded(self) -> list[int]:
+        return sorted(set(netns.pids(self.namespaces) + self._pidfile_pids()))
 
     def down(self) -> None:
-        """Kill the lab's processes, delete its namespaces, remove what it put in workdir."""
-        procs.kill_all(self._recorded(), lambda: netns.pids(self.namespaces), self._procs)
+        """Kill the lab's processes (the recorded ones, every process in its namespaces, and
+        the daemons activations started: an sshd restarted by /run/standin-sshd-start, the
+        stand-in's health server), delete its namespaces, remove what it put in workdir."""
+        procs.kill_all(self._recorded(), self._unrecorded, self._procs)
         self._procs.clear()
         errors = netns.delete(self.namespaces)
         slot = self._state.get("slot")

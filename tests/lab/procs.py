@@ -54,6 +54,18 @@ def is_alive(pid: int, start: str | None) -> bool:
     return now is not None and (start is None or now == start)
 
 
+def from_pidfile(pidfile: Path, marker: str) -> int | None:
+    """The live process whose pid pidfile holds, if its command line contains marker (so that
+    a stale file naming a recycled pid is never taken for ours); None otherwise.  (sshd
+    rewrites its command line into one string: "sshd: /usr/sbin/sshd -D -f CONFIG ...".)"""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except (OSError, ValueError):
+        return None
+    return pid if marker.encode() in cmdline and is_alive(pid, None) else None
+
+
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """Start argv in a session of its own, stdout and stderr appended to log."""
     with open(log, "ab") as out:

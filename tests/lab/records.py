@@ -58,6 +58,22 @@ class Records:
     def _recorded(self) -> list[procs.Recorded]:
         return [(int(r["pid"]), r.get("start")) for r in self._state.get("pids", [])]
 
+    def _pidfile_pids(self) -> list[int]:
+        """Daemons started inside the hosts after the lab's start, by the pid files they write:
+        an sshd (re)started by an activation (/run/standin-sshd-start writes HOST_DIR/sshd.pid,
+        the PidFile of the host's sshd_config) and the stand-in's health server (the host's
+        /run/standin-http.pid).  Each is checked against its command line (see
+        procs.from_pidfile).  They also live in the host's network namespace, where down looks
+        too; the pid files still find them if that namespace is already gone from /run/netns."""
+        found = []
+        for h in self.hosts.values():
+            for pidfile, marker in ((h.dir / "sshd.pid", f" -f {h.dir / 'sshd_config'} "),
+                                    (h.dir / "run" / "standin-http.pid", "standin-http")):
+                pid = procs.from_pidfile(pidfile, marker)
+                if pid is not None:
+                    found.append(pid)
+        return found
+
     def _host(self, host: str) -> Host:
         try:
             return self.hosts[host]

@@ -4,13 +4,45 @@
 # toplevel to a deploy tool: bin/switch-to-configuration (switch|boot|test|dry-activate) and a
 # payload whose size (standin.payloadBytes) sets the closure size.
 #
-# Test hooks (never used outside tests):
+# What switch-to-configuration GOAL does on a host (every file below is the host's own /run):
+# 1. appends "<epoch> <goal> <path> <user>" to /run/standin-activation-starts.log (every goal);
+# 2. the host-wide hooks: /run/standin-fail-activation makes it exit 1 right there, and
+#    /run/standin-activation-delay (a number of seconds) makes it sleep that long;
+# 3. switch and test only, the activation proper (like NixOS's activation script and unit
+#    restarts): /run/current-system -> this system; /run/standin-health := "healthy" or
+#    "unhealthy" (standin.healthy); the health server is stopped, then started again if
+#    standin.httpPort is set; sshd is stopped or started (services.openssh.enable);
+# 4. switch, test and boot: standin.activation = "fail" exits 1 now, "hang" sleeps for ever;
+# 5. on success, appends "<epoch> <goal> <path> <user>" to /run/standin-activations.log.
+#
+# Configuration (merged from the system's modules), for tests only:
+# - standin.payloadBytes, or STANDIN_PAYLOAD_BYTES (environment): the payload's size.
+# - standin.buildSeconds: the builder sleeps that long (to kill a build half-way).
 # - STANDIN_BUILD_LOG (environment, read at evaluation): the builder appends "<name>" to that
 #   file each time it really runs, so tests can count builds.
-# - standin.buildSeconds: the builder sleeps that long (to kill a build half-way).
-# - standin.payloadBytes, or STANDIN_PAYLOAD_BYTES (environment): the payload's size.
-# - on a host, /run/standin-fail-activation makes switch-to-configuration exit 1, and
-#   /run/standin-activation-delay (a number of seconds) makes it take that long.
+# - standin.activation = "ok" (default) | "fail" | "hang". For switch, test and boot (never
+#   dry-activate), after step 3 (so /run/current-system already names the new system, as on
+#   NixOS when a unit fails to start): "fail" prints "activation failed: standin.activation =
+#   fail" on stderr and exits 1; "hang" prints "activation started, now hanging:
+#   standin.activation = hang" on stderr and sleeps 100000 s (the caller must time it out; the
+#   process stays on the host until killed). Neither writes the activations.log line. It is
+#   this system's behaviour only: running the previous system's switch-to-configuration (a
+#   rollback) works as usual. Any other value is an evaluation error.
+# - standin.healthy = true (default) | false: what switch/test write to /run/standin-health
+#   ("healthy" / "unhealthy"), e.g. for a check `test "$(cat /run/standin-health)" = healthy`.
+# - standin.httpPort = PORT (default: none): switch/test (re)start, inside the host, a health
+#   server on 127.0.0.1:PORT (`python3 -c CODE standin-http PORT` under setsid/nohup, stdin
+#   /dev/null, output to /run/standin-http.log, so it never holds the caller's ssh session).
+#   GET /health answers 200 "ok" while /run/standin-health says healthy, else 503 "unhealthy";
+#   other paths 404 "not found". It writes its pid to /run/standin-http.pid once listening
+#   (activation waits for that, up to 10 s, and fails if it does not come). Each switch/test
+#   first kills the server named there (checked by its command line), with or without a new
+#   httpPort: a system without httpPort leaves none running.
+# - services.openssh.enable = true (default) | false: switch/test run the host's
+#   /run/standin-sshd-start (start sshd unless it is running) or /run/standin-sshd-stop (stop
+#   the listening sshd only: open ssh connections survive, as with NixOS's KillMode=process).
+#   The lab (tests/lab/hostfs.py) writes these hooks; where they are missing, start is
+#   skipped and stop only warns on stderr.
 { configuration, system ? builtins.currentSystem }:
 let
   lib = import ../lib.nix;
@@ -50,12 +82,139 @@ let
     (k: v: "${k} = ${if builtins.isList v then builtins.concatStringsSep " " (map toString v) else toString v}\n")
     (config.nix.settings or { })));
 
-  toplevel = derivation (env // {
+  # Per-system activation behaviour (see the header).
+  activation = std.activation or "ok";
+  health = if std.healthy or true then "healthy" else "unhealthy";
+  httpPort = if std ? httpPort && std.httpPort != null then toString std.httpPort else "";
+  openssh = config.services.openssh.enable or true;
+  checked =
+    if !(builtins.elem activation [ "ok" "fail" "hang" ]) then
+      throw "standin.activation must be \"ok\", \"fail\" or \"hang\", not ${builtins.toJSON activation}"
+    else if !(builtins.isBool (std.healthy or true)) then throw "standin.healthy must be a boolean"
+    else if !(builtins.isBool openssh) then throw "services.openssh.enable must be a boolean"
+    else true;
+
+  # The health server started by activation when standin.httpPort is set:
+  # `python3 -c CODE standin-http PORT` ("standin-http" marks its command line).
+  # GET /health: 200 "ok" if /run/standin-health says healthy, else 503 "unhealthy";
+  # any other path: 404. It writes its pid to /run/standin-http.pid once it listens.
+  httpCode = ''
+    import http.server, os, sys
+    port = int(sys.argv[2])
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.split("?")[0] == "/health":
+                try:
+                    with open("/run/standin-health") as f:
+                        healthy = f.read().strip() == "healthy"
+                except OSError:
+                    healthy = False
+                code, body = (200, b"ok") if healthy else (503, b"unhealthy")
+            else:
+                code, body = 404, b"not found"
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    with open("/run/standin-http.pid.tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace("/run/standin-http.pid.tmp", "/run/standin-http.pid")
+    server.serve_forever()
+  '';
+
+  # bin/switch-to-configuration; the builder replaces @out@ with the system's own path.
+  switchScript = ''
+    #!/bin/sh
+    # stand-in activation of @out@ (see tests/nixpkgs/nixos/default.nix):
+    # records what it did under /run.
+    set -e
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    export PATH
+    out=@out@
+    goal="$1"
+    case "$goal" in
+      switch|boot|test|dry-activate) ;;
+      *) echo "usage: switch-to-configuration [switch|boot|test|dry-activate]" >&2; exit 1 ;;
+    esac
+    echo "$(date +%s.%N) $goal $out $(id -un)" >> /run/standin-activation-starts.log
+    if [ -e /run/standin-fail-activation ]; then
+      echo "activation failed: /run/standin-fail-activation exists" >&2; exit 1
+    fi
+    if [ -e /run/standin-activation-delay ]; then sleep "$(cat /run/standin-activation-delay)"; fi
+
+    # alive PID: the process exists and is not a zombie
+    alive() {
+      [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
+    }
+
+    stop_http() {
+      pid=$(cat /run/standin-http.pid 2>/dev/null) || return 0
+      if [ -n "$pid" ] && tr '\0' '\n' 2>/dev/null < "/proc/$pid/cmdline" | grep -qx standin-http; then
+        kill -TERM "$pid" 2>/dev/null || true
+        i=0
+        while alive "$pid"; do
+          if [ $i -ge 500 ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+          if [ $i -ge 1000 ]; then echo "standin: health server $pid does not die" >&2; exit 1; fi
+          sleep 0.01; i=$((i + 1))
+        done
+      fi
+      rm -f /run/standin-http.pid
+    }
+
+    start_http() {
+      http_code='${httpCode}'
+      setsid nohup python3 -c "$http_code" standin-http "$1" \
+        < /dev/null >> /run/standin-http.log 2>&1 &
+      pid=$!
+      i=0
+      until [ -s /run/standin-http.pid ]; do
+        if ! alive "$pid" || [ $i -ge 1000 ]; then
+          echo "standin: the health server on 127.0.0.1:$1 did not start (see /run/standin-http.log)" >&2
+          exit 1
+        fi
+        sleep 0.01; i=$((i + 1))
+      done
+    }
+
+    if [ "$goal" = switch ] || [ "$goal" = test ]; then
+      ln -sfn $out /run/current-system
+      echo ${health} > /run/standin-health
+      stop_http
+      if [ -n "${httpPort}" ]; then start_http "${httpPort}"; fi
+      if [ ${if openssh then "1" else "0"} = 1 ]; then
+        if [ -x /run/standin-sshd-start ]; then /run/standin-sshd-start; fi
+      elif [ -x /run/standin-sshd-stop ]; then
+        /run/standin-sshd-stop
+      else
+        echo "standin: services.openssh.enable = false but this host has no /run/standin-sshd-stop" >&2
+      fi
+    fi
+
+    if [ "$goal" != dry-activate ]; then
+      case ${activation} in
+        fail)
+          echo "activation failed: standin.activation = fail" >&2
+          exit 1 ;;
+        hang)
+          echo "activation started, now hanging: standin.activation = hang" >&2
+          sleep 100000
+          exit 1 ;;
+      esac
+    fi
+    echo "$(date +%s.%N) $goal $out $(id -un)" >> /run/standin-activations.log
+  '';
+
+  toplevel = assert checked; derivation (env // {
     name = "nixos-system-${name}";
     builder = sh;
-    inherit payload nixConf buildLog;
+    inherit payload nixConf buildLog switchScript;
     sleep = toString (std.buildSeconds or 0);
-    passAsFile = [ "nixConf" ];
+    passAsFile = [ "nixConf" "switchScript" ];
     args = [ "-c" ''
       set -e
       sleep "$sleep"
@@ -63,23 +222,7 @@ let
       ln -s $payload $out/payload
       cp "$nixConfPath" $out/etc/nix/nix.conf
       echo -n "${name}" > $out/name
-      cat > $out/bin/switch-to-configuration <<SCRIPT
-      #!/bin/sh
-      # stand-in activation: records what it did under /run
-      set -e
-      case "\$1" in
-        switch|boot|test|dry-activate) ;;
-        *) echo "usage: switch-to-configuration [switch|boot|test|dry-activate]" >&2; exit 1 ;;
-      esac
-      if [ -e /run/standin-fail-activation ]; then
-        echo "activation failed: /run/standin-fail-activation exists" >&2; exit 1
-      fi
-      if [ -e /run/standin-activation-delay ]; then sleep "\$(cat /run/standin-activation-delay)"; fi
-      if [ "\$1" = switch ] || [ "\$1" = test ]; then
-        ln -sfn $out /run/current-system
-      fi
-      echo "\$(date +%s.%N) \$1 $out \$(id -un)" >> /run/standin-activations.log
-      SCRIPT
+      sed "s|@out@|$out|g" "$switchScriptPath" > $out/bin/switch-to-configuration
       chmod +x $out/bin/switch-to-configuration
       if [ -n "$buildLog" ]; then echo "${name}" >> "$buildLog"; fi
     '' ];

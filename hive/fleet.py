@@ -1,0 +1,122 @@
+"""Commands over the selected hosts that are no deployment: `run` (a command everywhere),
+`check` (the health checks alone) and `rollback` (back to the previous generation). Each
+works over one run's shared connections (a jump host authenticates once), `-j` hosts at once,
+wave after wave."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hive import health, process
+from hive.errors import HiveError
+from hive.model import Goal, Hive, Instance
+from hive.plan import Plan
+from hive.remote import SYSTEM_PROFILE, Remote, Remotes, as_root
+from hive.report import Row
+
+
+def _each(hive: Hive, plan: Plan, jobs: int, one: Callable[[Remote, Instance], Any]) -> list[Any]:
+    """`one(remote, instance)` for every instance, wave after wave, `jobs` at once."""
+    results: list[Any] = []
+    with Remotes(hive, plan.hubs, jobs=jobs) as remotes, ThreadPoolExecutor(max_workers=jobs) as pool:
+        for wave in plan.waves:
+            results += pool.map(lambda i: one(remotes[i.name], i), wave)
+    return results
+
+
+def run_everywhere(hive: Hive, plan: Plan, command: Sequence[str], *, jobs: int) -> list[tuple[str, str]]:
+    """Run `command` on every instance; output lines prefixed with the instance name, each
+    host's output printed whole when it finishes. Returns the (instance, reason) that failed."""
+    lock = threading.Lock()
+    width = max((len(i.name) for i in plan.instances), default=0)
+
+    def one(remote: Remote, i: Instance) -> tuple[str, str] | None:
+        try:
+            out = process.run(remote.command_argv(command), check=False)
+        except HiveError as exc:
+            return i.name, str(exc)
+        with lock:
+            for line in out.stdout.splitlines():
+                sys.stdout.write(f"{i.name:<{width}} | {line}\n")
+            for line in out.stderr.splitlines():
+                sys.stderr.write(f"{i.name:<{width}} ! {line}\n")
+            sys.stdout.flush()
+        if out.exit_code != 0:
+            return i.name, "ssh could not connect" if out.exit_code == 255 else f"exit status {out.exit_code}"
+        return None
+
+    return sorted(r for r in _each(hive, plan, jobs, one) if r is not None)
+
+
+def check(hive: Hive, plan: Plan, *, jobs: int) -> list[dict[str, Any]]:
+    """Every selected instance's health checks, as rows (instance, check, healthy, detail,
+    tries, seconds); an instance without checks has one row saying so."""
+
+    def one(remote: Remote, i: Instance) -> list[dict[str, Any]]:
+        if not i.checks:
+            return [{"instance": i.name, "check": None, "healthy": None, "detail": "no checks", "tries": 0,
+                     "seconds": 0.0}]
+        out = []
+        for c in i.checks:
+            result = health.run(remote, c)
+            out.append({"instance": i.name, "check": c.name, "healthy": result.healthy, "detail": result.detail,
+                        "tries": result.tries, "seconds": result.seconds})
+        return out
+
+    return [row for rows in _each(hive, plan, jobs, one) for row in rows]
+
+
+# Back to the generation before the current one of the system profile. For `switch` and
+# `boot` the profile is moved back too; `test` and `dry-activate` leave it alone.
+ROLLBACK = r"""
+P=@PROFILE@
+cur=$(readlink "$P") || { echo "no system profile" >&2; exit 3; }
+cur=${cur#system-}; cur=${cur%-link}
+n=$(nix-env -p "$P" --list-generations | awk -v c="$cur" '$1 < c+0 {p=$1} END {print p}')
+if [ -z "$n" ]; then echo "no previous generation of $P" >&2; exit 3; fi
+path=$(readlink -f "$P-$n-link")
+if [ @SETS_PROFILE@ = 1 ]; then nix-env -p "$P" --switch-generation "$n" || exit 1; fi
+echo "path=$path"
+exec "$path/bin/switch-to-configuration" @GOAL@
+"""
+
+
+def rollback(hive: Hive, plan: Plan, goal: Goal, *, jobs: int, keep_going: bool = False) -> list[Row]:
+    """Switch every selected instance to the previous generation of its system profile. A
+    failed wave stops the later ones unless `keep_going`."""
+    script = (ROLLBACK.replace("@PROFILE@", SYSTEM_PROFILE).replace("@SETS_PROFILE@", str(int(goal.sets_profile)))
+              .replace("@GOAL@", goal.value))
+
+    def one(remote: Remote, i: Instance) -> Row:
+        start = time.monotonic()
+        try:
+            out = process.run(remote.shell_argv(as_root([["sh", "-c", script]])))
+        except HiveError as exc:
+            why = "no previous generation" if "no previous generation" in str(exc) else str(exc)
+            return Row(i.name, i.system, "", "failed", f"rollback: {why}", {"rollback": _since(start)})
+        path = next((ln[5:] for ln in out.stdout.splitlines() if ln.startswith("path=")), "")
+        return Row(i.name, i.system, path, "ok", "", {"rollback": _since(start)})
+
+    rows: list[Row] = []
+    stopped: str | None = None
+    with Remotes(hive, plan.hubs, jobs=jobs) as remotes, ThreadPoolExecutor(max_workers=jobs) as pool:
+        for number, wave in enumerate(plan.waves, 1):
+            if stopped is not None:
+                rows += [Row(i.name, i.system, "", "skipped", stopped) for i in wave]
+                continue
+            done = list(pool.map(lambda i: one(remotes[i.name], i), wave))
+            rows += done
+            failed = [r.instance for r in done if r.result == "failed"]
+            if failed and not keep_going:
+                names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+                stopped = f"not started: wave {number} failed ({names})"
+    return rows
+
+
+def _since(start: float) -> float:
+    return round(time.monotonic() - start, 2)
