@@ -196,7 +196,8 @@ class Activation:
             abort = as_root([["sh", "-c", f"echo {shlex.quote('check-failed')} > {self.directory}/abort"]])
             process.run(self.remote.shell_argv(abort), check=False, timeout=30)
         final = self._follow(self.confirm_timeout + self.timeout + 30, until=FINAL)
-        self.seconds["confirm"] = round(time.monotonic() - start, 2)
+        # after a failed check: the time the host took to roll back; else the confirmation's
+        self.seconds["rollback" if failed is not None else "confirm"] = round(time.monotonic() - start, 2)
         self.failure = failed
         return final
 

@@ -63,7 +63,7 @@ def test_an_unhealthy_first_wave_is_rolled_back_and_later_waves_are_not_touched(
     assert r["www-1"]["outcome"] == "rolled back", result.stderr
     assert "check health failed" in str(r["www-1"]["reason"]) or "check http failed" in str(r["www-1"]["reason"])
     seconds = r["www-1"]["seconds"]
-    assert isinstance(seconds, dict) and {"check", "confirm"} <= set(seconds)
+    assert isinstance(seconds, dict) and {"check", "rollback"} <= set(seconds)
     assert fleet.lab.current_system("www-1") == v1["web"]  # back on its previous system
     for host in ("www-2", "www-3"):
         assert r[host]["outcome"] == "skipped" and "wave 1 failed (www-1)" in str(r[host]["reason"])
