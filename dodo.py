@@ -9,7 +9,8 @@ Variables (as `nix-hive deploy`'s options): config (file or directory, default h
 targets (comma-separated patterns, default every instance), no (steps to skip when done:
 build,push,activate), state (file), goal (switch|boot|test|dry-activate), jobs (instances at
 once, default 10), keep_going (1/true), max_failures (N or N%), I (name=path,… overriding
-NIX_PATH entries), push_only (1: the plan of `nix-hive push`), verbose (1: print every command).
+NIX_PATH entries), push_only (1: the plan of `nix-hive push`), verbose (1: print every command),
+rollback (0: as --no-rollback), activation_timeout, confirm_timeout (seconds), keys (0: as --no-keys).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hive import errors, orchestrate
 
 def _namespace() -> dict[str, Any]:
     names = ("config", "targets", "no", "state", "goal", "jobs", "keep_going", "max_failures", "I", "push_only",
-             "verbose")
+             "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys")
     variables = {name: value for name in names if (value := get_var(name, None)) is not None}
     return orchestrate.from_doit(variables)
 

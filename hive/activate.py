@@ -25,12 +25,12 @@ from typing import Any
 
 from hive import health, process
 from hive.errors import HiveError, RolledBackError, StepError, TimedOutError
-from hive.model import Goal, Instance
+from hive.model import Goal, Instance, Step
 from hive.remote import SYSTEM_PROFILE, Remote, as_root
 from hive.session import Session
 
 STATE_DIR = "/run/nix-hive"
-POLL = 0.3  # seconds between looks at the host's state
+POLL = 0.1  # seconds between looks at the host's state (a channel of the shared connection)
 
 # The host's side, as one POSIX shell script run as root. @NAME@ are filled in (quoted).
 HOST_SCRIPT = r"""
@@ -79,7 +79,7 @@ if [ @CONFIRM@ -gt 0 ]; then
     if [ -e "$d/confirm" ]; then say confirmed; exit 0; fi
     if [ -e "$d/superseded" ]; then say superseded; exit 0; fi
     if [ -e "$d/abort" ]; then rollback "$(cat "$d/abort")"; fi
-    sleep 0.2
+    sleep 0.05
   done
   rollback not-confirmed
 fi
@@ -134,6 +134,7 @@ class Activation:
         checked = self.goal in (Goal.SWITCH, Goal.TEST)
         self.confirm = self.confirm_timeout if self.rollback and checked else 0
         self.checks = instance.checks if checked else ()
+        self.post_keys = session.keys.of(instance.name, post=True) if session.plan.keys else []
         self.seconds: dict[str, float] = {}
 
     def run(self) -> dict[str, Any]:
@@ -144,7 +145,7 @@ class Activation:
         try:
             process.run(self.remote.shell_argv(launcher(self.id, script)))
             state = self._follow(self.timeout + 30, until=("waiting", *FINAL))
-            if state == "waiting" or (state == "done" and self.checks):
+            if state == "waiting" or (state == "done" and (self.checks or self.post_keys)):
                 state = self._check_and_confirm(state)
             return self._result(state, path)
         finally:
@@ -173,9 +174,18 @@ class Activation:
         raise TimedOutError(f"activation timed out after {self.timeout} s (state: {state or '?'})")
 
     def _check_and_confirm(self, state: str) -> str:
-        start = time.monotonic()
+        """Post-activation keys, then the health checks; then the confirmation (or the
+        abort that makes the host roll back)."""
         failed = None
-        for check in self.checks:
+        if self.post_keys:
+            start = time.monotonic()
+            try:
+                self.session.keys.upload(self.remote, self.post_keys, only_changed=False)
+            except StepError as exc:
+                failed = str(exc)
+            self.seconds["keys"] = round(time.monotonic() - start, 2)
+        start = time.monotonic()
+        for check in self.checks if failed is None else ():
             result = health.run(self.remote, check)
             if not result.healthy:
                 failed = f"check {check.name} failed: {result.detail}"
@@ -187,13 +197,15 @@ class Activation:
             return state
         start = time.monotonic()
         if failed is None:
-            confirm = as_root([["touch", f"{self.directory}/confirm"]])
+            # confirm, then wait (in the same call) for the host to take it: one login, no poll
+            wait = (f"d={shlex.quote(self.directory)}; touch \"$d/confirm\"; i=0; "
+                    'while [ "$(cat "$d/state")" = waiting ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done')
             try:
-                process.run(self.remote.fresh_argv(confirm), timeout=self.confirm_timeout)
+                process.run(self.remote.fresh_argv(as_root([["sh", "-c", wait]])), timeout=self.confirm_timeout)
             except HiveError as exc:
                 failed = f"no confirmation: a new ssh connection failed ({exc})"
         else:
-            abort = as_root([["sh", "-c", f"echo {shlex.quote('check-failed')} > {self.directory}/abort"]])
+            abort = as_root([["sh", "-c", f"echo check-failed > {self.directory}/abort"]])
             process.run(self.remote.shell_argv(abort), check=False, timeout=30)
         final = self._follow(self.confirm_timeout + self.timeout + 30, until=FINAL)
         # after a failed check: the time the host took to roll back; else the confirmation's
@@ -233,6 +245,18 @@ class Activation:
 def activate(session: Session, instance: Instance) -> dict[str, Any]:
     """The action of `activate:<instance>`."""
     return Activation(session, instance).run()
+
+
+def upload_keys(session: Session, instance: Instance) -> dict[str, Any]:
+    """The action of `keys:<instance>`: its pre-activation keys; and its post-activation ones
+    too when the host already runs its system (`--no activate` will not switch it again).
+    Under `--no activate` only the keys whose content differs on the host are sent."""
+    keys = session.keys.of(instance.name, post=False)
+    again = session.skips(Step.ACTIVATE)
+    if again and session.probe(instance.name).current == session.path_of(instance.system):
+        keys += session.keys.of(instance.name, post=True)
+    done = session.keys.upload(session.remotes[instance.name], keys, only_changed=again)
+    return {"note": done.note()}
 
 
 def is_active(session: Session, instance: Instance) -> bool:

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import os
 import re
+import shutil
 import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hive import process, ssh, tempdirs
 from hive.address import StoreUrl, parse_proxy_jump
 from hive.errors import DeploymentError, ProcessError, attr_path
-from hive.model import Hive
+from hive.model import Hive, Key
 
 # Nix store URL parameters that make Nix run a program (on either side): never from a
 # deployment file, for the reason ssh options are allowlisted.
@@ -133,3 +137,44 @@ def ssh_config(hive: Hive) -> None:
     if out.exit_code != 0:
         raise DeploymentError(hive.shown, f"ssh refuses the generated configuration: "
                               f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.exit_code}")
+
+
+def key_sources(shown: str, keys: Mapping[str, Key], raw: Mapping[str, Any]) -> None:
+    """Every key name used exists; every key's source can be read (a file that exists and is
+    readable, outside the Nix store; a command that can be found); destinations are distinct
+    and normal. Nothing is read or run here: contents are read at upload time only."""
+    for where, names in _key_users(raw):
+        for n, name in enumerate(names):
+            if name not in keys:
+                known = ", ".join(sorted(keys)) or "none"
+                raise DeploymentError(shown, f"{json.dumps(name)} is not a key of {shown} (keys: {known})",
+                                      attr_path([*where, "keys", n]))
+    seen: dict[str, str] = {}
+    for name, key in keys.items():
+        at = ["keys", name]
+        if key.key_file is not None:
+            _readable_key_file(shown, key.key_file, attr_path([*at, "keyFile"]))
+        if key.command and shutil.which(key.command[0]) is None:
+            raise DeploymentError(shown, f"{key.command[0]}: command not found", attr_path([*at, "keyCommand"]))
+        if "/../" in key.destination + "/" or "/./" in key.destination + "/" or "//" in key.destination:
+            raise DeploymentError(shown, f"{key.destination} is not a normal absolute file name",
+                                  attr_path([*at, "destination"]))
+        if key.destination in seen:
+            raise DeploymentError(shown, f"{key.destination} is also the destination of key {seen[key.destination]}",
+                                  attr_path([*at, "destination"]))
+        seen[key.destination] = name
+
+
+def _key_users(raw: Mapping[str, Any]) -> list[tuple[list[str], list[str]]]:
+    users = [(["systems", n], list(s.get("keys", ()))) for n, s in sorted(raw.get("systems", {}).items())]
+    return users + [(["instances", n], list(i.get("keys", ()))) for n, i in sorted(raw.get("instances", {}).items())]
+
+
+def _readable_key_file(shown: str, path: Path, where: str) -> None:
+    if str(path).startswith("/nix/store/"):
+        raise DeploymentError(shown, "the key is in the Nix store, readable by every user: write it as a path "
+                              "literal (./secrets/x), never as \"${./secrets/x}\"", where)
+    if not path.is_file():
+        raise DeploymentError(shown, f"{path}: no such file", where)
+    if not os.access(path, os.R_OK):
+        raise DeploymentError(shown, f"{path}: cannot be read", where)

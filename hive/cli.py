@@ -37,7 +37,8 @@ def _load(args: argparse.Namespace) -> Hive:
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
              build_only: bool = False) -> Session:
     given = _options(args, hive, len(flatten(waves)))
-    the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only)
+    the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only,
+                              keys=getattr(args, "keys", True))
     return Session(hive, the_plan, given, Progress(quiet=args.quiet))
 
 
@@ -89,7 +90,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     final = Kind.PUSH if args.push_only else Kind.ACTIVATE
     the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final)
     if args.json:
-        dump_json(plan.as_json(the_plan))
+        dump_json(plan.as_json(the_plan, hive))
         return 0
     print(table(plan_rows(the_plan), ["task", "waits for", "--no", "what"]))
     return 0
@@ -193,6 +194,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_upload_keys(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    jobs = options.positive(str(args.jobs), "-j/--jobs")
+    rows = fleet.upload_keys(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs)
+    code = 0 if all(r.result == "ok" for r in rows) else 1
+    if args.json:
+        dump_json({"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]})
+    else:
+        print(summary_table(rows))
+    return code
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
@@ -254,6 +267,7 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
     deploy = sub.choices["deploy"]
     deploy.add_argument("--no-rollback", dest="rollback", action="store_false",
                         help="leave a host whose activation or checks failed as it is (no automatic or magic rollback)")
+    deploy.add_argument("--no-keys", dest="keys", action="store_false", help="upload no keys")
     deploy.add_argument("--activation-timeout", metavar="SECONDS",
                         help="stop an activation running longer (default: the deployment's, else 600)")
     deploy.add_argument("--confirm-timeout", metavar="SECONDS",
@@ -283,6 +297,10 @@ def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
     ck.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ck.add_argument("patterns", nargs="*", metavar="PATTERN")
     ck.set_defaults(func=cmd_check)
+    uk = sub.add_parser("upload-keys", parents=[common, jobs], help="upload the selected instances' keys alone")
+    uk.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    uk.add_argument("patterns", nargs="*", metavar="PATTERN")
+    uk.set_defaults(func=cmd_upload_keys)
     rb = sub.add_parser("rollback", parents=[common, jobs],
                         help="switch the selected instances to the previous generation of their system profile")
     rb.add_argument("--goal", choices=[g.value for g in Goal], default="switch")

@@ -16,7 +16,16 @@ import jsonschema
 
 from hive import checks, nix, process
 from hive.errors import DeploymentError, ProcessError, attr_path
-from hive.model import DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_CONFIRM_TIMEOUT, Check, Hive, Instance, System, frozen_map
+from hive.model import (
+    DEFAULT_ACTIVATION_TIMEOUT,
+    DEFAULT_CONFIRM_TIMEOUT,
+    Check,
+    Hive,
+    Instance,
+    Key,
+    System,
+    frozen_map,
+)
 from hive.resources import nix_file, schema_file
 
 DEFAULT_CONFIG = "hive.nix"
@@ -171,18 +180,28 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
             ssh=frozen_map(ssh), host_key=i.get("hostKey"),
             checks=tuple(_check(n, c) for n, c in sorted(checks_.items())),
             activation_timeout=_first(DEFAULT_ACTIVATION_TIMEOUT, "activationTimeout", i, s, raw),
-            confirm_timeout=_first(DEFAULT_CONFIRM_TIMEOUT, "confirmTimeout", i, s, raw))
+            confirm_timeout=_first(DEFAULT_CONFIRM_TIMEOUT, "confirmTimeout", i, s, raw),
+            keys=tuple(dict.fromkeys([*s.get("keys", ()), *i.get("keys", ())])))
     key: Path | None = None
     if raw.get("signingKey") is not None:
         key = Path(raw["signingKey"])
         checks.signing_key(shown, key)
+    keys = {name: _key(name, k) for name, k in sorted(raw.get("keys", {}).items())}
+    checks.key_sources(shown, keys, raw)
     return Hive(file=file, shown=shown, paths=frozen_map(top_paths), systems=systems,
-                instances=instances, signing_key=key)
+                instances=instances, signing_key=key, keys=keys)
 
 
 def _check(name: str, c: Mapping[str, Any]) -> Check:
     return Check(name=name, command=c.get("command"), http=c.get("http"), timeout=c.get("timeout", 10),
                  retries=c.get("retries", 5), interval=c.get("interval", 2), status=tuple(c.get("status", ())))
+
+
+def _key(name: str, k: Mapping[str, Any]) -> Key:
+    return Key(name=name, destination=k.get("destination", f"/run/keys/{name}"),
+               key_file=Path(k["keyFile"]) if "keyFile" in k else None, text=k.get("text"),
+               command=tuple(k.get("keyCommand", ())), user=k.get("user", "root"), group=k.get("group", "root"),
+               permissions=k.get("permissions", "0600"), upload_at=k.get("uploadAt", "pre-activation"))
 
 
 def _first(default: int, key: str, *levels: Mapping[str, Any]) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 from hive import health, process
 from hive.errors import HiveError
+from hive.keys import Keys
 from hive.model import Goal, Hive, Instance
 from hive.plan import Plan
 from hive.remote import SYSTEM_PROFILE, Remote, Remotes, as_root
@@ -120,3 +121,19 @@ def rollback(hive: Hive, plan: Plan, goal: Goal, *, jobs: int, keep_going: bool 
 
 def _since(start: float) -> float:
     return round(time.monotonic() - start, 2)
+
+
+def upload_keys(hive: Hive, plan: Plan, *, jobs: int) -> list[Row]:
+    """Every selected instance's keys (pre- and post-activation alike: after a reboot cleared
+    /run/keys, the system already runs)."""
+    keys = Keys(hive)
+
+    def one(remote: Remote, i: Instance) -> Row:
+        start = time.monotonic()
+        try:
+            done = keys.upload(remote, keys.of(i.name), only_changed=False)
+        except HiveError as exc:
+            return Row(i.name, i.system, "", "failed", str(exc), {"keys": _since(start)})
+        return Row(i.name, i.system, "", "ok", done.note() if i.keys else "no keys", {"keys": _since(start)})
+
+    return list(_each(hive, plan, jobs, one))

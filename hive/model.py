@@ -94,6 +94,36 @@ class Check:
         return code in self.status if self.status else 200 <= code < 300
 
 
+@dataclass(frozen=True)
+class Key:
+    """A secret to upload to hosts, never through the Nix store. Exactly one source: a file
+    read at upload time, text, or a command run on the deployer. Its content is never kept in
+    the model, shown, logged or written anywhere but on the host."""
+
+    name: str
+    destination: str
+    key_file: Path | None = None
+    text: str | None = field(default=None, repr=False)
+    command: tuple[str, ...] = ()
+    user: str = "root"
+    group: str = "root"
+    permissions: str = "0600"
+    upload_at: str = "pre-activation"  # or "post-activation"
+
+    @property
+    def source(self) -> str:
+        return "keyFile" if self.key_file is not None else "keyCommand" if self.command else "text"
+
+    @property
+    def post_activation(self) -> bool:
+        return self.upload_at == "post-activation"
+
+    def describe(self) -> dict[str, object]:
+        """What `plan` and `build` show of a key: never its content."""
+        return {"destination": self.destination, "user": self.user, "group": self.group,
+                "permissions": self.permissions, "uploadAt": self.upload_at, "source": self.source}
+
+
 DEFAULT_ACTIVATION_TIMEOUT = 600
 DEFAULT_CONFIRM_TIMEOUT = 30
 
@@ -111,6 +141,7 @@ class Instance:
     checks: tuple[Check, ...] = ()  # its system's, with its own added or replacing them by name
     activation_timeout: int = DEFAULT_ACTIVATION_TIMEOUT  # seconds (instance, system, deployment)
     confirm_timeout: int = DEFAULT_CONFIRM_TIMEOUT  # seconds the host waits for confirmation
+    keys: tuple[str, ...] = ()  # names of the hive's keys it gets: its system's, then its own
 
     @property
     def address(self) -> str:
@@ -133,6 +164,7 @@ class Hive:
     systems: Mapping[str, System]
     instances: Mapping[str, Instance]
     signing_key: Path | None = None
+    keys: Mapping[str, Key] = field(default_factory=dict)
 
     @property
     def directory(self) -> Path:

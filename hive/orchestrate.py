@@ -73,7 +73,8 @@ def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
                     activation_timeout=_positive_or_none(variables.get("activation_timeout"), "activation_timeout="),
                     confirm_timeout=_positive_or_none(variables.get("confirm_timeout"), "confirm_timeout="))
     final = Kind.PUSH if options.flag(variables.get("push_only", "0"), "push_only") else Kind.ACTIVATE
-    the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final)
+    the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final,
+                         keys=options.flag(variables.get("keys", "1"), "keys"))
     process.set_verbose(sys.stderr if options.flag(variables.get("verbose", "0"), "verbose") else None)
     session = Session(hive, the_plan, given, Progress())
     lock = state.Lock(session.state_file)
@@ -143,6 +144,8 @@ def row(session: Session, i: Instance) -> Row:
     if relays:
         steps["store"] = relays[0].id
     steps["push"] = TaskId(Kind.PUSH, i.name)
+    if plan.final is Kind.ACTIVATE and plan.keys and i.keys:
+        steps["keys"] = TaskId(Kind.KEYS, i.name)
     if plan.final is Kind.ACTIVATE:
         steps["activate"] = TaskId(Kind.ACTIVATE, i.name)
     found = {k: outcomes.get(t) for k, t in steps.items()}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from hive.address import StoreUrl, parse_proxy_jump
@@ -33,6 +33,7 @@ class Kind(enum.Enum):
     BUILD = "build"
     STORE = "store"
     PUSH = "push"
+    KEYS = "keys"
     ACTIVATE = "activate"
     WAVE = "wave"
     DEPLOY = "deploy"
@@ -112,6 +113,7 @@ class Plan:
     relays: tuple[Relay, ...]  # a relay comes after the one it substitutes from
     hubs: frozenset[str]  # jump hosts and relay hosts, by the names ssh knows them by
     tasks: tuple[PlannedTask, ...]
+    keys: bool = True  # upload the instances' keys (not with --no-keys)
 
     @property
     def instances(self) -> tuple[Instance, ...]:
@@ -241,14 +243,15 @@ def relays(hive: Hive, instances: Sequence[Instance]) -> tuple[Relay, ...]:
 
 def make_plan(hive: Hive, waves: Sequence[Sequence[Instance]], *, goal: Goal = Goal.SWITCH,
               skip: frozenset[Step] = frozenset(), final: Kind = Kind.ACTIVATE,
-              build_only: bool = False) -> Plan:
+              build_only: bool = False, keys: bool = True) -> Plan:
     """The plan of a run over `waves` (from select.select)."""
     instances = [i for wave in waves for i in wave]
     systems = tuple(dict.fromkeys(i.system for i in instances))
     groups = build_groups(hive, systems)
     stores = () if build_only else relays(hive, instances)
     plan = Plan(goal=goal, skip=skip, final=final, waves=tuple(tuple(w) for w in waves), systems=systems,
-                groups=groups, relays=stores, hubs=gateways(hive, instances), tasks=())
+                groups=groups, relays=stores, hubs=gateways(hive, instances), tasks=(),
+                keys=keys and final is Kind.ACTIVATE and goal is not Goal.DRY_ACTIVATE)
     tasks = _build_tasks(plan, hive) if build_only else _build_tasks(plan, hive) + _deploy_tasks(plan)
     return dataclasses.replace(plan, tasks=tuple(tasks))
 
@@ -289,11 +292,17 @@ def _deploy_tasks(plan: Plan) -> list[PlannedTask]:
             via = f" from {i.store}" if i.store else ""
             out.append(PlannedTask(TaskId(Kind.PUSH, i.name), tuple(deps), doc=f"copy {i.system} to {i.name}{via}",
                                    skippable=Step.PUSH))
+            before_activation: tuple[TaskId, ...] = (TaskId(Kind.PUSH, i.name),)
+            if plan.final is Kind.ACTIVATE and plan.keys and i.keys:
+                out.append(PlannedTask(TaskId(Kind.KEYS, i.name), (TaskId(Kind.PUSH, i.name), *gate),
+                                       doc=f"upload keys {', '.join(i.keys)} to {i.name} (pre-activation ones; "
+                                       "post-activation ones after the switch)"))
+                before_activation = (TaskId(Kind.KEYS, i.name),)
             if plan.final is Kind.ACTIVATE:
                 checks = ""
                 if i.checks and plan.goal in (Goal.SWITCH, Goal.TEST):
                     checks = f"; then checks {', '.join(c.name for c in i.checks)}"
-                out.append(PlannedTask(TaskId(Kind.ACTIVATE, i.name), (TaskId(Kind.PUSH, i.name), *gate),
+                out.append(PlannedTask(TaskId(Kind.ACTIVATE, i.name), (*before_activation, *gate),
                                        doc=f"activate {i.system} on {i.name} ({plan.goal.value}, at most "
                                        f"{i.activation_timeout} s){checks}", skippable=Step.ACTIVATE))
     out.append(PlannedTask(TaskId(Kind.DEPLOY), tuple(plan.final_id(i.name) for i in plan.instances),
@@ -301,19 +310,21 @@ def _deploy_tasks(plan: Plan) -> list[PlannedTask]:
     return out
 
 
-def as_json(plan: Plan, paths: Mapping[str, str | None] | None = None) -> dict[str, object]:
-    """The plan as `nix-hive plan --json` prints it."""
+def as_json(plan: Plan, hive: Hive | None = None) -> dict[str, object]:
+    """The plan as `nix-hive plan --json` prints it (keys by name and destination, never
+    their content)."""
     return {
         "goal": plan.goal.value,
         "skip": sorted(s.value for s in plan.skip),
         "waves": [[i.name for i in wave] for wave in plan.waves],
-        "builds": [{"systems": list(g.systems), "result": {s: (paths or {}).get(s) for s in g.systems}}
-                   for g in plan.groups],
+        "builds": [{"systems": list(g.systems)} for g in plan.groups],
         "relays": [{"url": r.url, "systems": list(r.systems), "owner": r.owner, "upstream": r.upstream}
                    for r in plan.relays],
         "hubs": sorted(plan.hubs),
         "instances": {i.name: {"system": i.system, "wave": plan.wave_of(i.name), "store": i.store,
                                "activationTimeout": i.activation_timeout, "confirmTimeout": i.confirm_timeout,
+                               "keys": {k: hive.keys[k].describe() if hive else {} for k in i.keys} if plan.keys
+                               else {},
                                "checks": {c.name: {"command": c.command, "http": c.http, "timeout": c.timeout,
                                                    "retries": c.retries, "interval": c.interval,
                                                    "status": list(c.status)} for c in i.checks}}

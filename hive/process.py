@@ -182,7 +182,7 @@ def run(
     argv: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
-    input: str | None = None,
+    input: str | bytes | None = None,
     check: bool = True,
     on_stderr: Callable[[str], None] | None = None,
     timeout: float | None = None,
@@ -220,7 +220,7 @@ def run(
     return result
 
 
-def _start(args: list[str], env: Mapping[str, str] | None, input: str | None, err: Callable[[str], None],
+def _start(args: list[str], env: Mapping[str, str] | None, input: str | bytes | None, err: Callable[[str], None],
            timeout: float | None) -> Any:
     """Start `args` in the background, in a session of its own; sh's running command."""
     full_env = {**os.environ, **env} if env else dict(os.environ)

@@ -108,6 +108,7 @@ def inventory_json(hive: Any, selected: set[str], result_of: Callable[[str], str
             "tags": list(i.tags),
             "ssh": dict(i.ssh),
             "hostKey": i.host_key,
+            "keys": {k: hive.keys[k].describe() for k in i.keys},
             "address": i.address,
             "selected": name in selected,
         }

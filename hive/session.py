@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from hive.errors import HiveError, ProcessError, StepError
+from hive.keys import Keys
 from hive.model import Hive, Step
 from hive.options import Options, default_state_file
 from hive.outcome import Failure, NotStarted, Outcome, Outcomes, Status, StepFailed
@@ -32,6 +33,7 @@ class Session:
         self.state_file = options.state_file or default_state_file(hive)
         self.gcroots = self.state_file.with_name(self.state_file.name + ".d") / "gcroots"
         self.remotes = Remotes(hive, plan.hubs, jobs=options.jobs)
+        self.keys = Keys(hive)
         self.results: dict[str, str] = {}  # system -> store path (built, or recorded under --no build)
         self.expected: frozenset[TaskId] | None = None  # the tasks doit will run (None: all)
         self._idle = threading.Condition()

@@ -15,7 +15,7 @@ from doit.doit_cmd import DoitMain
 from doit.exceptions import UnmetDependency
 from doit.tools import config_changed
 
-from hive.activate import activate, is_active
+from hive.activate import activate, is_active, upload_keys
 from hive.build import Builds
 from hive.evaluate import input_files
 from hive.model import Step
@@ -51,6 +51,8 @@ class Steps:
             return lambda: s.perform(task, lambda: self.pushes.relay(relay), gated=True)
         if task.kind is Kind.PUSH:
             return lambda: s.perform(task, lambda: self.pushes.instance(self.instances[t]), gated=True)
+        if task.kind is Kind.KEYS:
+            return lambda: s.perform(task, lambda: upload_keys(s, self.instances[t]), gated=True)
         if task.kind is Kind.ACTIVATE:
             return lambda: s.perform(task, lambda: activate(s, self.instances[t]), gated=True)
         if task.kind is Kind.WAVE:
@@ -121,6 +123,7 @@ def _creator(kind: Kind, tasks: list[dict[str, Any]]) -> Callable[[], Iterator[d
                       Kind.BUILD: "Build each selected system once.",
                       Kind.STORE: "Copy systems to the relay stores instances substitute from.",
                       Kind.PUSH: "Copy each selected instance's system to it.",
+                      Kind.KEYS: "Upload each selected instance's keys (never through the Nix store).",
                       Kind.ACTIVATE: "Switch each selected instance to its system, wave after wave.",
                       Kind.WAVE: "Start each wave once the previous one settled, as the failure policy allows."
                       }.get(kind, "")
