@@ -136,6 +136,7 @@ class Activation:
         self.checks = instance.checks if checked else ()
         self.post_keys = session.keys.of(instance.name, post=True) if session.plan.keys else []
         self.seconds: dict[str, float] = {}
+        self.failure: str | None = None  # why nix-hive had the host roll back (a check, the confirmation)
 
     def run(self) -> dict[str, Any]:
         path = self.session.need_path(self.instance.system)
@@ -235,10 +236,10 @@ class Activation:
         if code.startswith("failed-") and code[7:].isdigit():
             return f"activation failed (exit {code[7:]})"
         if code == "not-confirmed":
-            return getattr(self, "failure", None) or (
+            return self.failure or (
                 f"no confirmation within {self.confirm_timeout} s (did the new system cut ssh access?)")
         if code == "check-failed":
-            return getattr(self, "failure", None) or "a health check failed"
+            return self.failure or "a health check failed"
         return code
 
 
