@@ -90,8 +90,11 @@ def flag(text: str, option: str) -> bool:
 
 
 def writable(path: Path) -> bool:
-    """Whether a file can be written at `path` (checked before any work starts)."""
-    return not path.is_dir() and path.parent.is_dir() and os.access(path.parent, os.W_OK)
+    """Whether a file can be written at `path` (checked before any work starts): its directory
+    takes new files, and the file, if there, can be written."""
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        return False
+    return not path.exists() or os.access(path, os.W_OK)
 
 
 def state_file(given: str | None, hive: Hive, option: str = "--state FILE") -> Path:

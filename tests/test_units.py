@@ -5,6 +5,7 @@ work is in the tests with real Nix and the lab; these pin the details."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -241,3 +242,16 @@ def test_a_signing_key_others_can_read_gets_a_warning(tmp_path: Path, capsys: py
     assert capsys.readouterr().err == warning
     with pytest.raises(DeploymentError, match="is a public key"):
         checks.signing_key("hive.nix", pub)
+
+
+def test_an_unwritable_state_file_is_refused_before_anything_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """As root every file is writable, so the check is exercised with os.access faked."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hive.nix").write_text('{ systems.s.configuration = {}; instances.i.system = "s"; }')
+    state = tmp_path / ".hive.state"
+    state.write_text("")
+    real = os.access
+    monkeypatch.setattr(options.os, "access", lambda p, mode: False if Path(p) == state else real(p, mode))
+    assert cli.main(["build", "--no", "build"]) == 2
+    assert capsys.readouterr().err == f"error: cannot write the state file {state} (choose another with --state FILE)\n"
