@@ -252,6 +252,6 @@ def test_an_unwritable_state_file_is_refused_before_anything_starts(tmp_path: Pa
     state = tmp_path / ".hive.state"
     state.write_text("")
     real = os.access
-    monkeypatch.setattr(options.os, "access", lambda p, mode: False if Path(p) == state else real(p, mode))
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == state else real(p, mode))
     assert cli.main(["build", "--no", "build"]) == 2
     assert capsys.readouterr().err == f"error: cannot write the state file {state} (choose another with --state FILE)\n"
