@@ -184,7 +184,7 @@ class Activation:
                 self.session.keys.upload(self.remote, self.post_keys, only_changed=False)
             except StepError as exc:
                 failed = str(exc)
-            self.seconds["keys"] = round(time.monotonic() - start, 2)
+            self.seconds["post-keys"] = round(time.monotonic() - start, 2)
         start = time.monotonic()
         for check in self.checks if failed is None else ():
             result = health.run(self.remote, check)

@@ -78,9 +78,19 @@ class Row:
                 "outcome": self.result, "reason": self.reason, "seconds": dict(self.seconds)}
 
 
+# Phases of an activation: their seconds are part of the activation's, not added to them.
+PHASES = frozenset({"post-keys", "check", "confirm"})
+
+
+def total_seconds(seconds: Mapping[str, float]) -> float:
+    """A row's time: its steps', without counting an activation's phases twice."""
+    phases = PHASES | ({"rollback"} if "activate" in seconds else set())
+    return sum(v for k, v in seconds.items() if k not in phases)
+
+
 def summary_table(rows: Sequence[Row]) -> str:
     return table([(r.instance, r.system, r.path or "-", r.result,
-                   f"{sum(r.seconds.values()):.1f}", r.reason) for r in rows],
+                   f"{total_seconds(r.seconds):.1f}", r.reason) for r in rows],
                  ["instance", "system", "store path", "result", "seconds", "reason"])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hive import checks, cli, nix, options, plan, process, remote, ssh, tasks
+from hive import checks, cli, nix, options, plan, process, remote, report, ssh, tasks
 from hive.errors import DeploymentError, InputError, ProcessError, headline
 from hive.model import Hive, Instance, Step, System, frozen_map
 from hive.options import Options
@@ -255,3 +255,11 @@ def test_an_unwritable_state_file_is_refused_before_anything_starts(tmp_path: Pa
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == state else real(p, mode))
     assert cli.main(["build", "--no", "build"]) == 2
     assert capsys.readouterr().err == f"error: cannot write the state file {state} (choose another with --state FILE)\n"
+
+
+def test_the_summary_counts_an_activations_phases_once() -> None:
+    row = report.Row("w", "s", "/nix/store/p", "rolled back", "why",
+                     {"build": 1.0, "push": 2.0, "activate": 3.0, "check": 0.5, "rollback": 1.5, "post-keys": 0.1})
+    assert report.total_seconds(row.seconds) == 6.0
+    assert report.total_seconds({"rollback": 2.0}) == 2.0  # `nix-hive rollback`: its own step
+    assert "  6.0  " in report.summary_table([row])
