@@ -18,7 +18,17 @@ from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
 from hive.options import Options
 from hive.plan import Kind
-from hive.report import Progress, dump_json, instance_rows, inventory_json, plan_rows, summary_table, system_rows, table
+from hive.report import (
+    Progress,
+    Row,
+    dump_json,
+    instance_rows,
+    inventory_json,
+    plan_rows,
+    summary_table,
+    system_rows,
+    table,
+)
 from hive.select import Wave, flatten, select
 from hive.session import Session
 
@@ -118,6 +128,14 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE)
     with state.locked(session.state_file):
         code, rows = orchestrate.deploy(session)
+    return _show(args, rows, code, report)
+
+
+def _show(args: argparse.Namespace, rows: list[Row], code: int | None = None, report: Path | None = None) -> int:
+    """The summary of a command over instances: a table, or JSON (`--json`), and the same JSON
+    in `--report FILE`. Its exit status: `code`, else 1 unless every row is ok."""
+    if code is None:
+        code = 0 if all(r.result == "ok" for r in rows) else 1
     outcome = {"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]}
     if report is not None:
         with open(report, "w") as fh:
@@ -185,25 +203,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     hive = _load(args)
     jobs = options.positive(str(args.jobs), "-j/--jobs")
     the_plan = plan.make_plan(hive, select(hive, args.patterns))
-    rows = fleet.rollback(hive, the_plan, options.goal(args.goal), jobs=jobs, keep_going=args.keep_going)
-    code = 0 if all(r.result == "ok" for r in rows) else 1
-    if args.json:
-        dump_json({"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]})
-    else:
-        print(summary_table(rows))
-    return code
+    return _show(args, fleet.rollback(hive, the_plan, options.goal(args.goal), jobs=jobs, keep_going=args.keep_going))
 
 
 def cmd_upload_keys(args: argparse.Namespace) -> int:
     hive = _load(args)
     jobs = options.positive(str(args.jobs), "-j/--jobs")
-    rows = fleet.upload_keys(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs)
-    code = 0 if all(r.result == "ok" for r in rows) else 1
-    if args.json:
-        dump_json({"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]})
-    else:
-        print(summary_table(rows))
-    return code
+    return _show(args, fleet.upload_keys(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
