@@ -96,8 +96,6 @@ def execute(session: Session, targets: Sequence[str | TaskId]) -> int:
     session is closed afterwards, whatever happens."""
     try:
         with ctrl_c(session):
-            if len(session.plan.waves) > 1 and session.plan.final in (Kind.PUSH, Kind.ACTIVATE):
-                session.progress.line(f"wave 1/{len(session.plan.waves)}: {len(session.plan.waves[0])} instance(s)")
             return tasks.run(session, tasks.namespace(session), [str(t) for t in targets])
     finally:
         finish(session)

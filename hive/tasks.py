@@ -174,6 +174,9 @@ class Reporter:
         self.session.expected = frozenset(t for n in seen if (t := TaskId.parse(n)) is not None)
         if any(t.kind is Kind.PUSH for t in self.session.expected):
             self.session.warn_unsigned()
+            waves = self.session.plan.waves
+            if len(waves) > 1:
+                self.session.progress.line(f"wave 1/{len(waves)}: {len(waves[0])} instance(s)")
 
     def get_status(self, task: Any) -> None:
         pass
