@@ -36,6 +36,8 @@ POLL = 0.1  # seconds between looks at the host's state (a channel of the shared
 HOST_SCRIPT = r"""
 set -u
 umask 022
+# a transient systemd unit starts with systemd's default PATH: NixOS keeps its tools elsewhere
+PATH="/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:$PATH"; export PATH
 d=@DIR@; P=@PROFILE@; new=@PATH@; goal=@GOAL@
 say() { echo "$1" > "$d/state.tmp" && mv -f "$d/state.tmp" "$d/state"; }
 echo $$ > "$d/pid"
