@@ -10,7 +10,7 @@ APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux j
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
 WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 
-.PHONY: setup apt venv test lint typecheck pytest demo demo-down bench bench-fleet clean
+.PHONY: setup apt venv test lint typecheck pytest demo demo-down bench bench-fleet bench-eval clean
 
 setup: apt venv
 
@@ -51,6 +51,9 @@ bench: setup
 
 bench-fleet: setup
 	$(WITH_NIX) $(PY) -m benchmarks.fleet_deploy
+
+bench-eval: setup
+	$(WITH_NIX) $(PY) -m benchmarks.eval_parallel
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

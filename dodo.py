@@ -10,7 +10,8 @@ targets (comma-separated patterns, default every instance), no (steps to skip wh
 build,push,activate), state (file), goal (switch|boot|test|dry-activate), jobs (instances at
 once, default 10), keep_going (1/true), max_failures (N or N%), I (name=path,… overriding
 NIX_PATH entries), push_only (1: the plan of `nix-hive push`), verbose (1: print every command),
-rollback (0: as --no-rollback), activation_timeout, confirm_timeout (seconds), keys (0: as --no-keys).
+rollback (0: as --no-rollback), activation_timeout, confirm_timeout (seconds), keys (0: as --no-keys),
+eval_jobs (systems evaluated at once).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hive import errors, orchestrate
 
 def _namespace() -> dict[str, Any]:
     names = ("config", "targets", "no", "state", "goal", "jobs", "keep_going", "max_failures", "I", "push_only",
-             "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys")
+             "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys", "eval_jobs")
     variables = {name: value for name in names if (value := get_var(name, None)) is not None}
     return orchestrate.from_doit(variables)
 

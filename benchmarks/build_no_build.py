@@ -1,10 +1,10 @@
-"""`nix-hive build --no build` on 1,000 instances of 2 systems, against 2 instances.
+"""`nix-hive build --no build` on 1,000 and 10,000 instances of 2 systems, against 2 instances.
 
     make bench        (or, from the repository root: .venv/bin/python -m benchmarks.build_no_build [--runs N])
 
 Both hives are built once first; then each command is timed N times (best and median wall
 time), and the ratio of the two medians is printed. Nothing is asserted: the numbers are
-for the reader (targets: under 3 s for 1,000 instances, ratio under 1.5).
+for the reader (targets: under 3 s for 1,000 and for 10,000 instances, ratio under 1.5 for 1,000).
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ def timed(argv: list[str], runs: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sizes", default="2,1000,10000", help="instance counts (the first is the base)")
     args = parser.parse_args()
+    sizes = [int(n) for n in args.sizes.split(",")]
     os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
     with tempfile.TemporaryDirectory() as tmp:
         medians = {}
-        for count in (2, 1000):
+        for count in sizes:
             d = Path(tmp, f"n{count}")
             d.mkdir()
             (d / "hive.nix").write_text(HIVE.format(standin=STANDIN, count=count, half=max(1, count // 2)))
@@ -67,7 +69,8 @@ def main() -> None:
             medians[count] = statistics.median(times)
             print(f"build --no build, {count:>5} instances: best {min(times):.3f} s, "
                   f"median {medians[count]:.3f} s ({args.runs} runs)")
-        print(f"ratio 1000/2 instances (medians): {medians[1000] / medians[2]:.2f}")
+        for count in sizes[1:]:
+            print(f"ratio {count}/{sizes[0]} instances (medians): {medians[count] / medians[sizes[0]]:.2f}")
 
 
 if __name__ == "__main__":

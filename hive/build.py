@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hive import nix
@@ -30,15 +31,42 @@ class Builds:
         self.trust_records = True  # False when no input files could be found: always build
 
     def build_group(self, group: BuildGroup) -> dict[str, Any]:
-        """The action of `nix-build:<group>`. A broken system must not fail the others: when
-        the group's build fails, each system is built alone."""
-        self._build(list(group.systems))
+        """The action of `nix-build:<group>`: its systems evaluated in parallel (up to
+        `--eval-jobs` at once: with real NixOS each evaluation costs seconds and about a
+        gigabyte), then built by one `nix-store --realise`, so Nix builds them in parallel. A
+        system whose evaluation fails fails alone; when the build fails, each system is built
+        alone, so a broken one fails alone too."""
+        derivations = self._evaluate(list(group.systems))
+        if derivations:
+            self._realise(derivations)
         failed = [s for s in group.systems if s in self._failures]
         return {"note": f"({', '.join(failed)} failed)" if failed else ""}
 
-    def _build(self, systems: list[str]) -> None:
+    def _evaluate(self, systems: list[str]) -> dict[str, str]:
+        """System -> derivation, for those whose evaluation succeeded."""
         s = self.session
-        label = ",".join(systems)
+        paths = s.hive.systems[systems[0]].paths
+
+        def one(name: str) -> tuple[str, str | HiveError]:
+            try:
+                return name, nix.instantiate(s.hive.file, name, paths)
+            except HiveError as exc:
+                return name, exc
+
+        with ThreadPoolExecutor(max_workers=max(1, min(s.options.eval_jobs, len(systems)))) as pool:
+            evaluated = list(pool.map(one, systems))
+        out: dict[str, str] = {}
+        for name, found in evaluated:
+            if isinstance(found, HiveError):
+                with self._lock:
+                    self._failures[name] = found
+            else:
+                out[name] = found
+        return out
+
+    def _realise(self, derivations: dict[str, str]) -> None:
+        s = self.session
+        label = ",".join(derivations)
 
         def show(line: str) -> None:  # Nix's own progress: what it builds or fetches
             text = line.strip()
@@ -47,16 +75,17 @@ class Builds:
                 s.progress.step("build", label, f"{text.split()[0]} {name}")
 
         try:
-            built = nix.build(s.hive.file, systems, s.hive.systems[systems[0]].paths, on_line=show)
+            outputs = nix.realise(list(derivations.values()), on_line=show)
+            built = dict(zip(derivations, outputs, strict=True))
             for name, path in built.items():
                 nix.add_root(path, s.gcroots / name)
-        except HiveError as exc:
-            if len(systems) == 1:
+        except (HiveError, ValueError) as exc:
+            if len(derivations) == 1:
                 with self._lock:
-                    self._failures[systems[0]] = exc
+                    self._failures.update({name: _as_error(exc) for name in derivations})
                 return
-            for name in systems:
-                self._build([name])
+            for name, drv in derivations.items():
+                self._realise({name: drv})
             return
         with self._lock:
             s.results.update(built)
@@ -96,3 +125,7 @@ class Builds:
         """What a build depends on besides the files of the deployment."""
         s = self.session.hive.systems[system]
         return {"paths": dict(s.paths), "platform": s.platform, "file": str(self.session.hive.file)}
+
+
+def _as_error(exc: Exception) -> HiveError:
+    return exc if isinstance(exc, HiveError) else HiveError(f"nix-store --realise: {exc}")

@@ -72,10 +72,12 @@ def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
                    max_failures=options.max_failures(getattr(args, "max_failures", None), selected),
                    rollback=getattr(args, "rollback", True),
                    activation_timeout=_seconds(args, "activation_timeout", "--activation-timeout"),
-                   confirm_timeout=_seconds(args, "confirm_timeout", "--confirm-timeout"))
+                   confirm_timeout=_seconds(args, "confirm_timeout", "--confirm-timeout"),
+                   eval_jobs=_seconds(args, "eval_jobs", "--eval-jobs") or Options().eval_jobs)
 
 
 def _seconds(args: argparse.Namespace, name: str, option: str) -> int | None:
+    """A whole number of at least 1 (seconds, jobs), when the option was given."""
     value = getattr(args, name, None)
     return options.positive(value, option) if value is not None else None
 
@@ -243,6 +245,9 @@ def _shared() -> tuple[Parser, Parser, Parser]:
     no = Parser(add_help=False)
     no.add_argument("--no", metavar="STEPS", default="",
                     help="skip steps already done for the same inputs: build,push,activate")
+    no.add_argument("--eval-jobs", metavar="N",
+                    help="systems evaluated at once (default: the number of cores; each NixOS evaluation takes "
+                         "about a gigabyte)")
     jobs = Parser(add_help=False)
     jobs.add_argument("-j", "--jobs", default=10, help="instances handled at once (default: 10)")
     return common, no, jobs

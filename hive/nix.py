@@ -40,23 +40,20 @@ def eval_inventory(file: Path) -> Any:
     return json.loads(out.stdout)
 
 
-def build(
-    file: Path,
-    systems: Sequence[str],
-    paths: Mapping[str, str],
-    *,
-    on_line: Callable[[str], None] | None = None,
-) -> dict[str, str]:
-    """Build `systems` of the deployment in one `nix build`, so Nix builds them in parallel.
-
-    Returns system name -> store path of its toplevel.
-    """
+def instantiate(file: Path, system: str, paths: Mapping[str, str]) -> str:
+    """Evaluate one system of the deployment into its derivation (written to the store, as
+    `nix-instantiate` does). Each system is evaluated by a process of its own, so several can
+    be evaluated at once (one core and its memory each)."""
     include = {"deployment": str(file.parent), **paths}
-    argv = [*NIX, "build", "--impure", "--json", "--no-link", *_include_flags(include),
-            "--file", str(nix_file("build.nix")), *systems]
-    out = process.run(argv, env=_hive_env(file), on_stderr=on_line)
-    results = json.loads(out.stdout)
-    return {name: res["outputs"]["out"] for name, res in zip(systems, results, strict=True)}
+    argv = [*NIX, "eval", "--impure", "--raw", *_include_flags(include), "--file", str(nix_file("build.nix")),
+            f"{system}.drvPath"]
+    return process.run(argv, env=_hive_env(file)).stdout.strip()
+
+
+def realise(derivations: Sequence[str], *, on_line: Callable[[str], None] | None = None) -> list[str]:
+    """Build `derivations` in one call, so Nix builds them in parallel; their outputs, in order."""
+    out = process.run(["nix-store", "--realise", *derivations], on_stderr=on_line)
+    return out.stdout.split()
 
 
 def add_root(path: str, link: Path) -> None:

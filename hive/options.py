@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hive.errors import InputError
@@ -26,6 +26,7 @@ class Options:
     rollback: bool = True  # automatic and magic rollback (--no-rollback)
     activation_timeout: int | None = None  # seconds; overrides the deployment's (--activation-timeout)
     confirm_timeout: int | None = None  # seconds; overrides the deployment's (--confirm-timeout)
+    eval_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # systems evaluated at once
 
 
 def default_state_file(hive: Hive) -> Path:

@@ -71,7 +71,8 @@ def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
                     max_failures=options.max_failures(variables.get("max_failures"), selected, "max_failures="),
                     rollback=options.flag(variables.get("rollback", "1"), "rollback"),
                     activation_timeout=_positive_or_none(variables.get("activation_timeout"), "activation_timeout="),
-                    confirm_timeout=_positive_or_none(variables.get("confirm_timeout"), "confirm_timeout="))
+                    confirm_timeout=_positive_or_none(variables.get("confirm_timeout"), "confirm_timeout="),
+                    eval_jobs=_positive_or_none(variables.get("eval_jobs"), "eval_jobs=") or Options().eval_jobs)
     final = Kind.PUSH if options.flag(variables.get("push_only", "0"), "push_only") else Kind.ACTIVATE
     the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final,
                          keys=options.flag(variables.get("keys", "1"), "keys"))

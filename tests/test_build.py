@@ -268,7 +268,8 @@ def test_verbose_prints_every_command_as_it_starts(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     commands = [ln for ln in out.stderr.splitlines() if ln.startswith("$ ")]
     assert any(" eval --json " in c for c in commands)
-    assert any(" build --impure --json " in c and c.endswith(" web") for c in commands)
+    assert any(" eval --impure --raw " in c and c.endswith(" web.drvPath") for c in commands)  # evaluated alone
+    assert any(c.startswith("$ nix-store --realise /nix/store/") for c in commands)  # then built
     quiet = nix_hive("build", "-c", str(hive), "www-1")
     assert not any(ln.startswith("$ ") for ln in quiet.stderr.splitlines())
 
@@ -296,3 +297,25 @@ def test_no_build_without_inputs_says_so_and_builds(tmp_path: Path, build_log: P
     again = nix_hive("build", "--no", "build", "-c", str(hive))
     inventory(again)
     assert "warning: no input files found" in again.stderr and "unchanged" not in again.stderr
+
+
+def test_a_system_that_fails_to_evaluate_fails_alone(tmp_path: Path, build_log: Path) -> None:
+    """Systems are evaluated by processes of their own (in parallel): one whose evaluation
+    throws fails alone, and the others of its build group are built."""
+    hive = write_hive(tmp_path / "h", f"""
+    {{
+      paths.nixpkgs = {STANDIN};
+      systems.good.configuration = {{ networking.hostName = "good"; }};
+      systems.bad.configuration = {{ networking.hostName = throw "bad is broken on purpose"; }};
+      instances.i1.system = "good";
+      instances.i2.system = "bad";
+    }}
+    """)
+    result = nix_hive("build", "--eval-jobs", "2", "-c", str(hive))
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert data["systems"]["good"]["result"] and data["systems"]["bad"]["result"] is None
+    assert builds(build_log) == ["good"]
+    assert "bad is broken on purpose" in result.stderr
+    bad = nix_hive("build", "--eval-jobs", "0", "-c", str(hive))
+    assert bad.returncode == 2 and "--eval-jobs '0'" in bad.stderr

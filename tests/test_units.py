@@ -4,7 +4,6 @@ work is in the tests with real Nix and the lab; these pin the details."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -41,16 +40,19 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     yield fake
 
 
-def test_build_is_one_nix_build_with_the_group_paths(calls: Calls) -> None:
-    calls.stdout = json.dumps([{"outputs": {"out": "/nix/store/a-sys-a"}}, {"outputs": {"out": "/nix/store/b-sys-b"}}])
-    out = nix.build(Path("/d/hive.nix"), ["a", "b"], {"nixpkgs": "/src/nixpkgs", "extra": "https://x/y.tar.xz"})
-    assert out == {"a": "/nix/store/a-sys-a", "b": "/nix/store/b-sys-b"}
-    [argv] = calls.argv
-    assert argv[:6] == ["nix", "--extra-experimental-features", "nix-command", "build", "--impure", "--json"]
-    assert argv[-2:] == ["a", "b"] and "--no-link" in argv
+def test_a_system_is_evaluated_alone_then_built_with_others(calls: Calls) -> None:
+    calls.stdout = "/nix/store/a.drv\n"
+    drv = nix.instantiate(Path("/d/hive.nix"), "a", {"nixpkgs": "/src/nixpkgs", "extra": "https://x/y.tar.xz"})
+    assert drv == "/nix/store/a.drv"
+    argv = calls.argv[0]
+    assert argv[:6] == ["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw"]
+    assert argv[-1] == "a.drvPath" and argv[-3] == "--file" and argv[-2].endswith("build.nix")
     flags = [argv[i + 1] for i, a in enumerate(argv) if a == "-I"]
     assert flags == ["deployment=/d", "extra=https://x/y.tar.xz", "nixpkgs=/src/nixpkgs"]
     assert calls.env[0] == {"NIX_HIVE_DEPLOYMENT": "/d/hive.nix"}
+    calls.stdout = "/nix/store/a-sys-a\n/nix/store/b-sys-b\n"
+    assert nix.realise(["/nix/store/a.drv", "/nix/store/b.drv"]) == ["/nix/store/a-sys-a", "/nix/store/b-sys-b"]
+    assert calls.argv[1] == ["nix-store", "--realise", "/nix/store/a.drv", "/nix/store/b.drv"]
 
 
 def test_eval_is_read_only_so_nothing_reaches_the_store(calls: Calls) -> None:
@@ -202,16 +204,22 @@ def test_bad_options_exit_2_with_one_line(argv: list[str], message: str, tmp_pat
 def test_systems_sharing_paths_are_built_by_one_nix_build(jobs: int, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Through doit itself (the real task runner, serial and threaded), with Nix faked: a
-    group's `nix-build` task is a doit setup task of its systems' builds."""
+    group's `nix-build` task is a doit setup task of its systems' builds; its systems are
+    evaluated one by one and built by one call."""
     built: list[list[str]] = []
 
-    def fake_build(file: Path, systems: Sequence[str], paths: Any, **_: Any) -> dict[str, str]:
-        built.append(list(systems))
-        if "broken" in systems:
-            raise ProcessError(["nix"], 1, "error: broken is broken")
-        return {s: f"/nix/store/{s}" for s in systems}
+    def fake_instantiate(file: Path, system: str, paths: Any) -> str:
+        return f"/nix/store/{system}.drv"
 
-    monkeypatch.setattr(nix, "build", fake_build)
+    def fake_realise(drvs: Sequence[str], **_: Any) -> list[str]:
+        systems = [d.removeprefix("/nix/store/").removesuffix(".drv") for d in drvs]
+        built.append(systems)
+        if "broken" in systems:
+            raise ProcessError(["nix-store"], 1, "error: broken is broken")
+        return [f"/nix/store/{s}" for s in systems]
+
+    monkeypatch.setattr(nix, "instantiate", fake_instantiate)
+    monkeypatch.setattr(nix, "realise", fake_realise)
     monkeypatch.setattr(nix, "add_root", lambda path, link: None)
     shared = frozen_map({"nixpkgs": "/src/a"})
     h = Hive(file=tmp_path / "hive.nix", shown="hive.nix", paths=shared,

@@ -18,6 +18,9 @@
 # Configuration (merged from the system's modules), for tests only:
 # - standin.payloadBytes, or STANDIN_PAYLOAD_BYTES (environment): the payload's size.
 # - standin.buildSeconds: the builder sleeps that long (to kill a build half-way).
+# - standin.evalCost: evaluating the system computes that many SHA-256 hashes first (CPU time
+#   spent by the evaluator with little memory, as a real NixOS evaluation spends seconds:
+#   benchmarks/eval_parallel.py).
 # - STANDIN_BUILD_LOG (environment, read at evaluation): the builder appends "<name>" to that
 #   file each time it really runs, so tests can count builds.
 # - standin.activation = "ok" (default) | "fail" | "hang". For switch, test and boot (never
@@ -65,6 +68,9 @@ let
   config = mergeAll (flatten configuration);
 
   std = config.standin or { };
+  # standin.evalCost: hashes chained in batches of 1000 (small lists, so the cost is CPU, not memory)
+  evalWork = n: builtins.foldl' (acc: _: builtins.foldl' (a: _: builtins.hashString "sha256" a) acc
+    (builtins.genList (x: x) 1000)) "x" (builtins.genList (x: x) (n / 1000));
   name = config.networking.hostName or "nixos";
   envBytes = builtins.getEnv "STANDIN_PAYLOAD_BYTES";
   payloadBytes = toString (std.payloadBytes or (if envBytes != "" then envBytes else "4096"));
@@ -214,6 +220,7 @@ let
     builder = sh;
     inherit payload nixConf buildLog switchScript;
     sleep = toString (std.buildSeconds or 0);
+    evalCost = evalWork (std.evalCost or 0);
     passAsFile = [ "nixConf" "switchScript" ];
     args = [ "-c" ''
       set -e
