@@ -105,6 +105,11 @@ class TimedOutError(StepError):
     status = "timed out"
 
 
+class UnsafeStateError(InputError):
+    """A state file, its directory or a file in it is a symbolic link or not a regular file:
+    nix-hive would write through it, so nothing was started. (An InputError: exit status 2.)"""
+
+
 class BusyError(InputError):
     """Another nix-hive run holds the state file: nothing was started."""
 

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hive.errors import BusyError, HiveError, InputError
+from hive.errors import BusyError, HiveError, UnsafeStateError
 
 FORMAT = "nix-hive-state/1"
 COMMIT_KEY = "deps:"  # the last key doit's Dependency.save_success writes for a task
@@ -50,11 +50,6 @@ MAX_DEPTH = 32  # nesting of a stored value: far more than doit or nix-hive ever
 # What the open flags add everywhere: never follow a link, never block on a FIFO, never leak
 # the descriptor into the nix and ssh processes nix-hive starts.
 SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-class UnsafeStateError(InputError):
-    """A state file, its directory or a file in it is a symbolic link or not a regular file:
-    nix-hive would write through it, so nothing was started. (An InputError: exit status 2.)"""
 
 
 class Loaded(NamedTuple):

@@ -27,13 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hive import cli
+from hive.errors import UnsafeStateError
 from hive.state import (
     COMPACT_NAME,
     DOIT_KEYS,
     FORMAT,
     JournalDB,
     Lock,
-    UnsafeStateError,
     load,
     locked,
     read,
