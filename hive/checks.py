@@ -20,7 +20,7 @@ from typing import Any
 from hive import process, ssh, tempdirs
 from hive.address import StoreUrl, parse_proxy_jump
 from hive.errors import DeploymentError, ProcessError, attr_path
-from hive.model import Hive, Key
+from hive.model import Hive, Instance, Key
 
 # Nix store URL parameters that make Nix run a program (on either side): never from a
 # deployment file, for the reason ssh options are allowlisted.
@@ -45,6 +45,26 @@ def addresses(shown: str, name: str, store: str | None, options: Mapping[str, st
             parse_proxy_jump(options[jump])
         except ValueError as exc:
             raise DeploymentError(shown, str(exc), attr_path(["instances", name, "ssh", jump])) from None
+
+
+def uploads(shown: str, stores: Mapping[str, str], instances: Mapping[str, Instance]) -> None:
+    """An http(s) binary cache used as a relay says how nix-hive writes to it; upload URLs
+    are store URLs that run no program."""
+    for url, upload in stores.items():
+        where = attr_path(["stores", url, "upload"])
+        try:
+            parsed = StoreUrl.parse(upload)
+        except ValueError as exc:
+            raise DeploymentError(shown, str(exc), where) from None
+        if any(k in PROGRAM_PARAMETERS for k, _ in parsed.params):
+            raise DeploymentError(shown, "a store URL parameter that runs a program is not taken from a "
+                                  "deployment file", where)
+    for name, i in sorted(instances.items()):
+        if i.store and i.store.startswith(("http://", "https://")) and i.store not in stores:
+            raise DeploymentError(shown, f"{i.store} is an HTTP binary cache: say how nix-hive writes to it, "
+                                  f'stores."{i.store}".upload = "<store URL>" (s3://…, file:///…, '
+                                  "ssh://cache?remote-store=file:///srv/nix-cache)",
+                                  attr_path(["instances", name, "store"]))
 
 
 def allowed_options(shown: str, name: str, options: Mapping[str, str]) -> None:

@@ -188,8 +188,10 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
         checks.signing_key(shown, key)
     keys = {name: _key(name, k) for name, k in sorted(raw.get("keys", {}).items())}
     checks.key_sources(shown, keys, raw)
+    uploads = {url: s["upload"] for url, s in sorted(raw.get("stores", {}).items())}
+    checks.uploads(shown, uploads, instances)
     return Hive(file=file, shown=shown, paths=frozen_map(top_paths), systems=systems,
-                instances=instances, signing_key=key, keys=keys)
+                instances=instances, signing_key=key, keys=keys, uploads=uploads)
 
 
 def _check(name: str, c: Mapping[str, Any]) -> Check:

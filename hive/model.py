@@ -165,6 +165,7 @@ class Hive:
     instances: Mapping[str, Instance]
     signing_key: Path | None = None
     keys: Mapping[str, Key] = field(default_factory=dict)
+    uploads: Mapping[str, str] = field(default_factory=dict)  # relay store URL -> where nix-hive writes to it
 
     @property
     def directory(self) -> Path:

@@ -83,6 +83,12 @@ class Relay:
     systems: tuple[str, ...]  # what it must hold: its instances' systems (its owner's first)
     owner: str | None = None  # the instance it is (ssh://portico), if any
     upstream: str | None = None  # the relay it substitutes from itself (chained relays)
+    upload: str | None = None  # where nix-hive writes to it, when not its own URL (an HTTP cache)
+
+    @property
+    def target(self) -> str:
+        """The store URL nix-hive copies to."""
+        return self.upload or self.url
 
     @property
     def id(self) -> TaskId:
@@ -226,7 +232,7 @@ def relays(hive: Hive, instances: Sequence[Instance]) -> tuple[Relay, ...]:
                 for system in list(need[url]):
                     changed |= add(up, system)
     made = {url: Relay(url, tuple(systems), owner=o.name if (o := store_instance(hive, url)) else None,
-                       upstream=upstream(hive, url)) for url, systems in need.items()}
+                       upstream=upstream(hive, url), upload=hive.uploads.get(url)) for url, systems in need.items()}
     ordered: list[Relay] = []
 
     def place(relay: Relay) -> None:
@@ -273,8 +279,9 @@ def _deploy_tasks(plan: Plan) -> list[PlannedTask]:
         deps = [TaskId(Kind.BUILD, s) for s in relay.systems]
         if relay.upstream is not None:
             deps.append(TaskId(Kind.STORE, relay_label(relay.upstream)))
+        via = f" (through {relay.upload})" if relay.upload else ""
         out.append(PlannedTask(relay.id, tuple(deps), doc=f"copy {', '.join(relay.systems)} to relay store "
-                               f"{relay.url}", skippable=Step.PUSH))
+                               f"{relay.url}{via}", skippable=Step.PUSH))
     owned = {r.owner: r for r in plan.relays if r.owner is not None}
     for number, wave in enumerate(plan.waves, 1):
         gate: tuple[TaskId, ...] = ()
@@ -318,8 +325,8 @@ def as_json(plan: Plan, hive: Hive | None = None) -> dict[str, object]:
         "skip": sorted(s.value for s in plan.skip),
         "waves": [[i.name for i in wave] for wave in plan.waves],
         "builds": [{"systems": list(g.systems)} for g in plan.groups],
-        "relays": [{"url": r.url, "systems": list(r.systems), "owner": r.owner, "upstream": r.upstream}
-                   for r in plan.relays],
+        "relays": [{"url": r.url, "systems": list(r.systems), "owner": r.owner, "upstream": r.upstream,
+                    "upload": r.upload} for r in plan.relays],
         "hubs": sorted(plan.hubs),
         "instances": {i.name: {"system": i.system, "wave": plan.wave_of(i.name), "store": i.store,
                                "activationTimeout": i.activation_timeout, "confirmTimeout": i.confirm_timeout,

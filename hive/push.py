@@ -41,7 +41,7 @@ class Pushes:
         if relay.owner is not None:
             s.remotes[relay.owner].forget()
         paths = self._signed_paths(relay.systems)
-        nix.copy(relay.url, paths, substitute=relay.upstream is not None, env=s.remotes.setup.env)
+        nix.copy(relay.target, paths, substitute=relay.upstream is not None, env=s.remotes.setup.env)
         return {"paths": paths}
 
     def instance(self, instance: Instance) -> dict[str, Any]:
@@ -67,7 +67,7 @@ class Pushes:
             paths = [s.need_path(system) for system in relay.systems]
             if relay.owner is not None:
                 return set(paths) <= s.probe(relay.owner, paths).valid
-            return not nix.remote_missing(relay.url, paths, env=s.remotes.setup.env)
+            return not nix.remote_missing(relay.target, paths, env=s.remotes.setup.env)
         except HiveError:
             return False
 

@@ -43,14 +43,15 @@ class Fleet:
               relay: str = "portico", user: str = "root", pin: bool = True,
               payload_bytes: int = 2_000_000, source: Path = REPO / "example",
               relays: Mapping[str, str] | None = None) -> Fleet:
-        """`relays`: host -> the host it substitutes from (default: every host not on the
-        deployer's segment substitutes from `relay`)."""
+        """`relays`: host -> the host it substitutes from, or a substituter URL (default: every
+        host not on the deployer's segment substitutes from `relay`)."""
         hive = workdir / "hive"
         shutil.copytree(source, hive, ignore=shutil.ignore_patterns("secrets", ".hive.state*"))
         _, pub = make_key(hive / "secrets")
         if relays is None:
             relays = {h: relay for h, segs in topology.items() if h != relay and "pub" not in segs}
-        behind = {h: f"substituters = ssh://{up}\ntrusted-public-keys = {pub}\n" for h, up in relays.items()}
+        behind = {h: f"substituters = {up if '://' in up else f'ssh://{up}'}\ntrusted-public-keys = {pub}\n"
+                  for h, up in relays.items()}
         lab = Lab.start(topology, workdir / "lab", nix_conf=behind)
         try:
             discovered = {}

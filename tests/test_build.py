@@ -252,7 +252,7 @@ def test_plan_shows_what_a_deployment_would_do_and_does_nothing(tmp_path: Path, 
     data = json.loads(shown.stdout)
     assert data["waves"] == [["portico"], ["www-1", "www-2"]]
     assert data["relays"] == [{"url": "ssh://portico?compress=true", "systems": ["edge", "web"], "owner": "portico",
-                               "upstream": None}]
+                               "upstream": None, "upload": None}]
     tasks = {t["task"]: t for t in data["tasks"]}
     assert tasks["push:www-1"]["after"] == ["build:web", "wave:2", "store:ssh://portico?compress%3Dtrue"]
     assert tasks["push:www-1"]["skippable"] == "push" and tasks["activate:www-1"]["skippable"] is None

@@ -1,0 +1,63 @@
+"""An HTTP binary cache as a relay store, on real hosts: nix-hive writes it through the cache
+host's own Nix over ssh (`stores.<url>.upload`), the web hosts substitute from it over HTTP,
+and a cache whose upload fails skips its instances with the reason."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+
+from tests.conftest import REPO, needs_lab
+from tests.fleet import Fleet
+
+pytestmark = needs_lab
+TOPOLOGY = {"portico": ["pub", "int"], "cache": ["int"], "www-1": ["int"], "www-2": ["int"]}
+SOURCE = REPO / "tests" / "hives" / "httpcache"
+CACHE = "http://cache:8080"
+Start = Callable[..., Fleet]
+
+
+def start(fleet_factory: Start) -> Fleet:
+    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, payload_bytes=2_000_000,
+                          relays={"www-1": CACHE, "www-2": CACHE})
+    fleet.lab.run("cache", ["sh", "-c", "mkdir -p /run/nix-cache && (setsid nohup python3 -m http.server 8080 "
+                            "--directory /run/nix-cache > /run/cache-http.log 2>&1 < /dev/null &)"])
+    return fleet
+
+
+def rows(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
+    assert result.stdout, result.stderr
+    return {row["instance"]: row for row in json.loads(result.stdout)["instances"]}
+
+
+def test_web_hosts_substitute_from_an_http_cache_the_deployer_filled_once(fleet_factory: Start) -> None:
+    fleet = start(fleet_factory)
+    before = fleet.lab.tx_bytes()
+    result = fleet.deploy("--json", "portico", "cache", "www-*")
+    assert result.returncode == 0, result.stderr
+    assert all(row["outcome"] == "ok" for row in rows(result).values())
+    sent = fleet.lab.tx_bytes() - before
+    print(f"\nHTTP cache relay: the deployer sent {sent:,} bytes for a 2 MB web closure and 2 web hosts")
+    assert 2_000_000 < sent < 3_000_000  # the web closure left the deployer once (to the cache), not once per host
+    web = str(rows(result)["www-1"]["path"])
+    for host in ("www-1", "www-2"):
+        assert fleet.lab.current_system(host) == web
+    log = fleet.lab.read("cache", "/run/cache-http.log") or ""
+    assert f"GET /{web.removeprefix('/nix/store/').split('-')[0]}.narinfo" in log  # asked over HTTP
+    assert "GET /nar/" in log  # and fetched from there
+    plan = fleet.run("plan", "--json", "-c", str(fleet.hive))
+    relay = json.loads(plan.stdout)["relays"][0]
+    assert relay["url"] == CACHE and relay["upload"] == "ssh://cache?remote-store=file:///run/nix-cache"
+
+
+def test_a_cache_whose_upload_fails_skips_its_instances(fleet_factory: Start) -> None:
+    fleet = start(fleet_factory)
+    fleet.env["HTTPCACHE_UPLOAD"] = "ssh://nowhere.invalid?remote-store=file:///run/nix-cache"
+    result = fleet.deploy("--json", "--keep-going", "portico", "cache", "www-*")
+    assert result.returncode == 1
+    r = rows(result)
+    assert r["portico"]["outcome"] == "ok" and r["cache"]["outcome"] == "ok"
+    for host in ("www-1", "www-2"):
+        assert r[host]["outcome"] == "skipped" and f"store of {CACHE} failed" in str(r[host]["reason"])
+        assert fleet.lab.activations(host) == []
