@@ -47,6 +47,7 @@ class Fleet:
         host not on the deployer's segment substitutes from `relay`)."""
         hive = workdir / "hive"
         shutil.copytree(source, hive, ignore=shutil.ignore_patterns("secrets", ".hive.state*"))
+        shutil.copy(REPO / "tests" / "hives" / "lab-host.nix", hive / "lab-host.nix")  # the test hives' helper
         _, pub = make_key(hive / "secrets")
         if relays is None:
             relays = {h: relay for h, segs in topology.items() if h != relay and "pub" not in segs}

@@ -4,10 +4,7 @@
 # upload URL (a test makes it fail).
 let
   discovered = builtins.fromJSON (builtins.readFile ./instances.json);
-  host = name: extra: {
-    ssh = { Hostname = discovered.${name}.address; } // (discovered.${name}.ssh or { }) // (extra.ssh or { });
-    hostKey = discovered.${name}.hostKey;
-  } // builtins.removeAttrs extra [ "ssh" ];
+  host = import ./lab-host.nix ./instances.json;
   upload = let u = builtins.getEnv "HTTPCACHE_UPLOAD"; in
     if u == "" then "ssh://cache?remote-store=file:///run/nix-cache" else u;
   www = builtins.filter (n: builtins.match "www-.*" n != null) (builtins.attrNames discovered);

@@ -3,10 +3,7 @@
 # key's content) and KEYTEST_GHOST=1 (a key for a user no host has) in the environment.
 let
   discovered = builtins.fromJSON (builtins.readFile ./instances.json);
-  host = name: extra: {
-    ssh = { Hostname = discovered.${name}.address; } // (discovered.${name}.ssh or { }) // (extra.ssh or { });
-    hostKey = discovered.${name}.hostKey;
-  } // builtins.removeAttrs extra [ "ssh" ];
+  host = import ./lab-host.nix ./instances.json;
   www = builtins.filter (n: builtins.match "www-.*" n != null) (builtins.attrNames discovered);
   ghost = builtins.getEnv "KEYTEST_GHOST" == "1";
 in

@@ -2,12 +2,8 @@
 # lab tests of a relay that dies in the middle of a push and of store URLs with parameters.
 # HIVE_TEST_STORE_URL (environment; nix-hive evaluates with --impure) is the web hosts' store.
 let
-  discovered = builtins.fromJSON (builtins.readFile ./instances.json);
   store = let s = builtins.getEnv "HIVE_TEST_STORE_URL"; in if s == "" then "ssh://portico" else s;
-  host = name: extra: {
-    ssh = { Hostname = discovered.${name}.address; } // (discovered.${name}.ssh or { }) // (extra.ssh or { });
-    hostKey = discovered.${name}.hostKey;
-  } // builtins.removeAttrs extra [ "ssh" ];
+  host = import ./lab-host.nix ./instances.json;
 in
 {
   signingKey = ./secrets/hive.sec;

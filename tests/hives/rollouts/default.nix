@@ -6,10 +6,7 @@
 let
   discovered = builtins.fromJSON (builtins.readFile ./instances.json);
   variant = let v = builtins.getEnv "ROLLOUT_VARIANT"; in if v == "" then "v1" else v;
-  host = name: extra: {
-    ssh = { Hostname = discovered.${name}.address; } // (discovered.${name}.ssh or { }) // (extra.ssh or { });
-    hostKey = discovered.${name}.hostKey;
-  } // builtins.removeAttrs extra [ "ssh" ];
+  host = import ./lab-host.nix ./instances.json;
   web = {
     networking.hostName = "web-${variant}";
     standin.payloadBytes = 4096;
