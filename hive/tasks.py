@@ -250,6 +250,3 @@ def run(session: Session, ns: dict[str, Any], targets: Sequence[str]) -> int:
     main = DoitMain(ModuleTaskLoader(ns), config_filenames=(), extra_config={"BACKEND": BACKEND})
     return int(main.run(["run", *targets]))
 
-
-def skip_steps(text: str | None) -> frozenset[Step]:
-    return Step.parse_list(text)
