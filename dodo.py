@@ -11,7 +11,7 @@ build,push,activate), state (file), goal (switch|boot|test|dry-activate), jobs (
 once, default 10), keep_going (1/true), max_failures (N or N%), I (name=path,… overriding
 NIX_PATH entries), push_only (1: the plan of `nix-hive push`), verbose (1: print every command),
 rollback (0: as --no-rollback), activation_timeout, confirm_timeout (seconds), keys (0: as --no-keys),
-eval_jobs (systems evaluated at once).
+eval_jobs (systems evaluated at once), build_host (the host that builds every system).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from hive import errors, orchestrate
 
 def _namespace() -> dict[str, Any]:
     names = ("config", "targets", "no", "state", "goal", "jobs", "keep_going", "max_failures", "I", "push_only",
-             "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys", "eval_jobs")
+             "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys", "eval_jobs",
+             "build_host")
     variables = {name: value for name in names if (value := get_var(name, None)) is not None}
     return orchestrate.from_doit(variables)
 

@@ -1,5 +1,9 @@
-"""Building systems: one `nix build` per build group (systems sharing `paths` and platform,
-so Nix builds them in parallel), a GC root per result, and the `--no build` check.
+"""Building systems: one `nix build` per build group (systems sharing `paths`, platform and
+build host, so Nix builds them in parallel), a GC root per result, and the `--no build` check.
+
+A group with a build host is evaluated here and built there: its derivations are copied to
+the host's store (`ssh-ng://host`), built by the host's Nix, and the results stay there, with
+a GC root each on the host (so a later `--no build` finds them); pushes copy from there.
 
 `nix-build:<group>` is a doit setup task of each `build:<system>` of the group: doit runs it
 only when one of them is not up to date, and each `build:<system>` then records its own
@@ -8,6 +12,9 @@ result (the unit the state file keeps, so `--no build` skips a system whatever t
 
 from __future__ import annotations
 
+import hashlib
+import platform
+import shlex
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +44,9 @@ class Builds:
         system whose evaluation fails fails alone; when the build fails, each system is built
         alone, so a broken one fails alone too."""
         derivations = self._evaluate(list(group.systems))
-        if derivations:
+        if derivations and group.host is not None:
+            self._realise_on(group.host, derivations)
+        elif derivations:
             self._realise(derivations)
         failed = [s for s in group.systems if s in self._failures]
         return {"note": f"({', '.join(failed)} failed)" if failed else ""}
@@ -64,7 +73,8 @@ class Builds:
                 out[name] = found
         return out
 
-    def _realise(self, derivations: dict[str, str]) -> None:
+    def _local_build(self, derivations: dict[str, str]) -> dict[str, str]:
+        """Build here, with a GC root beside the state file for each result."""
         s = self.session
         label = ",".join(derivations)
 
@@ -74,21 +84,65 @@ class Builds:
                 name = text.split("'")[1].split("/")[-1].split("-", 1)[-1].removesuffix(".drv")
                 s.progress.step("build", label, f"{text.split()[0]} {name}")
 
+        built = dict(zip(derivations, nix.realise(list(derivations.values()), on_line=show), strict=True))
+        for name, path in built.items():
+            nix.add_root(path, s.gcroots / name)
+        return built
+
+    def _realise(self, derivations: dict[str, str], *, build: Any = None, where: str = "") -> None:
+        """Build `derivations` in one call (`build`: here by default); when that fails, each
+        alone, so a broken system fails alone."""
+        s = self.session
         try:
-            outputs = nix.realise(list(derivations.values()), on_line=show)
-            built = dict(zip(derivations, outputs, strict=True))
-            for name, path in built.items():
-                nix.add_root(path, s.gcroots / name)
-        except (HiveError, ValueError) as exc:
+            built = (build or self._local_build)(derivations)
+        except (HiveError, ValueError, KeyError) as exc:
             if len(derivations) == 1:
                 with self._lock:
-                    self._failures.update({name: _as_error(exc) for name in derivations})
+                    self._failures.update({name: _as_error(exc, where) for name in derivations})
                 return
             for name, drv in derivations.items():
-                self._realise({name: drv})
+                self._realise({name: drv}, build=build, where=where)
             return
         with self._lock:
             s.results.update(built)
+
+    def _realise_on(self, host: str, derivations: dict[str, str]) -> None:
+        """Build on `host`: the derivations copied there once (a host that cannot be reached
+        fails the group at once), then built as `_realise` builds here, with GC roots there."""
+        s = self.session
+        store = f"ssh-ng://{host}"
+        env = s.remotes.setup.env
+        label = ",".join(derivations)
+        s.progress.step("build", label, f"copying derivations to build host {host}")
+        try:
+            nix.copy_derivations(store, list(derivations.values()), env=env)
+        except HiveError as exc:
+            with self._lock:
+                self._failures.update({name: HiveError(f"build host {host}: {exc}") for name in derivations})
+            return
+
+        def show(line: str) -> None:
+            text = line.strip()
+            if text.startswith("building '"):
+                name = text.split("'")[1].split("/")[-1].split("-", 1)[-1].removesuffix(".drv")
+                s.progress.step("build", label, f"building {name} on {host}")
+
+        def build(some: dict[str, str]) -> dict[str, str]:
+            built = dict(zip(some, nix.build_in(store, list(some.values()), env=env, on_line=show), strict=True))
+            s.remotes[host].run_script(self._root_script(built))
+            return built
+
+        self._realise(derivations, build=build, where=f"on build host {host}")
+
+    def _root_script(self, built: Mapping[str, str]) -> str:
+        """A shell script making a GC root on the build host for each result, under the
+        ssh user's state directory, one directory per deployment (state file) and deployer."""
+        key = hashlib.sha256(f"{platform.node()}:{self.session.state_file}".encode()).hexdigest()[:16]
+        script = f'd="${{XDG_STATE_HOME:-$HOME/.local/state}}/nix-hive/gcroots/{key}"; mkdir -p "$d"'
+        for name, path in sorted(built.items()):
+            script += f" && {shlex.join(nix.add_root_argv(path, 'LINK'))} >/dev/null".replace(
+                "LINK", f'"$d"/{shlex.quote(name)}')
+        return script
 
     def result(self, system: str) -> dict[str, Any]:
         """The action of `build:<system>`: its result, recorded in the state file."""
@@ -99,14 +153,23 @@ class Builds:
         return {"result": self.session.need_path(system)}
 
     def uptodate(self, system: str) -> Any:
-        """`--no build`: the recorded result is still a valid path of the local store (doit
-        checks the inputs: the deployment's files, `paths`, the platform)."""
+        """`--no build`: the recorded result is still a valid path of the store it was built in
+        (here, or the build host's; doit checks the inputs: the deployment's files, `paths`,
+        the platform, the build host)."""
+        store = self.session.hive.systems[system].build_store
 
         def check(task: Any, values: Mapping[str, Any]) -> bool:
             if not self.session.skips(Step.BUILD) or not self.trust_records:
                 return False
             path = values.get("result")
-            if not isinstance(path, str) or nix.invalid_paths([path]):
+            if not isinstance(path, str):
+                return False
+            try:
+                missing = (nix.remote_missing(store, [path], env=self.session.remotes.setup.env) if store
+                           else nix.invalid_paths([path]))
+            except HiveError:
+                return False  # the build host cannot say: build (which reports why)
+            if missing:
                 return False
             with self._lock:
                 self._recorded[system] = path
@@ -124,8 +187,11 @@ class Builds:
     def inputs(self, system: str) -> dict[str, Any]:
         """What a build depends on besides the files of the deployment."""
         s = self.session.hive.systems[system]
-        return {"paths": dict(s.paths), "platform": s.platform, "file": str(self.session.hive.file)}
+        return {"paths": dict(s.paths), "platform": s.platform, "file": str(self.session.hive.file),
+                "buildHost": s.build_host}
 
 
-def _as_error(exc: Exception) -> HiveError:
-    return exc if isinstance(exc, HiveError) else HiveError(f"nix-store --realise: {exc}")
+def _as_error(exc: Exception, where: str = "") -> HiveError:
+    if isinstance(exc, HiveError):
+        return HiveError(f"{exc} ({where})") if where else exc
+    return HiveError(f"nix build{' ' + where if where else ''}: {exc}")

@@ -41,7 +41,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def _load(args: argparse.Namespace) -> Hive:
-    return evaluate(args.config, options.overrides(args.include))
+    return evaluate(args.config, options.overrides(args.include),
+                    options.build_host(getattr(args, "build_host", None)))
 
 
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
@@ -248,6 +249,9 @@ def _shared() -> tuple[Parser, Parser, Parser]:
     no.add_argument("--eval-jobs", metavar="N",
                     help="systems evaluated at once (default: the number of cores; each NixOS evaluation takes "
                          "about a gigabyte)")
+    no.add_argument("--build-host", metavar="HOST",
+                    help="build every system on HOST (an instance or a host of your ssh configuration) instead "
+                         "of the deployment's buildHost; copies then go from there")
     jobs = Parser(add_help=False)
     jobs.add_argument("-j", "--jobs", default=10, help="instances handled at once (default: 10)")
     return common, no, jobs

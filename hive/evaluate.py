@@ -151,14 +151,16 @@ def _str_map(values: Mapping[str, Any]) -> dict[str, str]:
 
 
 def build_model(raw: Mapping[str, Any], file: Path, shown: str,
-                overrides: Mapping[str, str] | None = None) -> Hive:
-    """The checks the schema cannot express, then the frozen model."""
+                overrides: Mapping[str, str] | None = None, build_host: str | None = None) -> Hive:
+    """The checks the schema cannot express, then the frozen model. `build_host` (the
+    command line's) replaces every system's."""
     top_paths = {**raw.get("paths", {}), **(overrides or {})}
     systems: dict[str, System] = {}
     for name, s in sorted(raw["systems"].items()):
         paths = {**top_paths, **s.get("paths", {}), **(overrides or {})}
+        host = build_host or (s["buildHost"] if "buildHost" in s else raw.get("buildHost"))
         systems[name] = System(name=name, paths=frozen_map(paths), platform=s.get("system"),
-                               tags=tuple(s.get("tags", ())))
+                               tags=tuple(s.get("tags", ())), build_host=host)
     instances: dict[str, Instance] = {}
     known = ", ".join(sorted(systems)) or "none"
     for name, i in sorted(raw["instances"].items()):
@@ -211,15 +213,16 @@ def _first(default: int, key: str, *levels: Mapping[str, Any]) -> int:
     return next((int(level[key]) for level in levels if level.get(key) is not None), default)
 
 
-def evaluate(config: str | None, overrides: Mapping[str, str] | None = None) -> Hive:
-    """Evaluate, validate and model the deployment named by `-c`."""
+def evaluate(config: str | None, overrides: Mapping[str, str] | None = None, build_host: str | None = None) -> Hive:
+    """Evaluate, validate and model the deployment named by `-c`; `build_host` is the
+    command line's `--build-host`, for every system."""
     file, shown = locate(config)
     try:
         raw = nix.eval_inventory(file)
     except ProcessError as exc:
         raise DeploymentError(shown, f"cannot evaluate: {_nix_message(exc.stderr)}") from exc
     validate(raw, shown)
-    hive = build_model(raw, file, shown, overrides)
+    hive = build_model(raw, file, shown, overrides, build_host)
     checks.jump_loops(hive)
     checks.ssh_config(hive)
     return hive

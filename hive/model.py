@@ -71,10 +71,17 @@ class System:
     paths: Mapping[str, str]  # effective NIX_PATH entries: the hive's, overridden by the system's
     platform: str | None = None
     tags: tuple[str, ...] = ()
+    build_host: str | None = None  # the ssh host that builds it (buildHost, --build-host); None: this machine
+
+    @property
+    def build_store(self) -> str | None:
+        """The Nix store its closure is built in and copied from, when not the local one."""
+        return f"ssh-ng://{self.build_host}" if self.build_host else None
 
     def build_key(self) -> tuple[tuple[str, str], ...]:
         """Systems with equal keys are built by one `nix build` call."""
-        return (*tuple(sorted(self.paths.items())), ("\x00platform", self.platform or ""))
+        return (*tuple(sorted(self.paths.items())), ("\x00platform", self.platform or ""),
+                ("\x00host", self.build_host or ""))
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,27 @@ def realise(derivations: Sequence[str], *, on_line: Callable[[str], None] | None
     return out.stdout.split()
 
 
+def copy_derivations(store: str, derivations: Sequence[str], *, env: Mapping[str, str]) -> None:
+    """Copy `derivations` and their closures (derivations and sources, no outputs) to `store`:
+    what a build host needs to build them."""
+    process.run([*NIX, "copy", "--derivation", "--to", store, *derivations], env=env)
+
+
+def build_in(store: str, derivations: Sequence[str], *, env: Mapping[str, str],
+             on_line: Callable[[str], None] | None = None) -> list[str]:
+    """Build `derivations` (already in `store`) in that store, by its own Nix (a build host
+    reached as ssh-ng://host builds them there); their `out` paths, in order."""
+    out = process.run([*NIX, "build", "--no-link", "--json", "--store", store, *derivations], env=env,
+                      on_stderr=on_line)
+    built = {entry["drvPath"]: entry["outputs"]["out"] for entry in json.loads(out.stdout)}
+    return [built[d] for d in derivations]
+
+
+def add_root_argv(path: str, link: str) -> list[str]:
+    """The command that keeps `path` alive through the symlink `link` (run where the path is)."""
+    return ["nix-store", "--realise", path, "--add-root", link, "--indirect"]
+
+
 def add_root(path: str, link: Path) -> None:
     """Keep `path` alive across garbage collections through the symlink `link`."""
     link.parent.mkdir(parents=True, exist_ok=True)
@@ -70,9 +91,23 @@ def invalid_paths(paths: Sequence[str]) -> set[str]:
     return set(out.stdout.split())
 
 
-def sign(key_file: Path, paths: Sequence[str]) -> None:
-    """Sign the closures of `paths` with the secret key in `key_file` (the key stays there)."""
-    process.run([*NIX, "store", "sign", "--key-file", str(key_file), "--recursive", *paths])
+def sign(key_file: Path, paths: Sequence[str], *, store: str | None = None,
+         env: Mapping[str, str] | None = None) -> None:
+    """Sign the closures of `paths` with the secret key in `key_file` (the key stays there).
+    With `store` (a build host's), the paths are signed in that store: Nix computes the
+    signatures here and sends them, never the key."""
+    where = ["--store", store] if store else []
+    process.run([*NIX, "store", "sign", *where, "--key-file", str(key_file), "--recursive", *paths], env=env)
+
+
+def copy_argv(to: str, paths: Sequence[str], *, substitute: bool, source: str | None = None) -> list[str]:
+    """`nix copy` of the closures of `paths` to the store `to` (from `source`, default the
+    local store); with `substitute`, the destination first tries its own substituters (a relay
+    store) and receives only what they lack."""
+    argv = [*NIX, "copy", *(["--from", source] if source else []), "--to", to]
+    if substitute:
+        argv.append("--substitute-on-destination")
+    return [*argv, *paths]
 
 
 def copy(
@@ -82,13 +117,10 @@ def copy(
     substitute: bool,
     env: Mapping[str, str],
     on_line: Callable[[str], None] | None = None,
+    source: str | None = None,
 ) -> None:
-    """Copy the closures of `paths` to the store `to`; with `substitute`, the destination
-    first tries its own substituters (a relay store) and receives only what they lack."""
-    argv = [*NIX, "copy", "--to", to]
-    if substitute:
-        argv.append("--substitute-on-destination")
-    process.run([*argv, *paths], env=env, on_stderr=on_line)
+    """Run `copy_argv` here."""
+    process.run(copy_argv(to, paths, substitute=substitute, source=source), env=env, on_stderr=on_line)
 
 
 def remote_missing(store: str, paths: Sequence[str], *, env: Mapping[str, str]) -> set[str]:

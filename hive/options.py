@@ -5,6 +5,7 @@ option (exit 2, nothing started)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,3 +106,16 @@ def state_file(given: str | None, hive: Hive, option: str = "--state FILE") -> P
     if not writable(path):
         raise InputError(f"cannot write the state file {path} (choose another with {option})")
     return path
+
+
+BUILD_HOST = re.compile(r"[A-Za-z0-9_\[:][A-Za-z0-9_.:\[\]%@-]*\Z")  # as the schema's buildHost
+
+
+def build_host(text: str | None, option: str = "--build-host") -> str | None:
+    """The host that builds every system: an ssh host name (never an option to ssh)."""
+    if text is None or text == "":
+        return None
+    if not BUILD_HOST.match(text):
+        raise InputError(f"{option} {text!r}: expected an ssh host name (an instance or a host of your ssh "
+                         "configuration)")
+    return text

@@ -59,7 +59,8 @@ def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
     options), locked and with Ctrl-C handled, as task creators for doit's loader. The summary
     is printed, and everything closed, by the reporter's last call."""
     hive = evaluate(variables.get("config"), options.overrides(
-        [v for v in variables.get("I", "").split(",") if v], option="I="))
+        [v for v in variables.get("I", "").split(",") if v], option="I="),
+        options.build_host(variables.get("build_host"), "build_host="))
     targets = variables.get("targets")
     waves = select(hive, [targets] if targets else [])
     selected = sum(len(w) for w in waves)

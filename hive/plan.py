@@ -5,7 +5,7 @@ tasks (tasks.py); `nix-hive plan` prints it.
 
 Tasks, by kind:
 
-    nix-build:<a+b>   one `nix build` of systems sharing `paths` and platform (a doit setup
+    nix-build:<a+b>   one `nix build` of systems sharing `paths`, platform and build host (a doit setup
                       task: it runs only when one of its systems needs building)
     build:<system>    a system's result (the unit `--no build` records and skips)
     store:<relay>     one `nix copy` of every system a relay store must hold
@@ -66,9 +66,10 @@ class TaskId:
 
 @dataclass(frozen=True)
 class BuildGroup:
-    """Systems built by one `nix build` (equal `paths` and platform)."""
+    """Systems built by one `nix build` (equal `paths`, platform and build host)."""
 
     systems: tuple[str, ...]
+    host: str | None = None  # the build host (buildHost), None for this machine
 
     @property
     def id(self) -> TaskId:
@@ -197,7 +198,7 @@ def build_groups(hive: Hive, systems: Sequence[str]) -> tuple[BuildGroup, ...]:
     by_key: dict[object, list[str]] = {}
     for name in systems:
         by_key.setdefault(hive.systems[name].build_key(), []).append(name)
-    return tuple(BuildGroup(tuple(members)) for members in by_key.values())
+    return tuple(BuildGroup(tuple(members), hive.systems[members[0]].build_host) for members in by_key.values())
 
 
 def relays(hive: Hive, instances: Sequence[Instance]) -> tuple[Relay, ...]:
@@ -255,8 +256,9 @@ def make_plan(hive: Hive, waves: Sequence[Sequence[Instance]], *, goal: Goal = G
     systems = tuple(dict.fromkeys(i.system for i in instances))
     groups = build_groups(hive, systems)
     stores = () if build_only else relays(hive, instances)
+    hosts = frozenset(g.host for g in groups if g.host is not None)  # build hosts keep their connection too
     plan = Plan(goal=goal, skip=skip, final=final, waves=tuple(tuple(w) for w in waves), systems=systems,
-                groups=groups, relays=stores, hubs=gateways(hive, instances), tasks=(),
+                groups=groups, relays=stores, hubs=gateways(hive, instances) | hosts, tasks=(),
                 keys=keys and final is Kind.ACTIVATE and goal is not Goal.DRY_ACTIVATE)
     tasks = _build_tasks(plan, hive) if build_only else _build_tasks(plan, hive) + _deploy_tasks(plan)
     return dataclasses.replace(plan, tasks=tuple(tasks))
@@ -266,7 +268,8 @@ def _build_tasks(plan: Plan, hive: Hive) -> list[PlannedTask]:
     users = {s: sum(1 for i in plan.instances if i.system == s) for s in plan.systems}
     out: list[PlannedTask] = []
     for group in plan.groups:
-        out.append(PlannedTask(group.id, doc=f"nix build of {', '.join(group.systems)}"))
+        on = f" on build host {group.host}" if group.host else ""
+        out.append(PlannedTask(group.id, doc=f"nix build of {', '.join(group.systems)}{on}"))
         for s in group.systems:
             out.append(PlannedTask(TaskId(Kind.BUILD, s), setup=(group.id,), skippable=Step.BUILD,
                                    doc=f"build system {s} ({users[s]} instance{'s' if users[s] != 1 else ''})"))
@@ -324,7 +327,7 @@ def as_json(plan: Plan, hive: Hive | None = None) -> dict[str, object]:
         "goal": plan.goal.value,
         "skip": sorted(s.value for s in plan.skip),
         "waves": [[i.name for i in wave] for wave in plan.waves],
-        "builds": [{"systems": list(g.systems)} for g in plan.groups],
+        "builds": [{"systems": list(g.systems), "buildHost": g.host} for g in plan.groups],
         "relays": [{"url": r.url, "systems": list(r.systems), "owner": r.owner, "upstream": r.upstream,
                     "upload": r.upload} for r in plan.relays],
         "hubs": sorted(plan.hubs),

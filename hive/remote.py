@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -99,6 +99,10 @@ class Remote:
         """`ssh host WORDS...` as ssh itself does it: the words joined by spaces and run by
         the remote user's shell (so `run '*' -- 'uptime; df -h'` means what it says)."""
         return ["ssh", "-F", str(self.setup.config), "--", self.name, " ".join(words)]
+
+    def run_script(self, script: str, *, on_line: Callable[[str], None] | None = None) -> process.Result:
+        """Run a POSIX shell script as the ssh user (a build host's copies and GC roots)."""
+        return process.run(self.shell_argv(script), on_stderr=on_line)
 
     def run_as_root(self, commands: Sequence[Sequence[str]]) -> process.Result:
         self.forget()

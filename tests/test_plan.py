@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hive import plan
+import pytest
+
+from hive import options, plan
+from hive.errors import InputError
+from hive.evaluate import build_model, validate
 from hive.model import Goal, Hive, Instance, Step, System, frozen_map
 from hive.plan import Kind, TaskId, make_plan
 
@@ -79,6 +83,26 @@ def test_systems_sharing_paths_and_platform_are_one_build_group() -> None:
     assert [str(t.id) for t in p.tasks] == ["nix-build:b+a", "build:b", "build:a", "nix-build:c", "build:c"]
     assert p.task(TaskId(Kind.BUILD, "a")).setup == (TaskId(Kind.NIX_BUILD, "b+a"),)
     assert not any(t.id.kind in (Kind.PUSH, Kind.STORE, Kind.DEPLOY) for t in p.tasks)  # build only
+
+
+def test_build_hosts_come_from_the_system_the_deployment_or_the_command_line() -> None:
+    raw = {"buildHost": "builder", "systems": {"a": {"configuration": "set"},
+                                               "b": {"configuration": "set", "buildHost": "portico"},
+                                               "c": {"configuration": "set", "buildHost": None}},
+           "instances": {n: {"system": n} for n in "abc"}}
+    validate(raw, "hive.nix")
+    h = build_model(raw, Path("/d/hive.nix"), "hive.nix")
+    assert {n: s.build_host for n, s in h.systems.items()} == {"a": "builder", "b": "portico", "c": None}
+    assert h.systems["a"].build_store == "ssh-ng://builder" and h.systems["c"].build_store is None
+    p = make_plan(h, [tuple(h.instances.values())])
+    assert [(g.systems, g.host) for g in p.groups] == [(("a",), "builder"), (("b",), "portico"), (("c",), None)]
+    assert {"builder", "portico"} <= p.hubs  # their connections stay open for the copies from them
+    assert [b["buildHost"] for b in plan.as_json(p)["builds"]] == ["builder", "portico", None]  # type: ignore[index]
+    everywhere = build_model(raw, Path("/d/hive.nix"), "hive.nix", build_host="big")
+    assert {s.build_host for s in everywhere.systems.values()} == {"big"}
+    assert len(make_plan(everywhere, [tuple(everywhere.instances.values())]).groups) == 1
+    with pytest.raises(InputError, match="--build-host '-oProxyCommand=x': expected an ssh host name"):
+        options.build_host("-oProxyCommand=x")
 
 
 def test_waves_are_gated_one_after_the_other() -> None:
