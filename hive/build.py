@@ -36,6 +36,7 @@ class Builds:
         self._failures: dict[str, HiveError] = {}
         self._recorded: dict[str, str] = {}  # system -> result the state file holds (--no build)
         self.trust_records = True  # False when no input files could be found: always build
+        self.flake: dict[str, Any] | None = None  # a flake's source and locked inputs (--no build)
 
     def build_group(self, group: BuildGroup) -> dict[str, Any]:
         """The action of `nix-build:<group>`: its systems evaluated in parallel (up to
@@ -55,10 +56,11 @@ class Builds:
         """System -> derivation, for those whose evaluation succeeded."""
         s = self.session
         paths = s.hive.systems[systems[0]].paths
+        source = nix.deployment_env(s.hive.file, s.hive.flake, s.hive.attr)
 
         def one(name: str) -> tuple[str, str | HiveError]:
             try:
-                return name, nix.instantiate(s.hive.file, name, paths)
+                return name, nix.instantiate(source, s.hive.directory, name, paths)
             except HiveError as exc:
                 return name, exc
 
@@ -187,8 +189,11 @@ class Builds:
     def inputs(self, system: str) -> dict[str, Any]:
         """What a build depends on besides the files of the deployment."""
         s = self.session.hive.systems[system]
-        return {"paths": dict(s.paths), "platform": s.platform, "file": str(self.session.hive.file),
-                "buildHost": s.build_host}
+        out = {"paths": dict(s.paths), "platform": s.platform, "file": str(self.session.hive.file),
+               "buildHost": s.build_host, "nixpkgs": s.nixpkgs}
+        if self.flake is not None:
+            out["flake"] = self.flake
+        return out
 
 
 def _as_error(exc: Exception, where: str = "") -> HiveError:

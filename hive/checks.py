@@ -104,7 +104,9 @@ def signing_key(shown: str, key: Path) -> None:
     Its content is never shown."""
     if str(key).startswith("/nix/store/"):
         raise DeploymentError(shown, "the secret key is in the Nix store, readable by every user: "
-                              "write it as a path literal (./key.sec), never as \"${./key.sec}\"", "signingKey")
+                              "write it as a path literal (./key.sec), never as \"${./key.sec}\"; in a flake, "
+                              "as a string naming a file outside the flake (Nix copies a flake's files into the store)",
+                              "signingKey")
     if key.is_dir():
         raise DeploymentError(shown, f"{key} is a directory, not a secret key file", "signingKey")
     if not key.is_file():

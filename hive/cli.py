@@ -29,6 +29,7 @@ from hive.report import (
     system_rows,
     table,
 )
+from hive.resources import nix_file
 from hive.select import Wave, flatten, select
 from hive.session import Session
 
@@ -152,6 +153,25 @@ def _show(args: argparse.Namespace, rows: list[Row], code: int | None = None, re
 
 def cmd_push(args: argparse.Namespace) -> int:
     return cmd_deploy(args, push_only=True)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a starting deployment (hive.nix, or flake.nix with --flake); never overwrite."""
+    directory = Path(args.config or ".")
+    if not directory.is_dir():
+        raise InputError(f"nix-hive init: {directory} is not a directory")
+    name = "flake.nix" if args.flake else "hive.nix"
+    target = directory / name
+    text = nix_file("init-flake.nix" if args.flake else "init-hive.nix").read_text()
+    try:
+        with target.open("x") as out:  # exclusive: an existing file is never replaced
+            out.write(text)
+    except FileExistsError:
+        raise InputError(f"nix-hive init: {target} already exists (init overwrites nothing)") from None
+    except OSError as exc:
+        raise InputError(f"nix-hive init: cannot write {target}: {exc.strerror}") from None
+    print(f"wrote {target}: edit it, then `nix-hive list{' -c ' + str(directory) if args.config else ''}`")
+    return 0
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
@@ -336,6 +356,11 @@ def parser() -> Parser:
     sub.required = True
     _selection_commands(sub, common, no, jobs)
     _ssh_commands(sub, common, jobs)
+    init = sub.add_parser("init", help="write a starting deployment (hive.nix, or flake.nix) in the current directory")
+    init.add_argument("-c", "--config", metavar="DIR", help="write it in DIR instead")
+    init.add_argument("--flake", action="store_true", help="a flake.nix with the deployment as its nixHive output")
+    init.add_argument("--debug", action="store_true", help="show tracebacks")
+    init.set_defaults(func=cmd_init)
     return p
 
 
@@ -354,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(head)
         if args_in[:1] == ["run"]:
             args.command = tail
-        process.set_verbose(sys.stderr if args.verbose else None)
+        process.set_verbose(sys.stderr if getattr(args, "verbose", False) else None)
         return int(args.func(args))
     except HiveError as exc:
         if debug:

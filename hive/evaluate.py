@@ -4,11 +4,13 @@ attribute; nothing is built and nothing is written before this succeeds."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +31,61 @@ from hive.model import (
 from hive.resources import nix_file, schema_file
 
 DEFAULT_CONFIG = "hive.nix"
+DEFAULT_ATTR = "nixHive"  # the flake output a flake's deployment is
+ATTR = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)*\Z")
 
 
-def locate(config: str | None) -> tuple[Path, str]:
-    """The deployment file named by `-c` (a file, or a directory holding default.nix)."""
-    shown = config or DEFAULT_CONFIG
+@dataclass(frozen=True)
+class Located:
+    """Where the deployment comes from: a file, or a flake's output (`flake`, `attr`)."""
+
+    file: Path  # the deployment file; a local flake's flake.nix; ./flake.nix for a remote flake
+    shown: str  # as messages name it: the file, or flake.nix#attr
+    flake: str | None = None  # the flake reference given to Nix (a local one made absolute)
+    attr: str = DEFAULT_ATTR
+
+
+def locate(config: str | None) -> Located:
+    """The deployment named by `-c`: a file; a directory holding flake.nix (its `nixHive`
+    output), default.nix or hive.nix; or FLAKEREF#ATTR. Without `-c`: ./hive.nix, else
+    ./flake.nix."""
+    if config is None:
+        if not Path(DEFAULT_CONFIG).is_file() and Path("flake.nix").is_file():
+            return _local_flake(Path("."), DEFAULT_ATTR, "flake.nix")
+        config = DEFAULT_CONFIG
+    ref, hash_, attr = config.partition("#")
+    if hash_:
+        if not attr or not ATTR.match(attr):
+            raise DeploymentError(config, "expected FLAKEREF#ATTR, ATTR an attribute path such as nixHive or "
+                                  "deployments.prod")
+        if ":" in ref and not ref.startswith(("path:", "/", ".")):
+            return Located(Path.cwd() / "flake.nix", config, ref, attr)  # github:…, git+https://…
+        local = Path(ref.removeprefix("path:") or ".")
+        if local.name == "flake.nix":
+            local = local.parent
+        return _local_flake(local, attr, str(local / "flake.nix"))
+    shown = config
     path = Path(shown)
     if path.is_dir():
+        if (path / "flake.nix").is_file() and not (path / DEFAULT_CONFIG).is_file():
+            return _local_flake(path, DEFAULT_ATTR, str(path / "flake.nix"))
         found = next((path / n for n in ("default.nix", DEFAULT_CONFIG) if (path / n).is_file()), None)
         if found is None:
-            raise DeploymentError(shown, "is a directory without default.nix or hive.nix")
+            raise DeploymentError(shown, "is a directory without flake.nix, default.nix or hive.nix")
         path = found
         shown = str(Path(shown) / found.name)
     elif not path.is_file():
         raise DeploymentError(shown, "no such file")
-    return path.resolve(), shown
+    elif path.name == "flake.nix":
+        return _local_flake(path.parent, DEFAULT_ATTR, shown)
+    return Located(path.resolve(), shown)
+
+
+def _local_flake(directory: Path, attr: str, shown_file: str) -> Located:
+    if not (directory / "flake.nix").is_file():
+        raise DeploymentError(shown_file, "no such file")
+    resolved = directory.resolve()
+    return Located(resolved / "flake.nix", f"{shown_file}#{attr}", str(resolved), attr)
 
 
 def _nix_message(stderr: str) -> str:
@@ -55,7 +97,7 @@ def _nix_message(stderr: str) -> str:
         message = next((ln for ln in lines[start + 1:] if not ln.startswith(("…", "at "))), "nix eval failed")
     where = [m.group(1) for ln in lines if (m := re.match(r"at (/\S+:\d+:\d+):?$", ln))]
     # The innermost location of the user's own files is the useful one: skip nix-hive's own.
-    own = str(nix_file("eval.nix"))
+    own = str(nix_file("eval.nix").parent) + "/"
     mine = [w for w in where if not w.startswith(own)]
     return f"{message} (at {mine[0]})" if mine else message
 
@@ -160,7 +202,7 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
         paths = {**top_paths, **s.get("paths", {}), **(overrides or {})}
         host = build_host or (s["buildHost"] if "buildHost" in s else raw.get("buildHost"))
         systems[name] = System(name=name, paths=frozen_map(paths), platform=s.get("system"),
-                               tags=tuple(s.get("tags", ())), build_host=host)
+                               tags=tuple(s.get("tags", ())), build_host=host, nixpkgs=s.get("nixpkgs"))
     instances: dict[str, Instance] = {}
     known = ", ".join(sorted(systems)) or "none"
     for name, i in sorted(raw["instances"].items()):
@@ -216,13 +258,17 @@ def _first(default: int, key: str, *levels: Mapping[str, Any]) -> int:
 def evaluate(config: str | None, overrides: Mapping[str, str] | None = None, build_host: str | None = None) -> Hive:
     """Evaluate, validate and model the deployment named by `-c`; `build_host` is the
     command line's `--build-host`, for every system."""
-    file, shown = locate(config)
+    where = locate(config)
+    shown = where.shown
+    locked = flake_inputs(where) if where.flake is not None else None
     try:
-        raw = nix.eval_inventory(file)
+        raw = nix.eval_inventory(nix.deployment_env(where.file, where.flake, where.attr), where.file.parent)
     except ProcessError as exc:
         raise DeploymentError(shown, f"cannot evaluate: {_nix_message(exc.stderr)}") from exc
     validate(raw, shown)
-    hive = build_model(raw, file, shown, overrides, build_host)
+    hive = build_model(raw, where.file, shown, overrides, build_host)
+    if where.flake is not None:
+        hive = dataclasses.replace(hive, flake=where.flake, attr=where.attr, flake_inputs=locked)
     checks.jump_loops(hive)
     checks.ssh_config(hive)
     return hive
@@ -253,6 +299,21 @@ def input_files(hive: Hive, *, exclude: Iterable[Path | None] = ()) -> list[Path
         if path.is_file():
             found.append(path)
     return found
+
+
+def flake_inputs(where: Located) -> dict[str, Any]:
+    """What a flake's builds depend on, as `nix flake metadata` reports it: its source (a
+    store path named by the content of the flake's files: tracked ones, in a git work tree)
+    and every locked input of its lock file. Like `nix build`, this writes the lock file when
+    the flake has none or lacks an input (evaluation then reads it; it never updates one)."""
+    assert where.flake is not None
+    try:
+        found = nix.flake_metadata(where.flake)
+    except ProcessError as exc:
+        raise DeploymentError(where.shown, f"cannot lock: {_nix_message(exc.stderr)}") from exc
+    nodes = found.get("locks", {}).get("nodes", {})
+    return {"source": found.get("path"),
+            "locked": {name: node.get("locked") for name, node in sorted(nodes.items()) if "locked" in node}}
 
 
 def _git_files(directory: Path) -> list[Path] | None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from hive.errors import InputError
 
@@ -72,6 +73,7 @@ class System:
     platform: str | None = None
     tags: tuple[str, ...] = ()
     build_host: str | None = None  # the ssh host that builds it (buildHost, --build-host); None: this machine
+    nixpkgs: str | None = None  # the nixpkgs it is built with (a flake input's path), instead of `paths`
 
     @property
     def build_store(self) -> str | None:
@@ -81,7 +83,7 @@ class System:
     def build_key(self) -> tuple[tuple[str, str], ...]:
         """Systems with equal keys are built by one `nix build` call."""
         return (*tuple(sorted(self.paths.items())), ("\x00platform", self.platform or ""),
-                ("\x00host", self.build_host or ""))
+                ("\x00host", self.build_host or ""), ("\x00nixpkgs", self.nixpkgs or ""))
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,9 @@ class Hive:
     signing_key: Path | None = None
     keys: Mapping[str, Key] = field(default_factory=dict)
     uploads: Mapping[str, str] = field(default_factory=dict)  # relay store URL -> where nix-hive writes to it
+    flake: str | None = None  # the flake reference, when the deployment is a flake's output
+    attr: str = ""  # that output's attribute path (nixHive)
+    flake_inputs: Mapping[str, Any] | None = None  # its source and locked inputs (nix flake metadata)
 
     @property
     def directory(self) -> Path:

@@ -1,7 +1,7 @@
 """One function per Nix verb nix-hive uses. Each builds an argv and hands it to `process`.
 
-Every `nix` call carries `--extra-experimental-features nix-command`, so nix-hive works on a
-machine whose nix.conf does not enable it.
+Every `nix` call carries `--extra-experimental-features "nix-command flakes"`, so nix-hive works
+on a machine whose nix.conf does not enable them.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from hive import process
 from hive.errors import ProcessError
 from hive.resources import nix_file
 
-NIX = ("nix", "--extra-experimental-features", "nix-command")
+NIX = ("nix", "--extra-experimental-features", "nix-command flakes")
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 
 
-def _hive_env(file: Path) -> dict[str, str]:
-    return {"NIX_HIVE_DEPLOYMENT": str(file)}
+def deployment_env(file: Path, flake: str | None = None, attr: str = "") -> dict[str, str]:
+    """How nix/deployment.nix finds the deployment: a file, or a flake's output."""
+    if flake is not None:
+        return {"NIX_HIVE_FLAKE": flake, "NIX_HIVE_ATTR": attr, "NIX_HIVE_DEPLOYMENT": ""}
+    return {"NIX_HIVE_DEPLOYMENT": str(file), "NIX_HIVE_FLAKE": ""}
 
 
 def _include_flags(paths: Mapping[str, str]) -> list[str]:
@@ -30,24 +33,32 @@ def _include_flags(paths: Mapping[str, str]) -> list[str]:
     return flags
 
 
-def eval_inventory(file: Path) -> Any:
-    """Evaluate the deployment file into its inventory (nix/eval.nix), building nothing."""
+def eval_inventory(source: Mapping[str, str], directory: Path) -> Any:
+    """Evaluate the deployment (`source`: deployment_env) into its inventory (nix/eval.nix),
+    building nothing."""
     # --read-only: a value such as "${./key.sec}" is never copied into the store, even
-    # before nix-hive refuses it.
-    argv = [*NIX, "eval", "--json", "--impure", "--read-only", "--show-trace",
-            *_include_flags({"deployment": str(file.parent)}), "--file", str(nix_file("eval.nix"))]
-    out = process.run(argv, env=_hive_env(file))
+    # before nix-hive refuses it. (A flake is in the store already: Nix copies its source
+    # to read it, and writes its lock file when it has none, as `nix build` does.)
+    read_only = [] if source.get("NIX_HIVE_FLAKE") else ["--read-only"]
+    argv = [*NIX, "eval", "--json", "--impure", *read_only, "--show-trace",
+            *_include_flags({"deployment": str(directory)}), "--file", str(nix_file("eval.nix"))]
+    out = process.run(argv, env=source)
     return json.loads(out.stdout)
 
 
-def instantiate(file: Path, system: str, paths: Mapping[str, str]) -> str:
+def instantiate(source: Mapping[str, str], directory: Path, system: str, paths: Mapping[str, str]) -> str:
     """Evaluate one system of the deployment into its derivation (written to the store, as
     `nix-instantiate` does). Each system is evaluated by a process of its own, so several can
     be evaluated at once (one core and its memory each)."""
-    include = {"deployment": str(file.parent), **paths}
+    include = {"deployment": str(directory), **paths}
     argv = [*NIX, "eval", "--impure", "--raw", *_include_flags(include), "--file", str(nix_file("build.nix")),
             f"{system}.drvPath"]
-    return process.run(argv, env=_hive_env(file)).stdout.strip()
+    return process.run(argv, env=source).stdout.strip()
+
+
+def flake_metadata(flake: str) -> Any:
+    """`nix flake metadata --json`: the flake's source in the store and its locked inputs."""
+    return json.loads(process.run([*NIX, "flake", "metadata", "--json", flake]).stdout)
 
 
 def realise(derivations: Sequence[str], *, on_line: Callable[[str], None] | None = None) -> list[str]:

@@ -4,6 +4,7 @@ option (exit 2, nothing started)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable
@@ -31,7 +32,16 @@ class Options:
 
 
 def default_state_file(hive: Hive) -> Path:
-    return hive.directory / ".hive.state"
+    """`.hive.state` beside the deployment file. A flake's goes to the user's state directory
+    instead (`$XDG_STATE_HOME/nix-hive/<flake>-<hash>.state`): Nix copies every file of a path
+    flake into the store, so a state file inside it would change the flake at every run."""
+    if hive.flake is None:
+        return hive.directory / ".hive.state"
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "nix-hive"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = hashlib.sha256(f"{hive.flake}#{hive.attr}".encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", hive.flake.rstrip("/").rsplit("/", 1)[-1]) or "flake"
+    return base / f"{name}-{key}.state"
 
 
 def overrides(values: Iterable[str] | None, option: str = "-I") -> dict[str, str]:

@@ -108,6 +108,8 @@ def inventory_json(hive: Any, selected: set[str], result_of: Callable[[str], str
             "paths": dict(s.paths),
             "system": s.platform,
             "tags": list(s.tags),
+            "nixpkgs": s.nixpkgs,
+            "buildHost": s.build_host,
             "instances": users,
             "selected": any(u in selected for u in users),
         }
@@ -126,6 +128,8 @@ def inventory_json(hive: Any, selected: set[str], result_of: Callable[[str], str
     }
     out: dict[str, Any] = {"file": str(hive.file), "paths": dict(hive.paths), "systems": systems,
                            "instances": instances}
+    if hive.flake is not None:
+        out["flake"] = {"ref": hive.flake, "attr": hive.attr, **dict(hive.flake_inputs or {})}
     if ssh_config is not None:
         out["ssh"] = ssh_config
     return out
@@ -142,6 +146,8 @@ def system_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
         users = [n for n, i in hive.instances.items() if i.system == name and n in selected]
         if users:
             paths = " ".join(f"{k}={v}" for k, v in sorted(s.paths.items()))
+            if s.nixpkgs:  # a flake input: the paths' nixpkgs is not used
+                paths = f"nixpkgs={s.nixpkgs} (given)"
             rows.append((name, str(len(users)), join(s.tags) or "-", paths or "-"))
     return rows
 

@@ -96,8 +96,12 @@ def namespace(session: Session, *, on_complete: Callable[[], None] | None = None
     per kind, yielding a sub-task per target (`deploy` is a task of its own)."""
     steps = Steps(session)
     exclude = (session.state_file, session.hive.signing_key)
-    files = [str(p) for p in input_files(session.hive, exclude=exclude)] if session.plan.systems else []
-    if session.plan.systems and not files and session.skips(Step.BUILD):
+    files: list[str] = []
+    if session.plan.systems and session.hive.flake_inputs is not None:
+        steps.builds.flake = dict(session.hive.flake_inputs)  # the flake's files and locked inputs
+    elif session.plan.systems:
+        files = [str(p) for p in input_files(session.hive, exclude=exclude)]
+    if session.plan.systems and session.hive.flake is None and not files and session.skips(Step.BUILD):
         session.progress.line(f"warning: no input files found for {session.hive.shown}: --no build cannot tell "
                               "whether a system changed, so every system is built")
         steps.builds.trust_records = False

@@ -1,13 +1,13 @@
 # Turns a deployment file into the inventory nix-hive works from, as JSON, building nothing.
 #
-# The file is named by NIX_HIVE_DEPLOYMENT (an absolute path; needs --impure), so no path is
-# ever spliced into Nix source text. Nothing here copies anything into the Nix store: path
-# literals become their absolute file name with `toString` (a secret such as
-# `signingKey = ./key.sec` must never be interpolated, which would copy it into the store),
-# and configurations are only looked at for their type, never evaluated.
+# The deployment comes from deployment.nix (a file, or a flake output). Nothing here copies
+# anything into the Nix store: path literals become their absolute file name with `toString`
+# (a secret such as `signingKey = ./key.sec` must never be interpolated, which would copy it
+# into the store), configurations and specialArgs are only looked at for their type, never
+# evaluated, and a system's `nixpkgs` (a flake input or a checkout) becomes its path. (A
+# flake's own source is in the store already: the flake form keeps secrets outside it.)
 let
-  file = builtins.getEnv "NIX_HIVE_DEPLOYMENT";
-  hive = import (/. + file);
+  hive = import ./deployment.nix;
   inherit (builtins) typeOf mapAttrs removeAttrs;
 
   # Any value, made JSON-safe. Functions and derivations become a marker object that the
@@ -21,10 +21,14 @@ let
     else if t == "list" then map clean v
     else v;
 
+  # a flake input or a derivation: its store path; a path literal: its file name
+  source = v: if typeOf v == "set" && v ? outPath then toString v.outPath else clean v;
   system = _: s:
     if typeOf s != "set" then clean s
-    else clean (removeAttrs s [ "configuration" ])
-      // (if s ? configuration then { configuration = typeOf s.configuration; } else { });
+    else clean (removeAttrs s [ "configuration" "specialArgs" "nixpkgs" ])
+      // (if s ? configuration then { configuration = typeOf s.configuration; } else { })
+      // (if s ? specialArgs then { specialArgs = typeOf s.specialArgs; } else { })
+      // (if s ? nixpkgs then { nixpkgs = source s.nixpkgs; } else { });
 
   top =
     if typeOf hive != "set" then clean hive

@@ -29,6 +29,19 @@ def make_key(directory: Path, name: str = "hive-lab") -> tuple[Path, str]:
     return sec, pub.read_text().strip()
 
 
+def flake_for_lab(flake: Path, secrets: Path) -> tuple[Path, str]:
+    """A flake-form deployment (example/flake) made to run here: nixpkgs is the stand-in (a
+    path input) and the signing key a new one outside the flake (a flake's files are copied to
+    the store), whose public half goes into the flake as hive.pub."""
+    sec, pub = make_key(secrets)
+    text = (flake / "flake.nix").read_text()
+    text = text.replace("github:NixOS/nixpkgs/nixos-24.05", f"path:{STANDIN}")
+    text = text.replace('"/etc/nix-hive/hive.sec"', f'"{sec}"')
+    (flake / "flake.nix").write_text(text)
+    (flake / "hive.pub").write_text(pub + "\n")
+    return sec, pub
+
+
 @dataclass
 class Fleet:
     """A running lab and the deployment directory that targets it."""
@@ -48,7 +61,10 @@ class Fleet:
         hive = workdir / "hive"
         shutil.copytree(source, hive, ignore=shutil.ignore_patterns("secrets", ".hive.state*"))
         shutil.copy(REPO / "tests" / "hives" / "lab-host.nix", hive / "lab-host.nix")  # the test hives' helper
-        _, pub = make_key(hive / "secrets")
+        if (hive / "flake.nix").exists():
+            _, pub = flake_for_lab(hive, workdir / "secrets")
+        else:
+            _, pub = make_key(hive / "secrets")
         if relays is None:
             relays = {h: relay for h, segs in topology.items() if h != relay and "pub" not in segs}
         behind = {h: f"substituters = {up if '://' in up else f'ssh://{up}'}\ntrusted-public-keys = {pub}\n"

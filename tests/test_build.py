@@ -256,7 +256,7 @@ def test_plan_shows_what_a_deployment_would_do_and_does_nothing(tmp_path: Path, 
     tasks = {t["task"]: t for t in data["tasks"]}
     assert tasks["push:www-1"]["after"] == ["build:web", "wave:2", "store:ssh://portico?compress%3Dtrue"]
     assert tasks["push:www-1"]["skippable"] == "push" and tasks["activate:www-1"]["skippable"] is None
-    assert data["builds"] == [{"systems": ["edge", "web"]}]
+    assert data["builds"] == [{"systems": ["edge", "web"], "buildHost": None}]
     table = nix_hive("plan", "-c", str(hive), "portico", "www-*")
     assert table.returncode == 0 and "wave:2" in table.stdout and "nix-build:edge+web" in table.stdout
     assert builds(build_log) == [] and not (hive.parent / ".hive.state").exists()  # nothing built or written

@@ -19,7 +19,8 @@ from tests.lab import Lab
 from tests.lab.hostfs import SSHD_START_HOOK, SSHD_STOP_HOOK
 from tests.lab.procs import is_alive
 
-pytestmark = needs_lab
+# one worker runs the whole module in order (its tests share one lab; the last checks them all)
+pytestmark = [needs_lab, pytest.mark.xdist_group("standin")]
 
 # name -> extra configuration of a stand-in system (all built in one `nix build`)
 SYSTEMS = {

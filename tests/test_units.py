@@ -42,14 +42,15 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
 
 def test_a_system_is_evaluated_alone_then_built_with_others(calls: Calls) -> None:
     calls.stdout = "/nix/store/a.drv\n"
-    drv = nix.instantiate(Path("/d/hive.nix"), "a", {"nixpkgs": "/src/nixpkgs", "extra": "https://x/y.tar.xz"})
+    drv = nix.instantiate(nix.deployment_env(Path("/d/hive.nix")), Path("/d"), "a",
+                          {"nixpkgs": "/src/nixpkgs", "extra": "https://x/y.tar.xz"})
     assert drv == "/nix/store/a.drv"
     argv = calls.argv[0]
-    assert argv[:6] == ["nix", "--extra-experimental-features", "nix-command", "eval", "--impure", "--raw"]
+    assert argv[:6] == ["nix", "--extra-experimental-features", "nix-command flakes", "eval", "--impure", "--raw"]
     assert argv[-1] == "a.drvPath" and argv[-3] == "--file" and argv[-2].endswith("build.nix")
     flags = [argv[i + 1] for i, a in enumerate(argv) if a == "-I"]
     assert flags == ["deployment=/d", "extra=https://x/y.tar.xz", "nixpkgs=/src/nixpkgs"]
-    assert calls.env[0] == {"NIX_HIVE_DEPLOYMENT": "/d/hive.nix"}
+    assert calls.env[0] == {"NIX_HIVE_DEPLOYMENT": "/d/hive.nix", "NIX_HIVE_FLAKE": ""}
     calls.stdout = "/nix/store/a-sys-a\n/nix/store/b-sys-b\n"
     assert nix.realise(["/nix/store/a.drv", "/nix/store/b.drv"]) == ["/nix/store/a-sys-a", "/nix/store/b-sys-b"]
     assert calls.argv[1] == ["nix-store", "--realise", "/nix/store/a.drv", "/nix/store/b.drv"]
@@ -57,10 +58,14 @@ def test_a_system_is_evaluated_alone_then_built_with_others(calls: Calls) -> Non
 
 def test_eval_is_read_only_so_nothing_reaches_the_store(calls: Calls) -> None:
     calls.stdout = "{}"
-    nix.eval_inventory(Path("/d/hive.nix"))
+    nix.eval_inventory(nix.deployment_env(Path("/d/hive.nix")), Path("/d"))
     [argv] = calls.argv
     assert {"eval", "--json", "--read-only", "--impure"} <= set(argv)
     assert argv[argv.index("--file") + 1].endswith("eval.nix")
+    # a flake is read from the store (Nix copies it there to read it): no --read-only
+    nix.eval_inventory(nix.deployment_env(Path("/f/flake.nix"), "/f", "nixHive"), Path("/f"))
+    assert "--read-only" not in calls.argv[1]
+    assert calls.env[1] == {"NIX_HIVE_FLAKE": "/f", "NIX_HIVE_ATTR": "nixHive", "NIX_HIVE_DEPLOYMENT": ""}
 
 
 def test_copy_sign_and_profile_commands(calls: Calls) -> None:
@@ -208,7 +213,7 @@ def test_systems_sharing_paths_are_built_by_one_nix_build(jobs: int, tmp_path: P
     evaluated one by one and built by one call."""
     built: list[list[str]] = []
 
-    def fake_instantiate(file: Path, system: str, paths: Any) -> str:
+    def fake_instantiate(source: Any, directory: Path, system: str, paths: Any) -> str:
         return f"/nix/store/{system}.drv"
 
     def fake_realise(drvs: Sequence[str], **_: Any) -> list[str]:

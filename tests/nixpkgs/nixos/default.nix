@@ -46,11 +46,11 @@
 #   the listening sshd only: open ssh connections survive, as with NixOS's KillMode=process).
 #   The lab (tests/lab/hostfs.py) writes these hooks; where they are missing, start is
 #   skipped and stop only warns on stderr.
-{ configuration, system ? builtins.currentSystem }:
+{ configuration, system ? builtins.currentSystem, specialArgs ? { } }:
 let
   lib = import ../lib.nix;
   pkgs = import ../default.nix { inherit system; };
-  args = { inherit config lib pkgs system; modulesPath = toString ./.; options = { }; };
+  args = specialArgs // { inherit config lib pkgs system; modulesPath = toString ./.; options = { }; };
   load = m:
     if builtins.isPath m || builtins.isString m then load (import m)
     else if builtins.isFunction m then m args
@@ -236,7 +236,8 @@ let
   });
 in
 {
-  inherit config pkgs;
+  config = config // { system = (config.system or { }) // { build = { inherit toplevel; }; }; };
+  inherit pkgs;
   options = { };
   system = toplevel;
 }
