@@ -10,7 +10,7 @@ APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux j
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
 WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 
-.PHONY: setup apt venv test lint typecheck pytest demo demo-down bench bench-fleet bench-eval clean
+.PHONY: setup apt venv test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-eval clean
 
 setup: apt venv
 
@@ -43,14 +43,17 @@ test: lint typecheck pytest
 demo: setup
 	$(WITH_NIX) $(PY) -m tests.demo up
 
+demo-flake: setup
+	$(WITH_NIX) $(PY) -m tests.demo up --flake
+
 demo-down: setup
 	$(PY) -m tests.demo down
 
 bench: setup
 	$(WITH_NIX) $(PY) -m benchmarks.build_no_build
 
-bench-fleet: setup
-	$(WITH_NIX) $(PY) -m benchmarks.fleet_deploy
+bench-fleet: setup  # a subset, e.g.: make bench-fleet ARGS="--only far,remote-build,cache"
+	$(WITH_NIX) $(PY) -m benchmarks.fleet_deploy $(ARGS)
 
 bench-eval: setup
 	$(WITH_NIX) $(PY) -m benchmarks.eval_parallel

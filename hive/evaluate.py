@@ -63,7 +63,9 @@ def locate(config: str | None) -> Located:
         local = Path(ref.removeprefix("path:") or ".")
         if local.name == "flake.nix":
             local = local.parent
-        return _local_flake(local, attr, str(local / "flake.nix"))
+        # path:DIR is the directory's files, even in a git work tree (where DIR alone means
+        # the files git tracks, as Nix reads flakes)
+        return _local_flake(local, attr, str(local / "flake.nix"), scheme="path:" if ref.startswith("path:") else "")
     shown = config
     path = Path(shown)
     if path.is_dir():
@@ -81,11 +83,11 @@ def locate(config: str | None) -> Located:
     return Located(path.resolve(), shown)
 
 
-def _local_flake(directory: Path, attr: str, shown_file: str) -> Located:
+def _local_flake(directory: Path, attr: str, shown_file: str, scheme: str = "") -> Located:
     if not (directory / "flake.nix").is_file():
         raise DeploymentError(shown_file, "no such file")
     resolved = directory.resolve()
-    return Located(resolved / "flake.nix", f"{shown_file}#{attr}", str(resolved), attr)
+    return Located(resolved / "flake.nix", f"{shown_file}#{attr}", f"{scheme}{resolved}", attr)
 
 
 def _nix_message(stderr: str) -> str:

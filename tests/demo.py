@@ -1,7 +1,8 @@
 """`make demo`: deploy the example to a lab fleet on this machine, and leave it running.
 
-    python -m tests.demo up      start the fleet (portico + www-1..3), deploy, report
-    python -m tests.demo down    tear the fleet down
+    python -m tests.demo up           start the fleet (portico + www-1..3), deploy, report
+    python -m tests.demo up --flake   the same with the deployment as a flake (example/flake)
+    python -m tests.demo down         tear the fleet down
 
 (from the repository root, as `make demo` and `make demo-down` do).
 
@@ -41,11 +42,11 @@ def closure(path: str) -> int:
     return int(out.stdout.split()[-1])
 
 
-def up() -> int:
+def up(flake: bool = False) -> int:
     down()
     WORKDIR.mkdir(parents=True)
     started = time.monotonic()
-    fleet = Fleet.start(WORKDIR)
+    fleet = Fleet.start(WORKDIR, source=REPO / "example" / ("flake" if flake else ""))
     print(fleet.lab.summary())
     wrapper = WORKDIR / "nix-hive"
     wrapper.write_text(
@@ -56,6 +57,8 @@ def up() -> int:
         '"$@"\n')
     wrapper.chmod(0o755)
     hive = os.path.relpath(fleet.hive, REPO)
+    if flake:  # path:, since .lab/ is in the repository's git work tree (where git ignores it)
+        hive = f"path:{hive}#nixHive"
     command = [str(wrapper), "deploy", "-c", hive, "-I", f"nixpkgs={os.path.relpath(STANDIN, REPO)}",
                "--report", str(WORKDIR / "report.json"), "portico", "*"]
     print(f"\n$ nix-hive deploy -c {hive} -I nixpkgs=tests/nixpkgs portico '*'\n", flush=True)
@@ -84,11 +87,12 @@ def up() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--flake", action="store_true", help="deploy example/flake (the flake form)")
     args = parser.parse_args()
     if args.action == "down":
         down()
         return 0
-    return up()
+    return up(args.flake)
 
 
 if __name__ == "__main__":
