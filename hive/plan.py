@@ -181,15 +181,18 @@ def upstream(hive: Hive, url: str) -> str | None:
 
 def gateways(hive: Hive, instances: Iterable[Instance]) -> frozenset[str]:
     """The jump hosts (ProxyJump) and relay hosts that `instances` are reached or fed through,
-    by the names the ssh configuration knows them by."""
+    by the names the ssh configuration knows them by: a relay store's host, and the host its
+    upload URL writes through (an HTTP cache's, ssh://cache?remote-store=…), whose
+    connection must outlive that host's own deployment while the upload runs."""
     names: set[str] = set()
     for i in instances:
         jump = i.ssh.get("ProxyJump")
         if jump:
             names.update(hop.host for hop in parse_proxy_jump(jump))
-        owner = store_instance(hive, i.store) if i.store else None
-        if owner is not None:
-            names.add(owner.name)
+        for url in (i.store, hive.uploads.get(i.store) if i.store else None):
+            owner = store_instance(hive, url) if url else None
+            if owner is not None:
+                names.add(owner.name)
     return frozenset(names)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,14 @@ def test_systems_sharing_paths_and_platform_are_one_build_group() -> None:
     assert [str(t.id) for t in p.tasks] == ["nix-build:b+a", "build:b", "build:a", "nix-build:c", "build:c"]
     assert p.task(TaskId(Kind.BUILD, "a")).setup == (TaskId(Kind.NIX_BUILD, "b+a"),)
     assert not any(t.id.kind in (Kind.PUSH, Kind.STORE, Kind.DEPLOY) for t in p.tasks)  # build only
+
+
+def test_the_host_an_http_cache_is_uploaded_through_keeps_its_connection() -> None:
+    h = dataclasses.replace(hive({"web": {}, "cache": {}}, cache=Instance("cache", "cache"),
+                                 w1=Instance("w1", "web", store="http://cache:8080")),
+                            uploads={"http://cache:8080": "ssh://cache?remote-store=file:///srv/c"})
+    p = make_plan(h, [(h.instances["cache"], h.instances["w1"])])
+    assert p.hubs == {"cache"}  # its own activation must not close the connection the upload uses
 
 
 def test_build_hosts_come_from_the_system_the_deployment_or_the_command_line() -> None:
