@@ -36,7 +36,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 pytest: setup
-	$(WITH_NIX) $(VENV)/bin/pytest -q -n 3 --dist loadgroup  # three at once: the lab tests mostly wait on hosts
+	$(WITH_NIX) $(VENV)/bin/pytest -q -n 3  # three at once: the lab tests mostly wait on hosts
 
 test: lint typecheck pytest
 

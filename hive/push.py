@@ -64,8 +64,8 @@ class Pushes:
             nix.copy(to, paths, substitute=substitute, env=env)
             return ""
         url = StoreUrl.parse(to)
-        if url.ssh_host is not None and url.ssh_host == host.rpartition("@")[2]:
-            return f"(built there by build host {host})"
+        if url.ssh_host == host.rpartition("@")[2] and url.param("remote-store") is None:
+            return f"(built there by build host {host})"  # the build host's own store
         if relayed or url.scheme in LOCAL_SCHEMES:
             nix.copy(to, paths, substitute=substitute, env=env, source=f"ssh-ng://{host}")
             return ""

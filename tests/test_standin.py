@@ -5,6 +5,7 @@ lab's hooks; and `Lab.down` finding what those activations started."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -17,10 +18,9 @@ from tests.conftest import STANDIN, needs_lab
 from tests.constants import nix_env
 from tests.lab import Lab
 from tests.lab.hostfs import SSHD_START_HOOK, SSHD_STOP_HOOK
-from tests.lab.procs import is_alive
+from tests.lab.procs import is_alive, start_time
 
-# one worker runs the whole module in order (its tests share one lab; the last checks them all)
-pytestmark = [needs_lab, pytest.mark.xdist_group("standin")]
+pytestmark = needs_lab
 
 # name -> extra configuration of a stand-in system (all built in one `nix build`)
 SYSTEMS = {
@@ -75,9 +75,10 @@ def systems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return build(tmp_path_factory.mktemp("standin"), SYSTEMS)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, systems: dict[str, str]) -> Iterator[Lab]:
-    lab = Lab.start({"st-a": ["pub"], "st-b": ["pub"]}, tmp_path_factory.mktemp("lab") / "lab")
+@contextlib.contextmanager
+def standin_lab(workdir: Path, systems: dict[str, str]) -> Iterator[Lab]:
+    """Two hosts holding every stand-in system."""
+    lab = Lab.start({"st-a": ["pub"], "st-b": ["pub"]}, workdir)
     try:
         env = nix_env() | {"NIX_SSHOPTS": f"-F {lab.ssh_config_path}"}
         for host in lab.hosts:
@@ -86,6 +87,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory, systems: dict[str, str]) -> It
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, systems: dict[str, str]) -> Iterator[Lab]:
+    with standin_lab(tmp_path_factory.mktemp("lab") / "lab", systems) as lab:
+        yield lab
+
+
+@pytest.fixture
+def own_lab(tmp_path: Path, systems: dict[str, str]) -> Iterator[Lab]:
+    """A lab of the test's own (pytest-xdist spreads this module's tests over workers)."""
+    with standin_lab(tmp_path / "lab", systems) as lab:
+        yield lab
 
 
 def switch(lab: Lab, host: str, path: str, goal: str = "switch", *, timeout: float = 30,
@@ -266,20 +280,29 @@ def test_openssh_disabled(lab: Lab, systems: dict[str, str], tmp_path: Path) -> 
                               f"ControlPath={sock}", "-O", "exit", host]), check=False)
 
 
-def test_down_leaves_nothing(lab: Lab, systems: dict[str, str]) -> None:
-    """Runs last: a restarted sshd, a health server and a hanging activation are all killed."""
+def test_down_leaves_nothing(own_lab: Lab, systems: dict[str, str]) -> None:
+    """A restarted sshd, health servers and a hanging activation are all killed."""
+    lab = own_lab
     with pytest.raises(subprocess.TimeoutExpired):
         switch(lab, "st-b", systems["hang"], timeout=2)
-    switch(lab, "st-b", systems["web"], timeout=10)
+    for host in lab.hosts:
+        switch(lab, host, systems["web"], timeout=10)  # a health server on each host
+    lab.run("st-b", [SSHD_STOP_HOOK])  # and an sshd the lab did not start, as activations do
+    lab.run("st-b", [SSHD_START_HOOK])
     sshd = int((lab.hosts["st-b"].dir / "sshd.pid").read_text())
     http = {h: int(lab.read(h, "/run/standin-http.pid") or "0") for h in lab.hosts}
-    recorded = {int(r["pid"]) for r in lab._state["pids"]}
-    assert sshd not in recorded  # restarted by an activation in test_openssh_disabled
+    # by pid and start time: a recorded process that died may have left its pid to a new one
+    recorded = {(int(r["pid"]), r["start"]) for r in lab._state["pids"]}
+    assert (sshd, start_time(sshd)) not in recorded  # restarted by the hooks above
     pids = lab.pids()
     in_ns = {p for h in lab.hosts.values()
              for p in map(int, sh(["ip", "netns", "pids", h.netns]).stdout.split())}
     hung = lab.run("st-b", ["pgrep", "-f", f"{systems['hang']}/bin/switch-to-configuration"])
-    assert {sshd, *http.values(), *map(int, hung.stdout.split())} <= set(pids)
+    # pgrep sees the whole machine (hosts have no pid namespace): this host's hang only
+    hung_here = set(map(int, hung.stdout.split())) & {
+        int(p) for p in sh(["ip", "netns", "pids", lab.hosts["st-b"].netns]).stdout.split()}
+    assert hung_here
+    assert {sshd, *http.values(), *hung_here} <= set(pids)
     assert 0 not in http.values()
     assert in_ns <= set(pids)
     namespaces = lab.namespaces

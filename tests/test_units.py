@@ -5,6 +5,7 @@ work is in the tests with real Nix and the lab; these pin the details."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -276,3 +277,39 @@ def test_the_summary_counts_an_activations_phases_once() -> None:
     assert report.total_seconds(row.seconds) == 6.0
     assert report.total_seconds({"rollback": 2.0}) == 2.0  # `nix-hive rollback`: its own step
     assert "  6.0  " in report.summary_table([row])
+
+
+def test_copies_from_a_build_host_go_host_to_host_or_carry_references_only(calls: Calls, tmp_path: Path) -> None:
+    """Where each copy of a closure built on a build host runs (argv only: the lab tests of
+    build hosts prove the copies themselves)."""
+    from hive.push import Pushes
+
+    web = System("web", frozen_map(), build_host="builder")
+    h = Hive(file=tmp_path / "hive.nix", shown="hive.nix", paths=frozen_map(), systems={"web": web},
+             instances={"w1": Instance("w1", "web", store="ssh://portico")})
+    the_plan = plan.make_plan(h, [tuple(h.instances.values())])
+    session = Session(h, the_plan, Options(state_file=tmp_path / "state"), progress=Progress(quiet=True))
+    session.results["web"] = "/nix/store/p-web"
+    pushes = Pushes(session)
+    try:
+        # the build host's own store: nothing to copy
+        assert pushes._copy("builder", "ssh://builder", ["/nix/store/p-web"], substitute=False) == (
+            "(built there by build host builder)")
+        assert calls.argv == []
+        # an instance behind a relay: from the build host through here, substituting from the relay
+        pushes._copy("builder", "ssh://w1", ["/nix/store/p-web"], substitute=True, relayed=True)
+        assert calls.argv[-1][3:] == ["copy", "--from", "ssh-ng://builder", "--to", "ssh://w1",
+                                      "--substitute-on-destination", "/nix/store/p-web"]
+        # a store on this machine: through here
+        pushes._copy("builder", "file:///srv/cache", ["/nix/store/p-web"], substitute=False)
+        assert calls.argv[-1][3:7] == ["copy", "--from", "ssh-ng://builder", "--to"]
+        # another host's store, or the builder's binary cache directory: the build host copies
+        for to in ("ssh://portico", "ssh://builder?remote-store=file:///srv/c"):
+            assert pushes._copy("builder", to, ["/nix/store/p-web"], substitute=False) == "(from build host builder)"
+            argv = calls.argv[-1]
+            assert argv[0] == "ssh" and argv[-2] == "builder"
+            [shell, flag, script] = shlex.split(argv[-1])
+            assert (shell, flag) == ("sh", "-c")
+            assert shlex.split(script) == [*nix.NIX, "copy", "--to", to, "/nix/store/p-web"]
+    finally:
+        session.remotes.close()
