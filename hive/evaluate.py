@@ -312,7 +312,7 @@ def flake_inputs(where: Located) -> dict[str, Any]:
     try:
         found = nix.flake_metadata(where.flake)
     except ProcessError as exc:
-        raise DeploymentError(where.shown, f"cannot lock: {_nix_message(exc.stderr)}") from exc
+        raise DeploymentError(where.shown, f"cannot read the flake: {_nix_message(exc.stderr)}") from exc
     nodes = found.get("locks", {}).get("nodes", {})
     return {"source": found.get("path"),
             "locked": {name: node.get("locked") for name, node in sorted(nodes.items()) if "locked" in node}}
