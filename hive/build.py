@@ -36,7 +36,6 @@ class Builds:
         self._failures: dict[str, HiveError] = {}
         self._recorded: dict[str, str] = {}  # system -> result the state file holds (--no build)
         self.trust_records = True  # False when no input files could be found: always build
-        self.flake: dict[str, Any] | None = None  # a flake's source and locked inputs (--no build)
 
     def build_group(self, group: BuildGroup) -> dict[str, Any]:
         """The action of `nix-build:<group>`: its systems evaluated in parallel (up to
@@ -83,8 +82,7 @@ class Builds:
         def show(line: str) -> None:  # Nix's own progress: what it builds or fetches
             text = line.strip()
             if text.startswith(("building '", "copying path '")):
-                name = text.split("'")[1].split("/")[-1].split("-", 1)[-1].removesuffix(".drv")
-                s.progress.step("build", label, f"{text.split()[0]} {name}")
+                s.progress.step("build", label, f"{text.split()[0]} {_named(text)}")
 
         built = dict(zip(derivations, nix.realise(list(derivations.values()), on_line=show), strict=True))
         for name, path in built.items():
@@ -126,8 +124,7 @@ class Builds:
         def show(line: str) -> None:
             text = line.strip()
             if text.startswith("building '"):
-                name = text.split("'")[1].split("/")[-1].split("-", 1)[-1].removesuffix(".drv")
-                s.progress.step("build", label, f"building {name} on {host}")
+                s.progress.step("build", label, f"building {_named(text)} on {host}")
 
         def build(some: dict[str, str]) -> dict[str, str]:
             built = dict(zip(some, nix.build_in(store, list(some.values()), env=env, on_line=show), strict=True))
@@ -140,10 +137,9 @@ class Builds:
         """A shell script making a GC root on the build host for each result, under the
         ssh user's state directory, one directory per deployment (state file) and deployer."""
         key = hashlib.sha256(f"{platform.node()}:{self.session.state_file}".encode()).hexdigest()[:16]
-        script = f'd="${{XDG_STATE_HOME:-$HOME/.local/state}}/nix-hive/gcroots/{key}"; mkdir -p "$d"'
-        for name, path in sorted(built.items()):
-            script += f" && {shlex.join(nix.add_root_argv(path, 'LINK'))} >/dev/null".replace(
-                "LINK", f'"$d"/{shlex.quote(name)}')
+        script = f'd="${{XDG_STATE_HOME:-$HOME/.local/state}}/nix-hive/gcroots/{key}"; mkdir -p "$d" && cd "$d"'
+        for name, path in sorted(built.items()):  # each link named by its system, in $d
+            script += f" && {shlex.join(nix.add_root_argv(path, name))} >/dev/null"
         return script
 
     def result(self, system: str) -> dict[str, Any]:
@@ -191,9 +187,14 @@ class Builds:
         s = self.session.hive.systems[system]
         out = {"paths": dict(s.paths), "platform": s.platform, "file": str(self.session.hive.file),
                "buildHost": s.build_host, "nixpkgs": s.nixpkgs}
-        if self.flake is not None:
-            out["flake"] = self.flake
+        if self.session.hive.flake_inputs is not None:  # the flake's files and locked inputs
+            out["flake"] = dict(self.session.hive.flake_inputs)
         return out
+
+
+def _named(line: str) -> str:
+    """The name of the store path Nix's progress line quotes (`building '/nix/store/…-x.drv'`)."""
+    return line.split("'")[1].split("/")[-1].split("-", 1)[-1].removesuffix(".drv")
 
 
 def _as_error(exc: Exception, where: str = "") -> HiveError:

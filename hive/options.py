@@ -5,6 +5,7 @@ option (exit 2, nothing started)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from hive.errors import InputError
 from hive.model import Goal, Hive, Step
+from hive.resources import schema_file
 
 
 @dataclass(frozen=True)
@@ -118,14 +120,13 @@ def state_file(given: str | None, hive: Hive, option: str = "--state FILE") -> P
     return path
 
 
-BUILD_HOST = re.compile(r"[A-Za-z0-9_\[:][A-Za-z0-9_.:\[\]%@-]*\Z")  # as the schema's buildHost
-
-
 def build_host(text: str | None, option: str = "--build-host") -> str | None:
-    """The host that builds every system: an ssh host name (never an option to ssh)."""
+    """The host that builds every system: an ssh host name (never an option to ssh), by the
+    schema's own rule for `buildHost`."""
     if text is None or text == "":
         return None
-    if not BUILD_HOST.match(text):
+    pattern = json.loads(schema_file().read_text())["$defs"]["buildHost"]["pattern"]
+    if not re.match(pattern, text):
         raise InputError(f"{option} {text!r}: expected an ssh host name (an instance or a host of your ssh "
                          "configuration)")
     return text

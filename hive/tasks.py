@@ -96,10 +96,8 @@ def namespace(session: Session, *, on_complete: Callable[[], None] | None = None
     per kind, yielding a sub-task per target (`deploy` is a task of its own)."""
     steps = Steps(session)
     exclude = (session.state_file, session.hive.signing_key)
-    files: list[str] = []
-    if session.plan.systems and session.hive.flake_inputs is not None:
-        steps.builds.flake = dict(session.hive.flake_inputs)  # the flake's files and locked inputs
-    elif session.plan.systems:
+    files: list[str] = []  # a flake's inputs are its source and lock (Builds.inputs), not a directory walk
+    if session.plan.systems and session.hive.flake is None:
         files = [str(p) for p in input_files(session.hive, exclude=exclude)]
     if session.plan.systems and session.hive.flake is None and not files and session.skips(Step.BUILD):
         session.progress.line(f"warning: no input files found for {session.hive.shown}: --no build cannot tell "
