@@ -6,13 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.constants import NIX_CONFIG
+from tests.constants import NIX_CONFIG, STANDIN_LOGS
 from tests.constants import REPO as REPO  # re-exported: tests import them from here
 from tests.constants import STANDIN as STANDIN
 
@@ -39,9 +40,13 @@ def nix_hive(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
 
 
 @pytest.fixture
-def build_log(tmp_path: Path) -> Iterator[Path]:
-    """A file the stand-in nixpkgs' builder appends the system name to, once per real build."""
-    log = tmp_path / "builds.log"
+def build_log() -> Iterator[Path]:
+    """A file the stand-in nixpkgs' builder appends the system name to, once per real build
+    (under STANDIN_LOGS, which Nix's sandbox lets builds write to)."""
+    STANDIN_LOGS.mkdir(mode=0o755, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(dir=STANDIN_LOGS))
+    directory.chmod(0o755)
+    log = directory / "builds.log"
     old = os.environ.get("STANDIN_BUILD_LOG")
     os.environ["STANDIN_BUILD_LOG"] = str(log)
     yield log
@@ -49,6 +54,7 @@ def build_log(tmp_path: Path) -> Iterator[Path]:
         del os.environ["STANDIN_BUILD_LOG"]
     else:
         os.environ["STANDIN_BUILD_LOG"] = old
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def builds(log: Path) -> list[str]:

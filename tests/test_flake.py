@@ -34,7 +34,8 @@ makeWrapper), that the pinned nixpkgs has every attribute used, or anything abou
 the `python3` found on PATH (this test puts its own interpreter first), not a Nix-built one.
 
 Needs `nix` (any 2.x with flakes; Debian's 2.8 single-user works) and, for the build, a store
-that can build with the host's /bin/sh (sandbox = false).  Sets NIX_CONFIG for its nix calls if
+that can build with the host's /bin/sh (Nix's sandbox given /bin, /usr and /lib, as
+tests/constants.py's NIX_CONFIG does).  Sets NIX_CONFIG for its nix calls if
 it is not set.  Takes a second or two.
 """
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.constants import SANDBOX_CONFIG
 from tests.lab import topology
 from tests.lab.procs import HOST_PATH, run
 from tests.lab.topology import Host
@@ -68,8 +69,9 @@ def public_key(pub: Path) -> str:
 
 def nix_conf(extra_nix_conf: str) -> str:
     """nix.conf: defaults first, dropped when the caller's lines set the same key."""
+    sandbox = dict(line.split(" = ", 1) for line in SANDBOX_CONFIG.splitlines())
     defaults = {"build-users-group": "", "experimental-features": "nix-command",
-                "sandbox": "false", "trusted-users": f"root {DEPLOY_USER}",
+                **sandbox, "trusted-users": f"root {DEPLOY_USER}",
                 "substituters": ""}
     extra = [line.strip() for line in extra_nix_conf.splitlines() if line.strip()]
     extra_keys = {line.split("=", 1)[0].strip() for line in extra if "=" in line}
