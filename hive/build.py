@@ -113,8 +113,11 @@ class Builds:
         store = f"ssh-ng://{host}"
         env = s.remotes.setup.env
         label = ",".join(derivations)
-        s.progress.step("build", label, f"copying derivations to build host {host}")
+        s.progress.step("build", label, f"asking build host {host} for its Nix version")
         try:
+            version = nix.checked_version(s.remotes[host].run_script(shlex.join(nix.version_argv())).stdout,
+                                          "it")  # the message reads "build host H: it runs …"
+            s.progress.step("build", label, f"copying derivations to build host {host} ({version})")
             nix.copy_derivations(store, list(derivations.values()), env=env)
         except HiveError as exc:
             with self._lock:

@@ -56,12 +56,49 @@ SSH_DIAGNOSTICS = (
 )
 
 
+def _error_index(lines: list[str]) -> int | None:
+    """Where Nix's message is among `lines` (stripped, none blank): its first `error: …` line,
+    as Nix 2.8 prints it (the message first, then the `… while` frames, innermost first);
+    when that line is a bare `error:` (Nix 2.10 on: the frames come first, outermost first,
+    and the message last, as a nested `error: …`), the last `error: …` line."""
+    errors = [n for n, ln in enumerate(lines) if ln.startswith("error:")]
+    if not errors:
+        return None
+    if lines[errors[0]] != "error:":
+        return errors[0]
+    told = [n for n in errors if lines[n] != "error:"]
+    return told[-1] if told else errors[0]
+
+
+_AT = re.compile(r"at (/\S+:\d+:\d+):?$")
+
+
+def nix_error(stderr: str, *, skip: str = "") -> tuple[str, str | None]:
+    """Nix's error message and the place in the user's files it points at (`FILE:LINE:COL`),
+    from any Nix version's report. The place is the location printed with the message, else
+    the one nearest to it in the trace (2.8: the first after it; later: the last before),
+    skipping files under `skip` (nix-hive's own)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    index = _error_index(lines)
+    if index is None:
+        return (lines[-1] if lines else ""), None
+    message = lines[index].removeprefix("error:").strip()
+    places = [(n, m.group(1)) for n, ln in enumerate(lines) if (m := _AT.match(ln))]
+    mine = [(n, where) for n, where in places if not (skip and where.startswith(skip))]
+    after = [where for n, where in mine if n > index]
+    before = [where for n, where in mine if n < index]
+    return message, (after[0] if after else before[-1] if before else None)
+
+
 def headline(stderr: str) -> str:
-    """One line that says why a command failed: Nix's first error (else the last line), and
-    what ssh said, if it spoke."""
+    """One line that says why a command failed: Nix's error (else the last line), and what ssh
+    said, if it spoke."""
     lines = [ln.strip() for ln in stderr.splitlines()
              if ln.strip() and not ln.strip().startswith("(use '--show-trace'")]
-    last = next((ln for ln in lines if ln.startswith("error:")), lines[-1] if lines else "")
+    index = _error_index(lines)
+    last = lines[index] if index is not None else lines[-1] if lines else ""
+    if index is not None and lines[index + 1:index + 2] and lines[index + 1].startswith("Reason:"):
+        last += " " + lines[index + 1]  # Nix 2.29 on: "error: Cannot build '….drv'." / "Reason: …"
     ssh = next((ln for d in SSH_DIAGNOSTICS for ln in lines if d in ln), None)  # in order of priority
     if ssh and ssh != last:
         return f"{last} ({ssh.strip('@ ')})" if last else ssh

@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 
 from hive import checks, nix, process
-from hive.errors import DeploymentError, ProcessError, attr_path
+from hive.errors import DeploymentError, ProcessError, attr_path, nix_error
 from hive.model import (
     DEFAULT_ACTIVATION_TIMEOUT,
     DEFAULT_CONFIRM_TIMEOUT,
@@ -91,17 +91,9 @@ def _local_flake(directory: Path, attr: str, shown_file: str, scheme: str = "") 
 
 
 def _nix_message(stderr: str) -> str:
-    """The first error line of Nix's report and where it points, on one line."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    start = next((n for n, ln in enumerate(lines) if ln.startswith("error:")), 0)
-    message = lines[start].removeprefix("error:").strip() if lines else "nix eval failed"
-    if not message:  # newer Nix prints a bare "error:" and the trace below it
-        message = next((ln for ln in lines[start + 1:] if not ln.startswith(("…", "at "))), "nix eval failed")
-    where = [m.group(1) for ln in lines if (m := re.match(r"at (/\S+:\d+:\d+):?$", ln))]
-    # The innermost location of the user's own files is the useful one: skip nix-hive's own.
-    own = str(nix_file("eval.nix").parent) + "/"
-    mine = [w for w in where if not w.startswith(own)]
-    return f"{message} (at {mine[0]})" if mine else message
+    """Nix's error message and where in the user's files it points, on one line."""
+    message, where = nix_error(stderr, skip=str(nix_file("eval.nix").parent) + "/")
+    return f"{message or 'nix eval failed'} (at {where})" if where else message or "nix eval failed"
 
 
 def _inline(node: Any, defs: Mapping[str, Any]) -> Any:

@@ -2,21 +2,85 @@
 
 Every `nix` call carries `--extra-experimental-features "nix-command flakes"`, so nix-hive works
 on a machine whose nix.conf does not enable them.
+
+nix-hive runs on every Nix from 2.8 to 2.34 (and Lix). Where their command lines differ, the
+argv is made for the version of the Nix that parses it (`NixVersion`, asked once per machine):
+a derivation to build is `DRV^out` from Nix 2.13 on (since 2.15 a bare `DRV` names the `.drv`
+file itself, and builds nothing), and a bare `DRV` before (2.8 refuses `^`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hive import process
-from hive.errors import ProcessError
+from hive.errors import HiveError, ProcessError
 from hive.resources import nix_file
 
 NIX = ("nix", "--extra-experimental-features", "nix-command flakes")
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+
+
+@dataclass(frozen=True, order=True)
+class NixVersion:
+    """A Nix release, as `nix --version` names it (`nix (Nix) 2.26.3`, `nix (Lix, like Nix) 2.91.1`)."""
+
+    major: int
+    minor: int
+    patch: int = 0
+    name: str = "Nix"  # the implementation: Nix or Lix
+
+    @classmethod
+    def parse(cls, text: str) -> NixVersion:
+        """The version in `nix --version`'s output; a `HiveError` when there is none."""
+        found = re.search(r"\((\w+)[^)]*\)\s+(\d+)\.(\d+)(?:\.(\d+))?", text)
+        if found is None:
+            raise HiveError(f"cannot tell the Nix version from {text.strip()[:80]!r}")
+        name, major, minor, patch = found.groups()
+        return cls(int(major), int(minor), int(patch or 0), name)
+
+    def at_least(self, major: int, minor: int) -> bool:
+        """This is that release or a later one (Lix counts as the Nix it forked, 2.18)."""
+        mine = (2, 18) if self.name == "Lix" else (self.major, self.minor)
+        return mine >= (major, minor)
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.major}.{self.minor}.{self.patch}"
+
+
+# The oldest Nix nix-hive is tested with (Debian 12's); older releases are refused by name.
+OLDEST = NixVersion(2, 8)
+
+
+def checked_version(text: str, where: str) -> NixVersion:
+    """The version `nix --version` printed `where` (the deployer, a build host), refused
+    when older than `OLDEST`."""
+    version = NixVersion.parse(text)
+    if not version.at_least(OLDEST.major, OLDEST.minor):
+        raise HiveError(f"{where} runs {version}; nix-hive needs Nix {OLDEST.major}.{OLDEST.minor} or later")
+    return version
+
+
+@functools.cache
+def local_version() -> NixVersion:
+    """The deployer's Nix, asked once per run."""
+    return checked_version(process.run(["nix", "--version"]).stdout, "this machine")
+
+
+def version_argv() -> list[str]:
+    """The command that prints a Nix's version (run on a build host)."""
+    return ["nix", "--version"]
+
+
+def installable(derivation: str, version: NixVersion) -> str:
+    """The command-line argument that builds `derivation`'s `out` with the Nix `version`."""
+    return f"{derivation}^out" if version.at_least(2, 13) else derivation
 
 
 def deployment_env(file: Path, flake: str | None = None, attr: str = "") -> dict[str, str]:
@@ -73,14 +137,31 @@ def copy_derivations(store: str, derivations: Sequence[str], *, env: Mapping[str
     process.run([*NIX, "copy", "--derivation", "--to", store, *derivations], env=env)
 
 
+def build_in_argv(store: str, derivations: Sequence[str], version: NixVersion) -> list[str]:
+    """`nix build` of `derivations` in `store`, for the deployer's Nix `version`."""
+    return [*NIX, "build", "--no-link", "--json", "--store", store,
+            *(installable(d, version) for d in derivations)]
+
+
+def built_outputs(stdout: str, derivations: Sequence[str]) -> list[str]:
+    """The `out` path of each of `derivations`, in order, from `nix build --json`'s answer:
+    a list of `{"drvPath": …, "outputs": {"out": …}}` on every version (more keys on newer
+    ones). Any other shape is a `HiveError` that quotes it."""
+    try:
+        entries = json.loads(stdout)
+        built = {entry["drvPath"]: entry["outputs"]["out"] for entry in entries}
+        return [built[d] for d in derivations]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise HiveError(f"nix build --json printed what nix-hive does not understand ({exc!r}): "
+                        f"{stdout.strip()[:200]}") from exc
+
+
 def build_in(store: str, derivations: Sequence[str], *, env: Mapping[str, str],
              on_line: Callable[[str], None] | None = None) -> list[str]:
     """Build `derivations` (already in `store`) in that store, by its own Nix (a build host
     reached as ssh-ng://host builds them there); their `out` paths, in order."""
-    out = process.run([*NIX, "build", "--no-link", "--json", "--store", store, *derivations], env=env,
-                      on_stderr=on_line)
-    built = {entry["drvPath"]: entry["outputs"]["out"] for entry in json.loads(out.stdout)}
-    return [built[d] for d in derivations]
+    out = process.run(build_in_argv(store, derivations, local_version()), env=env, on_stderr=on_line)
+    return built_outputs(out.stdout, derivations)
 
 
 def add_root_argv(path: str, link: str) -> list[str]:

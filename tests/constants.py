@@ -14,10 +14,23 @@ STANDIN = REPO / "tests" / "nixpkgs"
 # Where the stand-in's builders append to STANDIN_BUILD_LOG (tests count real builds there):
 # the one directory of the machine a sandboxed build may write to.
 STANDIN_LOGS = Path("/tmp/nix-hive-standin-logs")
+
+
+def _sandbox_paths() -> str:
+    """The machine's /usr, /bin, /lib and /lib64 for Nix's sandbox. Where one is a link (a
+    merged /usr: /bin -> usr/bin) it is given as `/bin=/usr/bin`: Nix 2.26 and later fail to
+    set up a sandbox given a link (`creating directory '….chroot/root/bin'`)."""
+    out = ["/usr"]
+    for name in ("/bin", "/lib", "/lib64"):
+        real = os.path.realpath(name)
+        out.append(f"{name}={real}?" if real != name else f"{name}?")
+    return " ".join(out)
+
+
 # Nix's sandbox stays on, as users have it (Nix's default, and every NixOS machine's): the
 # stand-in's builders run the machine's /bin/sh and coreutils, so the sandbox is given the
-# machine's /bin, /usr and /lib, and STANDIN_LOGS (bind mounts; `?`: only where they exist).
-SANDBOX_CONFIG = f"sandbox = true\nextra-sandbox-paths = /bin /usr /lib /lib64? {STANDIN_LOGS}?\n"
+# machine's /usr, /bin and /lib, and STANDIN_LOGS (bind mounts; `?`: only where they exist).
+SANDBOX_CONFIG = f"sandbox = true\nextra-sandbox-paths = {_sandbox_paths()} {STANDIN_LOGS}?\n"
 # Every nix call in the tests: no binary cache (there is no network), single-user as root.
 NIX_CONFIG = ("experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"
               + SANDBOX_CONFIG)

@@ -1,5 +1,5 @@
-# expect: cannot evaluate: getting status of
-# expect: instances-missing.nix': No such file or directory
+# expect: cannot evaluate: 
+# expect: instances-missing.nix'
 {
   systems.web = { configuration = { }; };
   instances = import ./instances-missing.nix;

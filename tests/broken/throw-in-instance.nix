@@ -1,4 +1,6 @@
 # expect: cannot evaluate: no address known for web-1
+# expect: (at 
+# expect: throw-in-instance.nix:6:
 let
   addresses = { };
   address = name: addresses.${name} or (throw "no address known for ${name}");
