@@ -10,6 +10,7 @@ connects to, which hosts a jump chain crosses) without string surgery. No I/O he
 from __future__ import annotations
 
 import ipaddress
+import re
 import string
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -63,9 +64,14 @@ class StoreUrl:
             hint = f" (a host? write ssh://{text} or ssh-ng://{text})" if _looks_like_host(word) else ""
             raise ValueError(f"{text!r} is not a store URL: expected scheme://..., an absolute path, "
                              f"or one of {', '.join(sorted(WORD_STORES))}{hint}")
+        # The host part checked here first: each Python's urlsplit refuses a bad [IPv6] host
+        # with words of its own (3.13 checks more than 3.11), and the user gets nix-hive's.
+        hostport = re.split(r"[/?]", text.partition("://")[2], maxsplit=1)[0].rpartition("@")[2]
         try:
+            if hostport:
+                _host_port(hostport, bracket_means_ipv6=True)
             parts = urlsplit(text)
-        except ValueError as exc:  # unbalanced or invalid [IPv6] host
+        except ValueError as exc:
             raise ValueError(f"store URL {text!r}: {exc}") from exc
         scheme = parts.scheme
         if not scheme or not text.lower().startswith(scheme + "://"):
