@@ -14,6 +14,17 @@ Three rules hold for every command started here:
   sh's own exceptions, which would fly past every `except HiveError`. Its exit code is the
   shell's convention, 128 + the signal number (SIGKILL: 137), and `Result.killed_by` names
   the signal where a caller passed `check=False`.
+* Starting a command never runs other code of nix-hive's in the child. sh forks, and nix-hive
+  runs threads (doit's `-j`), so the child starts as a copy of one thread while locks taken
+  by the others stay taken in it for ever (Python 3.12+ warns of this: "This process is
+  multi-threaded, use of fork() may lead to deadlocks in the child"). Between fork and exec,
+  sh's child runs a fixed sequence (signals, setsid, dup2, closing fds, execve) that takes
+  no lock another thread can hold: the interpreter resets its own (the GIL, the import lock)
+  after a fork. The one way other code gets in is the garbage collector, which may run any
+  finalizer (a file's flush, a lock's release) in the child. sh turns it off around its
+  fork, but two starts at once race: one turns it back on while the other forks. So starts
+  are serialised (`_forking`: a fork takes about a millisecond), and the warning is accepted
+  by name.
 * With `set_verbose(stream)` every command is printed as it starts, quoted for a POSIX shell
   (`$ NIX_SSHOPTS='-F cfg' nix copy --to ssh://portico /nix/store/...`), one whole line per
   command. What a command reads on stdin (`input`) is never printed: secrets travel there.
@@ -26,6 +37,7 @@ import os
 import shlex
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -220,6 +232,22 @@ def run(
     return result
 
 
+_fork_lock = threading.Lock()
+# Python 3.12+'s DeprecationWarning from os.fork() in a process with threads: accepted, as the
+# child runs no code that can wait for another thread (see the module's docstring).
+FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"
+
+
+@contextmanager
+def _forking() -> Iterator[None]:
+    """One fork at a time: sh turns the garbage collector off around each, and back on after
+    it, so that the child, a copy of this thread alone, cannot run a finalizer that waits for
+    a lock another thread held; concurrent starts would turn it on under each other's fork."""
+    with _fork_lock, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", FORK_WARNING, DeprecationWarning)
+        yield
+
+
 def _start(args: list[str], env: Mapping[str, str] | None, input: str | bytes | None, err: Callable[[str], None],
            timeout: float | None) -> Any:
     """Start `args` in the background, in a session of its own; sh's running command."""
@@ -229,19 +257,20 @@ def _start(args: list[str], env: Mapping[str, str] | None, input: str | bytes | 
     except sh.CommandNotFound as exc:
         raise ProcessError(args, None, f"{args[0]}: command not found") from exc
     try:
-        return cmd(
-            *args[1:],
-            _env=full_env,
-            _in=input,
-            _tty_out=False,
-            _err=err,
-            _bg=True,
-            _bg_exc=False,
-            _new_session=True,
-            _ok_code=_ALL_STATUSES,
-            _timeout=timeout,
-            _decode_errors="replace",
-        )
+        with _forking():
+            return cmd(
+                *args[1:],
+                _env=full_env,
+                _in=input,
+                _tty_out=False,
+                _err=err,
+                _bg=True,
+                _bg_exc=False,
+                _new_session=True,
+                _ok_code=_ALL_STATUSES,
+                _timeout=timeout,
+                _decode_errors="replace",
+            )
     except OSError as exc:
         raise ProcessError(args, None, str(exc)) from exc
 

@@ -17,19 +17,22 @@ STANDIN_LOGS = Path("/tmp/nix-hive-standin-logs")
 
 
 def _sandbox_paths() -> str:
-    """The machine's /usr, /bin, /lib and /lib64 for Nix's sandbox. Where one is a link (a
-    merged /usr: /bin -> usr/bin) it is given as `/bin=/usr/bin`: Nix 2.26 and later fail to
-    set up a sandbox given a link (`creating directory '….chroot/root/bin'`)."""
+    """The machine's /usr, and its /lib and /lib64 (the dynamic loader), for Nix's sandbox.
+
+    Never /bin: on a merged /usr (/bin -> usr/bin) Nix 2.26 and later make the sandbox's /bin
+    that link into the bound /usr, then create their own /bin/sh (`sandbox-paths`) through it,
+    which opened the machine's /usr/bin/dash for writing (it was found truncated). The stand-in
+    runs /usr/bin/sh instead. A link such as /lib -> usr/lib is given by its target
+    (`/lib=/usr/lib`), so that Nix binds a directory, never a link."""
     out = ["/usr"]
-    for name in ("/bin", "/lib", "/lib64"):
-        real = os.path.realpath(name)
-        out.append(f"{name}={real}?" if real != name else f"{name}?")
+    for name in ("/lib", "/lib64"):
+        out.append(f"{name}={os.path.realpath(name)}?")
     return " ".join(out)
 
 
 # Nix's sandbox stays on, as users have it (Nix's default, and every NixOS machine's): the
-# stand-in's builders run the machine's /bin/sh and coreutils, so the sandbox is given the
-# machine's /usr, /bin and /lib, and STANDIN_LOGS (bind mounts; `?`: only where they exist).
+# stand-in's builders run the machine's /usr/bin/sh and coreutils, so the sandbox is given the
+# machine's /usr and /lib, and STANDIN_LOGS (bind mounts; `?`: only where they exist).
 SANDBOX_CONFIG = f"sandbox = true\nextra-sandbox-paths = {_sandbox_paths()} {STANDIN_LOGS}?\n"
 # Every nix call in the tests: no binary cache (there is no network), single-user as root.
 NIX_CONFIG = ("experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\n"

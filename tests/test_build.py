@@ -185,7 +185,7 @@ def test_state_file_survives_kill_9_in_the_middle_of_a_build(tmp_path: Path, bui
         assert proc.poll() is None, "the slow build should still be running"
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
-        proc.wait()
+        proc.communicate()  # waits, and closes the stderr pipe
     recorded = state.load(state_file)  # readable, and keeps what finished before the kill
     # each system's build is recorded (its group's `nix-build:` task may be too)
     assert {t for t in recorded if t.startswith("build:")} == {"build:one", "build:two"}

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,3 +265,21 @@ def test_cli_up_down(tmp_path: Path) -> None:
     assert "down" in down.stdout
     assert netns_names() & ns == set()
     assert not any(is_alive(p, None) for p in pids)
+
+
+@pytest.mark.parametrize("home", ["/root", "/home"])
+def test_a_lab_under_a_directory_its_hosts_mount_over(home: str) -> None:
+    """Each host mounts its own /root and /home: a lab (or a checkout running `make demo`)
+    under either still starts, and its hosts' sshd, whose command line names the lab's
+    directory, runs and answers."""
+    workdir = Path(tempfile.mkdtemp(prefix="nix-hive-lab-test-", dir=home))
+    try:
+        lab = Lab.start({"solo": ["pub"]}, workdir / "lab")
+        try:
+            assert lab.run("solo", ["hostname"]).stdout.strip() == "solo"
+            assert sh(lab.ssh_argv("solo", ["hostname"])).stdout.strip() == "solo"
+        finally:
+            lab.down()
+        assert not (workdir / "lab").exists()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -104,7 +104,7 @@ def test_installable_syntax_per_version() -> None:
 # -- live: this machine's Nix ----------------------------------------------------------------
 
 DERIVATION = """derivation { name = "nix-versions-test"; system = builtins.currentSystem;
-  builder = "/bin/sh"; PATH = "/bin:/usr/bin"; args = [ "-c" "echo ${toString builtins.currentTime} > $out" ]; }"""
+  builder = "/usr/bin/sh"; PATH = "/usr/bin"; args = [ "-c" "echo ${toString builtins.currentTime} > $out" ]; }"""
 
 
 @needs_nix

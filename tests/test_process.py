@@ -3,6 +3,7 @@ alone), deaths by signal as ProcessError, timeouts that take the whole group, an
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import signal
@@ -12,6 +13,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -215,3 +217,32 @@ def test_terminate_children() -> None:
     step.join(10)
     assert results and results[0].killed_by == signal.SIGTERM
     assert process.terminate_children() == 0
+
+
+def test_no_child_is_forked_with_the_collector_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sh's child is a copy of one thread of a threaded nix-hive: a finalizer run there by the
+    garbage collector could wait for ever on a lock another thread held at the fork. sh turns
+    the collector off around its fork, but two starts at once race: one turns it back on while
+    the other forks. Every fork must see it off (the sleep widens the race)."""
+    seen: list[bool] = []
+    fork = os.fork
+
+    def watched_fork() -> int:
+        time.sleep(0.002)
+        seen.append(gc.isenabled())
+        return fork()
+
+    monkeypatch.setattr(os, "fork", watched_fork)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(lambda _: process.run(["true"]).exit_code, range(48)))
+    assert codes == [0] * 48 and len(seen) == 48
+    assert not any(seen), f"{sum(seen)} of 48 children were forked with the garbage collector on"
+    assert gc.isenabled()
+
+
+def test_starts_from_threads_do_not_warn(recwarn: pytest.WarningsRecorder) -> None:
+    """Python 3.12+ warns of os.fork() in a threaded process; nix-hive's starts are made safe
+    (above) and accept that warning by name: none reaches the caller, and others still do."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(lambda n: process.run(["echo", str(n)]).stdout, range(8))) == [f"{n}\n" for n in range(8)]
+    assert [str(w.message) for w in recwarn] == []

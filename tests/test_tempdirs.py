@@ -23,7 +23,7 @@ def test_a_killed_runs_directory_is_swept_and_a_live_ones_kept(tmp_path: Path) -
     foreign.mkdir()
     assert tempdirs.sweep(tmp_path) == []  # its owner is alive
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()  # waits, and closes the stdout pipe
     assert tempdirs.sweep(tmp_path) == [left]
     assert not left.exists() and mine.exists() and foreign.exists()
     assert oct(mine.stat().st_mode & 0o777) == "0o700"

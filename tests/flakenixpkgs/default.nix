@@ -1,6 +1,7 @@
 # Stand-in for nixpkgs' package set (also usable as -I nixpkgs=<this folder>), for
 # tests/test_flake.py only.  Every package is a trivial real derivation (builder: the host's
-# /bin/sh, PATH=/bin:/usr/bin; it needs sandbox = false) that keeps its arguments under
+# /usr/bin/sh, PATH=/usr/bin; in Nix's sandbox it needs the machine's /usr as a sandbox path,
+# as tests/constants.py's NIX_CONFIG gives it) that keeps its arguments under
 # `standin`, so a test can check what nix-hive's expressions asked for, and build it cheaply:
 #
 # - python3Packages.<lib>: an empty output with pname set.
@@ -17,9 +18,9 @@ let
 
   mkDrv = name: script: attrs: derivation ({
     inherit name system;
-    builder = "/bin/sh";
+    builder = "/usr/bin/sh";
     args = [ "-c" script ];
-    PATH = "/bin:/usr/bin";
+    PATH = "/usr/bin";
   } // attrs);
 
   pyLib = pname: mkDrv "python3-${pname}-standin" "mkdir -p $out/lib" { inherit pname; };

@@ -24,19 +24,25 @@ SUBDIRS = ("nix", "run", "run/sshd", "etc-nix", "etc-ssh", "etc", "etc/sudoers.d
 
 # Runs inside `ip netns exec NS unshare --mount --uts --propagation private`: makes the host's
 # view of the file system, then stays as the namespace anchor (its pid is recorded).
+# The host's directory may lie under /root or /home (a checkout there): its path is hidden once
+# those are mounted over, so the script works from it as its current directory, with relative
+# sources that mount does not canonicalize (-c: resolved by the kernel from that directory),
+# and binds it back at its own path inside the host, where sshd's command line names it.
 ANCHOR_SCRIPT = r"""
 set -e
 d="$1"; name="$2"
-mount --bind "$d/nix" /nix
-mount --bind "$d/run" /run
-mount --bind "$d/etc-nix" /etc/nix
-mount --bind "$d/etc-ssh" /etc/ssh
-for f in passwd group shadow hosts; do mount --bind "$d/etc/$f" "/etc/$f"; done
-mount --bind "$d/etc/sudoers.d" /etc/sudoers.d
-mount --bind "$d/root" /root
-mount --bind "$d/home" /home
+cd "$d"
+mount -c --bind nix /nix
+mount -c --bind run /run
+mount -c --bind etc-nix /etc/nix
+mount -c --bind etc-ssh /etc/ssh
+for f in passwd group shadow hosts; do mount -c --bind "etc/$f" "/etc/$f"; done
+mount -c --bind etc/sudoers.d /etc/sudoers.d
+mount -c --bind root /root
+mount -c --bind home /home
+if [ ! -d "$d" ]; then mkdir -p "$d"; mount -c --bind . "$d"; fi
 hostname "$name"
-: > "$d/ready"
+: > ready
 exec sleep infinity
 """
 

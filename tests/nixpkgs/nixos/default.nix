@@ -75,8 +75,9 @@ let
   envBytes = builtins.getEnv "STANDIN_PAYLOAD_BYTES";
   payloadBytes = toString (std.payloadBytes or (if envBytes != "" then envBytes else "4096"));
   buildLog = builtins.getEnv "STANDIN_BUILD_LOG";
-  sh = "/bin/sh";
-  env = { PATH = "/bin:/usr/bin"; inherit system; };
+  # The machine's shell and tools (Nix's sandbox is given /usr: tests/constants.py)
+  sh = "/usr/bin/sh";
+  env = { PATH = "/usr/bin"; inherit system; };
 
   payload = derivation (env // {
     name = "${name}-payload";
