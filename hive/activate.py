@@ -18,6 +18,7 @@ sshd keeps existing connections), and picks it up again after a dropped connecti
 
 from __future__ import annotations
 
+import re
 import secrets
 import shlex
 import time
@@ -27,96 +28,31 @@ from hive import health, process
 from hive.errors import HiveError, RolledBackError, StepError, TimedOutError
 from hive.model import Goal, Instance, Step
 from hive.remote import SYSTEM_PROFILE, Remote, as_root
+from hive.resources import host_file
 from hive.session import Session
 
 STATE_DIR = "/run/nix-hive"
 POLL = 0.1  # seconds between looks at the host's state (a channel of the shared connection)
 
-# The host's side, as one POSIX shell script run as root. @NAME@ are filled in (quoted).
-HOST_SCRIPT = r"""
-set -u
-umask 022
-# a transient systemd unit starts with systemd's default PATH: NixOS keeps its tools elsewhere
-PATH="/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:$PATH"; export PATH
-d=@DIR@; P=@PROFILE@; new=@PATH@; goal=@GOAL@
-say() { echo "$1" > "$d/state.tmp" && mv -f "$d/state.tmp" "$d/state"; }
-echo $$ > "$d/pid"
-find @STATE_DIR@ -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null
-# an earlier activation still waiting for its confirmation is superseded: it must not roll back over this one
-for o in @STATE_DIR@/*/; do
-  if [ "${o%/}" != "$d" ] && [ "$(cat "$o/state" 2>/dev/null)" = waiting ]; then touch "$o/superseded"; fi
-done
-prev=$(readlink -f /run/current-system 2>/dev/null || true)
-gen=$(readlink "$P" 2>/dev/null || true)
-rollback() {
-  say "rolling-back $1"
-  if [ @SETS_PROFILE@ = 1 ]; then
-    n=${gen#system-}; n=${n%-link}
-    if [ -z "$gen" ] || [ "$n" = "$gen" ]; then say "failed-no-previous $1"; exit 1; fi
-    nix-env -p "$P" --switch-generation "$n" >> "$d/log" 2>&1 || { say "failed-rollback $1"; exit 1; }
-    back=$(readlink -f "$P")
-  else
-    if [ -z "$prev" ]; then say "failed-no-previous $1"; exit 1; fi
-    back=$prev
-  fi
-  timeout -k 10 @TIMEOUT@ "$back/bin/switch-to-configuration" "$goal" >> "$d/log" 2>&1 \
-    || { say "failed-rollback $1"; exit 1; }
-  say "rolled-back $1"; exit 0
-}
-if [ @SETS_PROFILE@ = 1 ]; then
-  nix-env -p "$P" --set "$new" >> "$d/log" 2>&1 || { say "failed-profile"; exit 1; }
-fi
-say activating
-timeout -k 10 @TIMEOUT@ "$new/bin/switch-to-configuration" "$goal" >> "$d/log" 2>&1; rc=$?
-why=
-if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then why=timed-out; elif [ $rc -ne 0 ]; then why=failed-$rc; fi
-if [ -n "$why" ]; then
-  if [ @ROLLBACK@ = 1 ]; then rollback "$why"; fi
-  say "$why"; exit 1
-fi
-if [ @CONFIRM@ -gt 0 ]; then
-  say waiting
-  end=$(( $(date +%s) + @CONFIRM@ ))
-  while [ "$(date +%s)" -lt "$end" ]; do
-    if [ -e "$d/confirm" ]; then say confirmed; exit 0; fi
-    if [ -e "$d/superseded" ]; then say superseded; exit 0; fi
-    if [ -e "$d/abort" ]; then rollback "$(cat "$d/abort")"; fi
-    sleep 0.05
-  done
-  rollback not-confirmed
-fi
-say done
-"""
-
-# Starts the script detached: a transient unit where the host runs systemd, else setsid.
-LAUNCHER = r"""
-if [ "$(id -u)" -eq 0 ]; then s=; else s="sudo -n"; fi
-$s mkdir -p -m 755 @STATE_DIR@ @DIR@ || exit 1
-if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
-  $s systemd-run --quiet --collect --unit=@UNIT@ sh -c @SCRIPT@
-else
-  $s setsid sh -c @SCRIPT@ > /dev/null 2>&1 < /dev/null &
-fi
-"""
-
 FINAL = ("done", "confirmed", "superseded", "rolled-back", "failed-", "timed-out")
 
-
-def _fill(template: str, **values: str | int) -> str:
-    for key, value in values.items():
-        template = template.replace(f"@{key}@", shlex.quote(str(value)) if isinstance(value, str) else str(value))
-    return template
+# What launch.sh may hand to systemd-run: systemd expands `$` (and `%` specifiers) in a unit's
+# command line, so only words without them, nor white space, go there (a store path does).
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9/._+=?:@-]+")
 
 
-def host_script(path: str, goal: Goal, directory: str, *, timeout: int, rollback: bool, confirm: int) -> str:
-    """The host's side of one activation (see the module's docstring)."""
-    return _fill(HOST_SCRIPT, STATE_DIR=STATE_DIR, DIR=directory, PROFILE=SYSTEM_PROFILE, PATH=path, GOAL=goal.value,
-                 SETS_PROFILE=int(goal.sets_profile), TIMEOUT=timeout, ROLLBACK=int(rollback), CONFIRM=confirm)
+def host_args(path: str, goal: Goal, directory: str, *, timeout: int, rollback: bool, confirm: int) -> list[str]:
+    """hive/host/activate.sh's arguments for one activation (see that file)."""
+    args = [directory, SYSTEM_PROFILE, path, goal.value, str(timeout), str(int(rollback)), str(confirm)]
+    for arg in args:
+        if not _PLAIN_WORD.fullmatch(arg):
+            raise HiveError(f"cannot activate {arg!r} safely: a unit's command line would change it")
+    return args
 
 
-def launcher(run_id: str, script: str) -> str:
-    directory = f"{STATE_DIR}/{run_id}"
-    return _fill(LAUNCHER, STATE_DIR=STATE_DIR, DIR=directory, UNIT=f"nix-hive-activate-{run_id}", SCRIPT=script)
+def launch_argv(remote: Remote, run_id: str, args: list[str]) -> list[str]:
+    """The ssh call that starts activate.sh (its text on stdin) on `remote` by launch.sh."""
+    return remote.shell_argv(host_file("launch.sh").read_text(), args=[run_id, *args])
 
 
 class Activation:
@@ -142,11 +78,11 @@ class Activation:
 
     def run(self) -> dict[str, Any]:
         path = self.session.need_path(self.instance.system)
-        script = host_script(path, self.goal, self.directory, timeout=self.timeout,
-                             rollback=self.rollback, confirm=self.confirm)
+        args = host_args(path, self.goal, self.directory, timeout=self.timeout, rollback=self.rollback,
+                         confirm=self.confirm)
         self.remote.forget()
         try:
-            process.run(self.remote.shell_argv(launcher(self.id, script)))
+            process.run(launch_argv(self.remote, self.id, args), input=host_file("activate.sh").read_text())
             state = self._follow(self.timeout + 30, until=("waiting", *FINAL))
             if state == "waiting" or (state == "done" and (self.checks or self.post_keys)):
                 state = self._check_and_confirm(state)

@@ -77,12 +77,14 @@ class Remote:
         self._lock = threading.Lock()
         self._probe: Probe | None = None
 
-    def shell_argv(self, script: str, *, share: bool = True) -> list[str]:
-        """Run a POSIX shell script on the host (passed as one quoted argument). Without
+    def shell_argv(self, script: str, *, share: bool = True, args: Sequence[str] = ()) -> list[str]:
+        """Run a POSIX shell script on the host (passed as one quoted argument, `args` as its
+        $1, $2, … each quoted too: the remote shell gives them back as they are). Without
         `share`, the call uses a shared connection if one is open but leaves none behind (a
         one-off question to many hosts)."""
         options = [] if share else ["-o", "ControlMaster=no"]
-        return ["ssh", "-F", str(self.setup.config), *options, "--", self.name, f"sh -c {shlex.quote(script)}"]
+        words = shlex.join(["sh", "-c", script, *(["sh", *args] if args else [])])
+        return ["ssh", "-F", str(self.setup.config), *options, "--", self.name, words]
 
     def fresh_argv(self, script: str) -> list[str]:
         """Run a script over a new connection of its own (a fresh authentication to the host,

@@ -1,4 +1,5 @@
-"""Where nix-hive's own Nix expressions and JSON schemas are, in a checkout or installed."""
+"""Where nix-hive's own Nix expressions, JSON schemas and host scripts are, in a checkout or
+installed."""
 
 from __future__ import annotations
 
@@ -25,3 +26,8 @@ def nix_file(name: str) -> Path:
 
 def schema_file(name: str = "inventory.schema.json") -> Path:
     return data_dir("schemas") / name
+
+
+def host_file(name: str) -> Path:
+    """A shell script nix-hive runs on hosts (hive/host/), shipped inside the package."""
+    return _HERE / "host" / name

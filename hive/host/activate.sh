@@ -1,0 +1,86 @@
+#!/bin/sh
+# nix-hive's activation of one system on one host, as root, detached from the ssh connection
+# that started it (launch.sh: a transient systemd unit, or setsid). Every value is an argument:
+#
+#   activate.sh DIR PROFILE NEW GOAL TIMEOUT ROLLBACK CONFIRM
+#
+# DIR      this activation's directory (/run/nix-hive/ID): state, log, pid, confirm, abort
+# PROFILE  the system profile (/nix/var/nix/profiles/system)
+# NEW      the system to activate (a store path)
+# GOAL     switch | boot | test | dry-activate
+# TIMEOUT  seconds switch-to-configuration may take (then it is killed: timed-out)
+# ROLLBACK 1: put the host back on the system it ran before when the activation fails
+# CONFIRM  seconds to wait for DIR/confirm (magic rollback; 0: none). Without it (or on
+#          DIR/abort) the host rolls back by itself.
+#
+# DIR/state says where it is: activating, waiting, then one of done, confirmed, superseded,
+# rolled-back WHY, timed-out, failed-N, failed-profile, failed-rollback WHY,
+# failed-no-previous WHY (hive/activate.py reads it).
+set -u
+umask 022
+# a transient systemd unit starts with systemd's default PATH: NixOS keeps its tools elsewhere
+PATH="/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:$PATH"
+export PATH
+# as nixos-rebuild: switch-to-configuration installs the boot loader only as it needs to
+NIXOS_INSTALL_BOOTLOADER=0
+export NIXOS_INSTALL_BOOTLOADER
+
+d=$1; profile=$2; new=$3; goal=$4; limit=$5; rollback=$6; confirm=$7
+runs=$(dirname "$d")
+sets_profile=0
+case $goal in switch|boot) sets_profile=1 ;; esac
+
+say() { echo "$1" > "$d/state.tmp" && mv -f "$d/state.tmp" "$d/state"; }
+echo $$ > "$d/pid"
+find "$runs" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null
+# an earlier activation still waiting for its confirmation is superseded: it must not roll
+# back over this one
+for o in "$runs"/*/; do
+  if [ "${o%/}" != "$d" ] && [ "$(cat "$o/state" 2>/dev/null)" = waiting ]; then touch "$o/superseded"; fi
+done
+prev=$(readlink -f /run/current-system 2>/dev/null || true)
+gen=$(readlink "$profile" 2>/dev/null || true)
+
+back_to() {  # WHY: switch to the system the host ran before, then exit
+  say "rolling-back $1"
+  if [ "$sets_profile" = 1 ]; then
+    n=${gen#system-}
+    n=${n%-link}
+    if [ -z "$gen" ] || [ "$n" = "$gen" ]; then say "failed-no-previous $1"; exit 1; fi
+    nix-env -p "$profile" --switch-generation "$n" >> "$d/log" 2>&1 || { say "failed-rollback $1"; exit 1; }
+    back=$(readlink -f "$profile")
+  else
+    if [ -z "$prev" ]; then say "failed-no-previous $1"; exit 1; fi
+    back=$prev
+  fi
+  timeout -k 10 "$limit" "$back/bin/switch-to-configuration" "$goal" >> "$d/log" 2>&1 \
+    || { say "failed-rollback $1"; exit 1; }
+  say "rolled-back $1"
+  exit 0
+}
+
+if [ "$sets_profile" = 1 ]; then
+  nix-env -p "$profile" --set "$new" >> "$d/log" 2>&1 || { say "failed-profile"; exit 1; }
+fi
+say activating
+timeout -k 10 "$limit" "$new/bin/switch-to-configuration" "$goal" >> "$d/log" 2>&1
+rc=$?
+why=
+if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then why=timed-out; elif [ $rc -ne 0 ]; then why=failed-$rc; fi
+if [ -n "$why" ]; then
+  if [ "$rollback" = 1 ]; then back_to "$why"; fi
+  say "$why"
+  exit 1
+fi
+if [ "$confirm" -gt 0 ]; then
+  say waiting
+  end=$(( $(date +%s) + confirm ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    if [ -e "$d/confirm" ]; then say confirmed; exit 0; fi
+    if [ -e "$d/superseded" ]; then say superseded; exit 0; fi
+    if [ -e "$d/abort" ]; then back_to "$(cat "$d/abort")"; fi
+    sleep 0.05
+  done
+  back_to not-confirmed
+fi
+say "done"
