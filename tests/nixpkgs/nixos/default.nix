@@ -41,6 +41,23 @@
 #   (activation waits for that, up to 10 s, and fails if it does not come). Each switch/test
 #   first kills the server named there (checked by its command line), with or without a new
 #   httpPort: a system without httpPort leaves none running.
+# - systemd.services.<name> = { script = "…"; serviceConfig.Type = "simple" | "oneshot" | …; }:
+#   units of the system (name: letters, digits, _ and -). Each becomes
+#   $out/etc/systemd/system/<name>.service running `/bin/sh <script file>` (Type oneshot gets
+#   RemainAfterExit=yes). standin.httpPort adds the health server as standin-http.service.
+#   On a host whose PID 1 is systemd (/run/systemd/system exists), switch/test do what NixOS's
+#   switch-to-configuration does with units: link the new system's unit files into
+#   /run/systemd/system, stop the units the new system no longer has, daemon-reload, start the
+#   new ones, restart the changed ones (another unit file), start the unchanged ones that are
+#   not active; a unit that fails to start makes the switch exit 4 (as NixOS's), after the
+#   others were handled. On a host without systemd the health server runs under setsid.
+# - switch and boot, on a host with the lab's stand-in boot loader (/boot/standin, a
+#   directory of that host's own): "install the boot loader", i.e. write the system profile's
+#   current system to /boot/standin/default, the system the host boots by default
+#   (tests/lab: at boot the host links /run/current-system to /boot/standin/oneshot, once,
+#   else to the default, then runs $out/activate).
+# - $out/activate: the activation at boot: step 3 without the current-system link (the boot
+#   set it), with none of the logs' lines.
 # - services.openssh.enable = true (default) | false: switch/test run the host's
 #   /run/standin-sshd-start (start sshd unless it is running) or /run/standin-sshd-stop (stop
 #   the listening sshd only: open ssh connections survive, as with NixOS's KillMode=process).
@@ -101,6 +118,29 @@ let
     else if !(builtins.isBool openssh) then throw "services.openssh.enable must be a boolean"
     else true;
 
+  # Units: systemd.services.<name>, plus the health server's (standin.httpPort).
+  declared = config.systemd.services or { };
+  unitsChecked = builtins.all (n:
+    if builtins.match "[A-Za-z0-9_-]+" n == null then throw "systemd.services: bad unit name ${builtins.toJSON n}"
+    else if !(declared.${n} ? script) then throw "systemd.services.${n}: a stand-in unit needs a script"
+    else true) (builtins.attrNames declared);
+  unitFile = n: type: exec: builtins.toFile "${n}.service" ''
+    [Unit]
+    Description=stand-in unit ${n} of ${name}
+    [Service]
+    Type=${type}
+    ${if type == "oneshot" then "RemainAfterExit=yes" else ""}
+    ExecStart=${exec}
+  '';
+  httpFile = builtins.toFile "standin-http.py" httpCode;
+  units = builtins.mapAttrs (n: u: unitFile n (u.serviceConfig.Type or "simple")
+      "/bin/sh ${builtins.toFile "${n}.sh" u.script}") declared
+    // (if httpPort == "" then { } else {
+      standin-http = unitFile "standin-http" "simple" "/usr/bin/python3 ${httpFile} standin-http ${httpPort}";
+    });
+  unitLinks = builtins.concatStringsSep "\n" (builtins.attrValues (builtins.mapAttrs
+    (n: f: "ln -s ${f} $out/etc/systemd/system/${n}.service") units));
+
   # The health server started by activation when standin.httpPort is set:
   # `python3 -c CODE standin-http PORT` ("standin-http" marks its command line).
   # GET /health: 200 "ok" if /run/standin-health says healthy, else 503 "unhealthy";
@@ -146,9 +186,12 @@ let
     goal="$1"
     case "$goal" in
       switch|boot|test|dry-activate) ;;
+      at-boot) ;;  # $out/activate: the activation at boot
       *) echo "usage: switch-to-configuration [switch|boot|test|dry-activate]" >&2; exit 1 ;;
     esac
-    echo "$(date +%s.%N) $goal $out $(id -un)" >> /run/standin-activation-starts.log
+    if [ "$goal" != at-boot ]; then
+      echo "$(date +%s.%N) $goal $out $(id -un)" >> /run/standin-activation-starts.log
+    fi
     if [ -e /run/standin-fail-activation ]; then
       echo "activation failed: /run/standin-fail-activation exists" >&2; exit 1
     fi
@@ -173,6 +216,45 @@ let
       rm -f /run/standin-http.pid
     }
 
+    # units, as NixOS's switch-to-configuration handles them (see the header)
+    switch_units() {
+      failed=
+      dir=/run/systemd/system
+      mkdir -p "$dir"
+      for link in "$dir"/*.service; do
+        [ -L "$link" ] || continue
+        unit=$(basename "$link")
+        case $(readlink "$link") in /nix/store/*) ;; *) continue ;; esac
+        if [ ! -e "$out/etc/systemd/system/$unit" ]; then
+          systemctl stop "$unit" || true
+          rm -f "$link"
+        fi
+      done
+      changed=
+      for file in "$out"/etc/systemd/system/*.service; do
+        [ -e "$file" ] || continue
+        unit=$(basename "$file")
+        target=$(readlink "$file")
+        if [ "$(readlink "$dir/$unit" 2>/dev/null)" != "$target" ]; then
+          if [ -L "$dir/$unit" ]; then changed="$changed $unit"; fi
+          ln -sfn "$target" "$dir/$unit"
+        fi
+      done
+      systemctl daemon-reload
+      for file in "$out"/etc/systemd/system/*.service; do
+        [ -e "$file" ] || continue
+        unit=$(basename "$file")
+        case " $changed " in
+          *" $unit "*) systemctl restart "$unit" || failed="$failed $unit" ;;
+          *) systemctl is-active --quiet "$unit" || systemctl start "$unit" || failed="$failed $unit" ;;
+        esac
+      done
+      if [ -n "$failed" ]; then
+        echo "warning: the following units failed:$failed" >&2
+        units_failed=1
+      fi
+    }
+
     start_http() {
       http_code='${httpCode}'
       setsid nohup python3 -c "$http_code" standin-http "$1" \
@@ -188,11 +270,34 @@ let
       done
     }
 
-    if [ "$goal" = switch ] || [ "$goal" = test ]; then
-      ln -sfn $out /run/current-system
+    units_failed=0
+    if [ "$goal" = switch ] || [ "$goal" = boot ]; then
+      # install the boot loader: the profile's system is the default boot entry
+      if [ -d /boot/standin ]; then
+        readlink -f /nix/var/nix/profiles/system > /boot/standin/default.tmp
+        mv -f /boot/standin/default.tmp /boot/standin/default
+      fi
+    fi
+    if [ "$goal" = switch ] || [ "$goal" = test ] || [ "$goal" = at-boot ]; then
+      if [ "$goal" != at-boot ]; then ln -sfn $out /run/current-system; fi
       echo ${health} > /run/standin-health
-      stop_http
-      if [ -n "${httpPort}" ]; then start_http "${httpPort}"; fi
+      if [ -d /run/systemd/system ]; then
+        rm -f /run/standin-http.pid
+        switch_units
+        if [ -n "${httpPort}" ] && [ $units_failed = 0 ]; then
+          i=0
+          until [ -s /run/standin-http.pid ]; do
+            if ! systemctl is-active --quiet standin-http.service || [ $i -ge 1000 ]; then
+              echo "standin: the health server on 127.0.0.1:${httpPort} did not start" >&2
+              exit 1
+            fi
+            sleep 0.01; i=$((i + 1))
+          done
+        fi
+      else
+        stop_http
+        if [ -n "${httpPort}" ]; then start_http "${httpPort}"; fi
+      fi
       if [ ${if openssh then "1" else "0"} = 1 ]; then
         if [ -x /run/standin-sshd-start ]; then /run/standin-sshd-start; fi
       elif [ -x /run/standin-sshd-stop ]; then
@@ -202,6 +307,8 @@ let
       fi
     fi
 
+    if [ "$goal" = at-boot ]; then exit $((units_failed * 4)); fi
+    if [ $units_failed = 1 ]; then exit 4; fi
     if [ "$goal" != dry-activate ]; then
       case ${activation} in
         fail)
@@ -216,10 +323,10 @@ let
     echo "$(date +%s.%N) $goal $out $(id -un)" >> /run/standin-activations.log
   '';
 
-  toplevel = assert checked; derivation (env // {
+  toplevel = assert checked && unitsChecked; derivation (env // {
     name = "nixos-system-${name}";
     builder = sh;
-    inherit payload nixConf buildLog switchScript;
+    inherit payload nixConf buildLog switchScript unitLinks;
     sleep = toString (std.buildSeconds or 0);
     evalCost = evalWork (std.evalCost or 0);
     passAsFile = [ "nixConf" "switchScript" ];
@@ -232,6 +339,10 @@ let
       echo -n "${name}" > $out/name
       sed "s|@out@|$out|g" "$switchScriptPath" > $out/bin/switch-to-configuration
       chmod +x $out/bin/switch-to-configuration
+      printf '#!/bin/sh\nexec %s/bin/switch-to-configuration at-boot\n' "$out" > $out/activate
+      chmod +x $out/activate
+      mkdir -p $out/etc/systemd/system
+      eval "$unitLinks"
       if [ -n "$buildLog" ]; then echo "${name}" >> "$buildLog"; fi
     '' ];
   });
