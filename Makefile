@@ -4,13 +4,13 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux jq python3 git
+APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux jq python3 git make python3-venv
 # Debian's Nix runs single-user as root; without a reachable cache every build would wait
 # for cache.nixos.org, so the lab, the tests and the demo use no substituters: NIX_CONFIG is
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
 WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 
-.PHONY: setup apt venv test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-eval clean
+.PHONY: setup apt venv test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-eval test-matrix clean
 
 setup: apt venv
 
@@ -36,9 +36,14 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 pytest: setup
-	$(WITH_NIX) $(VENV)/bin/pytest -q -n 3  # three at once: the lab tests mostly wait on hosts
+	$(WITH_NIX) $(VENV)/bin/pytest -q -n 3 $(PYTEST_ARGS)  # three at once: the lab tests mostly wait on hosts
 
 test: lint typecheck pytest
+
+# The suite under the Nix of the other Debian releases (tests/matrix.py): trees kept in
+# /var/cache/nix-hive/trees, e.g. make test-matrix ARGS="--release sid -- -k flake"
+test-matrix:
+	python3 -m tests.matrix $(ARGS)
 
 demo: setup
 	$(WITH_NIX) $(PY) -m tests.demo up
