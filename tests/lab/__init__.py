@@ -23,6 +23,16 @@ there is the lab's) and by those pid files.
 
 Needs root, iproute2, util-linux (unshare, nsenter), openssh-server and nix.
 
+systemd hosts (`Lab.start(..., init="systemd")`; "plain", above, stays the default): each host
+boots systemd as PID 1 in PID, mount, UTS, IPC and cgroup namespaces of its own, on an overlay of
+a shared read-only Debian trixie tree (tree.py, made once in $NIX_HIVE_TREES/host-trixie), with
+the same per-host /nix, /etc/nix, /etc/ssh, /root, /home and accounts, a persistent /boot, a
+fresh /run at each boot (HOSTDIR/run from outside), sshd.service (KillMode=process) whose stop
+and start are the activation hooks, and a power supply process that boots it again after
+`systemctl reboot`.  Lab.reboot, power_off, power_on(hang=...), boots, wait_up, system_state,
+systemctl, journal, memory; boot entries in HOSTDIR/boot/standin (default, oneshot): see boot.py.
+`lab.run(host, argv)` enters all the namespaces of its PID 1 (nsenter -a).
+
 Modules:
 
     topology  pure logic: topology checks, address plan, jump hosts, ssh options and configs
@@ -31,16 +41,21 @@ Modules:
               workdir removal
     procs     running commands, spawning daemons, pid/start-time tracking, waiting, killing
     bringup   the start sequence
+    tree      the systemd hosts' shared root tree (debootstrap, with tests/matrix.py's functions)
+    boot      systemd hosts: power supply and starter scripts, units, boot entries, power off
+    measure   boot time and memory of systemd hosts (python -m tests.lab.measure 1 6 30)
     records   what DIR/lab.json says, and recording what the lab makes before making it
     lab       the Lab class (on top of records): start, load, queries, ssh helpers, down
     __main__  the command line (used by `make demo`):
 
-    python -m tests.lab up --workdir DIR [--topology example|JSON|FILE]
+    python -m tests.lab up --workdir DIR [--topology example|JSON|FILE] [--init plain|systemd]
     python -m tests.lab down --workdir DIR
+    python -m tests.lab reboot|power-off|power-on [--hang] --workdir DIR HOST
 """
 
+from tests.lab.boot import Boot
 from tests.lab.hostfs import ANCHOR_SCRIPT, DEPLOY_USER, SSHD_START_HOOK, SSHD_STOP_HOOK
-from tests.lab.lab import Lab
+from tests.lab.lab import Init, Lab
 from tests.lab.netns import SLOT_DIR
 from tests.lab.procs import HOST_PATH, START_TIMEOUT
 from tests.lab.topology import (
@@ -68,7 +83,9 @@ __all__ = [
     "SSHD_START_HOOK",
     "SSHD_STOP_HOOK",
     "START_TIMEOUT",
+    "Boot",
     "Host",
+    "Init",
     "Lab",
     "LabError",
 ]

@@ -1,5 +1,6 @@
 """Starting a lab, step by step: address slot, keys, address plan, network, host file systems,
-then the processes (mount namespace anchors, nix-daemon and sshd in each host).
+then the processes: mount namespace anchors, nix-daemon and sshd in each plain host; a power
+supply booting systemd in each systemd host (see boot.py).
 
 Works on a `Lab` whose records (lab.json) it extends as it goes, before making each thing, so
 that `Lab.down` can undo a start that failed half-way.
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.lab import hostfs, netns, procs, topology
+from tests.lab import boot, hostfs, netns, procs, topology
 from tests.lab.topology import LabError
 
 if TYPE_CHECKING:
@@ -32,6 +33,14 @@ def start(lab: Lab, topo: Mapping[str, Sequence[str]], segments: list[str], depl
             raise LabError(f"{tool} not found in PATH")
     if not SSHD.exists():
         raise LabError(f"{SSHD} not found (install openssh-server)")
+    if lab.init == "systemd":
+        from tests.lab import tree  # tests/matrix.py's functions: only systemd hosts need them
+
+        # Made once (about 40 s), before the start is timed; then only checked.
+        boot.check_inotify(len(topo))
+        lab._state["tree"] = str(tree.ensure())
+        lab._state["cgroup_root"] = str(boot.cgroup2_mount())
+        lab._save()
     t0 = time.monotonic()
     lab._state["slot"] = netns.claim_slot(lab.prefix, lab.workdir)
     lab._save()
@@ -39,7 +48,10 @@ def start(lab: Lab, topo: Mapping[str, Sequence[str]], segments: list[str], depl
     plan(lab, topo, segments, deployer_segment)
     make_network(lab, segments)
     make_host_files(lab, nix_conf)
-    start_processes(lab)
+    if lab.init == "systemd":
+        start_power(lab)
+    else:
+        start_processes(lab)
     lab._check_ports()
     lab._state["start_seconds"] = round(time.monotonic() - t0, 3)
     lab._save()
@@ -60,6 +72,10 @@ def plan(lab: Lab, topo: Mapping[str, Sequence[str]], segments: list[str],
     hosts_dir.chmod(0o755)
     deployer, hosts = topology.plan(lab.prefix, int(lab._state["slot"]), topo, segments,
                                     deployer_segment, hosts_dir)
+    for name, h in hosts.items():
+        h["init"] = lab.init
+        if lab.init == "systemd":
+            h["cgroup"] = str(Path(lab._state["cgroup_root"]) / f"nix-hive-{lab.prefix}-{name}")
     lab._state["deployer"] = deployer
     lab._state["hosts"].update(hosts)
     lab._save()
@@ -95,11 +111,24 @@ def make_host_files(lab: Lab, nix_conf: Mapping[str, str]) -> None:
     hostfs.write(lab._entry("known_hosts"), topology.deployer_known_hosts(lab.hosts))
     hostfs.write(lab._entry("ssh_config"), lab.ssh_config("root"))
     hostfs.write(lab._entry("ssh_config.deploy"), lab.ssh_config(hostfs.DEPLOY_USER))
-    uid = hostfs.free_id("/etc/passwd", 2, 2000)
-    gid = hostfs.free_id("/etc/group", 2, 2000)
+    systemd = lab.init == "systemd"
+    root = Path(lab._state["tree"]) if systemd else Path("/")  # where the account files come from
+    uid = hostfs.free_id(str(root / "etc/passwd"), 2, 2000)
+    gid = hostfs.free_id(str(root / "etc/group"), 2, 2000)
     for name in lab.hosts:
         hostfs.make_host_dir(lab.hosts, name, uid=uid, gid=gid, extra_nix_conf=nix_conf.get(name, ""),
-                             keys=keys, client_key=lab.client_key)
+                             keys=keys, client_key=lab.client_key, root=root, systemd=systemd)
+        if systemd:
+            boot.make_host_dir(lab.hosts[name].dir, name)
+
+
+def start_power(lab: Lab) -> None:
+    """Power every systemd host on, then wait until each one's sshd answers."""
+    boot.write_scripts(lab._entry("bin"))
+    for name in lab.hosts:
+        lab.power_on(name, wait=False)
+    took = lab.wait_up(*lab.hosts)
+    lab._state["boot_seconds"] = {n: round(t, 3) for n, t in took.items()}
 
 
 def start_processes(lab: Lab) -> None:

@@ -85,8 +85,9 @@ def nix_conf(extra_nix_conf: str) -> str:
     return "\n".join(conf + extra) + "\n"
 
 
-def sshd_config(d: Path) -> str:
-    """The sshd_config of the host whose directory is d."""
+def sshd_config(d: Path, pidfile: str | None = None) -> str:
+    """The sshd_config of the host whose directory is d (pid file: d/sshd.pid unless given; a
+    systemd host's is in its own /run, where nothing outside the host looks for it)."""
     return "\n".join([
         "Port 22",
         "ListenAddress 0.0.0.0",
@@ -97,7 +98,7 @@ def sshd_config(d: Path) -> str:
         "KbdInteractiveAuthentication no",
         "UsePAM no",
         "StrictModes no",
-        f"PidFile {d}/sshd.pid",
+        f"PidFile {pidfile or f'{d}/sshd.pid'}",
         "LogLevel VERBOSE",
         "PrintMotd no",
         "UseDNS no",
@@ -175,8 +176,12 @@ def sshd_hooks(d: Path, name: str) -> dict[str, str]:
 
 
 def make_host_dir(hosts: Mapping[str, Host], name: str, *, uid: int, gid: int,
-                  extra_nix_conf: str, keys: Path, client_key: Path) -> None:
-    """Everything host `name` mounts over the machine's own directories (see ANCHOR_SCRIPT)."""
+                  extra_nix_conf: str, keys: Path, client_key: Path, root: Path = Path("/"),
+                  systemd: bool = False) -> None:
+    """Everything host `name` mounts over the machine's own directories (see ANCHOR_SCRIPT), or,
+    for a systemd host, over its root tree's (root: the tree the account files come from; its
+    sshd_config is its /etc/ssh/sshd_config and its hooks are copied into each boot's /run by
+    its power supply: see boot.py)."""
     d = hosts[name].dir
     for sub in SUBDIRS:
         (d / sub).mkdir(parents=True)
@@ -185,28 +190,32 @@ def make_host_dir(hosts: Mapping[str, Host], name: str, *, uid: int, gid: int,
     home = d / "home" / DEPLOY_USER
     home.mkdir(mode=0o755)
     os.chown(home, uid, gid)
-    write_accounts(d, uid, gid)
+    write_accounts(d, uid, gid, root)
     write(d / "etc/hosts", topology.etc_hosts(hosts, name))
     write(d / "etc-nix/nix.conf", nix_conf(extra_nix_conf))
     write_etc_ssh(hosts, name, keys, client_key)
+    if systemd:
+        write(d / "etc-ssh/sshd_config", sshd_config(d, pidfile="/run/sshd.pid"))
+        return
     write(d / "sshd_config", sshd_config(d))
     for path, script in sshd_hooks(d, name).items():
         write(d / path.removeprefix("/"), script, 0o755)
 
 
-def write_accounts(d: Path, uid: int, gid: int) -> None:
-    """Copies of the real account files plus the deploy user (in this host only)."""
-    passwd = Path("/etc/passwd").read_text()
+def write_accounts(d: Path, uid: int, gid: int, root: Path = Path("/")) -> None:
+    """Copies of the account files of root (the machine's, or a systemd host's tree) plus the
+    deploy user (in this host only)."""
+    passwd = (root / "etc/passwd").read_text()
     write(d / "etc/passwd", passwd.rstrip("\n") +
           f"\n{DEPLOY_USER}:x:{uid}:{gid}:lab deploy user:/home/{DEPLOY_USER}:/bin/sh\n")
-    group = Path("/etc/group").read_text()
+    group = (root / "etc/group").read_text()
     write(d / "etc/group", group.rstrip("\n") + f"\n{DEPLOY_USER}:x:{gid}:\n")
-    shadow = Path("/etc/shadow").read_text()
+    shadow = (root / "etc/shadow").read_text()
     write(d / "etc/shadow", shadow.rstrip("\n") + f"\n{DEPLOY_USER}:*:19000:0:99999:7:::\n", 0o640)
-    shutil.copystat("/etc/shadow", d / "etc/shadow")
-    st = os.stat("/etc/shadow")
+    shutil.copystat(root / "etc/shadow", d / "etc/shadow")
+    st = os.stat(root / "etc/shadow")
     os.chown(d / "etc/shadow", st.st_uid, st.st_gid)
-    for f in Path("/etc/sudoers.d").iterdir():
+    for f in (root / "etc/sudoers.d").iterdir():
         if f.is_file():
             shutil.copy2(f, d / "etc/sudoers.d" / f.name)
     write(d / "etc/sudoers.d/lab-deploy", f"{DEPLOY_USER} ALL=(ALL) NOPASSWD: ALL\n", 0o440)

@@ -6,18 +6,23 @@ topology.py; `Lab` records what is made (before making it) and tears it down fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shlex
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tests.lab import bringup, hostfs, netns, procs, topology
+from tests.lab import boot, bringup, hostfs, netns, procs, topology
+from tests.lab.boot import Boot
 from tests.lab.records import Records
 from tests.lab.topology import LabError, check_topology
+
+Init = Literal["plain", "systemd"]
 
 
 class Lab(Records):
@@ -27,10 +32,15 @@ class Lab(Records):
 
     @classmethod
     def start(cls, topology: Mapping[str, Sequence[str]], workdir: Path, *,
-              deployer_segment: str = "pub", nix_conf: Mapping[str, str] = {}) -> Lab:
-        """Start a lab.  topology: host -> segments; nix_conf: host -> extra nix.conf lines."""
+              deployer_segment: str = "pub", nix_conf: Mapping[str, str] = {},
+              init: Init = "plain") -> Lab:
+        """Start a lab.  topology: host -> segments; nix_conf: host -> extra nix.conf lines;
+        init: "plain" hosts run the lab's sshd and nix-daemon, "systemd" hosts boot systemd as
+        PID 1 (see boot.py; the first start makes the shared root tree, tree.py)."""
         workdir = Path(workdir).absolute()
         segments = check_topology(topology, deployer_segment, nix_conf)
+        if init not in ("plain", "systemd"):
+            raise LabError(f"init must be 'plain' or 'systemd', not {init!r}")
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network and mount namespaces)")
         if (workdir / "lab.json").exists():
@@ -41,6 +51,7 @@ class Lab(Records):
             "prefix": "hv" + secrets.token_hex(2), "slot": None, "netns": [], "pids": [],
             "entries": [], "created_workdir": created_workdir, "hosts": {},
             "segments": segments, "topology": {h: list(s) for h, s in topology.items()},
+            "init": init,
         }
         lab = cls(workdir, state)
         lab._save()
@@ -73,10 +84,16 @@ class Lab(Records):
     # ----------------------------------------------------------------- use
 
     def host_argv(self, host: str, argv: Sequence[str], *, user: str = "root") -> list[str]:
-        """argv that runs `argv` inside host's network, mount and UTS namespaces as user."""
-        self._host(host)
-        anchor = self._state["hosts"][host]["anchor"]
-        prefix = ["nsenter", "-t", str(anchor), "-n", "-m", "-u", "--"]
+        """argv that runs `argv` inside host's network, mount and UTS namespaces as user (a
+        systemd host: all the namespaces of its PID 1, and its root; LabError if it is off)."""
+        h = self._host(host)
+        if self.init_of(host) == "systemd":
+            pid = boot.pid1(h.dir)
+            if pid is None:
+                raise LabError(f"host {host} is not running (powered off, or between two boots)")
+            prefix = ["nsenter", "-t", str(pid), "-a", "--"]
+        else:
+            prefix = ["nsenter", "-t", str(self._state["hosts"][host]["anchor"]), "-n", "-m", "-u", "--"]
         if user != "root":
             prefix += ["runuser", "-u", user, "--"]
         return prefix + list(argv)
@@ -114,7 +131,10 @@ class Lab(Records):
         return netns.tx_bytes(self.deployer_netns)
 
     def auth_count(self, host: str) -> int:
-        """Number of successful public-key authentications host's sshd has logged."""
+        """Number of successful public-key authentications host's sshd has logged (a systemd
+        host: in its journal, since its last boot)."""
+        if self.init_of(host) == "systemd":
+            return self.journal(host, boot.SSHD_UNIT).count("Accepted publickey")
         try:
             text = (self._host(host).dir / "sshd.log").read_text()
         except OSError:
@@ -148,8 +168,118 @@ class Lab(Records):
         return self.deployer_argv(["ssh", "-F", str(cfg), host, "--",
                                    " ".join(shlex.quote(a) for a in argv)])
 
+    # ----------------------------------------------------------------- systemd hosts
+
+    def _systemd_host(self, host: str) -> topology.Host:
+        h = self._host(host)
+        if self.init_of(host) != "systemd":
+            raise LabError(f"host {host} does not run systemd (started with init={self.init!r})")
+        return h
+
+    def _supplies(self, host: str) -> list[procs.Recorded]:
+        """The power supplies the lab started for host (recorded in lab.json as HOST/power)."""
+        return [(int(r["pid"]), r.get("start")) for r in self._state.get("pids", [])
+                if r.get("what") == f"{host}/power"]
+
+    def powered(self, host: str) -> bool:
+        """Whether host is on: its power supply or its PID 1 runs."""
+        h = self._systemd_host(host)
+        return any(procs.is_alive(p, s) for p, s in self._supplies(host)) or boot.pid1(h.dir) is not None
+
+    def power_on(self, host: str, *, hang: bool = False, wait: bool = True) -> None:
+        """Switch host on: its power supply boots it (and boots it again after each reboot from
+        inside).  hang: this boot never starts systemd (PID 1 waits for ever: no sshd, as a host
+        stuck at boot), until power_off; returns once the boot is recorded.  Otherwise, wait:
+        return once sshd answers (else at once: see wait_up)."""
+        h = self._systemd_host(host)
+        if self.powered(host):
+            raise LabError(f"host {host} is already on")
+        before = len(self.boots(host))
+        (h.dir / "pid1").unlink(missing_ok=True)
+        power, starter = self.workdir / "bin/power-supply", self.workdir / "bin/boot-starter"
+        argv = boot.power_argv(power, starter, h.dir, h.netns, Path(self._state["hosts"][host]["cgroup"]),
+                               Path(self._state["cgroup_root"]), Path(self._state["tree"]), host, hang)
+        proc = self._spawn(f"{host}/power", argv, h.dir / "power.log", procs.clean_env())
+        if not hang:
+            if wait:
+                self.wait_up(host)
+            return
+        deadline = time.monotonic() + self._boot_timeout(1)
+        while len(self.boots(host)) <= before:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"host {host} did not boot\n{procs.host_logs(h.dir)}")
+            time.sleep(0.005)
+
+    def power_off(self, host: str) -> None:
+        """Pull host's plug: kill its power supply, then its PID 1 (no clean shutdown: what was
+        not written to its disk is lost, its /run is gone)."""
+        h = self._systemd_host(host)
+        boot.kill_host(self._supplies(host), h.dir, netns.pids([h.netns]),
+                       Path(self._state["hosts"][host]["cgroup"]))
+        (h.dir / "pid1").unlink(missing_ok=True)
+
+    def reboot(self, host: str, timeout: float | None = None) -> float:
+        """`systemctl reboot` inside host; returns once the host booted again and its sshd
+        answers (LabError after timeout seconds), with the seconds that took."""
+        self._systemd_host(host)
+        t0 = time.monotonic()
+        before = len(self.boots(host))
+        self.run(host, ["systemctl", "reboot"], check=False)  # may be killed as PID 1 ends
+        deadline = t0 + (timeout or self._boot_timeout(1))
+        while len(self.boots(host)) <= before:
+            if time.monotonic() > deadline or not self.powered(host):
+                raise LabError(f"host {host} did not boot again\n{procs.host_logs(self._host(host).dir)}")
+            time.sleep(0.01)
+        self.wait_up(host, timeout=max(1.0, deadline - time.monotonic()))
+        return time.monotonic() - t0
+
+    def wait_up(self, *hosts: str, timeout: float | None = None) -> dict[str, float]:
+        """Wait until sshd answers on each host (its banner, from its own network namespace);
+        the seconds each took.  LabError if one does not within timeout (default: by count)."""
+        targets = {n: (self._host(n).netns, self._host(n).address) for n in hosts}
+        return boot.wait_up(targets, timeout or self._boot_timeout(len(hosts)),
+                            {n: self._host(n).dir for n in hosts},
+                            lambda n: self.init_of(n) != "systemd" or self.powered(n))
+
+    @staticmethod
+    def _boot_timeout(n: int) -> float:
+        return boot.BOOT_TIMEOUT + boot.BOOT_TIMEOUT_PER_HOST * n
+
+    def boots(self, host: str) -> list[Boot]:
+        """host's boots, oldest first (see boot.py: entry taken, system booted)."""
+        return boot.boots(self._systemd_host(host).dir)
+
+    def systemctl(self, host: str, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """`systemctl ARGS` inside host."""
+        self._systemd_host(host)
+        return self.run(host, ["systemctl", *args], check=check)
+
+    def system_state(self, host: str, timeout: float = 30) -> str:
+        """`systemctl is-system-running --wait` inside host: once its boot is over (sshd may
+        answer before), "running", or "degraded" if a unit failed (see `systemctl --failed`)."""
+        self._systemd_host(host)
+        argv = ["timeout", str(timeout), "systemctl", "is-system-running", "--wait"]
+        return self.run(host, argv, check=False).stdout.strip()
+
+    def journal(self, host: str, unit: str) -> str:
+        """unit's log in host's journal since its last boot (messages only)."""
+        self._systemd_host(host)
+        return self.run(host, ["journalctl", "--no-pager", "-q", "-o", "cat", "-u", unit]).stdout
+
+    def memory(self, host: str) -> dict[str, int]:
+        """What host uses, in bytes: pss (its processes' proportional set size), run (its /run
+        tmpfs, the journal included), and cgroup (memory.current, where the cgroup2 hierarchy
+        has the memory controller: not on a hybrid machine)."""
+        h = self._systemd_host(host)
+        cg = Path(self._state["hosts"][host]["cgroup"])
+        st = os.statvfs(h.dir / "run")
+        out = {"pss": boot.pss(boot.cgroup_pids(cg)), "run": (st.f_blocks - st.f_bfree) * st.f_frsize}
+        with contextlib.suppress(OSError, ValueError):
+            out["cgroup"] = int((cg / "memory.current").read_text())
+        return out
+
     def summary(self) -> str:
-        lines = [f"lab {self.prefix} in {self.workdir}",
+        lines = [f"lab {self.prefix} in {self.workdir} ({self.init} hosts)",
                  f"  deployer  {self.deployer_address:<15} netns {self.deployer_netns}"]
         for h in self.hosts.values():
             addrs = " ".join(f"{s}={a}" for s, a in h.addresses.items())
@@ -175,7 +305,11 @@ class Lab(Records):
     def down(self) -> None:
         """Kill the lab's processes (the recorded ones, every process in its namespaces, and
         the daemons activations started: an sshd restarted by /run/standin-sshd-start, the
-        stand-in's health server), delete its namespaces, remove what it put in workdir."""
+        stand-in's health server), delete its namespaces, remove what it put in workdir.
+        systemd hosts are powered off first (power supply, PID 1, cgroups, /run tmpfs)."""
+        for name in self.hosts:
+            if self.init_of(name) == "systemd":
+                self.power_off(name)
         procs.kill_all(self._recorded(), self._unrecorded, self._procs)
         self._procs.clear()
         errors = netns.delete(self.namespaces)

@@ -15,7 +15,7 @@ from tests.lab.topology import LabError
 
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 START_TIMEOUT = 20.0
-LOGS = ("anchor.log", "nix-daemon.log", "sshd.out", "sshd.log")
+LOGS = ("anchor.log", "nix-daemon.log", "sshd.out", "sshd.log", "power.log", "boots.log")
 
 Recorded = tuple[int, str | None]  # pid, start time (None: unknown)
 Check = Callable[[], bool]

@@ -67,6 +67,8 @@ class Records:
         too; the pid files still find them if that namespace is already gone from /run/netns."""
         found = []
         for h in self.hosts.values():
+            if self.init_of(h.name) == "systemd":  # its pids are its PID namespace's: they end with it
+                continue
             for pidfile, marker in ((h.dir / "sshd.pid", f" -f {h.dir / 'sshd_config'} "),
                                     (h.dir / "run" / "standin-http.pid", "standin-http")):
                 pid = procs.from_pidfile(pidfile, marker)
@@ -85,6 +87,15 @@ class Records:
     @property
     def prefix(self) -> str:
         return str(self._state["prefix"])
+
+    @property
+    def init(self) -> str:
+        """What the lab's hosts run: "plain" (sshd and nix-daemon spawned by the lab) or
+        "systemd" (systemd as PID 1, see boot.py)."""
+        return str(self._state.get("init", "plain"))
+
+    def init_of(self, host: str) -> str:
+        return str(self._state["hosts"][host].get("init", "plain"))
 
     @property
     def client_key(self) -> Path:
