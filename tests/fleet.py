@@ -18,6 +18,10 @@ from pathlib import Path
 from tests.constants import REPO, STANDIN
 from tests.constants import nix_env as nix_env  # re-exported: tests import it from here
 from tests.lab import EXAMPLE_TOPOLOGY, Lab
+from tests.lab.lab import Init
+
+# The hosts of lab fleets: systemd as PID 1, like NixOS.
+LAB_INIT: Init = "systemd"
 
 
 def make_key(directory: Path, name: str = "hive-lab") -> tuple[Path, str]:
@@ -55,9 +59,11 @@ class Fleet:
     def start(cls, workdir: Path, *, topology: Mapping[str, Sequence[str]] = EXAMPLE_TOPOLOGY,
               relay: str = "portico", user: str = "root", pin: bool = True,
               payload_bytes: int = 2_000_000, source: Path = REPO / "example",
-              relays: Mapping[str, str] | None = None) -> Fleet:
+              relays: Mapping[str, str] | None = None, init: Init = LAB_INIT) -> Fleet:
         """`relays`: host -> the host it substitutes from, or a substituter URL (default: every
-        host not on the deployer's segment substitutes from `relay`)."""
+        host not on the deployer's segment substitutes from `relay`). `init`: hosts whose PID 1
+        is systemd, as every NixOS host (the default), or "plain" hosts (sshd alone: the
+        activation's setsid path)."""
         hive = workdir / "hive"
         shutil.copytree(source, hive, ignore=shutil.ignore_patterns("secrets", ".hive.state*"))
         shutil.copy(REPO / "tests" / "hives" / "lab-host.nix", hive / "lab-host.nix")  # the test hives' helper
@@ -69,7 +75,7 @@ class Fleet:
             relays = {h: relay for h, segs in topology.items() if h != relay and "pub" not in segs}
         behind = {h: f"substituters = {up if '://' in up else f'ssh://{up}'}\ntrusted-public-keys = {pub}\n"
                   for h, up in relays.items()}
-        lab = Lab.start(topology, workdir / "lab", nix_conf=behind)
+        lab = Lab.start(topology, workdir / "lab", nix_conf=behind, init=init)
         try:
             discovered = {}
             for name in lab.hosts:

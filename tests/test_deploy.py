@@ -57,7 +57,7 @@ def test_example_portico_first_through_the_relay(fleet_factory: Start, build_log
     assert all(activation_time(fleet, "portico") < activation_time(fleet, h) for h in WWW)
     # the www hosts took their closure from portico, not from the deployer
     assert fleet.lab.run("portico", ["nix-store", "--check-validity", www_path]).returncode == 0
-    portico_log = (fleet.lab.hosts["portico"].dir / "sshd.log").read_text()
+    portico_log = fleet.lab.sshd_log("portico")
     for host in WWW:  # each www host logged in to portico itself, to substitute
         assert f"Accepted publickey for root from {fleet.lab.hosts[host].address} " in portico_log
     closures = closure_bytes(portico_path) + closure_bytes(www_path)
@@ -109,7 +109,7 @@ def test_chained_relays_each_closure_leaves_the_deployer_once(fleet_factory: Sta
     closures = sum(closure_bytes(p) for p in paths.values())
     print(f"\nchained relays: deployer sent {sent} bytes for closures of {closures} bytes")
     assert sent < closures + 4 * 64 * KIB  # each closure once, to portico
-    logs = {h: (fleet.lab.hosts[h].dir / "sshd.log").read_text() for h in ("portico", "eu")}
+    logs = {h: fleet.lab.sshd_log(h) for h in ("portico", "eu")}
     assert f"Accepted publickey for root from {fleet.lab.hosts['eu'].addresses['a']} " in logs["portico"]
     for host in ("w1", "w2"):
         assert f"Accepted publickey for root from {fleet.lab.hosts[host].address} " in logs["eu"]
@@ -174,7 +174,7 @@ def test_non_root_user_deploys_through_sudo(fleet_factory: Start) -> None:
     for host in fleet.lab.hosts:
         assert fleet.lab.current_system(host) == rows[host]["path"]
         assert fleet.lab.activations(host)[0].split()[-1] == "root"  # switched as root, via sudo
-        sshd = (fleet.lab.hosts[host].dir / "sshd.log").read_text().splitlines()
+        sshd = fleet.lab.sshd_log(host).splitlines()
         accepted = [ln for ln in sshd if ln.startswith("Accepted publickey for ")]
         if host != "portico":  # only the deployer (through portico) logs in to a www host
             assert accepted and all(ln.split()[3] == "deploy" for ln in accepted), accepted

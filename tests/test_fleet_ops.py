@@ -206,7 +206,7 @@ def test_each_host_authenticates_once_per_deploy_and_once_more_to_confirm(fleet_
     deployer = fleet.lab.deployer_address
 
     def logins() -> tuple[int, dict[str, int]]:
-        portico_log = (fleet.lab.hosts["portico"].dir / "sshd.log").read_text().splitlines()
+        portico_log = fleet.lab.sshd_log("portico").splitlines()
         portico = [ln for ln in portico_log if ln.startswith("Accepted publickey") and f" from {deployer} " in ln]
         return len(portico), {h: fleet.lab.auth_count(h) for h in WWW}
 

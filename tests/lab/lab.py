@@ -130,16 +130,18 @@ class Lab(Records):
         """Bytes sent so far by the deployer's link."""
         return netns.tx_bytes(self.deployer_netns)
 
-    def auth_count(self, host: str) -> int:
-        """Number of successful public-key authentications host's sshd has logged (a systemd
-        host: in its journal, since its last boot)."""
+    def sshd_log(self, host: str) -> str:
+        """What host's sshd has logged (a systemd host: its journal, since its last boot)."""
         if self.init_of(host) == "systemd":
-            return self.journal(host, boot.SSHD_UNIT).count("Accepted publickey")
+            return self.journal(host, boot.SSHD_UNIT)
         try:
-            text = (self._host(host).dir / "sshd.log").read_text()
+            return (self._host(host).dir / "sshd.log").read_text()
         except OSError:
-            return 0
-        return text.count("Accepted publickey")
+            return ""
+
+    def auth_count(self, host: str) -> int:
+        """Number of successful public-key authentications host's sshd has logged."""
+        return self.sshd_log(host).count("Accepted publickey")
 
     # ----------------------------------------------------------------- ssh
 

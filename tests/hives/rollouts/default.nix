@@ -2,7 +2,8 @@
 # by ROLLOUT_VARIANT (environment; nix-hive evaluates with --impure): "" or "v1" a healthy
 # system, "v2" another healthy one, "unhealthy" (its checks fail), "fail" (its activation
 # fails), "hang" (its activation never ends), "nossh" (it stops sshd, as a broken
-# configuration would). See tests/nixpkgs/nixos/default.nix for the stand-in's options.
+# configuration would), "brokenunit" (a unit of it fails to start, on a systemd host).
+# See tests/nixpkgs/nixos/default.nix for the stand-in's options.
 let
   discovered = builtins.fromJSON (builtins.readFile ./instances.json);
   variant = let v = builtins.getEnv "ROLLOUT_VARIANT"; in if v == "" then "v1" else v;
@@ -14,6 +15,8 @@ let
     standin.healthy = variant != "unhealthy";
     standin.activation = if variant == "fail" then "fail" else if variant == "hang" then "hang" else "ok";
     services.openssh.enable = variant != "nossh";
+    systemd.services = if variant == "brokenunit" then { broken = { script = "exit 3"; serviceConfig.Type = "oneshot"; }; }
+      else { };
   };
   www = builtins.filter (n: builtins.match "www-.*" n != null) (builtins.attrNames discovered);
 in
