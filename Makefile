@@ -4,13 +4,14 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux jq python3 git make python3-venv
+APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux util-linux-extra jq python3 git make python3-venv \
+  shellcheck debootstrap
 # Debian's Nix runs single-user as root; without a reachable cache every build would wait
 # for cache.nixos.org, so the lab, the tests and the demo use no substituters: NIX_CONFIG is
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
 WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 
-.PHONY: setup apt venv test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-eval test-matrix clean
+.PHONY: setup apt venv host-tree test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-eval test-matrix clean
 
 setup: apt venv
 
@@ -31,11 +32,16 @@ venv: $(VENV)/.installed
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	shellcheck hive/host/*.sh
 
 typecheck: setup
 	$(VENV)/bin/mypy
 
-pytest: setup
+# The read-only Debian tree the lab's systemd hosts boot (tests/lab/tree.py), made once and kept
+host-tree: apt
+	python3 -m tests.lab.tree
+
+pytest: setup host-tree
 	$(WITH_NIX) $(VENV)/bin/pytest -q -n 3 $(PYTEST_ARGS)  # three at once: the lab tests mostly wait on hosts
 
 test: lint typecheck pytest

@@ -259,6 +259,7 @@ def test_build_and_nix_run(flake: Flake, packages: Any) -> None:
     assert f"{standin_out(flake, system, 'nix')}/bin" in exe.read_text()
     assert (out / "lib/site/hive/_data/nix/eval.nix").is_file()
     assert (out / "lib/site/hive/_data/schemas/inventory.schema.json").is_file()
+    assert (out / "lib/site/hive/host/activate.sh").is_file()  # what runs on hosts, package data
 
     env = dict(flake.env, PATH=f"{Path(sys.executable).parent}:{flake.env.get('PATH', '')}")
     env.pop("PYTHONPATH", None)

@@ -14,7 +14,7 @@
 { system ? builtins.currentSystem, ... }:
 let
   lib = import ./lib.nix;
-  inherit (builtins) concatStringsSep concatMap attrNames attrValues length elemAt;
+  inherit (builtins) concatStringsSep concatMap attrNames attrValues length elemAt dirOf;
 
   mkDrv = name: script: attrs: derivation ({
     inherit name system;
@@ -60,8 +60,11 @@ let
       slash = builtins.replaceStrings [ "." ] [ "/" ];
       layout = concatMap (p:
         let from = (st.package-dir or { }).${p} or (slash p); to = slash p; in
-        [ "mkdir -p $out/lib/site/${to}" ]
-        ++ map (g: "cp $src/${from}/${g} $out/lib/site/${to}/") ((st.package-data or { }).${p} or [ "*.py" ]))
+        # the package's modules, and its package-data globs (host/*.sh: into host/)
+        [ "mkdir -p $out/lib/site/${to}"
+          "for f in $src/${from}/*.py; do if [ -e \"$f\" ]; then cp \"$f\" $out/lib/site/${to}/; fi; done" ]
+        ++ concatMap (g: [ "mkdir -p $out/lib/site/${to}/${dirOf g}" "cp $src/${from}/${g} $out/lib/site/${to}/${dirOf g}/" ])
+          ((st.package-data or { }).${p} or [ ]))
         (st.packages or (throw "stand-in: only [tool.setuptools] packages = [...] is understood"));
       entry = name:
         let parts = lib.splitString ":" scripts.${name}; mod = elemAt parts 0; fun = elemAt parts 1; in ''
