@@ -51,10 +51,10 @@ test: lint typecheck pytest
 test-matrix:
 	python3 -m tests.matrix $(ARGS)
 
-demo: setup
+demo: setup host-tree
 	$(WITH_NIX) $(PY) -m tests.demo up
 
-demo-flake: setup
+demo-flake: setup host-tree
 	$(WITH_NIX) $(PY) -m tests.demo up --flake
 
 demo-down: setup

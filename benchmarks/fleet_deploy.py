@@ -84,7 +84,9 @@ def deployer_auths(fleet: Fleet) -> int:
 
 
 def start(workdir: Path, n: int, mb: float) -> Fleet:
-    return Fleet.start(workdir, topology=topology(n), relay="relay", payload_bytes=int(mb * 1e6), source=HIVE)
+    # plain hosts (sshd alone): 31 systemd hosts pass the machine's inotify instances limit
+    return Fleet.start(workdir, topology=topology(n), relay="relay", payload_bytes=int(mb * 1e6), source=HIVE,
+                       init="plain")
 
 
 def nix_hive(fleet: Fleet, n: int, mb: float) -> dict[str, float]:
@@ -254,7 +256,7 @@ def cache(workdir: Path, n: int, mb: float, uploads: dict[str, str]) -> dict[str
         hosts = topology(n)
         fleet = (Fleet.start(workdir / f"http{len(out)}", topology={**hosts, "cache": ["int"]}, relay="relay",
                              payload_bytes=int(mb * 1e6), source=CACHE_HIVE,
-                             relays={h: CACHE for h in hosts if h != "relay"})
+                             relays={h: CACHE for h in hosts if h != "relay"}, init="plain")
                  if http else start(workdir / "ssh", n, mb))
         try:
             if http:
