@@ -188,9 +188,10 @@ def run_in(tree: Path, argv: Sequence[str], *, capture: bool = False, workdir: s
 
 
 def checked(proc: subprocess.CompletedProcess[str], what: str) -> str:
+    """proc's output; a MatrixError with its last lines if it failed."""
     if proc.returncode != 0:
-        raise MatrixError(f"{what} failed ({proc.returncode})" +
-                          (f":\n{proc.stdout.strip()}" if proc.stdout else ""))
+        tail = "\n".join((proc.stdout or "").strip().splitlines()[-40:])
+        raise MatrixError(f"{what} failed ({proc.returncode})" + (f":\n{tail}" if tail else ""))
     return proc.stdout or ""
 
 
@@ -328,7 +329,7 @@ class Result:
                 if self.counts else f"pytest exit {self.returncode}" if self.returncode is not None
                 else "not run")
         status = "ok" if self.ok else "FAILED"
-        error = f" -- {self.error}" if self.error else ""
+        error = f" -- {self.error.splitlines()[0]}" if self.error else ""
         return f"{self.release}: Nix {self.nix}, Python {self.python}: {what} [{steps}] {status}{error}"
 
 
