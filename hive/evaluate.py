@@ -21,6 +21,7 @@ from hive.errors import DeploymentError, ProcessError, attr_path, nix_error
 from hive.model import (
     DEFAULT_ACTIVATION_TIMEOUT,
     DEFAULT_CONFIRM_TIMEOUT,
+    DEFAULT_KEY_COMMAND_TIMEOUT,
     Check,
     Hive,
     Instance,
@@ -225,6 +226,10 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
         key = Path(raw["signingKey"])
         checks.signing_key(shown, key)
     keys = {name: _key(name, k) for name, k in sorted(raw.get("keys", {}).items())}
+    for name, k in sorted(raw.get("keys", {}).items()):
+        if "keyCommandTimeout" in k and not keys[name].command:  # a limit on nothing: surely a mistake
+            raise DeploymentError(shown, "only a keyCommand has a timeout, and this key's source is "
+                                  f"{keys[name].source}", attr_path(["keys", name, "keyCommandTimeout"]))
     checks.key_sources(shown, keys, raw)
     uploads = {url: s["upload"] for url, s in sorted(raw.get("stores", {}).items())}
     checks.uploads(shown, uploads, instances)
@@ -241,7 +246,8 @@ def _key(name: str, k: Mapping[str, Any]) -> Key:
     return Key(name=name, destination=k.get("destination", f"/run/keys/{name}"),
                key_file=Path(k["keyFile"]) if "keyFile" in k else None, text=k.get("text"),
                command=tuple(k.get("keyCommand", ())), user=k.get("user", "root"), group=k.get("group", "root"),
-               permissions=k.get("permissions", "0600"), upload_at=k.get("uploadAt", "pre-activation"))
+               permissions=k.get("permissions", "0600"), upload_at=k.get("uploadAt", "pre-activation"),
+               command_timeout=int(k.get("keyCommandTimeout", DEFAULT_KEY_COMMAND_TIMEOUT)))
 
 
 def _first(default: int, key: str, *levels: Mapping[str, Any]) -> int:

@@ -7,6 +7,20 @@ On the host, as root, a file is created in the destination's directory, given it
 and mode, and only then filled; it is renamed over the destination, so no reader ever sees a
 partial or a too readable key. Whether a host's key is up to date is asked of the host (a
 SHA-256 of each destination), not recorded here.
+
+Content is bytes from source to host, never text: a keyCommand's output is taken as written
+(decoding it turned invalid UTF-8 into replacement characters: 10 bytes arrived as 16, 50 MB
+of random bytes as 90 MB). Its SHA-256 and length go first on the same standard input, and the
+host installs the file only if what arrived has that SHA-256: a truncated or altered stream
+(a connection cut, nix-hive killed half-way) fails the key instead of installing it. (The
+hash travels on stdin, not in the remote command line, where other users of the host could
+read it and try passwords against it.)
+
+A keyCommand runs under a deadline (keyCommandTimeout, 60 s by default) and on a lifeline
+(hive/process.py): it and whatever it started are killed when the deadline passes, when the
+call is abandoned, and when nix-hive ends in any way (Ctrl-C, SIGTERM, even SIGKILL). A key
+is read once per run, success or failure: the hosts that share a key that hangs wait for
+one deadline, not one each, and other keys are read meanwhile.
 """
 
 from __future__ import annotations
@@ -18,10 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hive import process
-from hive.errors import HiveError, ProcessError, StepError
+from hive.errors import HiveError, ProcessError, StepError, headline
 from hive.model import Hive, Key
 from hive.remote import Remote, as_root
 
+# stdin: a line "SHA-256 LENGTH", then the content (exactly; read(1) byte by byte takes the line
+# alone from a pipe). Exit 64/65: a user or group the host lacks; 66: the content arrived altered.
 UPLOAD = r"""
 set -eu
 dest=@DEST@; user=@USER@; group=@GROUP@; mode=@MODE@
@@ -33,10 +49,17 @@ tmp=$(mktemp "$dir/.nix-hive-key.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
 chown "$user:$group" "$tmp"
 chmod "$mode" "$tmp"
+if ! read -r want size; then echo "nothing arrived: not installed" >&2; exit 66; fi
 cat > "$tmp"
+got=$(sha256sum < "$tmp"); got=${got%% *}
+if [ "$got" != "$want" ]; then
+  echo "the content arrived altered ($(($(wc -c < "$tmp"))) of $size bytes, another SHA-256): not installed" >&2
+  exit 66
+fi
 mv -f "$tmp" "$dest"
 trap - EXIT
 """
+ALTERED = 66
 
 
 @dataclass(frozen=True)
@@ -58,8 +81,10 @@ class Keys:
 
     def __init__(self, hive: Hive) -> None:
         self.hive = hive
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dictionaries; each key is read under its own lock
+        self._reading: dict[str, threading.Lock] = {}
         self._content: dict[str, bytes] = {}
+        self._failed: dict[str, str] = {}  # key name -> why it could not be read (once per run)
 
     def of(self, instance: str, *, post: bool | None = None) -> list[Key]:
         """The instance's keys (only the pre- or post-activation ones, when `post` says)."""
@@ -67,9 +92,19 @@ class Keys:
         return [k for k in keys if post is None or k.post_activation == post]
 
     def content(self, key: Key) -> bytes:
+        """The key's content, read on first use. A failure is kept too: every host that has the
+        key fails with the same reason, without running a hung command again."""
         with self._lock:
+            reading = self._reading.setdefault(key.name, threading.Lock())
+        with reading:
+            if key.name in self._failed:
+                raise StepError(self._failed[key.name])
             if key.name not in self._content:
-                self._content[key.name] = self._read(key)
+                try:
+                    self._content[key.name] = self._read(key)
+                except StepError as exc:
+                    self._failed[key.name] = str(exc)
+                    raise
             return self._content[key.name]
 
     def _read(self, key: Key) -> bytes:
@@ -77,8 +112,12 @@ class Keys:
             if key.key_file is not None:
                 return key.key_file.read_bytes()
             if key.command:
-                return process.run(key.command).stdout.encode()
+                out = process.run(key.command, binary=True, lifeline=True, timeout=key.command_timeout)
+                return out.stdout_bytes
             return (key.text or "").encode()
+        except process.ProcessTimeoutError:
+            raise StepError(f"key {key.name}: keyCommand did not finish within {key.command_timeout} s "
+                            f"(keys.{key.name}.keyCommandTimeout)") from None
         except ProcessError as exc:
             raise StepError(f"key {key.name}: its keyCommand failed ({exc})") from None
         except OSError as exc:
@@ -114,9 +153,12 @@ class Keys:
         for name, value in (("DEST", key.destination), ("USER", key.user), ("GROUP", key.group),
                             ("MODE", key.permissions)):
             script = script.replace(f"@{name}@", shlex.quote(value))
+        header = f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode()
         try:
-            process.run(remote.shell_argv(as_root([["sh", "-c", script]])), input=data)
+            process.run(remote.shell_argv(as_root([["sh", "-c", script]])), input=header + data)
         except ProcessError as exc:
+            if exc.returncode == ALTERED:
+                raise StepError(f"key {key.name} on {remote.name}: {headline(exc.stderr)}", log=exc.stderr) from None
             missing = exc.returncode in (64, 65)
             hint = (f"; if the new system creates it, upload the key after the switch: "
                     f"keys.{key.name}.uploadAt = \"post-activation\"") if missing and not key.post_activation else ""

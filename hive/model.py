@@ -103,6 +103,11 @@ class Check:
         return code in self.status if self.status else 200 <= code < 300
 
 
+# A password manager waiting for a touch, or a vault server that never answers, must not hold
+# the deployment (or `upload-keys`) for ever: past this, a keyCommand is killed and its key fails.
+DEFAULT_KEY_COMMAND_TIMEOUT = 60
+
+
 @dataclass(frozen=True)
 class Key:
     """A secret to upload to hosts, never through the Nix store. Exactly one source: a file
@@ -118,6 +123,7 @@ class Key:
     group: str = "root"
     permissions: str = "0600"
     upload_at: str = "pre-activation"  # or "post-activation"
+    command_timeout: int = DEFAULT_KEY_COMMAND_TIMEOUT  # seconds its keyCommand may run (keyCommandTimeout)
 
     @property
     def source(self) -> str:

@@ -1,0 +1,314 @@
+"""Hostile key sources (issue 19, items 3 and 4).
+
+A key's bytes arrive as they are: a keyCommand writing every byte value and invalid UTF-8, one
+writing 32 MiB of random bytes, and a binary keyFile are compared on the lab host by SHA-256
+with what the test computes (decoded as text, 10 bytes had arrived as 16 and 50 MB as 90 MB);
+the host installs nothing that arrived altered. A keyCommand that never ends fails its key at
+its deadline, with the rest of the deployment going on, and no process of it outlives nix-hive,
+whether the deadline passes, nix-hive gets SIGTERM, or the run is interrupted (Ctrl-C).
+Processes are attributed to a test by a marker, unique to it, in their argv.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hive import process
+from hive.errors import DeploymentError, ProcessError, StepError
+from hive.evaluate import build_model, validate
+from hive.keys import UPLOAD, Keys
+from hive.model import DEFAULT_KEY_COMMAND_TIMEOUT, Hive, Key
+from tests.conftest import REPO, lab_unavailable
+from tests.constants import STANDIN, nix_env
+from tests.fleet import Fleet
+
+TOPOLOGY = {"portico": ["pub"], "www-1": ["pub"]}
+SOURCE = REPO / "tests" / "hives" / "keys"
+HOSTILE = "hostile.nix"
+BINARY = bytes(range(256)) + b"\xff\xfe\xc3\x28\xed\xa0\x80\x00"  # what keys.binary's command writes
+LARGE_BYTES = 32 * 1024 * 1024
+SEED = 1919
+BINARY_FILE = bytes(reversed(range(256))) * 64 + b"\x80\xbf\n\r\x00"
+
+needs_lab = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))
+# with xdist's --dist loadgroup, one worker runs the lab tests and starts their fleet once
+lab_group = pytest.mark.xdist_group("keys_hostile")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def marked(marker: str) -> list[str]:
+    """The argv of every live process whose command line carries `marker` (zombies are dead)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z" and proc.name != str(os.getpid()):
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def wait_for(predicate: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+# --- unit: process.run's binary and lifeline options, on real commands --------------------------
+
+def test_binary_output_is_kept_byte_for_byte() -> None:
+    script = f"import sys; sys.stdout.buffer.write({BINARY!r})"
+    out = process.run([sys.executable, "-c", script], binary=True)
+    assert out.stdout_bytes == BINARY and out.stdout == ""
+    assert process.run([sys.executable, "-c", script]).stdout.encode() != BINARY  # text mode: altered
+    # sh's own capture keeps the last 3 Mi lines and drops the rest silently; bytes are not capped
+    newlines = process.run(["sh", "-c", "head -c 4000000 /dev/zero | tr '\\0' '\\n'"], binary=True, lifeline=True)
+    assert newlines.stdout_bytes == b"\n" * 4_000_000
+
+
+def test_bytes_input_arrives_whole() -> None:
+    data = random.Random(7).randbytes(3 * 1024 * 1024 + 17)
+    assert process.run(["sha256sum"], input=data).stdout.split()[0] == sha256(data)
+
+
+def test_lifeline_options() -> None:
+    with pytest.raises(ValueError):
+        process.run(["cat"], lifeline=True, input=b"x")  # the command reads /dev/null
+    with pytest.raises(ProcessError, match="no-such-command-19: command not found"):
+        process.run(["no-such-command-19"], lifeline=True)
+    assert process.run(["sh", "-c", "cat; echo $?"], lifeline=True).stdout == "0\n"  # stdin: empty
+    failed = process.run(["sh", "-c", "echo why >&2; exit 3"], lifeline=True, check=False)
+    assert (failed.exit_code, failed.stderr) == (3, "why\n")  # the command's own status: it is exec'd
+    killed = process.run(["sh", "-c", "kill -TERM $$"], lifeline=True, check=False)
+    assert killed.killed_by == signal.SIGTERM
+
+
+def test_lifeline_kills_what_the_command_left_and_what_outlived_its_deadline() -> None:
+    marker = f"lifeline-{secrets.token_hex(6)}"
+    out = process.run(["sh", "-c", f"sh -c 'sleep 1000; : {marker}-left' >/dev/null & echo started"],
+                      lifeline=True)
+    assert out.stdout == "started\n"
+    assert wait_for(lambda: not marked(marker), 5), marked(marker)
+    started = time.monotonic()
+    with pytest.raises(process.ProcessTimeoutError):
+        process.run(["sh", "-c", f"sh -c 'sleep 1000; : {marker}-child' & sleep 1000; : {marker}"],
+                    lifeline=True, binary=True, timeout=1)
+    assert time.monotonic() - started < 5
+    assert wait_for(lambda: not marked(marker), 5), marked(marker)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_lifeline_command_dies_with_its_caller(tmp_path: Path, how: str) -> None:
+    """Python dies of SIGTERM without running a handler (and of SIGKILL, whatever it does):
+    the command, in a session of its own, must not live on as an orphan."""
+    half = secrets.token_hex(6)
+    marker = f"orphan-{half}{half}"  # the caller's own argv has the halves only
+    script = textwrap.dedent(f"""
+        from concurrent.futures import ThreadPoolExecutor
+        from hive import process
+        marker = "orphan-{half}" + "{half}"
+        command = f"sh -c 'sleep 1000; : {{marker}}-child' & sleep 1000; : {{marker}}"
+        with ThreadPoolExecutor(2) as pool:
+            pool.submit(process.run, ["sh", "-c", command], lifeline=True, binary=True, timeout=600).result()
+    """)
+    caller = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(marked(f"{marker}-child")) > 0, 10)
+        caller.send_signal(signal.Signals[how])
+        assert caller.wait(10) == -signal.Signals[how]
+        assert wait_for(lambda: not marked(marker), 5), marked(marker)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+
+
+# --- unit: keyCommandTimeout in the schema and the model -------------------------------------
+
+def raw_hive(**key: Any) -> dict[str, Any]:
+    return {"systems": {"s": {"configuration": "set", "keys": ["k"]}}, "instances": {"h": {"system": "s"}},
+            "keys": {"k": key}}
+
+
+def model(raw: dict[str, Any]) -> Hive:
+    validate(raw, "hive.nix")
+    return build_model(raw, Path("/nowhere/hive.nix"), "hive.nix")
+
+
+def test_key_command_timeout_attribute() -> None:
+    assert model(raw_hive(keyCommand=["cat"])).keys["k"].command_timeout == DEFAULT_KEY_COMMAND_TIMEOUT == 60
+    assert model(raw_hive(keyCommand=["cat"], keyCommandTimeout=5)).keys["k"].command_timeout == 5
+    wrong = {0: "0 is not a number of seconds, at least 1", 86401: "86401 is not a number of seconds, at least 1",
+             "5": '"5" is not an integer', 2.5: "2.5 is not an integer"}
+    for value, message in wrong.items():
+        with pytest.raises(DeploymentError) as caught:
+            model(raw_hive(keyCommand=["cat"], keyCommandTimeout=value))
+        assert str(caught.value) == f"hive.nix: keys.k.keyCommandTimeout: {message}"
+    for source in ({"text": "x"}, {"keyFile": "/etc/hostname"}):
+        with pytest.raises(DeploymentError) as caught:
+            model(raw_hive(**source, keyCommandTimeout=5))
+        assert str(caught.value) == ("hive.nix: keys.k.keyCommandTimeout: only a keyCommand has a timeout, "
+                                     f"and this key's source is {next(iter(source))}")
+
+
+# --- unit: Keys reads bytes, under a deadline, once per run ---------------------------------
+
+def test_a_hung_key_command_fails_once_at_its_deadline_with_its_name() -> None:
+    marker = f"hung-{secrets.token_hex(6)}"
+    hung = Key(name="db-password", destination="/run/keys/db-password", command=("sh", "-c", f"sleep 1000; : {marker}"),
+               command_timeout=1)
+    other = Key(name="other", destination="/run/keys/other", command=(sys.executable, "-c",
+                f"import sys; sys.stdout.buffer.write({BINARY!r})"))
+    keys = Keys(Hive(file=Path("/nowhere/hive.nix"), shown="hive.nix", paths={}, systems={}, instances={},
+                     keys={"db-password": hung, "other": other}))
+    failures: list[str] = []
+
+    def read_hung() -> None:
+        try:
+            keys.content(hung)
+        except StepError as exc:
+            failures.append(str(exc))
+
+    started = time.monotonic()
+    readers = [threading.Thread(target=read_hung) for _ in range(4)]  # four hosts share the key
+    for reader in readers:
+        reader.start()
+    assert keys.content(other) == BINARY  # another key is not held up by the hung one
+    assert time.monotonic() - started < 1
+    for reader in readers:
+        reader.join(10)
+    assert 1 <= time.monotonic() - started < 3  # one deadline, not one per host
+    assert failures == ["key db-password: keyCommand did not finish within 1 s "
+                        "(keys.db-password.keyCommandTimeout)"] * 4
+    assert wait_for(lambda: not marked(marker), 5), marked(marker)
+
+
+def test_the_host_installs_nothing_that_arrived_altered(tmp_path: Path) -> None:
+    """The upload script itself, run here by a real sh as root would run it on a host."""
+    dest = tmp_path / "keys" / "k"
+    script = UPLOAD
+    for name, value in (("DEST", str(dest)), ("USER", "root"), ("GROUP", "root"), ("MODE", "0600")):
+        script = script.replace(f"@{name}@", shlex.quote(value))
+    header = f"{sha256(BINARY)} {len(BINARY)}\n".encode()
+    process.run(["sh", "-c", script], input=header + BINARY)
+    assert dest.read_bytes() == BINARY
+    cut = process.run(["sh", "-c", script], input=header + BINARY[:-5], check=False)
+    assert cut.exit_code == 66
+    assert cut.stderr == f"the content arrived altered ({len(BINARY) - 5} of {len(BINARY)} bytes, " \
+                         "another SHA-256): not installed\n"
+    empty = process.run(["sh", "-c", script], input=b"", check=False)
+    assert (empty.exit_code, empty.stderr) == (66, "nothing arrived: not installed\n")
+    assert dest.read_bytes() == BINARY and sorted(p.name for p in dest.parent.iterdir()) == ["k"]
+
+
+# --- the lab: real hosts over real ssh --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = Fleet.start(tmp_path_factory.mktemp("hostile"), topology=TOPOLOGY, source=SOURCE, payload_bytes=4096)
+    try:
+        (fleet.hive / "secrets" / "binary").write_bytes(BINARY_FILE)
+        fleet.env.update(KEYTEST_PYTHON=sys.executable, KEYTEST_SEED=str(SEED), KEYTEST_LARGE_BYTES=str(LARGE_BYTES),
+                         KEYTEST_MARKER="unused", KEYTEST_HANG_TIMEOUT="60")
+        yield fleet
+    finally:
+        fleet.down()
+
+
+def on_host(fleet: Fleet, host: str, path: str) -> tuple[str, int]:
+    """SHA-256 and size of a file on the host, computed there."""
+    out = fleet.lab.run(host, ["sh", "-c", f"sha256sum < {path} && wc -c < {path}"]).stdout.split()
+    return out[0], int(out[-1])
+
+
+def nix_hive(fleet: Fleet, *args: str) -> list[str]:
+    command, rest = args[0], args[1:]
+    return fleet.nix_hive_argv(command, "-c", str(fleet.hive / HOSTILE), *rest)
+
+
+def env(fleet: Fleet, **extra: str) -> dict[str, str]:
+    return {**nix_env(), **fleet.env, "PYTHONPATH": str(REPO), **extra}
+
+
+@needs_lab
+@lab_group
+def test_binary_and_large_keys_arrive_intact_and_a_hung_one_fails_alone(fleet: Fleet) -> None:
+    marker = f"hung-key-{secrets.token_hex(6)}"
+    started = time.monotonic()
+    result = subprocess.run(nix_hive(fleet, "deploy", "-I", f"nixpkgs={STANDIN}", "--json", "*"),
+                            env=env(fleet, KEYTEST_MARKER=marker, KEYTEST_HANG_TIMEOUT="3"),
+                            capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
+    rows = {r["instance"]: r for r in json.loads(result.stdout)["instances"]}
+    assert result.returncode == 1, result.stderr
+    assert rows["portico"]["outcome"] == "ok", rows
+    assert rows["www-1"]["outcome"] == "failed"
+    assert rows["www-1"]["reason"] == ("keys: key hang: keyCommand did not finish within 3 s "
+                                       "(keys.hang.keyCommandTimeout)")  # the step, then why
+    assert fleet.lab.activations("www-1") == []  # a pre-activation key failed: no switch
+    assert not marked(marker), marked(marker)  # the command and its child died at the deadline
+    large = random.Random(SEED).randbytes(LARGE_BYTES)
+    for host in ("portico", "www-1"):
+        assert on_host(fleet, host, "/run/keys/binary") == (sha256(BINARY), len(BINARY))
+        assert on_host(fleet, host, "/run/keys/large") == (sha256(large), LARGE_BYTES)
+        assert on_host(fleet, host, "/run/keys/files/binary") == (sha256(BINARY_FILE), len(BINARY_FILE))
+    assert fleet.lab.run("portico", ["stat", "-c", "%a", "/run/keys/files/binary"]).stdout.strip() == "400"
+    assert fleet.lab.read("portico", "/run/keys/hang") is None
+    print(f"deploy with a 32 MiB key and a hung one (3 s deadline): {took:.1f} s")
+
+
+@needs_lab
+@lab_group
+@pytest.mark.parametrize(("command", "how"), [("deploy", "SIGTERM"), ("deploy", "SIGINT"),
+                                              ("upload-keys", "SIGTERM"), ("upload-keys", None)])
+def test_no_key_command_outlives_nix_hive(fleet: Fleet, command: str, how: str | None) -> None:
+    """However nix-hive ends (its keyCommand's deadline, SIGTERM, Ctrl-C), it ends within the
+    deadline, and nothing of the command (nor of the child it started) is left once it has.
+    (`deploy` lets its running steps finish after a first Ctrl-C or SIGTERM, for a bounded
+    time: the key command then fails at its deadline; `upload-keys` dies of SIGTERM at once,
+    and the lifeline takes its key command along.)"""
+    marker = f"hung-key-{secrets.token_hex(6)}"
+    deadline = 3
+    rest = ["-I", f"nixpkgs={STANDIN}", "--no", "build,push,activate", "www-1"] if command == "deploy" else ["www-1"]
+    runner = subprocess.Popen(nix_hive(fleet, command, *rest),
+                              env=env(fleet, KEYTEST_MARKER=marker, KEYTEST_HANG_TIMEOUT=str(deadline)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(marked(f"{marker}-child")) > 0, 60), "the key command never started"
+        signalled = time.monotonic()
+        if how is not None:
+            runner.send_signal(signal.Signals[how])
+        stdout, stderr = runner.communicate(timeout=deadline + 30)
+        took = time.monotonic() - signalled
+        assert runner.returncode != 0 and took < deadline + 5, (runner.returncode, took, stderr)
+        if how is None:
+            assert runner.returncode == 1
+            assert "key hang: keyCommand did not finish within 3 s (keys.hang.keyCommandTimeout)" in stdout + stderr
+        assert wait_for(lambda: not marked(marker), 5), marked(marker)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
