@@ -1,18 +1,22 @@
 """The `nix-hive` command: argparse, one function per subcommand, and `main()`.
 
 Exit status: 0 all done; 1 some host or step failed (the rest was done); 2 bad input
-(deployment file, pattern, option), nothing was started.
+(deployment file, pattern, option), nothing was started; 141 (128 + SIGPIPE, what the shell
+shows for a tool killed by SIGPIPE) when the reader of its output went away
+(`nix-hive list | head`), quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hive import __version__, fleet, options, orchestrate, plan, process, remote, ssh, state, tempdirs
+from hive import __version__, fleet, options, orchestrate, plan, process, remote, ssh, state, tempdirs, text
 from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
@@ -22,6 +26,7 @@ from hive.report import (
     Progress,
     Row,
     dump_json,
+    emit,
     instance_rows,
     inventory_json,
     plan_rows,
@@ -49,9 +54,16 @@ def _load(args: argparse.Namespace) -> Hive:
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
              build_only: bool = False) -> Session:
     given = _options(args, hive, len(flatten(waves)))
+    _sockets_fit()
     the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only,
                               keys=getattr(args, "keys", True))
     return Session(hive, the_plan, given, Progress(quiet=args.quiet))
+
+
+def _sockets_fit() -> None:
+    """Refuse now, before anything starts, when no temporary directory leaves room for the
+    shared connections' sockets (tempdirs.socket_base; a long TMPDIR alone is not a reason)."""
+    tempdirs.socket_base("run", ssh.CONTROL_ROOM)
 
 
 def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
@@ -106,7 +118,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(plan.as_json(the_plan, hive))
         return 0
-    print(table(plan_rows(the_plan), ["task", "waits for", "--no", "what"]))
+    emit(table(plan_rows(the_plan), ["task", "waits for", "--no", "what"]) + "\n")
     return 0
 
 
@@ -117,9 +129,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(data)
         return 0
-    print(table(instance_rows(hive, chosen), ["instance", "system", "store", "tags", "address"]))
-    print()
-    print(table(system_rows(hive, chosen), ["system", "instances", "tags", "paths"]))
+    emit(table(instance_rows(hive, chosen), ["instance", "system", "store", "tags", "address"]) + "\n\n"
+         + table(system_rows(hive, chosen), ["system", "instances", "tags", "paths"]) + "\n")
     return 0
 
 
@@ -142,13 +153,24 @@ def _show(args: argparse.Namespace, rows: list[Row], code: int | None = None, re
         code = 0 if all(r.result == "ok" for r in rows) else 1
     outcome = {"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]}
     if report is not None:
-        with open(report, "w") as fh:
-            dump_json(outcome, fh)
+        _write_report(report, outcome)
     if args.json:
-        dump_json(outcome)
+        dump_json(outcome, hosts=True)
     else:
-        print(summary_table(rows))
+        emit(summary_table(rows) + "\n")
     return code
+
+
+def _write_report(report: Path, outcome: dict[str, Any]) -> None:
+    """`--report FILE`, whole or not at all: written beside it, then renamed over it (an
+    interrupted write leaves the old report, or none, never half of one)."""
+    tmp = report.with_name(f".{report.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            dump_json(outcome, fh, hosts=True)
+        os.replace(tmp, report)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -177,7 +199,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_ssh_config(args: argparse.Namespace) -> int:
     hive = _load(args)
     setup = _persistent_ssh(args, hive)
-    sys.stdout.write(setup.config.read_text())
+    emit(setup.config.read_text())
     return 0
 
 
@@ -203,22 +225,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     jobs = options.positive(str(args.jobs), "-j/--jobs")
     waves = select(hive, args.patterns)
     options.state_file(args.state, hive)
+    _sockets_fit()
     failed = fleet.run_everywhere(hive, plan.make_plan(hive, waves), args.command, jobs=jobs)
     for name, why in failed:
-        print(f"failed: {name}: {why}", file=sys.stderr)
+        _say(f"failed: {name}: {text.line(why)}")
     return 1 if failed else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     hive = _load(args)
     jobs = options.positive(str(args.jobs), "-j/--jobs")
+    _sockets_fit()
     rows = fleet.check(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs)
     if args.json:
-        dump_json(rows)
+        dump_json(rows, hosts=True)
     else:
         shown = {True: "healthy", False: "FAILED", None: "-"}
-        print(table([(r["instance"], r["check"] or "-", shown[r["healthy"]], r["tries"], f"{r['seconds']:.1f}",
-                      r["detail"]) for r in rows], ["instance", "check", "result", "tries", "seconds", "detail"]))
+        emit(table([(r["instance"], r["check"] or "-", shown[r["healthy"]], r["tries"], f"{r['seconds']:.1f}",
+                     r["detail"]) for r in rows], ["instance", "check", "result", "tries", "seconds", "detail"]) + "\n")
     return 1 if any(r["healthy"] is False for r in rows) else 0
 
 
@@ -226,12 +250,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     hive = _load(args)
     jobs = options.positive(str(args.jobs), "-j/--jobs")
     the_plan = plan.make_plan(hive, select(hive, args.patterns))
+    _sockets_fit()
     return _show(args, fleet.rollback(hive, the_plan, options.goal(args.goal), jobs=jobs, keep_going=args.keep_going))
 
 
 def cmd_upload_keys(args: argparse.Namespace) -> int:
     hive = _load(args)
     jobs = options.positive(str(args.jobs), "-j/--jobs")
+    _sockets_fit()
     return _show(args, fleet.upload_keys(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs))
 
 
@@ -242,10 +268,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     with state.locked(session.state_file):
         code, rows = orchestrate.status(session)
     if args.json:
-        dump_json(rows)
+        dump_json(rows, hosts=True)
     else:
-        print(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-", r["state"])
-                     for r in rows], ["instance", "system", "expected path", "current path", "state"]))
+        emit(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-", r["state"])
+                    for r in rows], ["instance", "system", "expected path", "current path", "state"]) + "\n")
     return code
 
 
@@ -375,6 +401,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_in
     try:
+        try:
+            return _main(args_in, debug)
+        finally:
+            sys.stdout.flush()  # here (after --help too), where a closed pipe is still ours to handle
+    except BrokenPipeError:
+        # The reader of the output went away (`nix-hive list | head -c 10`): stop, quietly, as a
+        # tool killed by SIGPIPE would (its status as the shell shows it). Python's recipe:
+        # stdout to /dev/null, or the interpreter's last flush would complain at exit.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+BROKEN_PIPE = 141  # 128 + SIGPIPE
+
+
+def _say(line: str) -> None:
+    """An error line on stderr (made printable); nothing if stderr is a closed pipe too."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text.block(line), file=sys.stderr, flush=True)
+
+
+def _main(args_in: list[str], debug: bool) -> int:
+    try:
         head, tail = _split_command(args_in) if args_in[:1] == ["run"] else (args_in, [])
         args = parser().parse_args(head)
         if args_in[:1] == ["run"]:
@@ -384,15 +434,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HiveError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return exc.exit_code
+    except BrokenPipeError:
+        raise  # our own output's reader went away: main() ends quietly
     except OSError as exc:  # a file nix-hive had to read or write
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        _say("error: interrupted")
         return 130
 
 

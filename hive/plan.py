@@ -326,6 +326,7 @@ def _deploy_tasks(plan: Plan) -> list[PlannedTask]:
 def as_json(plan: Plan, hive: Hive | None = None) -> dict[str, object]:
     """The plan as `nix-hive plan --json` prints it (keys by name and destination, never
     their content)."""
+    wave_of = {i.name: n for n, wave in enumerate(plan.waves, 1) for i in wave}  # plan.wave_of, for all at once
     return {
         "goal": plan.goal.value,
         "skip": sorted(s.value for s in plan.skip),
@@ -334,7 +335,7 @@ def as_json(plan: Plan, hive: Hive | None = None) -> dict[str, object]:
         "relays": [{"url": r.url, "systems": list(r.systems), "owner": r.owner, "upstream": r.upstream,
                     "upload": r.upload} for r in plan.relays],
         "hubs": sorted(plan.hubs),
-        "instances": {i.name: {"system": i.system, "wave": plan.wave_of(i.name), "store": i.store,
+        "instances": {i.name: {"system": i.system, "wave": wave_of[i.name], "store": i.store,
                                "activationTimeout": i.activation_timeout, "confirmTimeout": i.confirm_timeout,
                                "keys": {k: hive.keys[k].describe() if hive else {} for k in i.keys} if plan.keys
                                else {},

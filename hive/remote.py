@@ -161,7 +161,8 @@ class Remotes:
     def setup(self) -> ssh.SshSetup:
         with self._lock:
             if self._setup is None:
-                directory = tempdirs.make("run")
+                # short enough for the sockets whatever TMPDIR is (else /tmp or $XDG_RUNTIME_DIR)
+                directory = tempdirs.for_sockets("run", ssh.CONTROL_ROOM)
                 self._setup = ssh.prepare(self.hive, directory, control=True)
             return self._setup
 

@@ -16,9 +16,16 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
+from hive import text as text_
+
 
 class Progress:
-    """Whole progress lines on a stream, safe to call from several threads."""
+    """Whole progress lines on a stream, safe to call from several threads.
+
+    Every line is made printable (hive/text.py): a host's output, in a reason or a failed
+    step's log, never reaches the terminal raw. A stream that can no longer be written (its
+    reader went away: `nix-hive deploy 2>&1 | head`) silences the progress, never the run: a
+    step must not fail half-way because nobody reads about it."""
 
     def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -26,12 +33,22 @@ class Progress:
         self._lock = threading.Lock()
         self._start = time.monotonic()
 
+    def _write(self, shown: Iterable[str]) -> None:
+        with self._lock:
+            if self.quiet:
+                return
+            try:
+                for ln in shown:
+                    self.stream.write(f"{ln}\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nobody reads progress any more
+                self.quiet = True
+
     def line(self, text: str) -> None:
         if self.quiet:
             return
-        with self._lock:
-            self.stream.write(f"[{time.monotonic() - self._start:7.1f}s] {text}\n")
-            self.stream.flush()
+        first, *rest = text_.lines(text)
+        self._write([f"[{time.monotonic() - self._start:7.1f}s] {first}", *rest])
 
     def step(self, step: str, target: str, status: str, detail: str = "") -> None:
         self.line(f"{step:<9}{target:<28}{status}{'  ' + detail if detail else ''}")
@@ -40,22 +57,47 @@ class Progress:
         """A failed step's full log, indented under its progress line."""
         if self.quiet or not text.strip():
             return
-        with self._lock:
-            for ln in text.rstrip().splitlines():
-                self.stream.write(f"{indent}{ln}\n")
-            self.stream.flush()
+        self._write(f"{indent}{ln}" for ln in text_.lines(text.rstrip()))
 
 
 # Tables -------------------------------------------------------------------------------------
 
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    return tabulate(rows, headers=list(headers), tablefmt="simple", disable_numparse=True)
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, limit: int = text_.LIMIT) -> str:
+    """A table whose every cell is one printable line of at most `limit` characters (and the
+    marker): a host's answer (a reason, a path it reports) cannot reach the terminal raw."""
+    return tabulate([[text_.cell(c, limit) for c in row] for row in rows], headers=list(headers),
+                    tablefmt="simple", disable_numparse=True)
 
 
-def dump_json(data: Any, stream: TextIO | None = None) -> None:
+def emit(text: str, stream: TextIO | None = None) -> None:
+    """Write `text` whole on `stream` (stdout), or raise: with PYTHONUNBUFFERED, a text stream
+    writes straight to the file and drops what a partial write left (a pipe whose reader goes
+    away mid-write), so the bytes go to the binary layer here, until all are written. A
+    reader gone for good is then a BrokenPipeError, as without PYTHONUNBUFFERED."""
     out = stream if stream is not None else sys.stdout
+    binary = getattr(out, "buffer", None)
+    if binary is None:
+        out.write(text)
+        return
+    out.flush()
+    data = memoryview(text.encode(out.encoding, out.errors or "strict"))
+    while data:
+        written = binary.write(data)
+        if written is None:  # a non-blocking file that is full for now
+            time.sleep(0.01)
+        data = data[written or 0:]
+    binary.flush()
+
+
+def dump_json(data: Any, stream: TextIO | None = None, *, hosts: bool = False) -> None:
+    """`data` as JSON on `stream` (stdout). `hosts`: data holding what hosts said (reasons,
+    check output, the paths they report), whose strings are then bounded (text.bounded);
+    JSON escapes control characters itself."""
+    out = stream if stream is not None else sys.stdout
+    if hosts:
+        data = text_.bounded(data)
     # Indented for a person at a terminal; compact (and several times faster) for a program.
-    out.write(json.dumps(data, indent=2 if out.isatty() else None) + "\n")
+    emit(json.dumps(data, indent=2 if out.isatty() else None) + "\n", out)
 
 
 def join(items: Iterable[str]) -> str:
@@ -152,8 +194,16 @@ def system_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
     return rows
 
 
+# A cell of the plan's table: `deploy` waits for every instance's last step, and a table pads
+# every row to its widest cell, so one whole list would make the table grow as the square of
+# the instances (750 MB at 5,000). `nix-hive plan --json` has every list whole.
+PLAN_CELL = 200
+
+
 def plan_rows(plan: Any) -> list[tuple[str, ...]]:
-    """`nix-hive plan`: a row per task, in the order the plan lists them."""
-    return [(str(t.id), " ".join(str(d) for d in (*t.setup, *t.deps)) or "-",
-             t.skippable.value if t.skippable is not None and t.skippable in plan.skip else "-", t.doc)
+    """`nix-hive plan`: a row per task, in the order the plan lists them, each cell at most
+    about PLAN_CELL characters (a long list summarised: its count, its first and last items)."""
+    return [(str(t.id), text_.summary([str(d) for d in (*t.setup, *t.deps)], "tasks", PLAN_CELL) or "-",
+             t.skippable.value if t.skippable is not None and t.skippable in plan.skip else "-",
+             text_.bound(t.doc, PLAN_CELL))
             for t in plan.tasks]

@@ -99,6 +99,13 @@ def _block(instance: Instance, known_hosts: Path, control_dir: Path | None) -> l
     return [(f"Host {instance.name}", None), *options.lines(instance.name)]
 
 
+# What a shared connection's socket adds to the path of the directory holding the control
+# directory: "/c/", ssh's %C (a SHA-1 in hex: 40 characters, whatever the host's name) and the
+# ".<16 random characters>" of the name ssh binds before renaming it to its own. A unix
+# socket's path has at most 107 bytes: tempdirs.for_sockets leaves this much room.
+CONTROL_ROOM = len("/c/") + 40 + 17
+
+
 def _control(control_dir: Path) -> dict[str, str]:
     return {"ControlMaster": "auto", "ControlPath": f"{control_dir}/%C", "ControlPersist": "60"}
 

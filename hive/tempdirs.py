@@ -1,7 +1,13 @@
 """A run's private temporary directories (generated ssh files, shared-connection sockets),
 and the removal of those left behind by runs that were killed (`kill -9` never runs a
 `finally`): each directory records its owner process, and the next run removes the
-directories whose owner is gone."""
+directories whose owner is gone.
+
+A directory that will hold unix sockets (`for_sockets`) must leave room for their names: a
+socket's path has at most 107 bytes (sun_path is 108, with its NUL), and a long `TMPDIR` (a
+macOS one is about 49 characters) would leave too little. Such a directory is then made in
+`$XDG_RUNTIME_DIR` (private to the user) or `/tmp` instead, the same way (mkdtemp: mode 0700,
+a new name), and swept there the same way."""
 
 from __future__ import annotations
 
@@ -12,7 +18,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from hive.errors import InputError
+
 PREFIX = "nix-hive-"
+SUN_PATH = 107  # bytes of a unix socket's path, at most
+_RANDOM = 8  # characters mkdtemp adds to the prefix
 OWNER = ".owner"  # "PID START": START tells a live owner from a new process with a reused pid
 
 
@@ -70,3 +80,36 @@ def private(kind: str) -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def socket_base(kind: str, room: int) -> Path | None:
+    """Where a directory for `kind` must be made so that paths of `room` more bytes in it
+    fit a unix socket: None for the usual place (TMPDIR), else the first of
+    $XDG_RUNTIME_DIR and /tmp that leaves room (an existing directory of ours, or /tmp).
+    An InputError (nothing was started), saying why, when none does."""
+    usual = tempfile.gettempdir()
+    candidates = [usual, os.environ.get("XDG_RUNTIME_DIR", ""), "/tmp"]
+    for n, base in enumerate(candidates):
+        if not base or not os.path.isabs(base):
+            continue
+        if len(os.fsencode(base)) + len(f"/{PREFIX}{kind}-") + _RANDOM + room > SUN_PATH:
+            continue
+        if n == 0:
+            return None
+        try:
+            info = os.stat(base, follow_symlinks=False)
+        except OSError:
+            continue
+        if base != "/tmp" and (info.st_uid != os.getuid() or info.st_mode & 0o077):
+            continue  # a runtime directory must be the user's own and private
+        if os.access(base, os.W_OK | os.X_OK):
+            return Path(base)
+    raise InputError(f"the temporary directory {usual} ({len(os.fsencode(usual))} bytes) is too long for ssh's "
+                    f"control sockets (a unix socket's path has at most {SUN_PATH} bytes), and neither "
+                    "$XDG_RUNTIME_DIR nor /tmp can be used instead: set TMPDIR to a shorter directory")
+
+
+def for_sockets(kind: str, room: int) -> Path:
+    """A new private directory (as `make`) in which paths of `room` more bytes still fit a
+    unix socket, whatever TMPDIR is (`socket_base`)."""
+    return make(kind, socket_base(kind, room))

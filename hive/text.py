@@ -1,0 +1,90 @@
+"""Text that came from somewhere else (a host's log, a health check's output, a reason), made
+safe to print on the user's terminal: control characters shown as escapes (`\\x1b`), never
+sent as they are, and each line bounded in length.
+
+A host's output is not the user's to trust: `ESC]0;…BEL` retitles the terminal, `ESC[2J`
+clears it, a carriage return overwrites what was printed, and one 200 kB line buries the rest.
+What nix-hive prints about a host goes through `line` or `lines` (progress lines, the summary
+and other tables, error lines, a failed step's log); JSON strings through `bounded` (JSON
+escapes control characters itself). `nix-hive run` prints the user's own command's output as
+it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+LIMIT = 2000  # characters of one printed line, before the "... (N more characters)" marker
+
+# C0 controls but tab and newline, DEL, C1 controls (`\x9b` is a one-byte CSI), and the
+# Unicode bidirectional controls, which reorder what a terminal shows.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_AND_TABS = re.compile("[\x00-\x08\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def bound(text: str, limit: int = LIMIT) -> str:
+    """`text` cut at `limit` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
+def line(text: str, limit: int = LIMIT, *, tabs: bool = False) -> str:
+    """One printable line: its first `limit` characters, control characters (line breaks too)
+    shown as escapes, then how many were left out. `tabs`: escape tabs too (a table cell)."""
+    kept = text[:limit]
+    shown = (_CONTROL_AND_TABS if tabs else _CONTROL).sub(_escaped, kept).replace("\n", "\\n")
+    return shown if len(text) <= limit else f"{shown}... ({len(text) - limit:,} more characters)"
+
+
+def lines(text: str, limit: int = LIMIT) -> list[str]:
+    """`text` as printable lines: split at line breaks (a CR before one is dropped), each
+    escaped and bounded by `line`."""
+    return [line(part.removesuffix("\r"), limit) for part in text.split("\n")]
+
+
+def block(text: str, limit: int = LIMIT) -> str:
+    """`text` with each of its lines made printable (`lines`), joined again."""
+    return "\n".join(lines(text, limit))
+
+
+def cell(value: Any, limit: int = LIMIT) -> str:
+    """A table cell: one printable line."""
+    return line(str(value), limit, tabs=True)
+
+
+def summary(items: Sequence[str], what: str, limit: int = 200) -> str:
+    """A list that may be long, in at most `limit` characters or so: the items joined by
+    spaces when that fits, else their count, the first ones and the last (`5,000 tasks
+    (push:a, push:b, ..., push:z)`); an item itself is cut to `limit` characters."""
+    if sum(len(item) + 1 for item in items) <= limit + 1:
+        return " ".join(items)
+    if len(items) == 1:
+        return bound(items[0], limit)
+    last = bound(items[-1], limit)
+    shown: list[str] = []
+    used = len(last)
+    for item in items[:-1]:
+        used += len(item) + 2
+        if used > limit:
+            break
+        shown.append(item)
+    return f"{len(items):,} {what} ({', '.join([*shown, '...', last])})"
+
+
+def bounded(data: Any, limit: int = LIMIT) -> Any:
+    """JSON data with every string at most `limit` characters (and the marker)."""
+    if isinstance(data, str):
+        return bound(data, limit)
+    if isinstance(data, dict):
+        return {k: bounded(v, limit) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [bounded(v, limit) for v in data]
+    return data
