@@ -18,6 +18,9 @@ sshd keeps existing connections), and picks it up again after a dropped connecti
 
 from __future__ import annotations
 
+import getpass
+import os
+import platform
 import re
 import secrets
 import shlex
@@ -25,7 +28,7 @@ import time
 from typing import Any
 
 from hive import health, process
-from hive.errors import HiveError, RolledBackError, StepError, TimedOutError
+from hive.errors import HiveError, ProcessError, RolledBackError, StepError, TimedOutError
 from hive.model import Goal, Instance, Step
 from hive.remote import SYSTEM_PROFILE, Remote, as_root
 from hive.resources import host_file
@@ -34,20 +37,38 @@ from hive.session import Session
 STATE_DIR = "/run/nix-hive"
 POLL = 0.1  # seconds between looks at the host's state (a channel of the shared connection)
 
-FINAL = ("done", "confirmed", "superseded", "rolled-back", "failed-", "timed-out")
+FINAL = ("done", "confirmed", "rolled-back", "failed-", "timed-out", "busy")
+# A second activation of a host waits for the host's lock that long beyond the first one's
+# confirmation window: long enough for an activation whose run was killed to roll back by itself.
+LOCK_MARGIN = 30
+# A host that does not answer for its confirmation window and that long during its activation is
+# reported with what it will do by itself, instead of being waited for until the activation's
+# own timeout.
+UNANSWERED_MARGIN = 10
 
 # What launch.sh may hand to systemd-run: systemd expands `$` (and `%` specifiers) in a unit's
 # command line, so only words without them, nor white space, go there (a store path does).
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9/._+=?:@-]+")
 
 
-def host_args(path: str, goal: Goal, directory: str, *, timeout: int, rollback: bool, confirm: int) -> list[str]:
+def host_args(path: str, goal: Goal, directory: str, *, timeout: int, rollback: bool, confirm: int,
+              lock_wait: int, who: str) -> list[str]:
     """hive/host/activate.sh's arguments for one activation (see that file)."""
-    args = [directory, SYSTEM_PROFILE, path, goal.value, str(timeout), str(int(rollback)), str(confirm)]
+    args = [directory, SYSTEM_PROFILE, path, goal.value, str(timeout), str(int(rollback)), str(confirm),
+            str(lock_wait), who]
     for arg in args:
         if not _PLAIN_WORD.fullmatch(arg):
             raise HiveError(f"cannot activate {arg!r} safely: a unit's command line would change it")
     return args
+
+
+def who() -> str:
+    """user@host of this deployer, as the host lock's owner line names it (a plain word)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return re.sub(r"[^A-Za-z0-9._@-]", "_", f"{user}@{platform.node() or 'deployer'}")
 
 
 def launch_argv(remote: Remote, run_id: str, args: list[str]) -> list[str]:
@@ -73,17 +94,25 @@ class Activation:
         self.confirm = self.confirm_timeout if self.rollback and checked else 0
         self.checks = instance.checks if checked else ()
         self.post_keys = session.keys.of(instance.name, post=True) if session.plan.keys else []
+        self.lock_wait = self.confirm_timeout + LOCK_MARGIN
+        self.unanswered = max(self.confirm_timeout, 10) + UNANSWERED_MARGIN
         self.seconds: dict[str, float] = {}
         self.failure: str | None = None  # why nix-hive had the host roll back (a check, the confirmation)
 
     def run(self) -> dict[str, Any]:
         path = self.session.need_path(self.instance.system)
         args = host_args(path, self.goal, self.directory, timeout=self.timeout, rollback=self.rollback,
-                         confirm=self.confirm)
+                         confirm=self.confirm, lock_wait=self.lock_wait, who=who())
         self.remote.forget()
         try:
-            process.run(launch_argv(self.remote, self.id, args), input=host_file("activate.sh").read_text())
-            state = self._follow(self.timeout + 30, until=("waiting", *FINAL))
+            try:
+                process.run(launch_argv(self.remote, self.id, args), input=host_file("activate.sh").read_text())
+            except ProcessError as exc:
+                if exc.returncode != 255:  # the host refused (sudo, a read-only /run): nothing started
+                    raise
+                # ssh's own failure: the connection may have been cut after the launch, so the
+                # host is asked what it did (within self.unanswered) rather than guessed at
+            state = self._follow(self.lock_wait + self.timeout + 30, until=("waiting", *FINAL))
             if state == "waiting" or (state == "done" and (self.checks or self.post_keys)):
                 state = self._check_and_confirm(state)
             return self._result(state, path)
@@ -95,22 +124,45 @@ class Activation:
         the host cannot be asked right now)."""
         try:
             out = process.run(self.remote.shell_argv(as_root([["cat", f"{self.directory}/{name}"]])),
-                              check=False, timeout=30)
+                              check=False, timeout=min(30, self.unanswered / 2))
         except HiveError:
             return None
         return out.stdout.strip() if out.exit_code == 0 else None
 
     def _follow(self, seconds: float, *, until: tuple[str, ...]) -> str:
         """Wait for the host's state to reach one of `until` (prefixes), asking again after a
-        dropped connection, for at most `seconds`."""
-        deadline = time.monotonic() + seconds
+        dropped connection, for at most `seconds`; a host that does not answer for
+        `self.unanswered` seconds is reported with what it will do by itself."""
+        start = time.monotonic()
+        deadline = start + seconds
+        answered = start
         state = ""
         while time.monotonic() < deadline:
-            state = self._read("state") or state
-            if state.startswith(until):
-                return state
+            read = self._read("state")
+            now = time.monotonic()
+            if read is not None:
+                state, answered = read, now
+                if state.startswith(until):
+                    return state
+            elif now - answered > self.unanswered:
+                raise TimedOutError(f"the host did not answer for {self.unanswered} s (last state: "
+                                    f"{state or 'unknown'}); its state is unknown: {self._on_its_own(state)}",
+                                    seconds=self.seconds)
             time.sleep(POLL)
         raise TimedOutError(f"activation timed out after {self.timeout} s (state: {state or '?'})")
+
+    def _on_its_own(self, state: str) -> str:
+        """What the host does without nix-hive, from the last state it reported."""
+        if state.startswith(FINAL):
+            return f"it had ended ({state})"
+        ends = (f"it rolls back by itself unless a confirmation comes within {self.confirm_timeout} s"
+                if self.confirm else
+                "it keeps the new system, or rolls back by itself if the activation fails" if self.rollback else
+                "it keeps whatever the activation leaves")
+        if state == "waiting":
+            return ends
+        started = "" if state else "if the activation started, "
+        return f"{started}it finishes the activation (at most {self.timeout} s), then {ends.removeprefix('it ')}"
 
     def _check_and_confirm(self, state: str) -> str:
         """Post-activation keys, then the health checks; then the confirmation (or the
@@ -154,8 +206,16 @@ class Activation:
 
     def _result(self, state: str, path: str) -> dict[str, Any]:
         word, _, why = state.partition(" ")
-        if word in ("done", "confirmed", "superseded"):
+        if word in ("done", "confirmed"):
             return {"path": path, "seconds": self.seconds}
+        if word == "busy":  # the host lock: another activation holds it, the host was not touched
+            raise StepError(f"another activation is running on it ({why}); waited {self.lock_wait} s",
+                            seconds=self.seconds)
+        if word == "failed-gone":  # no rollback: the previous system left the host's store
+            previous, _, code = why.partition(" ")
+            raise StepError(f"{self._why(code)}; cannot roll back: the previous system {previous} is no "
+                            "longer in the host's store (the profile stays on the new system)",
+                            log=self._read("log") or "", seconds=self.seconds)
         reason = self._why(why if word != "timed-out" else "timed-out")
         log = self._read("log") or ""
         if word == "rolled-back":

@@ -2,7 +2,7 @@
 # nix-hive's activation of one system on one host, as root, detached from the ssh connection
 # that started it (launch.sh: a transient systemd unit, or setsid). Every value is an argument:
 #
-#   activate.sh DIR PROFILE NEW GOAL TIMEOUT ROLLBACK CONFIRM
+#   activate.sh DIR PROFILE NEW GOAL TIMEOUT ROLLBACK CONFIRM LOCKWAIT WHO
 #
 # DIR      this activation's directory (/run/nix-hive/ID): state, log, pid, confirm, abort
 # PROFILE  the system profile (/nix/var/nix/profiles/system)
@@ -12,10 +12,18 @@
 # ROLLBACK 1: put the host back on the system it ran before when the activation fails
 # CONFIRM  seconds to wait for DIR/confirm (magic rollback; 0: none). Without it (or on
 #          DIR/abort) the host rolls back by itself.
+# LOCKWAIT seconds to wait for another activation of this host to end (the host lock)
+# WHO      who started it (user@deployer), for the lock's owner line
 #
-# DIR/state says where it is: activating, waiting, then one of done, confirmed, superseded,
-# rolled-back WHY, timed-out, failed-N, failed-profile, failed-rollback WHY,
-# failed-no-previous WHY (hive/activate.py reads it).
+# One activation at a time: /run/nix-hive/lock is held (flock) from before the profile changes
+# to the end of the confirmation window and of any rollback, so no rollback ever undoes a
+# switch it did not make. /run/nix-hive/owner says who holds it.
+#
+# DIR/state says where it is: locked (waiting for the lock), activating, waiting, then one of
+# done, confirmed, rolled-back WHY, timed-out, failed-N, failed-profile, failed-rollback WHY,
+# failed-no-previous WHY, failed-gone PREVIOUS WHY, busy OWNER (hive/activate.py reads it).
+# Children run without the lock's descriptor (9>&-): a daemon an activation starts must not
+# hold the host's lock for ever.
 set -u
 umask 022
 # a transient systemd unit starts with systemd's default PATH: NixOS keeps its tools elsewhere
@@ -25,7 +33,7 @@ export PATH
 NIXOS_INSTALL_BOOTLOADER=0
 export NIXOS_INSTALL_BOOTLOADER
 
-d=$1; profile=$2; new=$3; goal=$4; limit=$5; rollback=$6; confirm=$7
+d=$1; profile=$2; new=$3; goal=$4; limit=$5; rollback=$6; confirm=$7; lockwait=$8; who=$9
 runs=$(dirname "$d")
 sets_profile=0
 case $goal in switch|boot) sets_profile=1 ;; esac
@@ -33,10 +41,20 @@ case $goal in switch|boot) sets_profile=1 ;; esac
 say() { echo "$1" > "$d/state.tmp" && mv -f "$d/state.tmp" "$d/state"; }
 echo $$ > "$d/pid"
 find "$runs" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null
-# an earlier activation still waiting for its confirmation is superseded: it must not roll
-# back over this one
+
+say locked
+exec 9>> "$runs/lock"
+if ! flock -w "$lockwait" 9; then
+  say "busy $(cat "$runs/owner" 2>/dev/null || echo unknown)"
+  exit 1
+fi
+echo "${d##*/} started by $who at $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$runs/owner"
+# an activation that still says it waits for its confirmation while the lock was free died
+# with its process (a host killed the unit): it will never confirm nor roll back
 for o in "$runs"/*/; do
-  if [ "${o%/}" != "$d" ] && [ "$(cat "$o/state" 2>/dev/null)" = waiting ]; then touch "$o/superseded"; fi
+  if [ "${o%/}" != "$d" ] && [ "$(cat "$o/state" 2>/dev/null)" = waiting ]; then
+    echo abandoned > "$o/state"
+  fi
 done
 prev=$(readlink -f /run/current-system 2>/dev/null || true)
 gen=$(readlink "$profile" 2>/dev/null || true)
@@ -47,23 +65,38 @@ back_to() {  # WHY: switch to the system the host ran before, then exit
     n=${gen#system-}
     n=${n%-link}
     if [ -z "$gen" ] || [ "$n" = "$gen" ]; then say "failed-no-previous $1"; exit 1; fi
-    nix-env -p "$profile" --switch-generation "$n" >> "$d/log" 2>&1 || { say "failed-rollback $1"; exit 1; }
-    back=$(readlink -f "$profile")
+    back=$(readlink -f "$(dirname "$profile")/$gen")
   else
     if [ -z "$prev" ]; then say "failed-no-previous $1"; exit 1; fi
     back=$prev
   fi
-  timeout -k 10 "$limit" "$back/bin/switch-to-configuration" "$goal" >> "$d/log" 2>&1 \
-    || { say "failed-rollback $1"; exit 1; }
+  # the target first: a profile pointing at a system that is gone, or that did not switch,
+  # would boot what the host does not run
+  if [ ! -x "$back/bin/switch-to-configuration" ]; then
+    say "failed-gone $back $1"
+    exit 1
+  fi
+  if [ "$sets_profile" = 1 ]; then
+    failed=$(readlink "$profile")
+    nix-env -p "$profile" --switch-generation "$n" >> "$d/log" 2>&1 9>&- || { say "failed-rollback $1"; exit 1; }
+  fi
+  if ! timeout -k 10 "$limit" "$back/bin/switch-to-configuration" "$goal" >> "$d/log" 2>&1 9>&-; then
+    if [ "$sets_profile" = 1 ]; then  # back to the generation the host last switched to
+      f=${failed#system-}
+      nix-env -p "$profile" --switch-generation "${f%-link}" >> "$d/log" 2>&1 9>&-
+    fi
+    say "failed-rollback $1"
+    exit 1
+  fi
   say "rolled-back $1"
   exit 0
 }
 
 if [ "$sets_profile" = 1 ]; then
-  nix-env -p "$profile" --set "$new" >> "$d/log" 2>&1 || { say "failed-profile"; exit 1; }
+  nix-env -p "$profile" --set "$new" >> "$d/log" 2>&1 9>&- || { say "failed-profile"; exit 1; }
 fi
 say activating
-timeout -k 10 "$limit" "$new/bin/switch-to-configuration" "$goal" >> "$d/log" 2>&1
+timeout -k 10 "$limit" "$new/bin/switch-to-configuration" "$goal" >> "$d/log" 2>&1 9>&-
 rc=$?
 why=
 if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then why=timed-out; elif [ $rc -ne 0 ]; then why=failed-$rc; fi
@@ -77,7 +110,6 @@ if [ "$confirm" -gt 0 ]; then
   end=$(( $(date +%s) + confirm ))
   while [ "$(date +%s)" -lt "$end" ]; do
     if [ -e "$d/confirm" ]; then say confirmed; exit 0; fi
-    if [ -e "$d/superseded" ]; then say superseded; exit 0; fi
     if [ -e "$d/abort" ]; then back_to "$(cat "$d/abort")"; fi
     sleep 0.05
   done
