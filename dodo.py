@@ -11,7 +11,9 @@ build,push,activate), state (file), goal (switch|boot|test|dry-activate), jobs (
 once, default 10), keep_going (1/true), max_failures (N or N%), I (name=path,… overriding
 NIX_PATH entries), push_only (1: the plan of `nix-hive push`), verbose (1: print every command),
 rollback (0: as --no-rollback), activation_timeout, confirm_timeout (seconds), keys (0: as --no-keys),
-eval_jobs (systems evaluated at once), build_host (the host that builds every system).
+eval_jobs (systems evaluated at once), build_host (the host that builds every system),
+copy_timeout (seconds), copy_rate (Mbit/s), connect_timeout (seconds), stop_timeout (seconds: after
+SIGTERM, how long the running steps are followed; doit then exits 143 after the summary).
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from typing import Any
 
 from doit import get_var
 
-from hive import errors, orchestrate
+from hive import errors, options, orchestrate
 
 
 def _namespace() -> dict[str, Any]:
     names = ("config", "targets", "no", "state", "goal", "jobs", "keep_going", "max_failures", "I", "push_only",
              "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys", "eval_jobs",
-             "build_host")
+             "build_host", *(name for name, *_ in options.DEADLINES))
     variables = {name: value for name in names if (value := get_var(name, None)) is not None}
     return orchestrate.from_doit(variables)
 

@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hive import nix
-from hive.errors import HiveError
+from hive.errors import HiveError, TimedOutError
 from hive.model import Step
 from hive.plan import BuildGroup
+from hive.process import ProcessTimeoutError
 from hive.session import Session
 
 
@@ -118,10 +119,21 @@ class Builds:
             version = nix.checked_version(s.remotes[host].run_script(shlex.join(nix.version_argv())).stdout,
                                           "it")  # the message reads "build host H: it runs …"
             s.progress.step("build", label, f"copying derivations to build host {host} ({version})")
-            nix.copy_derivations(store, list(derivations.values()), env=env)
+            drvs = list(derivations.values())
+            try:
+                size: int | None = nix.closure_bytes(drvs, derivation=True)  # the local store
+            except HiveError:
+                size = None  # the copy gets --copy-timeout alone
+            try:
+                nix.copy_derivations(store, drvs, env=env, timeout=s.options.copy_deadline(size))
+            except ProcessTimeoutError as exc:
+                raise TimedOutError("copying the derivations did not end within its deadline of "
+                                    f"{s.options.explain_copy_deadline(size)}", log=exc.stderr) from exc
         except HiveError as exc:
+            why = f"build host {host}: {exc}"
+            failure = TimedOutError(why, log=exc.log) if isinstance(exc, TimedOutError) else HiveError(why)
             with self._lock:
-                self._failures.update({name: HiveError(f"build host {host}: {exc}") for name in derivations})
+                self._failures.update({name: failure for name in derivations})
             return
 
         def show(line: str) -> None:

@@ -131,10 +131,11 @@ def realise(derivations: Sequence[str], *, on_line: Callable[[str], None] | None
     return out.stdout.split()
 
 
-def copy_derivations(store: str, derivations: Sequence[str], *, env: Mapping[str, str]) -> None:
+def copy_derivations(store: str, derivations: Sequence[str], *, env: Mapping[str, str],
+                     timeout: float | None = None) -> None:
     """Copy `derivations` and their closures (derivations and sources, no outputs) to `store`:
-    what a build host needs to build them."""
-    process.run([*NIX, "copy", "--derivation", "--to", store, *derivations], env=env)
+    what a build host needs to build them (killed after `timeout` seconds)."""
+    process.run([*NIX, "copy", "--derivation", "--to", store, *derivations], env=env, timeout=timeout)
 
 
 def build_in_argv(store: str, derivations: Sequence[str], version: NixVersion) -> list[str]:
@@ -184,12 +185,13 @@ def invalid_paths(paths: Sequence[str]) -> set[str]:
 
 
 def sign(key_file: Path, paths: Sequence[str], *, store: str | None = None,
-         env: Mapping[str, str] | None = None) -> None:
+         env: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
     """Sign the closures of `paths` with the secret key in `key_file` (the key stays there).
     With `store` (a build host's), the paths are signed in that store: Nix computes the
-    signatures here and sends them, never the key."""
+    signatures here and sends them, never the key (killed after `timeout` seconds)."""
     where = ["--store", store] if store else []
-    process.run([*NIX, "store", "sign", *where, "--key-file", str(key_file), "--recursive", *paths], env=env)
+    process.run([*NIX, "store", "sign", *where, "--key-file", str(key_file), "--recursive", *paths], env=env,
+                timeout=timeout)
 
 
 def copy_argv(to: str, paths: Sequence[str], *, substitute: bool, source: str | None = None) -> list[str]:
@@ -210,16 +212,50 @@ def copy(
     env: Mapping[str, str],
     on_line: Callable[[str], None] | None = None,
     source: str | None = None,
+    timeout: float | None = None,
 ) -> None:
-    """Run `copy_argv` here."""
-    process.run(copy_argv(to, paths, substitute=substitute, source=source), env=env, on_stderr=on_line)
+    """Run `copy_argv` here; after `timeout` seconds it is killed (`ProcessTimeoutError`)."""
+    process.run(copy_argv(to, paths, substitute=substitute, source=source), env=env, on_stderr=on_line,
+                timeout=timeout)
 
 
-def remote_missing(store: str, paths: Sequence[str], *, env: Mapping[str, str]) -> set[str]:
-    """The paths among `paths` that the store `store` does not hold (asked of that store)."""
+def closure_argv(paths: Sequence[str], store: str | None = None, *, derivation: bool = False) -> list[str]:
+    """`nix path-info --json --recursive`: every path of the closures of `paths` with its NAR
+    size (with `derivation`, of the derivations themselves: the derivations and sources a
+    build needs, what `copy_derivations` moves)."""
+    return [*NIX, "path-info", "--json", "--recursive", *(["--derivation"] if derivation else []),
+            *(["--store", store] if store else []), *paths]
+
+
+def closure_size(stdout: str) -> int:
+    """The bytes of every path `closure_argv`'s answer lists, each once: a list of
+    `{"path": …, "narSize": …}` up to Nix 2.18, an object keyed by path since 2.19."""
+    try:
+        found = json.loads(stdout)
+        entries = found.items() if isinstance(found, dict) else ((e["path"], e) for e in found)
+        return sum(int(entry.get("narSize") or 0) for _, entry in dict(entries).items() if entry)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise HiveError(f"nix path-info --json printed what nix-hive does not understand ({exc!r}): "
+                        f"{stdout.strip()[:200]}") from exc
+
+
+def closure_bytes(paths: Sequence[str], *, store: str | None = None, env: Mapping[str, str] | None = None,
+                  derivation: bool = False, timeout: float | None = None) -> int:
+    """What copying the closures of `paths` (held by `store`, default here) moves at most:
+    their NAR sizes, each path once."""
+    if not paths:
+        return 0
+    out = process.run(closure_argv(paths, store, derivation=derivation), env=env, timeout=timeout)
+    return closure_size(out.stdout)
+
+
+def remote_missing(store: str, paths: Sequence[str], *, env: Mapping[str, str],
+                   timeout: float | None = None) -> set[str]:
+    """The paths among `paths` that the store `store` does not hold (asked of that store;
+    each question killed after `timeout` seconds)."""
     missing: set[str] = set()
     for path in paths:
-        out = process.run([*NIX, "path-info", "--store", store, path], env=env, check=False)
+        out = process.run([*NIX, "path-info", "--store", store, path], env=env, check=False, timeout=timeout)
         if out.exit_code != 0:
             if "is not valid" not in out.stderr:
                 raise ProcessError([*NIX, "path-info", "--store", store, path], out.exit_code, out.stderr)

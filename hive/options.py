@@ -4,13 +4,15 @@ option (exit 2, nothing started)."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hive.errors import InputError
 from hive.model import Goal, Hive, Step
@@ -31,6 +33,40 @@ class Options:
     activation_timeout: int | None = None  # seconds; overrides the deployment's (--activation-timeout)
     confirm_timeout: int | None = None  # seconds; overrides the deployment's (--confirm-timeout)
     eval_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # systems evaluated at once
+    # Deadlines (see DEADLINES): a copy may take copy_timeout seconds plus its closure's size
+    # at copy_rate Mbit/s; None: ssh's ConnectTimeout as the deployment says (else 10 s).
+    copy_timeout: int = 60
+    copy_rate: float = 8.0
+    connect_timeout: int | None = None
+    stop_timeout: int = 60  # after SIGTERM: how long the running steps are followed
+
+    def copy_deadline(self, size: int | None) -> float:
+        """Seconds a copy of a closure of `size` bytes may take: `copy_timeout` (connecting,
+        asking what the destination holds) plus the whole closure at `copy_rate` (None: a
+        size nobody could tell, `copy_timeout` alone)."""
+        return self.copy_timeout + (size or 0) * 8 / (self.copy_rate * 1e6)
+
+    def explain_copy_deadline(self, size: int | None) -> str:
+        """How `copy_deadline(size)` came about, as the report says it."""
+        if size is None:
+            return f"{self.copy_deadline(size):.0f} s (--copy-timeout; the closure's size was unknown)"
+        return (f"{self.copy_deadline(size):.0f} s (--copy-timeout {self.copy_timeout} s + {size / 1e6:.2f} MB "
+                f"at --copy-rate {self.copy_rate:g} Mbit/s)")
+
+
+# The deadlines of steps that talk to other machines, both doors: (field, option, doit
+# variable, what it is, metavar). Parsed by `deadlines`.
+DEADLINES: tuple[tuple[str, str, str, str, str], ...] = (
+    ("copy_timeout", "--copy-timeout", "copy_timeout=",
+     "a copy's deadline: this many seconds plus its closure at --copy-rate (default: 60)", "SECONDS"),
+    ("copy_rate", "--copy-rate", "copy_rate=",
+     "the slowest a copy may move its closure, in Mbit/s (default: 8)", "MBIT"),
+    ("connect_timeout", "--connect-timeout", "connect_timeout=",
+     "ssh's ConnectTimeout (a new connection's TCP, banner and key exchange) for every host whose "
+     "deployment sets none (default: 10)", "SECONDS"),
+    ("stop_timeout", "--stop-timeout", "stop_timeout=",
+     "after SIGTERM, follow the running steps this long before stopping them (default: 60)", "SECONDS"),
+)
 
 
 def default_state_file(hive: Hive) -> Path:
@@ -83,6 +119,37 @@ def positive(text: str, option: str) -> int:
     if value < 1:
         raise InputError(f"{option} {text!r}: expected a whole number of at least 1")
     return value
+
+
+def rate(text: str, option: str) -> float:
+    """A number above 0 (a rate: `--copy-rate 0.5`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise InputError(f"{option} {text!r}: expected a number above 0")
+    return value
+
+
+def deadlines(values: Mapping[str, Any], *, doit: bool = False) -> dict[str, Any]:
+    """The deadline options among `values` (argparse's namespace as a dict, or the doit
+    variables), parsed, as keywords of `Options`; those not given keep its defaults. A bad
+    value is an `InputError` naming the option as its door spells it."""
+    out: dict[str, Any] = {}
+    for name, flag_, variable, _, _ in DEADLINES:
+        text = values.get(name)
+        if text is None:
+            continue
+        option = variable if doit else flag_
+        out[name] = rate(str(text), option) if name == "copy_rate" else positive(str(text), option)
+    return out
+
+
+def add_deadline_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--copy-timeout`, `--copy-rate`, `--connect-timeout`, `--stop-timeout` (see DEADLINES)."""
+    for name, flag_, _, helptext, metavar in DEADLINES:
+        parser.add_argument(flag_, dest=name, metavar=metavar, help=helptext)
 
 
 def goal(text: str, option: str = "--goal") -> Goal:

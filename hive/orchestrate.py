@@ -1,6 +1,6 @@
 """The one orchestrator both doors use: open a session (plan, lock, remotes), run its tasks
-through doit with Ctrl-C handled (stop starting work, wait for the running steps, report),
-close it, and read the summary from the outcomes. Also `status` and `run`.
+through doit with Ctrl-C and SIGTERM handled (stop starting work, wait for the running steps,
+report), close it, and read the summary from the outcomes. Also `status` and `run`.
 
 `nix-hive` calls `execute`; `dodo.py` builds the same session (`from_doit`) and lets doit run
 it, with `finish` as the reporter's last call.
@@ -8,11 +8,11 @@ it, with `finish` as the reporter's last call.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -26,32 +26,125 @@ from hive.report import Progress, Row, summary_table
 from hive.select import select
 from hive.session import Session
 
+TERMINATED = 128 + signal.SIGTERM  # the exit status of a run ended by SIGTERM (143, as the shell shows it)
+ABANDON_WAIT = 2.0  # seconds a run that stops its steps waits for them to notice, before it reports
 
-def catch_ctrl_c(session: Session) -> Any:
-    """The first Ctrl-C stops starting new work (the running steps finish: their children
-    are in process groups of their own, out of the terminal's reach); a second one aborts.
-    Returns the previous handler."""
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if session.interrupted:  # the second: stop the running steps' commands too
-            process.terminate_children()
+class Terminated(SystemExit):
+    """Raised in the main thread when a terminated run stops following its running steps (a
+    second SIGTERM, or --stop-timeout passed). `execute` catches it and reports; through doit,
+    doit's reporter prints the summary on the way out and the process exits 143."""
+
+    def __init__(self) -> None:
+        super().__init__(TERMINATED)
+
+
+class Signals:
+    """Ctrl-C and SIGTERM during a run. The first stops starting new work and lets the running
+    steps finish: their children are in process groups of their own, out of the terminal's
+    reach; after SIGTERM (CI cancelling, systemd stopping), for at most --stop-timeout seconds.
+    A second signal, or that bound, stops them: their commands are terminated, the steps that
+    do not end at once are reported as stopped, and the run reports (a second Ctrl-C aborts
+    without a summary, exit 130, as before)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._previous: dict[int, Any] = {}
+        self._timers: list[threading.Timer] = []  # --stop-timeout's, and the retries of _stop
+        self._over = False  # the run is closing and reporting: signals change nothing more
+        self._expired = False
+        self._stopping = 0.0  # when the run stopped following its steps
+
+    def install(self) -> None:
+        """Handle both signals (the main thread only can); `restore` puts the previous back."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def over(self) -> None:
+        """The run is ending: what it waits for now is bounded (closing, reporting)."""
+        self._over = True
+        for timer in self._timers:
+            timer.cancel()
+
+    def restore(self) -> None:
+        self.over()
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        s = self.session
+        if self._over:
+            return
+        if s.interrupted:
+            self._stop(signum, frame)
+            return
+        if signum == signal.SIGTERM:
+            bound = s.options.stop_timeout
+            self._aside(s.progress.line, f"terminated: starting nothing more; following the running steps for up "
+                                         f"to {bound} s (--stop-timeout; SIGTERM again stops them now)")
+            s.interrupt("terminated")
+            self._later(bound, self._expire)
+        else:
+            self._aside(s.progress.line, "interrupted: waiting for the running steps (Ctrl-C again to abort)")
+            s.interrupt()
+
+    def _expire(self) -> None:
+        """--stop-timeout passed: the main thread gets SIGTERM again (a signal is what can
+        wake it wherever it waits)."""
+        self._expired = True
+        self._resignal(signal.SIGTERM)
+
+    def _resignal(self, signum: int) -> None:
+        if not self._over and (main := threading.main_thread().ident) is not None:
+            signal.pthread_kill(main, signum)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        """Stop the running steps' commands, and stop waiting for the steps: an exception in
+        the main thread, where doit waits for them (or runs one, with -j 1). Never while that
+        thread is starting or waiting for a command (hive/process.py): an exception there could
+        leave the command unseen; the signal comes again a moment later instead."""
+        s = self.session
+        if not s.abandoned:
+            if signum == signal.SIGTERM:
+                why = (f"they did not end within {s.options.stop_timeout} s (--stop-timeout)" if self._expired
+                       else "SIGTERM again")
+                self._aside(s.progress.line, f"terminated: stopping the running steps ({why})")
+            s.abandon("terminated" if signum == signal.SIGTERM else None)
+            self._aside(process.terminate_children)  # the command the main thread waits for ends too
+            self._stopping = time.monotonic()
+        if _inside(frame, process.__file__) and time.monotonic() - self._stopping < DEFER_LIMIT:
+            self._later(DEFER_STEP, self._resignal, signum)
+            return
+        if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        session.progress.line("interrupted: waiting for the running steps (Ctrl-C again to abort)")
-        session.interrupt()
+        raise Terminated()
 
-    return signal.signal(signal.SIGINT, handler)
+    def _later(self, seconds: float, func: Callable[..., Any], *args: Any) -> None:
+        timer = threading.Timer(seconds, func, args)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    @staticmethod
+    def _aside(func: Callable[..., Any], *args: Any) -> None:
+        """Run `func` in a thread of its own: this handler may have interrupted the main thread
+        while it held the lock `func` takes (a progress line, the children's list)."""
+        threading.Thread(target=func, args=args, daemon=True, name="nix-hive signal").start()
 
 
-@contextlib.contextmanager
-def ctrl_c(session: Session) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = catch_ctrl_c(session)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+DEFER_STEP = 0.05  # seconds between two tries to stop waiting, while the main thread runs a command
+DEFER_LIMIT = 5.0  # seconds after which it stops waiting wherever it is
+
+
+def _inside(frame: FrameType | None, filename: str) -> bool:
+    """Whether `frame` or a frame it was called from runs code of `filename`."""
+    while frame is not None:
+        if frame.f_code.co_filename == filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
@@ -73,34 +166,49 @@ def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
                     rollback=options.flag(variables.get("rollback", "1"), "rollback"),
                     activation_timeout=_positive_or_none(variables.get("activation_timeout"), "activation_timeout="),
                     confirm_timeout=_positive_or_none(variables.get("confirm_timeout"), "confirm_timeout="),
-                    eval_jobs=_positive_or_none(variables.get("eval_jobs"), "eval_jobs=") or Options().eval_jobs)
+                    eval_jobs=_positive_or_none(variables.get("eval_jobs"), "eval_jobs=") or Options().eval_jobs,
+                    **options.deadlines(variables, doit=True))
     final = Kind.PUSH if options.flag(variables.get("push_only", "0"), "push_only") else Kind.ACTIVATE
     the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final,
                          keys=options.flag(variables.get("keys", "1"), "keys"))
     process.set_verbose(sys.stderr if options.flag(variables.get("verbose", "0"), "verbose") else None)
     session = Session(hive, the_plan, given, Progress())
     lock = state.Lock(session.state_file)
-    catch_ctrl_c(session)
+    signals = Signals(session)
+    signals.install()
 
     def complete() -> None:
+        signals.over()
         try:
             finish(session)
             if any(t.kind in (Kind.PUSH, Kind.ACTIVATE) for t in session.expected or ()):
-                print(summary_table(rows(session)))
+                print(summary_table(rows(session)), flush=True)
         finally:
             lock.release()
+        if session.terminated:
+            raise Terminated()  # exit status 143, after the summary (doit's own would say 0 or 1)
 
     return tasks.namespace(session, on_complete=complete)
 
 
 def execute(session: Session, targets: Sequence[str | TaskId]) -> int:
-    """Run `targets` (and what they wait for) in one doit run; doit's exit status. The
-    session is closed afterwards, whatever happens."""
+    """Run `targets` (and what they wait for) in one doit run; doit's exit status (143 when
+    SIGTERM stopped the running steps). The session is closed afterwards, whatever happens."""
+    signals = Signals(session)
+    signals.install()
     try:
-        with ctrl_c(session):
+        try:
             return tasks.run(session, tasks.namespace(session), [str(t) for t in targets])
+        finally:
+            signals.over()  # (a signal may still come before this line: it is caught below)
+    except Terminated:
+        return TERMINATED
     finally:
-        finish(session)
+        signals.over()
+        try:
+            finish(session)
+        finally:
+            signals.restore()
 
 
 def _positive_or_none(text: str | None, option: str) -> int | None:
@@ -108,12 +216,16 @@ def _positive_or_none(text: str | None, option: str) -> int | None:
 
 
 def finish(session: Session) -> None:
-    """The end of a run: wait for the steps still running, mark what an interrupt left
-    undone, close the shared connections."""
-    session.wait_idle()
+    """The end of a run: wait for the steps still running (a few seconds only when the run
+    stopped them: those still running then are reported as stopped), mark what an interrupt
+    left undone, close the shared connections (the run's ssh masters end with them)."""
+    if session.abandoned:
+        session.settle(ABANDON_WAIT)
+    else:
+        session.wait_idle()
     if session.interrupted:
         for i in session.plan.instances:
-            session.outcomes.set_default(session.plan.final_id(i.name), Outcome(Status.SKIPPED, "interrupted"))
+            session.outcomes.set_default(session.plan.final_id(i.name), Outcome(Status.SKIPPED, session.cause))
     session.close()
 
 
@@ -123,12 +235,16 @@ def deploy(session: Session) -> tuple[int, list[Row]]:
     # (and what they wait for) in this order, so `-j 1` pushes and activates host after host.
     execute(session, [session.plan.final_id(i.name) for i in session.plan.instances])
     found = rows(session)
+    if session.terminated:
+        return TERMINATED, found
     return (0 if all(r.result in (Status.OK.value, Status.UNCHANGED.value) for r in found) else 1), found
 
 
 def build(session: Session) -> int:
     """Build every selected system (nix-hive build). 0, or 1 when a build failed."""
     code = execute(session, [TaskId(Kind.BUILD, s) for s in session.plan.systems])
+    if session.terminated:
+        return TERMINATED
     return 0 if code == 0 else 1
 
 

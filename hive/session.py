@@ -6,17 +6,20 @@ orchestrate.py opens and closes it."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from hive import ssh
 from hive.errors import HiveError, ProcessError, StepError
 from hive.keys import Keys
-from hive.model import Hive, Step
+from hive.model import Goal, Hive, Step
 from hive.options import Options, default_state_file
 from hive.outcome import Failure, NotStarted, Outcome, Outcomes, Status, StepFailed
 from hive.plan import Kind, Plan, TaskId
+from hive.process import ProcessKilledError
 from hive.remote import Probe, Remotes
 from hive.report import Progress
 
@@ -32,13 +35,17 @@ class Session:
         self.outcomes = Outcomes()
         self.state_file = options.state_file or default_state_file(hive)
         self.gcroots = self.state_file.with_name(self.state_file.name + ".d") / "gcroots"
+        ssh.set_connect_timeout(options.connect_timeout)  # before the run's ssh_config is written
         self.remotes = Remotes(hive, plan.hubs, jobs=options.jobs)
         self.keys = Keys(hive)
         self.results: dict[str, str] = {}  # system -> store path (built, or recorded under --no build)
         self.expected: frozenset[TaskId] | None = None  # the tasks doit will run (None: all)
         self._idle = threading.Condition()
         self._running = 0
+        self._active: set[TaskId] = set()  # the steps running now
         self._interrupted = False
+        self._cause = "interrupted"  # why no new work starts once interrupted: Ctrl-C, or SIGTERM
+        self._abandoned = False
         self._probe_lock = threading.Lock()
         self._prefetched = False
 
@@ -79,8 +86,11 @@ class Session:
             self.progress.line("warning: no signingKey: instances behind a relay take its paths only if they "
                                "trust them otherwise; if not, the deployer sends them the closure itself")
 
-    def interrupt(self) -> None:
-        """Ctrl-C: start nothing more; the steps already running finish."""
+    def interrupt(self, cause: str = "interrupted") -> None:
+        """Ctrl-C (or SIGTERM: `cause` "terminated"): start nothing more; the steps already
+        running finish."""
+        if not self._interrupted:
+            self._cause = cause
         self._interrupted = True
         self.outcomes.poke()
 
@@ -88,13 +98,57 @@ class Session:
     def interrupted(self) -> bool:
         return self._interrupted
 
+    @property
+    def cause(self) -> str:
+        """Why the run stops early: "interrupted" (Ctrl-C) or "terminated" (SIGTERM)."""
+        return self._cause
+
+    @property
+    def terminated(self) -> bool:
+        return self._interrupted and self._cause.startswith("terminated")
+
+    def abandon(self, cause: str | None = None) -> None:
+        """The run stops following its running steps (a second Ctrl-C or SIGTERM, or the
+        --stop-timeout passed): their commands are being stopped, and a step still running
+        when the run ends is reported as stopped (`settle`). `cause`: why, if not the
+        interruption's (SIGTERM after Ctrl-C: "terminated")."""
+        if cause is not None or not self._interrupted:
+            self._cause = cause or self._cause
+        self._interrupted = True
+        self._abandoned = True
+        self.outcomes.poke()
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
+
+    def settle(self, wait: float) -> None:
+        """An abandoned run's end: wait up to `wait` seconds for the running steps (their
+        commands were stopped), then report each one still running as stopped."""
+        self.wait_idle(timeout=wait)
+        with self._idle:
+            active = list(self._active)
+        for task in active:
+            self._stopped(task)
+
+    def _stopped(self, task: TaskId) -> None:
+        """Record that `task` was stopped while it ran (unless it ended meanwhile)."""
+        why = f"{self._cause}: stopped while it ran"
+        if task.kind is Kind.ACTIVATE:
+            goes_on = "the activation goes on on the host"
+            if self.options.rollback and self.options.goal in (Goal.SWITCH, Goal.TEST):
+                goes_on += ", which rolls back by itself without nix-hive's confirmation"
+            why += f" ({goes_on})"
+        self.outcomes.set_default(task, Outcome(Status.FAILED, why))
+
     def failed_instances(self) -> set[str]:
         return {t.target for t in self.outcomes.failed(Kind.PUSH, Kind.ACTIVATE)}
 
     def stop_reason(self) -> str | None:
-        """Why no new push or activation may start: interrupted, or --max-failures passed."""
+        """Why no new push or activation may start: interrupted (or terminated), or
+        --max-failures passed."""
         if self._interrupted:
-            return "interrupted"
+            return self._cause
         limit = self.options.max_failures
         if limit is not None and len(self.failed_instances()) > limit:
             return f"not started: more than {limit} instance(s) failed"
@@ -108,15 +162,20 @@ class Session:
     # -- running steps ---------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        """Counts the steps in progress, so an interrupted run can wait for them."""
+    def running(self, task: TaskId | None = None) -> Iterator[None]:
+        """Counts the steps in progress (and names them), so an interrupted run can wait for
+        them, and an abandoned one report those it stopped following."""
         with self._idle:
             self._running += 1
+            if task is not None:
+                self._active.add(task)
         try:
             yield
         finally:
             with self._idle:
                 self._running -= 1
+                if task is not None:
+                    self._active.discard(task)
                 self._idle.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> None:
@@ -127,9 +186,11 @@ class Session:
                 gated: bool = False) -> dict[str, Any] | StepFailed | NotStarted:
         """Run one step's action and record its outcome: ok with its seconds, or a failure
         that keeps its structure. A gated step (push, activation) starts only if the policy
-        allows it."""
-        with self.running():
+        allows it; no build starts once the run is interrupted."""
+        with self.running(task):
             reason = self.stop_reason() if gated else None
+            if task.kind is Kind.NIX_BUILD and self._interrupted:
+                reason = self._cause
             if reason is not None:
                 self.outcomes.set(task, Outcome(Status.SKIPPED, reason))
                 self.progress.step(task.kind.shown, task.target, str(Status.SKIPPED), reason)
@@ -144,12 +205,18 @@ class Session:
                 output = exc.log if isinstance(exc, StepError) else output
                 status = Status(exc.status) if isinstance(exc, StepError) else Status.FAILED
                 parts = exc.seconds if isinstance(exc, StepError) else {}
-                failure = Failure(task, str(exc), output)
+                stopped = self._abandoned and isinstance(exc, ProcessKilledError)  # by terminate_children
+                cause = f"{self._cause}: stopped while it ran ({exc})" if stopped else str(exc)
+                failure = Failure(task, cause, output)
                 seconds = round(time.monotonic() - start, 2)
-                self.outcomes.set(task, Outcome(status, str(exc), seconds, failure, parts))
-                self.progress.step(task.kind.shown, task.target, str(status), str(exc))
+                self.outcomes.set(task, Outcome(status, cause, seconds, failure, parts))
+                self.progress.step(task.kind.shown, task.target, str(status), cause)
                 self.progress.block(output)
                 return StepFailed(failure)
+            except BaseException:  # abandoned while it ran in this very thread (doit's -j 1)
+                if self._abandoned:
+                    self._stopped(task)
+                raise
             seconds = round(time.monotonic() - start, 2)
             note = str(values.pop("note", ""))
             parts = values.pop("seconds", {})
@@ -159,7 +226,17 @@ class Session:
             return values
 
     def close(self) -> None:
-        """Close shared connections and remove the run's temporary files."""
+        """Close shared connections and remove the run's temporary files. When the run
+        stopped following steps that may still start ssh calls (an activation's follower
+        polls the host), none of those may become a shared connection of its own meanwhile
+        (it would outlive the run by ControlPersist): the configuration says so first."""
+        if self._abandoned:
+            with contextlib.suppress(OSError, HiveError):
+                config = self.remotes.setup.config
+                text = config.read_text()
+                tmp = config.with_name(config.name + ".closing")
+                tmp.write_text("# The run is closing: no new shared connection.\nHost *\n  ControlMaster no\n\n" + text)
+                os.replace(tmp, config)
         self.remotes.close()
 
 

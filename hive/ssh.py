@@ -19,8 +19,30 @@ from pathlib import Path
 
 from hive.model import Hive, Instance
 
-# Options nix-hive sets itself for every instance; the deployment may override them.
-DEFAULTS: Mapping[str, str] = {"BatchMode": "yes", "ConnectTimeout": "10", "ServerAliveInterval": "15"}
+# Options nix-hive sets itself for every instance; the deployment may override them. A run's
+# configuration gives the three BOUNDS to every other host too (jump hosts, build hosts, relays
+# of the user's own configuration): a new connection gets ConnectTimeout seconds for TCP,
+# ssh's banner and key exchange, an open one is given up after ServerAliveInterval times
+# ServerAliveCountMax seconds without an answer.
+DEFAULTS: Mapping[str, str] = {"BatchMode": "yes", "ConnectTimeout": "10", "ServerAliveInterval": "15",
+                               "ServerAliveCountMax": "3"}
+BOUNDS = ("ConnectTimeout", "ServerAliveInterval", "ServerAliveCountMax")
+_connect_timeout: int | None = None  # --connect-timeout, instead of DEFAULTS' ConnectTimeout
+
+
+def set_connect_timeout(seconds: int | None) -> None:
+    """The ConnectTimeout of the configurations generated from now on (None: DEFAULTS'). A
+    module setting, as process.set_verbose: the run's options reach it without every caller
+    between passing it along."""
+    global _connect_timeout
+    _connect_timeout = seconds
+
+
+def _defaults() -> dict[str, str]:
+    out = dict(DEFAULTS)
+    if _connect_timeout is not None:
+        out["ConnectTimeout"] = str(_connect_timeout)
+    return out
 
 
 @dataclass(frozen=True)
@@ -84,7 +106,7 @@ class _Options:
 
 def _block(instance: Instance, known_hosts: Path, control_dir: Path | None) -> list[tuple[str, Origin | None]]:
     options = _Options()
-    for key, value in DEFAULTS.items():
+    for key, value in _defaults().items():
         options.set(key, value)
     for key, value in instance.ssh.items():
         options.set(key, value, given=True)
@@ -120,8 +142,11 @@ def render_lines(hive: Hive, known_hosts: Path, *, control_dir: Path | None = No
         lines += _block(hive.instances[name], known_hosts, control_dir)
         lines.append(("", None))
     if control_dir is not None:
-        # Jump hosts that are not instances share their connection too.
-        lines += [("Host *", None), *((f"  {k} {v}", None) for k, v in _control(control_dir).items()), ("", None)]
+        # Jump hosts that are not instances share their connection too, and a run's every
+        # connection is bounded (build hosts and relays of the user's configuration too).
+        bounds = _defaults()
+        lines += [("Host *", None), *((f"  {k} {v}", None) for k, v in _control(control_dir).items()),
+                  *((f"  {k} {bounds[k]}", None) for k in BOUNDS), ("", None)]
     if include_user:
         lines += [(text, None) for text in (
             "# The user's own configuration fills in what the deployment does not say.",
