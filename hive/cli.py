@@ -87,7 +87,8 @@ def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
                    rollback=getattr(args, "rollback", True),
                    activation_timeout=_seconds(args, "activation_timeout", "--activation-timeout"),
                    confirm_timeout=_seconds(args, "confirm_timeout", "--confirm-timeout"),
-                   eval_jobs=_seconds(args, "eval_jobs", "--eval-jobs") or Options().eval_jobs)
+                   eval_jobs=_seconds(args, "eval_jobs", "--eval-jobs") or Options().eval_jobs,
+                   **options.deadlines(vars(args)))
 
 
 def _seconds(args: argparse.Namespace, name: str, option: str) -> int | None:
@@ -324,6 +325,7 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
         d.add_argument("--report", metavar="FILE", help="also write the outcome as JSON to FILE")
         d.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
         d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
+        options.add_deadline_arguments(d)
         d.set_defaults(func=func)
     deploy = sub.choices["deploy"]
     deploy.add_argument("--no-rollback", dest="rollback", action="store_false",
