@@ -21,26 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import build_no_build
 from tests.constants import NIX_CONFIG, REPO, STANDIN
 
 # Two systems, a relay store per 100 instances behind one jump host, tags, two waves (by
 # pattern: rack0 first): the plan holds every kind of task and a `deploy` waiting for all.
-HIVE = """
-{{
-  paths.nixpkgs = {standin};
-  systems.web.configuration = {{ networking.hostName = "web"; }};
-  systems.db.configuration = {{ networking.hostName = "db"; }};
-  instances = builtins.listToAttrs (builtins.genList (n: {{
-    name = "host-${{toString n}}";
-    value = {{
-      system = if n < {half} then "web" else "db";
-      store = "ssh://relay-${{toString (n / 100)}}";
-      tags = [ "rack${{toString (n / 40)}}" ];
-      ssh = {{ Hostname = "10.1.${{toString (n / 250)}}.${{toString (n - n / 250 * 250 + 1)}}"; ProxyJump = "jump"; }};
-    }};
-  }}) {count});
-}}
-"""
+HIVE = build_no_build.HIVE  # the same generated hive as `make bench`
 
 
 def measure(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
