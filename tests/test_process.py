@@ -33,8 +33,8 @@ def quiet() -> Iterator[None]:
 def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except OSError:  # gone between open and read too: ProcessLookupError
         return True
 
 
