@@ -11,7 +11,7 @@ APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux u
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
 WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 
-.PHONY: setup apt venv host-tree test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-eval test-matrix clean
+.PHONY: setup apt venv host-tree test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-scale bench-eval test-matrix clean
 
 setup: apt venv
 
@@ -63,8 +63,11 @@ demo-down: setup
 bench: setup
 	$(WITH_NIX) $(PY) -m benchmarks.build_no_build
 
-bench-fleet: setup  # a subset, e.g.: make bench-fleet ARGS="--only far,remote-build,cache"
+bench-fleet: setup  # a subset, e.g.: make bench-fleet ARGS="--only targets"
 	$(WITH_NIX) $(PY) -m benchmarks.fleet_deploy $(ARGS)
+
+bench-scale: setup  # other sizes, e.g.: make bench-scale ARGS="--sizes 30,100 --relays 2 --only relays"
+	$(WITH_NIX) $(PY) -m benchmarks.fleet_scale $(ARGS)
 
 bench-eval: setup
 	$(WITH_NIX) $(PY) -m benchmarks.eval_parallel

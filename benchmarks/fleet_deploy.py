@@ -51,8 +51,10 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.constants import REPO, STANDIN, nix_env
@@ -65,7 +67,7 @@ CACHE = "http://cache:8080"
 # xz), and the same without compression.
 CACHE_UPLOADS = {"http cache, xz": "",
                  "http cache, raw": "ssh://cache?remote-store=file:///run/nix-cache%3Fcompression%3Dnone"}
-MEASUREMENTS = ("scale", "safety", "far", "remote-build", "cache")
+MEASUREMENTS = ("targets", "scale", "safety", "far", "remote-build", "cache")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -76,8 +78,8 @@ def topology(n: int) -> dict[str, list[str]]:
 def deployer_auths(fleet: Fleet) -> int:
     deployer = fleet.lab.deployer_address
     total = 0
-    for name, host in fleet.lab.hosts.items():
-        for line in (host.dir / "sshd.log").read_text().splitlines():
+    for name in fleet.lab.hosts:
+        for line in fleet.lab.sshd_log(name).splitlines():
             if line.startswith("Accepted publickey") and (name != "relay" or f" from {deployer} " in line):
                 total += 1
     return total
@@ -123,7 +125,7 @@ def naive(fleet: Fleet, n: int, path: str) -> dict[str, float]:
             "auths": deployer_auths(fleet)}
 
 
-def floor(fleet: Fleet, path: str) -> float:
+def floor(fleet: Fleet, path: str) -> float:  # the copies alone (scale)
     """Bare `nix copy -s` to every host behind the relay at once, after the relay has it."""
     env = {**nix_env(), "NIX_SSHOPTS": f"-F {fleet.lab.ssh_config_path}"}
     subprocess.run(fleet.lab.deployer_argv(["nix", "copy", "--to", "ssh://relay", path]), env=env, check=True,
@@ -135,6 +137,106 @@ def floor(fleet: Fleet, path: str) -> float:
     if any(p.wait() != 0 for p in procs):
         raise SystemExit("a bare nix copy -s failed")
     return time.perf_counter() - t0
+
+
+def measured(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO) -> dict[str, float]:
+    """`nix-hive -v ARGS` (the one in `code`: a checkout) under benchmarks/reaper.py: wall time,
+    the deployer's CPU seconds (nix-hive and every process it started), its largest process's
+    peak memory, bytes sent, and the processes it started (the commands `-v` prints)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        argv = fleet.lab.deployer_argv([sys.executable, str(REPO / "benchmarks" / "reaper.py"), out.name,
+                                        sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())",
+                                        args[0], "-v", *args[1:]])
+        env = {**nix_env(), **fleet.env, "PYTHONPATH": str(code)}
+        before, t0 = fleet.lab.tx_bytes(), time.perf_counter()
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        wall, sent = time.perf_counter() - t0, fleet.lab.tx_bytes() - before
+        cost = json.loads(Path(out.name).read_text())
+    if done.returncode != 0:
+        raise SystemExit(f"nix-hive {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+    (fleet.hive.parent / "nix-hive-v.log").write_text(done.stderr)  # what it ran, for a look afterwards
+    spawned = sum(line.startswith("$ ") for line in done.stderr.splitlines())
+    return {"wall": wall, "bytes": sent, "cpu": cost["cpu"], "own": cost["own"], "rss": cost["maxrss_mib"],
+            "spawned": spawned}
+
+
+def logins(fleet: Fleet, hosts: list[str], jobs: int = 10) -> float:
+    """Wall time of one bare ssh login (a new connection: `true`) to each of `hosts`, `jobs` at once."""
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        done = list(pool.map(lambda h: subprocess.run(fleet.lab.ssh_argv(h, ["true"]), capture_output=True).returncode,
+                             hosts))
+    if any(done):
+        raise SystemExit("a bare ssh login failed")
+    return time.perf_counter() - t0
+
+
+def full_floor(fleet: Fleet, path: str, jobs: int = 10) -> float:
+    """The floor of a deployment: the closure copied to the relay, then a bare `nix copy -s` to
+    every host behind it at once, then one ssh login per host, `jobs` at once."""
+    env = {**nix_env(), "NIX_SSHOPTS": f"-F {fleet.lab.ssh_config_path}"}
+    behind = sorted(h for h in fleet.lab.hosts if h != "relay")
+    t0 = time.perf_counter()
+    subprocess.run(fleet.lab.deployer_argv(["nix", "copy", "--to", "ssh://relay", path]), env=env, check=True,
+                   capture_output=True)
+    procs = [subprocess.Popen(fleet.lab.deployer_argv(["nix", "copy", "-s", "--to", f"ssh://{h}", path]), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for h in behind]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("a bare nix copy -s failed")
+    copied = time.perf_counter() - t0
+    return copied + logins(fleet, behind, jobs)
+
+
+def targets(workdir: Path, n: int, mb: float, baseline: str | None) -> None:
+    """Issue 20's targets, side by side in one run: the default deployment (magic rollback, a
+    command check per host) against the floor, and the no-change redeploy against bare logins;
+    with `baseline` (a git revision), the same deployment by that revision's nix-hive."""
+    codes = {"nix-hive": REPO}
+    if baseline:
+        codes[baseline] = workdir / "baseline"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(codes[baseline]), baseline],
+                       check=True)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        for name, code in codes.items():
+            fleet = start(workdir / f"hive-{len(results)}", n, mb)
+            try:
+                fleet.env["BENCH_CHECKS"] = "1"
+                build(fleet)  # built (and signed) before the clock starts, as for the floor
+                common = ("-q", "--json", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
+                first = measured(fleet, "deploy", *common, "relay", "*", code=code)
+                first["auths"] = deployer_auths(fleet)
+                again = measured(fleet, "deploy", "--no", "build,push,activate", *common, "relay", "*", code=code)
+                again["floor"] = logins(fleet, sorted(fleet.lab.hosts))
+                results[name] = {"deploy": first, "again": again}
+            finally:
+                fleet.down()
+    finally:
+        if baseline:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(codes[baseline])], check=False)
+    fleet = start(workdir / "floor", n, mb)
+    try:
+        floor_s = full_floor(fleet, build(fleet))
+    finally:
+        fleet.down()
+    ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    print(f"\ntargets: 1 relay + {n} hosts, closure about {mb:g} MB, magic rollback and a command check per host "
+          f"({ssh_version}; an authentication's CPU is mostly its key exchange)")
+    hosts = n + 1
+    for name, r in results.items():
+        mine, again = r["deploy"], r["again"]
+        print(f"  {name}: deploy {mine['wall']:6.2f} s against the floor's {floor_s:6.2f} s (copy to the relay, "
+              f"nix copy -s to all, {n} logins at -j 10): {mine['wall'] / floor_s:.2f} x (target 1.15)")
+        print(f"  {' ' * len(name)}  no-change redeploy {again['wall']:5.2f} s against {again['floor']:5.2f} s for "
+              f"{hosts} bare ssh logins at -j 10: {again['wall'] / again['floor']:.2f} x (target 1.15)")
+        print(f"  {' ' * len(name)}  deployer CPU {mine['cpu']:.2f} s = {mine['cpu'] / hosts:.3f} s per host "
+              f"(nix-hive itself {mine['own']:.2f} s), peak RSS {mine['rss']:.0f} MiB, "
+              f"{mine['spawned'] / hosts:.1f} processes and {mine['auths'] / hosts:.1f} authentications per host, "
+              f"{mine['bytes'] / 1e6:.2f} MB sent; redeploy CPU {again['cpu'] / hosts:.3f} s per host", flush=True)
+    if baseline:
+        now, then = results["nix-hive"]["deploy"], results[baseline]["deploy"]
+        print(f"  nix-hive against {baseline}: wall {now['wall'] / then['wall']:.2f} x, deployer CPU per host "
+              f"{now['cpu'] / then['cpu']:.2f} x, processes {now['spawned'] / then['spawned']:.2f} x", flush=True)
 
 
 def safety(workdir: Path, n: int, mb: float) -> tuple[float, float]:
@@ -368,6 +470,8 @@ def main() -> None:
                         help=f"comma-separated subset of {','.join(MEASUREMENTS)} (default: all)")
     parser.add_argument("--sizes", default="1,10,30")
     parser.add_argument("--mb", type=float, default=20.0, help="closure size in MB (default 20)")
+    parser.add_argument("--targets-n", type=int, default=30, help="hosts behind the relay, targets (default 30)")
+    parser.add_argument("--baseline", help="targets: a git revision whose nix-hive is measured too, e.g. HEAD~3")
     parser.add_argument("--safety-n", type=int, default=10, help="hosts for the safe-rollout cost (default 10)")
     parser.add_argument("--far-n", type=int, default=30, help="hosts behind the relay, far deployer (default 30)")
     parser.add_argument("--far-rate", default="100mbit", help="deployer uplink, far deployer (default 100mbit)")
@@ -376,6 +480,9 @@ def main() -> None:
     parser.add_argument("--cache-n", type=int, default=30, help="hosts substituting, cache relay (default 30)")
     args = parser.parse_args()
     only = args.only.split(",")
+    if "targets" in only:
+        with tempfile.TemporaryDirectory(prefix="hive-bench-") as tmp:
+            targets(Path(tmp), args.targets_n, args.mb, args.baseline)
     if unknown := set(only) - set(MEASUREMENTS):
         parser.error(f"unknown measurement(s) {','.join(sorted(unknown))}: choose from {','.join(MEASUREMENTS)}")
     if "scale" in only:

@@ -18,26 +18,29 @@ sshd keeps existing connections), and picks it up again after a dropped connecti
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import platform
+import queue
 import re
 import secrets
-import shlex
+import threading
 import time
 from typing import Any
 
 from hive import health, process
 from hive.errors import HiveError, ProcessError, RolledBackError, StepError, TimedOutError
 from hive.model import Goal, Instance, Step
+from hive.process import ProcessTimeoutError
 from hive.remote import SYSTEM_PROFILE, Remote, as_root
 from hive.resources import host_file
 from hive.session import Session
 
 STATE_DIR = "/run/nix-hive"
-POLL = 0.1  # seconds between looks at the host's state (a channel of the shared connection)
+POLL = 0.1  # seconds between looks at the host's state, when its follow channel broke
 
-FINAL = ("done", "confirmed", "rolled-back", "failed-", "timed-out", "busy")
+FINAL = ("done", "confirmed", "rolled-back", "failed-", "timed-out", "busy", "abandoned")
 # A second activation of a host waits for the host's lock that long beyond the first one's
 # confirmation window: long enough for an activation whose run was killed to roll back by itself.
 LOCK_MARGIN = 30
@@ -46,7 +49,7 @@ LOCK_MARGIN = 30
 # own timeout.
 UNANSWERED_MARGIN = 10
 
-# What launch.sh may hand to systemd-run: systemd expands `$` (and `%` specifiers) in a unit's
+# What control.sh may hand to systemd-run: systemd expands `$` (and `%` specifiers) in a unit's
 # command line, so only words without them, nor white space, go there (a store path does).
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9/._+=?:@-]+")
 
@@ -71,9 +74,11 @@ def who() -> str:
     return re.sub(r"[^A-Za-z0-9._@-]", "_", f"{user}@{platform.node() or 'deployer'}")
 
 
-def launch_argv(remote: Remote, run_id: str, args: list[str]) -> list[str]:
-    """The ssh call that starts activate.sh (its text on stdin) on `remote` by launch.sh."""
-    return remote.shell_argv(host_file("launch.sh").read_text(), args=[run_id, *args])
+def control_argv(remote: Remote, what: str, *args: str, fresh: bool = False) -> list[str]:
+    """The ssh call running `control.sh WHAT ARGS` on `remote` (see that file): over the host's
+    shared connection, or `fresh`, over a new one."""
+    script = host_file("control.sh").read_text()
+    return remote.fresh_argv(script, args=[what, *args]) if fresh else remote.shell_argv(script, args=[what, *args])
 
 
 class Activation:
@@ -98,6 +103,8 @@ class Activation:
         self.unanswered = max(self.confirm_timeout, 10) + UNANSWERED_MARGIN
         self.seconds: dict[str, float] = {}
         self.failure: str | None = None  # why nix-hive had the host roll back (a check, the confirmation)
+        self._state = ""  # the host's last word on the activation (its DIR/state)
+        self._answered = time.monotonic()  # when it came
 
     def run(self) -> dict[str, Any]:
         path = self.session.need_path(self.instance.system)
@@ -105,19 +112,42 @@ class Activation:
                          confirm=self.confirm, lock_wait=self.lock_wait, who=who())
         self.remote.forget()
         try:
-            try:
-                process.run(launch_argv(self.remote, self.id, args), input=host_file("activate.sh").read_text())
-            except ProcessError as exc:
-                if exc.returncode != 255:  # the host refused (sudo, a read-only /run): nothing started
-                    raise
-                # ssh's own failure: the connection may have been cut after the launch, so the
-                # host is asked what it did (within self.unanswered) rather than guessed at
-            state = self._follow(self.lock_wait + self.timeout + 30, until=("waiting", *FINAL))
+            # one call starts the activation and follows it until it waits for its confirmation
+            # or ends; a broken channel (ssh's own failure: the connection may have been cut
+            # after the launch) makes nix-hive ask the host what it did, not guess
+            seconds = self.lock_wait + self.timeout + 30
+            until = ("waiting", *FINAL)
+            start = time.monotonic()
+            state = self._channel(control_argv(self.remote, "start", self.id, str(seconds), *args), seconds,
+                                  input=host_file("activate.sh").read_text())
+            if not state.startswith(until):
+                state = self._follow(seconds - (time.monotonic() - start), until=until)
             if state == "waiting" or (state == "done" and (self.checks or self.post_keys)):
                 state = self._check_and_confirm(state)
             return self._result(state, path)
         finally:
             self.remote.release()
+
+    def _heard(self, line: str) -> None:
+        """A line of a control.sh call that follows the activation (`state S`)."""
+        if line.startswith("state "):
+            self._state, self._answered = line.removeprefix("state "), time.monotonic()
+
+    def _channel(self, argv: list[str], seconds: int, *,
+                 input: str | queue.Queue[str | None] | None = None) -> str:
+        """Run a control.sh call that follows the activation for at most `seconds`; the last
+        state it printed. A channel that breaks (ssh's own failure, or no word from the host
+        for `self.unanswered` seconds) is no error: the caller asks again. Any other failure
+        is the host's refusal (sudo, a read-only /run): it raises."""
+        try:
+            process.run(argv, input=input, on_stdout=self._heard, timeout=seconds + 30,
+                        idle_timeout=self.unanswered)
+        except ProcessTimeoutError:
+            pass
+        except ProcessError as exc:
+            if exc.returncode != 255:
+                raise
+        return self._state
 
     def _read(self, name: str) -> str | None:
         """A file of the activation's state directory, over the shared connection (None when
@@ -130,26 +160,23 @@ class Activation:
         return out.stdout.strip() if out.exit_code == 0 else None
 
     def _follow(self, seconds: float, *, until: tuple[str, ...]) -> str:
-        """Wait for the host's state to reach one of `until` (prefixes), asking again after a
-        dropped connection, for at most `seconds`; a host that does not answer for
+        """Ask the host for its state again and again (after a broken channel) until it reaches
+        one of `until` (prefixes), for at most `seconds`; a host that has not answered for
         `self.unanswered` seconds is reported with what it will do by itself."""
-        start = time.monotonic()
-        deadline = start + seconds
-        answered = start
-        state = ""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             read = self._read("state")
             now = time.monotonic()
             if read is not None:
-                state, answered = read, now
-                if state.startswith(until):
-                    return state
-            elif now - answered > self.unanswered:
+                self._state, self._answered = read, now
+                if read.startswith(until):
+                    return read
+            elif now - self._answered > self.unanswered:
                 raise TimedOutError(f"the host did not answer for {self.unanswered} s (last state: "
-                                    f"{state or 'unknown'}); its state is unknown: {self._on_its_own(state)}",
-                                    seconds=self.seconds)
+                                    f"{self._state or 'unknown'}); its state is unknown: "
+                                    f"{self._on_its_own(self._state)}", seconds=self.seconds)
             time.sleep(POLL)
-        raise TimedOutError(f"activation timed out after {self.timeout} s (state: {state or '?'})")
+        raise TimedOutError(f"activation timed out after {self.timeout} s (state: {self._state or '?'})")
 
     def _on_its_own(self, state: str) -> str:
         """What the host does without nix-hive, from the last state it reported."""
@@ -165,8 +192,40 @@ class Activation:
         return f"{started}it finishes the activation (at most {self.timeout} s), then {ends.removeprefix('it ')}"
 
     def _check_and_confirm(self, state: str) -> str:
-        """Post-activation keys, then the health checks; then the confirmation (or the
-        abort that makes the host roll back)."""
+        """Post-activation keys, then the health checks; then the confirmation (or the abort
+        that makes the host roll back). The confirmation goes over a new connection (proof that
+        the new system still lets nix-hive in), opened while the keys and checks run: it
+        confirms the moment they pass, and follows the host to its end."""
+        confirming = _Confirmation(self) if state == "waiting" else None
+        try:
+            failed = self._check()
+        except BaseException:
+            if confirming is not None:
+                confirming.cancel()
+            raise
+        if state == "done":  # no magic rollback: a failed check fails the instance, no more
+            if failed is not None:
+                raise StepError(failed, seconds=self.seconds)
+            return state
+        assert confirming is not None
+        start = time.monotonic()
+        if failed is None:
+            failed = confirming.confirm()
+        else:
+            confirming.cancel()
+            seconds = self.timeout + 30  # the host switches back to the previous system
+            with contextlib.suppress(HiveError):  # asked again below
+                self._channel(control_argv(self.remote, "abort", self.directory, str(seconds), "check-failed"),
+                              seconds)
+        final = self._state if self._state.startswith(FINAL) else self._follow(
+            self.confirm_timeout + self.timeout + 30, until=FINAL)
+        # after a failed check: the time the host took to roll back; else the confirmation's
+        self.seconds["rollback" if failed is not None else "confirm"] = round(time.monotonic() - start, 2)
+        self.failure = failed
+        return final
+
+    def _check(self) -> str | None:
+        """Post-activation keys, then the health checks: why they failed, or None."""
         failed = None
         if self.post_keys:
             start = time.monotonic()
@@ -182,27 +241,7 @@ class Activation:
                 failed = f"check {check.name} failed: {result.detail}"
                 break
         self.seconds["check"] = round(time.monotonic() - start, 2)
-        if state == "done":  # no magic rollback: a failed check fails the instance, no more
-            if failed is not None:
-                raise StepError(failed, seconds=self.seconds)
-            return state
-        start = time.monotonic()
-        if failed is None:
-            # confirm, then wait (in the same call) for the host to take it: one login, no poll
-            wait = (f"d={shlex.quote(self.directory)}; touch \"$d/confirm\"; i=0; "
-                    'while [ "$(cat "$d/state")" = waiting ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done')
-            try:
-                process.run(self.remote.fresh_argv(as_root([["sh", "-c", wait]])), timeout=self.confirm_timeout)
-            except HiveError as exc:
-                failed = f"no confirmation: a new ssh connection failed ({exc})"
-        else:
-            abort = as_root([["sh", "-c", f"echo check-failed > {self.directory}/abort"]])
-            process.run(self.remote.shell_argv(abort), check=False, timeout=30)
-        final = self._follow(self.confirm_timeout + self.timeout + 30, until=FINAL)
-        # after a failed check: the time the host took to roll back; else the confirmation's
-        self.seconds["rollback" if failed is not None else "confirm"] = round(time.monotonic() - start, 2)
-        self.failure = failed
-        return final
+        return failed
 
     def _result(self, state: str, path: str) -> dict[str, Any]:
         word, _, why = state.partition(" ")
@@ -239,6 +278,43 @@ class Activation:
         if code == "check-failed":
             return self.failure or "a health check failed"
         return code
+
+
+class _Confirmation:
+    """The confirmation of an activation, over a new ssh connection opened at once: control.sh
+    `confirm` waits there for the word on its standard input, confirms, and follows the
+    host to its end; end of input without it confirms nothing."""
+
+    def __init__(self, activation: Activation) -> None:
+        self.activation = activation
+        self.go: queue.Queue[str | None] = queue.Queue()
+        self.error: HiveError | None = None
+        # the host rolls back by itself once its window is over: no confirmation is of use after it
+        self.seconds = activation.confirm_timeout + 10
+        argv = control_argv(activation.remote, "confirm", activation.directory, "30", fresh=True)
+        self.thread = threading.Thread(target=self._run, args=(argv,), daemon=True,
+                                       name=f"confirm {activation.instance.name}")
+        self.thread.start()
+
+    def _run(self, argv: list[str]) -> None:
+        try:
+            process.run(argv, input=self.go, on_stdout=self.activation._heard, timeout=self.seconds)
+        except HiveError as exc:
+            self.error = exc
+
+    def confirm(self) -> str | None:
+        """Send the word; why no confirmation could be given, or None."""
+        self.go.put("confirm\n")
+        self.go.put(None)
+        self.thread.join(self.seconds + 5)
+        if self.error is not None:
+            return f"no confirmation: a new ssh connection failed ({self.error})"
+        return None
+
+    def cancel(self) -> None:
+        """End of input without the word: the host confirms nothing (and rolls back)."""
+        self.go.put(None)
+        self.thread.join(self.seconds + 5)
 
 
 def activate(session: Session, instance: Instance) -> dict[str, Any]:

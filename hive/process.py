@@ -47,10 +47,12 @@ from __future__ import annotations
 import atexit
 import io
 import os
+import queue
 import select
 import shlex
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -104,10 +106,12 @@ class ProcessTimeoutError(ProcessError):
     `returncode` stays None, as before: the command did not get to choose an exit status.
     """
 
-    def __init__(self, argv: list[str], timeout: float, stderr: str) -> None:
+    def __init__(self, argv: list[str], timeout: float, stderr: str, *, silent: bool = False) -> None:
         super().__init__(argv, None, stderr)
         self.timeout = timeout
-        self.args = (_message(argv, f"timed out after {timeout:g} s", stderr),)
+        self.silent = silent  # `idle_timeout`: it printed nothing for that long
+        status = f"printed nothing for {timeout:g} s" if silent else f"timed out after {timeout:g} s"
+        self.args = (_message(argv, status, stderr),)
 
 
 def _message(argv: list[str], status: str, stderr: str) -> str:
@@ -209,20 +213,26 @@ def run(
     argv: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
-    input: str | bytes | None = None,
+    input: str | bytes | queue.Queue[str | None] | None = None,
     check: bool = True,
     on_stderr: Callable[[str], None] | None = None,
+    on_stdout: Callable[[str], None] | None = None,
     timeout: float | None = None,
+    idle_timeout: float | None = None,
     binary: bool = False,
     lifeline: bool = False,
 ) -> Result:
     """Run `argv` in a session of its own, wait for it, and return its output.
 
     `env` is added to this process's environment (sh's `_env` replaces it, so merge here).
-    `input` is written to its stdin (and never shown by `set_verbose`). `on_stderr` receives
-    stderr line by line as it comes (progress), and stderr is still captured for the error
-    message. With `check`, a non-zero exit raises `ProcessError` and a death by signal its
-    subclass `ProcessKilledError`; without, both come back as a `Result` (see its `exit_code`).
+    `input` is written to its stdin (and never shown by `set_verbose`); a queue is written as
+    it is filled, until a None in it closes stdin. `on_stderr` receives stderr line by line as
+    it comes (progress), and stderr is still captured for the error message; `on_stdout`
+    receives stdout so (a host that reports as it goes), and stdout is still returned. An
+    `idle_timeout` kills the command's group when it printed no line for that long (a channel
+    whose other end stopped answering), and raises `ProcessTimeoutError` (`silent`). With
+    `check`, a non-zero exit raises `ProcessError` and a death by signal its subclass
+    `ProcessKilledError`; without, both come back as a `Result` (see its `exit_code`).
     A `timeout` always raises `ProcessTimeoutError`, after killing the command's whole group.
     With `binary`, stdout comes back as bytes in `Result.stdout_bytes`. With `lifeline`, the
     command's group is killed (SIGKILL) as soon as this call returns or nix-hive ends, however
@@ -238,6 +248,24 @@ def run(
             on_stderr(line.rstrip("\n"))
 
     out = io.BytesIO() if binary else None
+    out_lines: list[str] | None = None
+    heard = [time.monotonic()]
+    if on_stdout is not None or idle_timeout is not None:
+        out_lines = []
+
+        def _out(line: str) -> None:
+            assert out_lines is not None
+            out_lines.append(line)
+            heard[0] = time.monotonic()
+            if on_stdout is not None:
+                on_stdout(line.rstrip("\n"))
+
+        def _err_heard(line: str) -> None:
+            heard[0] = time.monotonic()
+            _err(line)
+        err = _err_heard
+    else:
+        err = _err
     if lifeline:
         if input is not None:
             raise ValueError("a lifeline command reads /dev/null: it takes no input")
@@ -256,8 +284,11 @@ def run(
         finally:
             os.close(lifeline_write)  # end-of-file for the watcher: it kills whatever is left of the group
     else:
-        proc = _start(args, env, input, _err, timeout, out=out)
-        _wait(proc, args, timeout, err_lines)
+        proc = _start(args, env, input, err, timeout, out=out, on_out=_out if out_lines is not None else None)
+        if idle_timeout is not None:
+            _wait_while_heard(proc, args, timeout, err_lines, idle_timeout, heard)
+        else:
+            _wait(proc, args, timeout, err_lines)
     code = int(proc.exit_code)
     killed_by = _signal_of(code)
     stderr = "".join(err_lines)
@@ -265,6 +296,8 @@ def run(
         code = 128 - code
     if out is not None:
         result = Result(stdout="", stderr=stderr, exit_code=code, killed_by=killed_by, stdout_bytes=out.getvalue())
+    elif out_lines is not None:
+        result = Result(stdout="".join(out_lines), stderr=stderr, exit_code=code, killed_by=killed_by)
     else:
         result = Result(stdout=str(proc), stderr=stderr, exit_code=code, killed_by=killed_by)
     if check and killed_by is not None:
@@ -322,16 +355,19 @@ def _command(args: list[str]) -> Any:
         raise ProcessError(args, None, f"{args[0]}: command not found") from exc
 
 
-def _start(args: list[str], env: Mapping[str, str] | None, input: str | bytes | int | None,
+def _start(args: list[str], env: Mapping[str, str] | None, input: str | bytes | int | queue.Queue[str | None] | None,
            err: Callable[[str], None], timeout: float | None, *, out: io.BytesIO | None = None,
-           shown: list[str] | None = None) -> Any:
+           on_out: Callable[[str], None] | None = None, shown: list[str] | None = None) -> Any:
     """Start `args` in the background, in a session of its own; sh's running command.
-    `input` may be a file descriptor (the child's stdin); `out` receives stdout as bytes
-    instead of sh's capture; `shown` is the argv errors name (a wrapper's command's)."""
+    `input` may be a file descriptor (the child's stdin) or a queue (see `run`); `out`
+    receives stdout as bytes instead of sh's capture, `on_out` line by line; `shown` is the
+    argv errors name (a wrapper's command's)."""
     full_env = {**os.environ, **env} if env else dict(os.environ)
     cmd = _command(args)
     stdin = _chunks(input) if isinstance(input, bytes) else input
     output: dict[str, Any] = {"_out": out, "_out_bufsize": 65536, "_no_out": True} if out is not None else {}
+    if on_out is not None:
+        output = {"_out": on_out}
     try:
         with _forking():
             return cmd(
@@ -369,6 +405,30 @@ def _wait(proc: Any, args: list[str], timeout: float | None, err_lines: list[str
     finally:
         with _children_lock:
             _children.discard(pgid)
+
+
+def _wait_while_heard(proc: Any, args: list[str], timeout: float | None, err_lines: list[str], idle: float,
+                      heard: list[float]) -> None:
+    """`_wait`, and kill the command's group once it printed nothing for `idle` seconds
+    (`heard[0]`: when it last did)."""
+    ended = threading.Event()
+    silent = threading.Event()
+
+    def watch() -> None:
+        while not ended.wait(min(1.0, idle / 4)):
+            if time.monotonic() - heard[0] > idle:
+                silent.set()
+                _signal_group(proc.pid, signal.SIGKILL)
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True, name=f"idle {proc.pid}")
+    watcher.start()
+    try:
+        _wait(proc, args, timeout, err_lines)
+    finally:
+        ended.set()
+    if silent.is_set():
+        raise ProcessTimeoutError(args, idle, "".join(err_lines), silent=True)
 
 
 def interactive(argv: Sequence[str]) -> int:

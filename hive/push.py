@@ -93,8 +93,9 @@ class Pushes:
         substitutes from a relay that already holds them, so only references cross this
         machine even from a build host. `upstream`: the relay store `to` substitutes from."""
         s = self.session
-        env = s.remotes.setup.env
         url = StoreUrl.parse(to)
+        # a copy from here to one host reads that host's own ssh files (hive/ssh.py)
+        env = s.remotes.setup.env_for(url.ssh_host) if host is None else s.remotes.setup.env
         if host is not None and url.ssh_host == host.rpartition("@")[2] and url.param("remote-store") is None:
             return f"(built there by build host {host})"  # the build host's own store
         size = self._size(host, paths)

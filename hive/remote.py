@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from hive import process, ssh, tempdirs
@@ -77,6 +78,11 @@ class Remote:
         self._lock = threading.Lock()
         self._probe: Probe | None = None
 
+    @property
+    def config(self) -> Path:
+        """The ssh configuration this host's ssh calls read (hive/ssh.py: its own, when it is an instance)."""
+        return self.setup.config_for(self.name)
+
     def shell_argv(self, script: str, *, share: bool = True, args: Sequence[str] = ()) -> list[str]:
         """Run a POSIX shell script on the host (passed as one quoted argument, `args` as its
         $1, $2, … each quoted too: the remote shell gives them back as they are). Without
@@ -84,23 +90,25 @@ class Remote:
         one-off question to many hosts)."""
         options = [] if share else ["-o", "ControlMaster=no"]
         words = shlex.join(["sh", "-c", script, *(["sh", *args] if args else [])])
-        return ["ssh", "-F", str(self.setup.config), *options, "--", self.name, words]
+        return ["ssh", "-F", str(self.config), *options, "--", self.name, words]
 
-    def fresh_argv(self, script: str) -> list[str]:
-        """Run a script over a new connection of its own (a fresh authentication to the host,
-        through the same jump hosts): proof that the host still lets nix-hive in."""
-        return ["ssh", "-F", str(self.setup.config), "-o", "ControlMaster=no", "-o", "ControlPath=none", "--",
-                self.name, f"sh -c {shlex.quote(script)}"]
+    def fresh_argv(self, script: str, *, args: Sequence[str] = ()) -> list[str]:
+        """Run a script (`args` as in `shell_argv`) over a new connection of its own (a fresh
+        authentication to the host, through the same jump hosts): proof that the host still
+        lets nix-hive in."""
+        words = shlex.join(["sh", "-c", script, *(["sh", *args] if args else [])])
+        return ["ssh", "-F", str(self.config), "-o", "ControlMaster=no", "-o", "ControlPath=none", "--",
+                self.name, words]
 
     def forward_argv(self, host: str, port: int) -> list[str]:
         """Connect standard input and output to host:port as the remote host sees it (`ssh -W`)."""
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return ["ssh", "-F", str(self.setup.config), "-W", target, "--", self.name]
+        return ["ssh", "-F", str(self.config), "-W", target, "--", self.name]
 
     def command_argv(self, words: Sequence[str]) -> list[str]:
         """`ssh host WORDS...` as ssh itself does it: the words joined by spaces and run by
         the remote user's shell (so `run '*' -- 'uptime; df -h'` means what it says)."""
-        return ["ssh", "-F", str(self.setup.config), "--", self.name, " ".join(words)]
+        return ["ssh", "-F", str(self.config), "--", self.name, " ".join(words)]
 
     def run_script(self, script: str, *, on_line: Callable[[str], None] | None = None) -> process.Result:
         """Run a POSIX shell script as the ssh user (a build host's copies and GC roots)."""
@@ -142,7 +150,7 @@ class Remote:
 
     def close(self) -> None:
         if self.setup.control_dir is not None:
-            process.run(["ssh", "-F", str(self.setup.config), "-O", "exit", "--", self.name], check=False, timeout=10)
+            process.run(["ssh", "-F", str(self.config), "-O", "exit", "--", self.name], check=False, timeout=10)
 
 
 class Remotes:
@@ -187,19 +195,19 @@ class Remotes:
         return found
 
     def close(self) -> None:
-        """Close every shared connection (in parallel: each is local and quick) and remove
-        the generated files."""
+        """Close every shared connection still open (in parallel: each is local and quick),
+        one `ssh -O exit` per socket left in the control directory (hosts released before have
+        none), and remove the generated files."""
         with self._lock:
             setup, self._setup = self._setup, None
-            remotes = list(self._remotes.values())
             self._remotes = {}
         if setup is None:
             return
-        sockets = setup.control_dir
-        if sockets is not None and sockets.is_dir() and any(sockets.iterdir()):
-            names = {r.name for r in remotes} | self.hubs
+        sockets = sorted(setup.control_dir.iterdir()) if setup.control_dir is not None and \
+            setup.control_dir.is_dir() else []
+        if sockets:
             with ThreadPoolExecutor(max_workers=max(16, self.jobs)) as pool:
-                list(pool.map(lambda n: Remote(setup, n).close(), sorted(names)))
+                list(pool.map(lambda s: process.run(close_argv(s), check=False, timeout=10), sockets))
         shutil.rmtree(setup.directory, ignore_errors=True)
 
     def __enter__(self) -> Remotes:
@@ -208,6 +216,11 @@ class Remotes:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def close_argv(socket: Path) -> list[str]:
+    """Close the shared connection whose control socket is `socket` (whichever host it is)."""
+    return ["ssh", "-F", "/dev/null", "-o", f"ControlPath={socket}", "-O", "exit", "--", "shared"]
 
 
 def interactive_argv(setup: ssh.SshSetup, tool: str, args: Sequence[str]) -> list[str]:

@@ -232,11 +232,13 @@ class Session:
         (it would outlive the run by ControlPersist): the configuration says so first."""
         if self._abandoned:
             with contextlib.suppress(OSError, HiveError):
-                config = self.remotes.setup.config
-                text = config.read_text()
-                tmp = config.with_name(config.name + ".closing")
-                tmp.write_text("# The run is closing: no new shared connection.\nHost *\n  ControlMaster no\n\n" + text)
-                os.replace(tmp, config)
+                setup = self.remotes.setup
+                for config in [setup.config, *setup.directory.glob("h/*.config")]:
+                    text = config.read_text()
+                    tmp = config.with_name(config.name + ".closing")
+                    tmp.write_text("# The run is closing: no new shared connection.\nHost *\n  ControlMaster no\n\n"
+                                   + text)
+                    os.replace(tmp, config)
         self.remotes.close()
 
 

@@ -132,3 +132,22 @@ def test_a_reboot_boots_the_default_entry_and_a_oneshot_once(fleet_factory: Star
     assert fleet.lab.current_system("www-1") == v2
     assert reachable(fleet, "www-1")
 
+
+
+def test_an_activation_is_followed_over_one_channel_and_confirmed_over_one_new_login(fleet_factory: Start) -> None:
+    """What nix-hive runs for one host (`-v`): one ssh call starts the activation and follows
+    it to its confirmation window (no look after look at its state), the checks, one new
+    login that confirms it and follows it to its end, and the shared connection's exit."""
+    fleet, v1 = start(fleet_factory)
+    fleet.env["ROLLOUT_VARIANT"] = "v2"
+    out = fleet.deploy("--json", "-v", "www-1")
+    assert fleet.lab.current_system("www-1") not in (None, v1["web"])
+    assert out.returncode == 0, out.stderr
+    assert rows(out)["www-1"]["outcome"] == "ok" and states(fleet)[-1] == "confirmed"
+    commands = ["$ " + c for c in out.stderr.split("\n$ ")[1:]]  # each with its (multi-line) script
+    mine = [c for c in commands if c.startswith("$ ssh") and " -- www-1 " in c.splitlines()[0]]
+    assert len([c for c in mine if " sh start " in c]) == 1
+    [confirm] = [c for c in mine if " sh confirm " in c]
+    assert "ControlPath=none" in confirm.splitlines()[0]  # a new login: proof the new system lets us in
+    assert not [c for c in mine if "cat /run/nix-hive/" in c]  # no polling
+    assert len(mine) <= 5, "\n".join(c.splitlines()[0] for c in mine)  # start, 2 checks, confirm, exit

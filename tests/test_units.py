@@ -124,12 +124,44 @@ def test_ssh_values_with_spaces_and_keywords_in_any_case(tmp_path: Path) -> None
     assert "identityfile /home/me/my keys/id" in check.stdout
 
 
+def test_each_instance_has_ssh_files_of_its_own_that_ssh_reads_as_the_whole(tmp_path: Path) -> None:
+    """An ssh process reads its whole configuration: each instance's own files hold its block
+    and those of the instances it jumps through, and ssh makes of them what it makes of the
+    whole file (`ssh -G`), jump chains, user@host:port hops and IPv6 literals included."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEo8QoVYbM3w3T4c6X2e9VdU4XHk0Y5oV1mQ9b4Vx3zX"
+    h = hive(
+        gate=Instance("gate", "s", ssh=frozen_map({"Hostname": "203.0.113.1"}), host_key=f"{key} gate"),
+        inner=Instance("inner", "s", ssh=frozen_map({"ProxyJump": "gate", "Port": "2222"}), host_key=key),
+        deep=Instance("deep", "s", ssh=frozen_map({"ProxyJump": "ops@inner:2222", "User": "deploy"})),
+        v6=Instance("v6", "s", ssh=frozen_map({"ProxyJump": "[inner]:2222,deep"})),
+        alone=Instance("alone", "s", ssh=frozen_map({"ProxyJump": "outside.example"})),
+    )
+    setup = ssh.prepare(h, tmp_path, control=True)
+    assert ssh.jump_chain(h, "deep") == ["inner", "gate"] and ssh.jump_chain(h, "v6") == ["inner", "deep", "gate"]
+    assert ssh.jump_chain(h, "alone") == [] and ssh.jump_chain(h, "gate") == []
+
+    def resolved(config: Path, host: str) -> list[str]:
+        out = subprocess.run(["ssh", "-G", "-F", str(config), host], capture_output=True, text=True, check=True)
+        return [ln for ln in out.stdout.splitlines() if not ln.startswith(("userknownhostsfile", "hostkeyalias"))]
+
+    for name in h.instances:
+        own = setup.config_for(name)
+        blocks = own.read_text().count("\nHost ")  # its own, its jump hosts', and `Host *`
+        assert own != setup.config and blocks == 2 + len(ssh.jump_chain(h, name))
+        for host in [name, *ssh.jump_chain(h, name)]:
+            assert resolved(own, host) == resolved(setup.config, host)
+    assert (tmp_path / "h" / "deep.known").read_text() == f"inner {key}\ngate {key}\n"
+    assert setup.env_for("deep") == {"NIX_SSHOPTS": f"-F {setup.config_for('deep')}"}
+    assert setup.config_for("not-an-instance") == setup.config and setup.env_for(None) == setup.env
+
+
 def test_remote_commands_are_quoted_and_use_sudo_only_when_not_root(tmp_path: Path) -> None:
     setup = ssh.prepare(hive(w=Instance("w", "s")), tmp_path)
     w = remote.Remote(setup, "w")
+    config = str(setup.config_for("w"))
     assert w.command_argv(["uptime;", "df", "-h"]) == [
-        "ssh", "-F", str(setup.config), "--", "w", "uptime; df -h"]  # as ssh itself does
-    assert w.shell_argv("echo '$(x)'") == ["ssh", "-F", str(setup.config), "--", "w",
+        "ssh", "-F", config, "--", "w", "uptime; df -h"]  # as ssh itself does
+    assert w.shell_argv("echo '$(x)'") == ["ssh", "-F", config, "--", "w",
                                            "sh -c 'echo '\"'\"'$(x)'\"'\"''"]
     assert w.shell_argv("true", share=False)[3:5] == ["-o", "ControlMaster=no"]
     script = remote.as_root([["nix-env", "--set", "/nix/store/p"],
