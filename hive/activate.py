@@ -288,6 +288,7 @@ class _Confirmation:
     def __init__(self, activation: Activation) -> None:
         self.activation = activation
         self.go: queue.Queue[str | None] = queue.Queue()
+        self.opened = time.monotonic()  # the host's confirmation window opened about now
         self.error: HiveError | None = None
         # the host rolls back by itself once its window is over: no confirmation is of use after it
         self.seconds = activation.confirm_timeout + 10
@@ -307,6 +308,10 @@ class _Confirmation:
         self.go.put("confirm\n")
         self.go.put(None)
         self.thread.join(self.seconds + 5)
+        took = time.monotonic() - self.opened
+        if took >= self.activation.confirm_timeout and (self.error is not None or self.thread.is_alive()):
+            return (f"no confirmation within {self.activation.confirm_timeout} s: the checks took "
+                    f"{took:.0f} s (the host rolls back by itself once its window is over)")
         if self.error is not None:
             return f"no confirmation: a new ssh connection failed ({self.error})"
         return None

@@ -82,6 +82,17 @@ def test_plan_records() -> None:
     assert len(addrs) == len(set(addrs))
 
 
+def test_plan_numbers_hosts_per_segment_so_hundreds_fit() -> None:
+    """300 hosts behind 3 relays (benchmarks/fleet_scale.py): each segment numbers its own."""
+    topo = {f"r{r}": ["pub", f"s{r}"] for r in (1, 2, 3)} | {f"h{k:03d}": [f"s{k % 3 + 1}"] for k in range(300)}
+    segments = t.check_topology(topo, "pub", {})
+    deployer, hosts = t.plan("hvab12", 3, topo, segments, "pub", Path("/w/hosts"))
+    addrs = [a for h in hosts.values() for a in h["addresses"].values()] + [deployer["address"]]
+    assert len(addrs) == len(set(addrs)) == 3 * 2 + 300 + 1
+    assert all(10 <= int(a.rsplit(".", 1)[1]) < 250 for a in addrs[:-1])
+    assert hosts["r2"]["addresses"] == {"pub": "10.64.48.11", "s2": "10.64.50.10"}
+
+
 def test_reachable_address() -> None:
     hosts = hosts_of(EXAMPLE_TOPOLOGY)
     assert t.reachable_address(hosts, "portico", "www-1") == hosts["www-1"].addresses["int"]

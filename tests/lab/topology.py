@@ -23,7 +23,7 @@ EXAMPLE_TOPOLOGY: dict[str, list[str]] = {
 # Address plan: 10.64.0.0/10, one /20 per lab ("slot"), one /24 per segment inside it.
 SLOTS = 64 * 16
 MAX_SEGMENTS = 16
-MAX_HOSTS = 240
+MAX_HOSTS = 240  # on one segment (octets 10..249 of its /24)
 DEPLOYER_OCTET = 1
 FIRST_HOST_OCTET = 10
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -82,8 +82,9 @@ def check_topology(topology: Mapping[str, Sequence[str]], deployer_segment: str,
                 segments.append(s)
     if len(segments) > MAX_SEGMENTS:
         raise LabError(f"at most {MAX_SEGMENTS} segments")
-    if len(topology) > MAX_HOSTS:
-        raise LabError(f"at most {MAX_HOSTS} hosts")
+    for s in segments:
+        if sum(s in segs for segs in topology.values()) > MAX_HOSTS:
+            raise LabError(f"segment {s!r}: at most {MAX_HOSTS} hosts")
     unknown = set(nix_conf) - set(topology)
     if unknown:
         raise LabError(f"nix_conf for unknown hosts: {sorted(unknown)}")
@@ -104,8 +105,11 @@ def plan(prefix: str, slot: int, topology: Mapping[str, Sequence[str]], segments
     deployer = {"netns": f"{prefix}-deployer", "segment": deployer_segment,
                 "address": address(slot, seg_index[deployer_segment], DEPLOYER_OCTET)}
     hosts: dict[str, dict[str, Any]] = {}
+    taken = dict.fromkeys(segments, 0)  # hosts numbered so far on each segment
     for i, (name, segs) in enumerate(topology.items()):
-        addrs = {s: address(slot, seg_index[s], FIRST_HOST_OCTET + i) for s in segs}
+        addrs = {s: address(slot, seg_index[s], FIRST_HOST_OCTET + taken[s]) for s in segs}
+        for s in segs:
+            taken[s] += 1
         hosts[name] = {"netns": f"{prefix}-{name}", "segments": list(segs), "addresses": addrs,
                        "address": addrs[segs[0]], "dir": str(hosts_dir / name), "index": i}
     return deployer, hosts
