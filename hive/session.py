@@ -47,7 +47,7 @@ class Session:
         self._cause = "interrupted"  # why no new work starts once interrupted: Ctrl-C, or SIGTERM
         self._abandoned = False
         self._probe_lock = threading.Lock()
-        self._prefetched = False
+        self._prefetched: set[str] = set()  # hosts asked once already (see `probe`)
 
     # -- results ---------------------------------------------------------------------------
 
@@ -66,16 +66,19 @@ class Session:
     # -- asking the hosts ------------------------------------------------------------------
 
     def probe(self, host: str, paths: Iterable[str] = ()) -> Probe:
-        """What `host` has and runs (`--no push/activate`). The first question of a run asks
-        every host of the run at once, one ssh call each, jump hosts first, about every
-        path built so far; later questions are answered from that, unless they name a path
-        a host was not asked about."""
+        """What `host` has and runs (`--no push/activate`). A question about a host not asked
+        yet asks every such host of the run at once (those whose system is built, and the
+        relays), one ssh call each, jump hosts first, about every path built so far; later
+        questions are answered from that, unless they name a path a host was not asked
+        about. doit asks its questions one at a time: without this, a fleet's hosts would be
+        asked in turn."""
         with self._probe_lock:
-            if not self._prefetched:
-                self._prefetched = True
+            if host not in self._prefetched:
                 known = frozenset(self.results.values())
                 hosts = {i.name for i in self.plan.instances if i.system in self.results}
                 hosts |= {r.owner for r in self.plan.relays if r.owner is not None}
+                hosts = (hosts | {host}) - self._prefetched
+                self._prefetched |= hosts
                 self.remotes.probe_all({h: known for h in sorted(hosts)})
         return self.remotes[host].probe(paths)
 

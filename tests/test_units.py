@@ -276,6 +276,35 @@ def test_systems_sharing_paths_are_built_by_one_nix_build(jobs: int, tmp_path: P
     assert session.outcomes.status(plan.TaskId(plan.Kind.BUILD, "a")) is Status.OK
 
 
+def test_hosts_are_asked_at_once_even_when_their_system_is_known_late(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """doit asks its questions one at a time: every host not asked yet is asked at once, as
+    soon as one of them is (it asked 300 hosts in turn when a second system's result came
+    after the first question)."""
+    h = Hive(file=tmp_path / "hive.nix", shown="hive.nix", paths=frozen_map(),
+             systems={"edge": System("edge", frozen_map()), "node": System("node", frozen_map())},
+             instances={"relay": Instance("relay", "edge"),
+                        **{f"h{k}": Instance(f"h{k}", "node", store="ssh://relay") for k in range(5)}})
+    session = Session(h, plan.make_plan(h, [tuple(h.instances.values())]), Options(state_file=tmp_path / "state"),
+                      progress=Progress(quiet=True))
+    batches: list[list[str]] = []
+
+    def probe_all(wanted: dict[str, frozenset[str]]) -> dict[str, remote.Probe]:
+        batches.append(sorted(wanted))
+        return {}
+
+    monkeypatch.setattr(session.remotes, "probe_all", probe_all)
+    monkeypatch.setattr(remote.Remote, "probe", lambda self, paths: remote.Probe(reachable=True))
+    session.results["edge"] = "/nix/store/e"
+    session.probe("relay")
+    session.results["node"] = "/nix/store/n"
+    for k in range(5):
+        session.probe(f"h{k}")
+    session.probe("relay")
+    assert batches == [["relay"], [f"h{k}" for k in range(5)]]
+    session.close()
+
+
 def test_a_signing_key_others_can_read_gets_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key, pub = tmp_path / "hive.sec", tmp_path / "hive.pub"
     subprocess.run(["nix-store", "--generate-binary-cache-key", "t", str(key), str(pub)], check=True)
