@@ -1,0 +1,342 @@
+"""Rebooting a host into a system, safely: boot it once, keep it only when it comes back healthy.
+
+The host side is hive/host/reboot.sh (see it for the boot loaders). For one host:
+
+1. `start`: the new system is added to the system profile and set as the boot loader's
+   one-shot entry; the last good system (the one the host runs, else the profile's) stays the
+   default entry; the host reboots.
+2. nix-hive waits until the host answers ssh again and its boot has finished (`rebootTimeout`,
+   `--reboot-timeout`), with progress.
+3. It checks that the host booted the new system, uploads the instance's keys again (a reboot
+   empties /run), runs the health checks, then over a *new* ssh login (proof the new system
+   lets nix-hive in) makes the new system the default entry (`keep`).
+4. Otherwise: a host that answers is put back (`fall-back`: it reboots into the default entry,
+   the last good system) and reported rolled back with the reason; a host that does not come
+   back is reported failed: its one-shot entry is used up, so it boots its last good system at
+   its next power cycle.
+
+A host that reboots nowhere near a deployer (a run that died, a power cut) is never left on an
+untested default: the default entry only changes in step 3. The next run finds a host that
+runs the new system on trial and goes on from step 3 (`resume`).
+
+`--reboot=auto` reboots only the hosts whose new system has another kernel, initrd or kernel
+parameters than the booted one (as nixos-needsreboot compares them); the others switch.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from hive import health, process
+from hive.activate import LOCK_MARGIN, Activation, who
+from hive.errors import HiveError, ProcessError, RolledBackError, StepError
+from hive.model import Instance
+from hive.process import ProcessTimeoutError
+from hive.remote import Remote, as_root
+from hive.report import Row
+from hive.resources import host_file
+from hive.session import Session
+
+POLL = 1.0  # seconds between two ssh tries while a host reboots
+PROGRESS_EVERY = 10.0  # seconds between two progress lines of a host that is not back yet
+TRY_MARGIN = 5.0  # seconds a try may take beyond the deadline (the host's own wait ends at it)
+KERNEL_FILES = ("kernel", "initrd", "kernel-params")
+
+
+def host_argv(remote: Remote, what: str, *args: str, fresh: bool = False, share: bool = True) -> list[str]:
+    """The ssh call running `reboot.sh WHAT ARGS` as root on `remote`: over the host's shared
+    connection (without `share`: one if open, leaving none behind), or `fresh`, over a new
+    login of its own."""
+    script = as_root([["sh", "-c", host_file("reboot.sh").read_text(), "reboot.sh", what, *args]])
+    return remote.fresh_argv(script) if fresh else remote.shell_argv(script, share=share)
+
+
+def parse_needs(stdout: str) -> tuple[str, ...]:
+    """What `reboot.sh needs` says differs (kernel, initrd, kernel-params)."""
+    line = next((ln for ln in stdout.splitlines() if ln.split()[:1] == ["needs"]), None)
+    if line is None:
+        raise HiveError(f"unexpected answer to a reboot check: {stdout.strip()[:200]!r}")
+    return tuple(w for w in line.split()[1:] if w in KERNEL_FILES)
+
+
+def needs(remote: Remote, path: str) -> tuple[str, ...]:
+    """The files of `path` (kernel, initrd, kernel-params) that differ from the booted
+    system's: empty when `path` runs without a reboot."""
+    return parse_needs(process.run(host_argv(remote, "needs", path), timeout=60).stdout)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A line of reboot.sh: its first word and the rest."""
+
+    word: str
+    rest: str = ""
+
+    @classmethod
+    def parse(cls, stdout: str, words: tuple[str, ...]) -> Answer | None:
+        for line in stdout.splitlines():
+            word, _, rest = line.strip().partition(" ")
+            if word in words:
+                return cls(word, rest)
+        return None
+
+
+class UnreachableError(StepError):
+    """The host did not answer (or finish booting) in time."""
+
+
+class Reboot:
+    """One host's reboot into `path`, followed from the deployer."""
+
+    def __init__(self, session: Session, instance: Instance, path: str) -> None:
+        self.session = session
+        self.instance = instance
+        self.path = path
+        self.remote: Remote = session.remotes[instance.name]
+        self.timeout = session.options.reboot_timeout or instance.reboot_timeout
+        self.lock_wait = (session.options.confirm_timeout or instance.confirm_timeout) + LOCK_MARGIN
+        self.seconds: dict[str, float] = {}
+        self.good = ""  # the last good system: the default boot entry
+
+    def run(self) -> dict[str, Any]:
+        rid = _new_id()
+        self.remote.forget()
+        try:
+            out = process.run(host_argv(self.remote, "start", rid, self.path, str(self.lock_wait), who()),
+                              check=False, timeout=self.lock_wait + 600)
+            said = Answer.parse(out.stdout, ("ready", "same", "resume", "busy", "error"))
+            if said is None:  # no word: the host refused (sudo), or could not be reached
+                raise StepError(f"cannot start the reboot: {_why(out)}", seconds=self.seconds)
+            if said.word == "busy":
+                raise StepError(f"another activation is running on it ({said.rest}); waited {self.lock_wait} s",
+                                seconds=self.seconds)
+            if said.word == "error":
+                raise StepError(f"cannot reboot: {said.rest}", log=out.stderr, seconds=self.seconds)
+            self.good = said.rest.split()[-1]
+            expected = self.good if said.word == "same" else self.path
+            if said.word == "resume":
+                self._progress("on trial since a reboot of an earlier run: checking it")
+            try:
+                booted = self._wait(rid, "boot")
+            except UnreachableError as exc:
+                raise UnreachableError(f"{exc}; it boots its last good system {self.good} at its next power cycle "
+                                       "(the new system's one-shot entry is used up)", seconds=self.seconds) from None
+            if booted != expected:
+                return self._fall_back(f"booted {booted or 'no system'}, not {expected}")
+            failed = self._check()
+            if failed is None:
+                failed = self._keep(expected)
+            if failed is not None:
+                return self._fall_back(failed)
+            return {"path": expected, "seconds": self.seconds,
+                    "note": "rebooted" if said.word != "resume" else "kept after an earlier run's reboot"}
+        finally:
+            self.remote.release()
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def _progress(self, detail: str) -> None:
+        self.session.progress.step("reboot", self.instance.name, "...", detail)
+
+    def _wait(self, rid: str, phase: str) -> str:
+        """Wait until the host has rebooted since `rid` and finished booting; the system it
+        runs. UnreachableError once `self.timeout` seconds have passed."""
+        self.remote.close()  # the connection from before the reboot is of no use after it
+        start = time.monotonic()
+        deadline = start + self.timeout
+        said = start
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise UnreachableError(f"did not come back within {self.timeout} s", seconds=self.seconds)
+                try:
+                    # the host waits for its boot to finish for the time left. The try that finds it
+                    # booted leaves the shared connection open: the checks and a fall-back go over it
+                    # (sshd keeps open connections when a new system stops it)
+                    argv = host_argv(self.remote, "booted", rid, str(max(1, int(left))))
+                    out = process.run(argv, check=False, timeout=left + TRY_MARGIN)
+                    answer = Answer.parse(out.stdout, ("booted", "waiting"))
+                except ProcessTimeoutError:
+                    answer = None
+                if answer is not None and answer.word == "booted":
+                    return answer.rest.strip()
+                if answer is not None:  # not down yet: a connection to a host going down is of no use
+                    self.remote.close()
+                if time.monotonic() - said >= PROGRESS_EVERY:
+                    said = time.monotonic()
+                    state = "not down yet" if answer is not None else "no ssh yet"
+                    self._progress(f"{state}: {said - start:.0f} s of {self.timeout} s")
+                time.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
+        finally:
+            self.seconds[phase] = round(time.monotonic() - start, 2)
+
+    # -- after the boot ------------------------------------------------------------------
+
+    def _check(self) -> str | None:
+        """The instance's keys again (a reboot empties /run), then its health checks: why
+        they failed, or None."""
+        start = time.monotonic()
+        try:
+            keys = self.session.keys
+            if self.session.plan.keys and self.instance.keys:
+                try:
+                    keys.upload(self.remote, keys.of(self.instance.name, post=False)
+                                + keys.of(self.instance.name, post=True), only_changed=False)
+                except StepError as exc:
+                    return f"keys: {exc}"
+            for check in self.instance.checks:
+                result = health.run(self.remote, check)
+                if not result.healthy:
+                    return f"check {check.name} failed: {result.detail}"
+            return None
+        finally:
+            self.seconds["check"] = round(time.monotonic() - start, 2)
+
+    def _keep(self, path: str) -> str | None:
+        """Make `path` the default boot entry, over a new login; why it could not, or None."""
+        try:
+            out = process.run(host_argv(self.remote, "keep", path, fresh=True), check=False, timeout=300)
+        except ProcessTimeoutError:
+            return "keeping the new system timed out after 300 s"
+        said = Answer.parse(out.stdout, ("kept", "error"))
+        if said is not None and said.word == "kept":
+            return None
+        if said is not None:
+            return f"cannot keep it: {said.rest}"
+        if out.exit_code == 255:
+            return "no new ssh login after the checks (does the new system let nix-hive in?)"
+        return f"cannot keep it: {_why(out)}"
+
+    def _fall_back(self, why: str) -> dict[str, Any]:
+        """Back to the last good system (the default entry): rolled back, or failed when
+        the host cannot be reached."""
+        rid = _new_id()
+        last = f"its last good system {self.good}" if self.good else "its last good system"
+        try:
+            out = process.run(host_argv(self.remote, "fall-back", rid), check=False, timeout=120)
+        except ProcessTimeoutError:
+            out = None
+        said = Answer.parse(out.stdout, ("on", "rebooting")) if out is not None else None
+        if said is None:
+            raise StepError(f"{why}; the host cannot be reached now: it boots {last} at its next power cycle",
+                            seconds=self.seconds)
+        if said.word == "rebooting":
+            try:
+                booted = self._wait(rid, "rollback")
+            except UnreachableError as exc:
+                raise StepError(f"{why}; rebooted into {last}, it {exc} (it boots that system at its next power "
+                                "cycle)", seconds=self.seconds) from None
+            if booted != said.rest.strip():
+                raise StepError(f"{why}; rebooted into {last}, it booted {booted or 'no system'}",
+                                seconds=self.seconds)
+        raise RolledBackError(f"rolled back: {why}", seconds=self.seconds)
+
+
+def _new_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def _why(out: process.Result) -> str:
+    said = (out.stderr.strip() or out.stdout.strip()).splitlines()
+    if out.exit_code == 255:
+        return f"ssh failed ({said[-1]})" if said else "ssh failed"
+    return said[-1] if said else f"exit {out.exit_code}"
+
+
+def reboot_into(session: Session, instance: Instance) -> dict[str, Any]:
+    """The action of `activate:<instance>` under `deploy --reboot[=auto]`: a reboot into the
+    instance's new system, or with `auto` and nothing to reboot for, the usual activation."""
+    path = session.need_path(instance.system)
+    remote = session.remotes[instance.name]
+    if session.options.reboot == "auto":
+        try:
+            changed = needs(remote, path)
+        except ProcessError as exc:
+            raise StepError(f"cannot tell whether it needs a reboot: {exc}") from None
+        if not changed:
+            done = Activation(session, instance).run()
+            return {**done, "note": "no reboot needed"}
+        session.progress.step("reboot", instance.name, "...", f"needed: {', '.join(changed)} changed")
+    return Reboot(session, instance, path).run()
+
+
+def reboot_all(session: Session) -> list[Row]:
+    """`nix-hive reboot`: every selected instance into its default system (its profile's),
+    wave after wave, `-j` at once. A failed wave stops the later ones (unless --keep-going), as
+    do more than --max-failures failed reboots."""
+    options, plan = session.options, session.plan
+    rows: list[Row] = []
+    stopped: str | None = None
+    failures = 0
+
+    def one(i: Instance) -> Row:
+        start = time.monotonic()
+        seconds: dict[str, float] = {}
+        try:
+            found = session.remotes[i.name].probe(())
+            if not found.reachable:
+                raise StepError("unreachable before the reboot (nothing was done)")
+            if found.profile is None:
+                raise StepError("no system profile: nothing to reboot into")
+            done = Reboot(session, i, found.profile)
+            try:
+                result = done.run()
+            finally:
+                seconds = dict(done.seconds)
+        except HiveError as exc:
+            status = exc.status if isinstance(exc, StepError) else "failed"
+            seconds.update(exc.seconds if isinstance(exc, StepError) else {})
+            seconds["reboot"] = round(time.monotonic() - start, 2)
+            session.progress.step("reboot", i.name, status, str(exc))
+            return Row(i.name, i.system, "", status, str(exc), seconds)
+        seconds["reboot"] = round(time.monotonic() - start, 2)
+        session.progress.step("reboot", i.name, "ok", f"{seconds['reboot']:.1f}s")
+        return Row(i.name, i.system, str(result["path"]), "ok", "", seconds)
+
+    try:
+        with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+            for number, wave in enumerate(plan.waves, 1):
+                if stopped is not None:
+                    rows += [Row(i.name, i.system, "", "skipped", stopped) for i in wave]
+                    continue
+                session.progress.line(f"wave {number}/{len(plan.waves)}: {len(wave)} instance(s)")
+                done = list(pool.map(one, wave))
+                rows += done
+                failed = [r.instance for r in done if r.result not in ("ok", "skipped")]
+                failures += len(failed)
+                if options.max_failures is not None and failures > options.max_failures:
+                    stopped = f"not started: more than {options.max_failures} instance(s) failed"
+                elif failed and not options.keep_going:
+                    stopped = f"not started: wave {number} failed ({_names(failed)})"
+    finally:
+        session.close()
+    return rows
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def reboot_needed(session: Session, targets: dict[str, str | None]) -> dict[str, str]:
+    """`nix-hive status`: for each reachable host (name -> the system it boots next), "no",
+    "yes (kernel, …)" or "-" when it cannot tell."""
+
+    def one(item: tuple[str, str | None]) -> tuple[str, str]:
+        name, path = item
+        if path is None:
+            return name, "-"
+        try:
+            changed = needs(session.remotes[name], path)
+        except HiveError:
+            return name, "-"
+        return name, f"yes ({', '.join(changed)})" if changed else "no"
+
+    run: Callable[[tuple[str, str | None]], tuple[str, str]] = one
+    with ThreadPoolExecutor(max_workers=session.options.jobs) as pool:
+        return dict(pool.map(run, targets.items()))

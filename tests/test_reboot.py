@@ -1,0 +1,187 @@
+"""Rolling reboots (`deploy --reboot[=auto]`, `nix-hive reboot`) on lab hosts whose PID 1 is
+systemd, with the lab's stand-in boot loader: a new system is booted once (the one-shot entry),
+kept only once it is back and healthy, else the host boots its last good system. What
+happened is read from the hosts themselves (their boots, boot entries, running system), not
+from nix-hive's output alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from hive import reboot
+from tests.conftest import REPO, needs_lab
+from tests.constants import STANDIN
+from tests.fleet import Fleet, nix_env
+from tests.lab.boot import Boot
+
+Start = Callable[..., Fleet]
+SOURCE = REPO / "tests" / "hives" / "reboots"
+TOPOLOGY = {"portico": ["pub", "int"], "www-1": ["int"], "www-2": ["int"]}
+
+
+def run(fleet: Fleet, variant: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`nix-hive ARGS` with every web host's system the `variant` ("www-1=v2,www-2=v1b": per host)."""
+    fleet.env["REBOOT_VARIANT"], fleet.env["REBOOT_VARIANTS"] = ("", variant) if "=" in variant else (variant, "")
+    return fleet.run(*args, "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
+
+
+def rows(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
+    assert result.stdout, result.stderr
+    return {row["instance"]: row for row in json.loads(result.stdout)["instances"]}
+
+
+def paths(fleet: Fleet, variant: str) -> dict[str, str]:
+    out = run(fleet, variant, "build", "-q")
+    assert out.returncode == 0, out.stderr
+    return {name: s["result"] for name, s in json.loads(out.stdout)["systems"].items()}
+
+
+def default(fleet: Fleet, host: str) -> str:
+    """The host's default boot entry (the stand-in boot loader's)."""
+    return fleet.lab.run(host, ["cat", "/boot/standin/default"]).stdout.strip()
+
+
+def start(fleet_factory: Start) -> tuple[Fleet, dict[str, str]]:
+    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, payload_bytes=4096)
+    first = run(fleet, "v1", "deploy", "--json")
+    assert first.returncode == 0, first.stderr
+    v1 = paths(fleet, "v1")
+    assert fleet.lab.current_system("www-1") == v1["www-1"]
+    return fleet, v1
+
+
+def test_needs_reads_what_differs() -> None:
+    assert reboot.parse_needs("needs kernel kernel-params\n") == ("kernel", "kernel-params")
+    assert reboot.parse_needs("noise\nneeds\n") == ()
+    with pytest.raises(Exception, match="unexpected answer"):
+        reboot.parse_needs("")
+
+
+@needs_lab
+def test_a_good_reboot_keeps_the_new_system_and_an_unhealthy_one_rolls_back(fleet_factory: Start) -> None:
+    fleet, _ = start(fleet_factory)
+    v2 = paths(fleet, "v2")
+    before = {h: len(fleet.lab.boots(h)) for h in ("www-1", "www-2")}
+    t0 = time.monotonic()
+    result = run(fleet, "v2", "deploy", "--json", "--reboot", "www-*")
+    took = time.monotonic() - t0
+    assert result.returncode == 0, result.stderr
+    for h in ("www-1", "www-2"):
+        assert rows(result)[h]["outcome"] == "ok", result.stderr
+        boots = fleet.lab.boots(h)
+        assert len(boots) == before[h] + 1 and boots[-1].entry == "oneshot" and boots[-1].system == v2[h]
+        assert fleet.lab.current_system(h) == v2[h] and default(fleet, h) == v2[h]  # kept after the checks
+    print(f"a wave of 2 reboots: {took:.1f} s (seconds: {rows(result)['www-1']['seconds']})")
+    status = run(fleet, "v2", "status", "--json", "www-*")
+    assert [r["reboot"] for r in json.loads(status.stdout)] == ["no", "no"], status.stdout
+
+    bad = paths(fleet, "unhealthy")["www-1"]
+    result = run(fleet, "unhealthy", "deploy", "--json", "--reboot", "www-1")
+    row = rows(result)["www-1"]
+    assert result.returncode == 1 and row["outcome"] == "rolled back", result.stderr
+    assert "check health failed" in str(row["reason"]), row
+    last = fleet.lab.boots("www-1")[-2:]
+    assert [(b.entry, b.system) for b in last] == [("oneshot", bad), ("default", v2["www-1"])]
+    assert fleet.lab.current_system("www-1") == v2["www-1"] and default(fleet, "www-1") == v2["www-1"]
+
+    # a reboot alone: into the default entry, checked
+    result = run(fleet, "v2", "reboot", "--json", "www-2")
+    assert result.returncode == 0 and rows(result)["www-2"]["outcome"] == "ok", result.stderr
+    assert fleet.lab.boots("www-2")[-1].entry == "default"
+
+
+def power_cycle(fleet: Fleet, host: str) -> Boot:
+    """Pull the plug and switch on again (as someone at the console would); the boot it made."""
+    fleet.lab.power_off(host)
+    fleet.lab.power_on(host)
+    return fleet.lab.boots(host)[-1]
+
+
+@needs_lab
+def test_hosts_that_do_not_come_back_boot_their_last_good_system(fleet_factory: Start) -> None:
+    fleet, v1 = start(fleet_factory)
+    # a system that hangs at boot: not back in time, so failed, and the next wave is not started
+    hang = paths(fleet, "hang")["www-1"]
+    result = run(fleet, "www-1=hang,www-2=v2", "deploy", "--json", "--reboot", "--reboot-timeout", "6",
+                 "www-1", "www-2")
+    found = rows(result)
+    assert result.returncode == 1 and found["www-1"]["outcome"] == "failed", result.stderr
+    reason = str(found["www-1"]["reason"])
+    assert "did not come back within 6 s" in reason and f"last good system {v1['www-1']}" in reason, reason
+    assert "next power cycle" in reason
+    assert found["www-2"]["outcome"] == "skipped" and "wave 1 failed" in str(found["www-2"]["reason"])
+    assert fleet.lab.boots("www-1")[-1] .mode == "hang" and fleet.lab.boots("www-1")[-1].system == hang
+    assert default(fleet, "www-1") == v1["www-1"]
+    booted = power_cycle(fleet, "www-1")
+    assert (booted.entry, booted.system) == ("default", v1["www-1"])
+    assert fleet.lab.current_system("www-1") == v1["www-1"]
+
+    # a system without sshd once booted: either nix-hive saw it before sshd stopped (its new login
+    # fails: back to the last good system) or never did (failed, back at the next power cycle)
+    result = run(fleet, "www-2=nossh", "deploy", "--json", "--reboot", "--reboot-timeout", "6", "www-2")
+    row = rows(result)["www-2"]
+    assert result.returncode == 1 and row["outcome"] in ("rolled back", "failed"), result.stderr
+    assert default(fleet, "www-2") == v1["www-2"]
+    if row["outcome"] == "failed":
+        assert "next power cycle" in str(row["reason"]), row
+        assert "Stopped" in fleet.lab.journal("www-2", "sshd.service")  # it booted, then stopped sshd
+        power_cycle(fleet, "www-2")
+    else:
+        assert "new ssh login" in str(row["reason"]), row
+    assert fleet.lab.current_system("www-2") == v1["www-2"]
+
+
+@needs_lab
+def test_reboot_auto_reboots_only_the_hosts_whose_kernel_changed(fleet_factory: Start) -> None:
+    fleet, _ = start(fleet_factory)
+    for h in ("www-1", "www-2"):  # booted on v1 (lab hosts start with no system to boot)
+        fleet.lab.reboot(h)
+    variant = "www-1=v2,www-2=v1b"
+    new = paths(fleet, variant)
+    staged = run(fleet, variant, "deploy", "--json", "--goal", "boot", "www-*")
+    assert staged.returncode == 0, staged.stderr
+    status = run(fleet, variant, "status", "--json", "www-*")
+    assert {r["instance"]: r["reboot"] for r in json.loads(status.stdout)} == \
+        {"www-1": "yes (kernel, initrd)", "www-2": "no"}, status.stdout
+    before = {h: len(fleet.lab.boots(h)) for h in ("www-1", "www-2")}
+    result = run(fleet, variant, "deploy", "--json", "--reboot=auto", "www-*")
+    assert result.returncode == 0, result.stderr
+    assert [len(fleet.lab.boots(h)) - before[h] for h in ("www-1", "www-2")] == [1, 0]
+    assert fleet.lab.boots("www-1")[-1].entry == "oneshot"
+    for h in ("www-1", "www-2"):
+        assert fleet.lab.current_system(h) == new[h] and default(fleet, h) == new[h]
+    assert "no reboot needed" in result.stderr and "needed: kernel, initrd changed" in result.stderr
+
+
+@needs_lab
+def test_a_run_killed_while_its_host_reboots_is_finished_by_the_next(fleet_factory: Start) -> None:
+    fleet, v1 = start(fleet_factory)
+    v2 = paths(fleet, "v2")["www-1"]
+    booted = len(fleet.lab.boots("www-1"))
+    fleet.env.update(REBOOT_VARIANT="v2", REBOOT_VARIANTS="")
+    argv = fleet.nix_hive_argv("deploy", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "--reboot", "www-1")
+    deployer = subprocess.Popen(argv, env={**nix_env(), **fleet.env, "PYTHONPATH": str(REPO)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(fleet.lab.boots("www-1")) == booted:  # it waits for the host now
+            assert deployer.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(deployer.pid, signal.SIGKILL)
+        deployer.wait()
+    fleet.lab.wait_up("www-1")
+    # on trial: it runs the new system, its default is still the last good one
+    assert fleet.lab.current_system("www-1") == v2 and default(fleet, "www-1") == v1["www-1"]
+    result = run(fleet, "v2", "deploy", "--json", "--reboot", "www-1")
+    assert result.returncode == 0 and rows(result)["www-1"]["outcome"] == "ok", result.stderr
+    assert "kept after an earlier run's reboot" in result.stderr
+    assert len(fleet.lab.boots("www-1")) == booted + 1  # checked and kept, not rebooted again
+    assert default(fleet, "www-1") == v2
