@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hive import __version__, fleet, options, orchestrate, plan, process, remote, ssh, state, tempdirs, text
+from hive import __version__, fleet, options, orchestrate, plan, process, reboot, remote, ssh, state, tempdirs, text
 from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
@@ -88,6 +88,8 @@ def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
                    activation_timeout=_seconds(args, "activation_timeout", "--activation-timeout"),
                    confirm_timeout=_seconds(args, "confirm_timeout", "--confirm-timeout"),
                    eval_jobs=_seconds(args, "eval_jobs", "--eval-jobs") or Options().eval_jobs,
+                   reboot=options.reboot_mode(getattr(args, "reboot", None)),
+                   reboot_timeout=_seconds(args, "reboot_timeout", "--reboot-timeout"),
                    **options.deadlines(vars(args)))
 
 
@@ -142,6 +144,8 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     if report is not None and not options.writable(report):
         raise InputError(f"--report {args.report}: cannot write there")  # say so before starting
     session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE)
+    if session.options.reboot and session.options.goal is not Goal.SWITCH:
+        raise InputError(f"--reboot boots each new system: it takes no --goal {session.options.goal.value}")
     with state.locked(session.state_file):
         code, rows = orchestrate.deploy(session)
     return _show(args, rows, code, report)
@@ -262,6 +266,17 @@ def cmd_upload_keys(args: argparse.Namespace) -> int:
     return _show(args, fleet.upload_keys(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs))
 
 
+def cmd_reboot(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    report = Path(args.report) if args.report else None
+    if report is not None and not options.writable(report):
+        raise InputError(f"--report {args.report}: cannot write there")
+    session = _session(args, hive, select(hive, args.patterns), build_only=True)
+    with state.locked(session.state_file):
+        rows = reboot.reboot_all(session)
+    return _show(args, rows, report=report)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
@@ -271,8 +286,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(rows, hosts=True)
     else:
-        emit(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-", r["state"])
-                    for r in rows], ["instance", "system", "expected path", "current path", "state"]) + "\n")
+        emit(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-", r["state"],
+                     r.get("reboot", "-")) for r in rows],
+                   ["instance", "system", "expected path", "current path", "state", "reboot"]) + "\n")
     return code
 
 
@@ -336,6 +352,13 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
     deploy.add_argument("--confirm-timeout", metavar="SECONDS",
                         help="a host rolls back by itself without confirmation within this (default: the deployment's, "
                              "else 30)")
+    deploy.add_argument("--reboot", metavar="always|auto",
+                        help="--reboot, or --reboot=auto: install each system for the next boot only, reboot, keep "
+                             "it once it is back and healthy, else boot the last good one (auto: only the hosts "
+                             "whose kernel, initrd or kernel parameters change; the others switch)")
+    deploy.add_argument("--reboot-timeout", metavar="SECONDS",
+                        help="a rebooting host must answer ssh and finish booting within this (default: the "
+                             "deployment's rebootTimeout, else 600)")
     s = sub.add_parser("status", parents=[common, no, jobs, json_out],
                        help="compare each host's system with the hive's")
     s.set_defaults(func=cmd_status)
@@ -371,6 +394,18 @@ def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
     rb.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
     rb.add_argument("patterns", nargs="*", metavar="PATTERN")
     rb.set_defaults(func=cmd_rollback)
+    rbt = sub.add_parser("reboot", parents=[common, jobs],
+                         help="reboot the selected instances into their default system, wave by wave, and check "
+                              "them (a system booted once, kept when healthy: see deploy --reboot)")
+    rbt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rbt.add_argument("--report", metavar="FILE", help="also write the outcome as JSON to FILE")
+    rbt.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
+    rbt.add_argument("--max-failures", metavar="N|N%", help="stop starting new reboots after N failures")
+    rbt.add_argument("--reboot-timeout", metavar="SECONDS",
+                     help="a host must answer ssh and finish booting within this (default: the deployment's "
+                          "rebootTimeout, else 600)")
+    rbt.add_argument("patterns", nargs="*", metavar="PATTERN")
+    rbt.set_defaults(func=cmd_reboot)
     r = sub.add_parser("run", parents=[common, jobs], help="run a command on every selected instance")
     r.add_argument("patterns", nargs="+", metavar="PATTERN")
     r.set_defaults(func=cmd_run)
@@ -428,6 +463,8 @@ def _say(line: str) -> None:
 def _main(args_in: list[str], debug: bool) -> int:
     try:
         head, tail = _split_command(args_in) if args_in[:1] == ["run"] else (args_in, [])
+        if head[:1] == ["deploy"]:  # `--reboot` alone means always (and takes no pattern for its value)
+            head = ["--reboot=always" if a == "--reboot" else a for a in head]
         args = parser().parse_args(head)
         if args_in[:1] == ["run"]:
             args.command = tail

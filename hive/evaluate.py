@@ -22,6 +22,7 @@ from hive.model import (
     DEFAULT_ACTIVATION_TIMEOUT,
     DEFAULT_CONFIRM_TIMEOUT,
     DEFAULT_KEY_COMMAND_TIMEOUT,
+    DEFAULT_REBOOT_TIMEOUT,
     Check,
     Hive,
     Instance,
@@ -220,6 +221,7 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
             checks=tuple(_check(n, c) for n, c in sorted(checks_.items())),
             activation_timeout=_first(DEFAULT_ACTIVATION_TIMEOUT, "activationTimeout", i, s, raw),
             confirm_timeout=_first(DEFAULT_CONFIRM_TIMEOUT, "confirmTimeout", i, s, raw),
+            reboot_timeout=_first(DEFAULT_REBOOT_TIMEOUT, "rebootTimeout", i, s, raw),
             keys=tuple(dict.fromkeys([*s.get("keys", ()), *i.get("keys", ())])))
     key: Path | None = None
     if raw.get("signingKey") is not None:

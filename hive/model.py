@@ -141,6 +141,9 @@ class Key:
 
 DEFAULT_ACTIVATION_TIMEOUT = 600
 DEFAULT_CONFIRM_TIMEOUT = 30
+# A host that reboots (`deploy --reboot`, `nix-hive reboot`) has that long to answer ssh again
+# and finish booting: firmware and a server's controllers take minutes.
+DEFAULT_REBOOT_TIMEOUT = 600
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class Instance:
     checks: tuple[Check, ...] = ()  # its system's, with its own added or replacing them by name
     activation_timeout: int = DEFAULT_ACTIVATION_TIMEOUT  # seconds (instance, system, deployment)
     confirm_timeout: int = DEFAULT_CONFIRM_TIMEOUT  # seconds the host waits for confirmation
+    reboot_timeout: int = DEFAULT_REBOOT_TIMEOUT  # seconds a reboot may take, to ssh and a finished boot
     keys: tuple[str, ...] = ()  # names of the hive's keys it gets: its system's, then its own
 
     @property

@@ -39,6 +39,8 @@ class Options:
     copy_rate: float = 8.0
     connect_timeout: int | None = None
     stop_timeout: int = 60  # after SIGTERM: how long the running steps are followed
+    reboot: str | None = None  # deploy --reboot: "always", or "auto" (only hosts whose kernel changed)
+    reboot_timeout: int | None = None  # seconds; overrides the deployment's rebootTimeout (--reboot-timeout)
 
     def copy_deadline(self, size: int | None) -> float:
         """Seconds a copy of a closure of `size` bytes may take: `copy_timeout` (connecting,
@@ -158,6 +160,21 @@ def goal(text: str, option: str = "--goal") -> Goal:
     except ValueError:
         names = ", ".join(g.value for g in Goal)
         raise InputError(f"{option} {text!r}: expected one of {names}") from None
+
+
+REBOOT_MODES = ("always", "auto")
+
+
+def reboot_mode(text: str | None, option: str = "--reboot") -> str | None:
+    """`--reboot` ("always"), `--reboot=auto`, or none (None; the doit door's "0", "no", "")."""
+    if text is None or text.strip().lower() in ("", "0", "no", "false", "off"):
+        return None
+    low = text.strip().lower()
+    if low in ("1", "yes", "true", "on"):
+        return "always"
+    if low not in REBOOT_MODES:
+        raise InputError(f"{option} {text!r}: expected --reboot, --reboot=always or --reboot=auto")
+    return low
 
 
 def flag(text: str, option: str) -> bool:

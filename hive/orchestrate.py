@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
-from hive import options, process, state, tasks
+from hive import options, process, reboot, state, tasks
 from hive.evaluate import evaluate
 from hive.model import Instance, Step
 from hive.options import Options
@@ -167,6 +167,8 @@ def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
                     activation_timeout=_positive_or_none(variables.get("activation_timeout"), "activation_timeout="),
                     confirm_timeout=_positive_or_none(variables.get("confirm_timeout"), "confirm_timeout="),
                     eval_jobs=_positive_or_none(variables.get("eval_jobs"), "eval_jobs=") or Options().eval_jobs,
+                    reboot=options.reboot_mode(variables.get("reboot"), "reboot="),
+                    reboot_timeout=_positive_or_none(variables.get("reboot_timeout"), "reboot_timeout="),
                     **options.deadlines(variables, doit=True))
     final = Kind.PUSH if options.flag(variables.get("push_only", "0"), "push_only") else Kind.ACTIVATE
     the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final,
@@ -309,6 +311,11 @@ def status(session: Session) -> tuple[int, list[dict[str, Any]]]:
                     "profile": found.profile, "state": state_}
 
         found = [one(i) for i in session.plan.instances]
+        # what each reachable host boots next (its profile) against what it booted
+        needed = reboot.reboot_needed(session, {r["instance"]: r["profile"] for r in found
+                                                if r["state"] != "unreachable"})
+        for r in found:
+            r["reboot"] = needed.get(r["instance"], "-")
     finally:
         session.close()
     bad = code != 0 or any(r["state"] == "unreachable" for r in found)

@@ -121,7 +121,7 @@ class Row:
 
 
 # Phases of an activation: their seconds are part of the activation's, not added to them.
-PHASES = frozenset({"post-keys", "check", "confirm"})
+PHASES = frozenset({"post-keys", "check", "confirm", "boot"})  # boot: a reboot's wait for the host
 
 
 def total_seconds(seconds: Mapping[str, float]) -> float:

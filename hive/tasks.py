@@ -22,6 +22,7 @@ from hive.model import Step
 from hive.outcome import NotStarted, Outcome, Status, StepFailed
 from hive.plan import Kind, PlannedTask, TaskId
 from hive.push import Pushes
+from hive.reboot import reboot_into
 from hive.session import Session, open_wave
 
 BACKEND = {"hive": "hive.state:JournalDB"}
@@ -54,7 +55,8 @@ class Steps:
         if task.kind is Kind.KEYS:
             return lambda: s.perform(task, lambda: upload_keys(s, self.instances[t]), gated=True)
         if task.kind is Kind.ACTIVATE:
-            return lambda: s.perform(task, lambda: activate(s, self.instances[t]), gated=True)
+            act = reboot_into if s.options.reboot else activate
+            return lambda: s.perform(task, lambda: act(s, self.instances[t]), gated=True)
         if task.kind is Kind.WAVE:
             return lambda: open_wave(s, int(t))
         return None

@@ -26,7 +26,9 @@ booted by default (the stand-in's `switch-to-configuration switch|boot` writes i
 exists on systemd hosts only: a plain host's /boot is the machine's own);
 HOSTDIR/boot/standin/oneshot, if present, is taken instead and deleted (next boot only).  If
 the entry taken names a path that is not valid in the host's store (or there is no entry), the
-host boots without /run/current-system.  Each boot appends a line to HOSTDIR/boots.log:
+host boots without /run/current-system; else /run/current-system and /run/booted-system name it
+(as NixOS's stage 2), and a system with $out/standin-boot-hangs (standin.boot = "hang") boots in
+MODE hang, as `power_on(hang=True)`.  Each boot appends a line to HOSTDIR/boots.log:
 "EPOCH ENTRY SYSTEM WANTED MODE" (ENTRY oneshot|default|none, SYSTEM the path booted or -, WANTED
 the entry's path or -, MODE systemd|hang).  Then standin-boot.service runs
 /run/current-system/activate if it is executable.
@@ -176,9 +178,11 @@ system=
 case "$want" in
   /nix/store/?*)
     if nix-store --check-validity -- "$want" >/dev/null 2>&1; then
-      system="$want"; ln -sfn "$system" /run/current-system
+      system="$want"; ln -sfn "$system" /run/current-system; ln -sfn "$system" /run/booted-system
     fi ;;
 esac
+# a stand-in system whose boot hangs (standin.boot = "hang"): as if its kernel never got to init
+if [ -n "$system" ] && [ -e "$system/standin-boot-hangs" ]; then mode=hang; fi
 echo "$(date +%s.%N) $entry ${system:--} ${want:--} $mode" >> "/mnt$d/boots.log"
 umount -l /mnt
 if [ "$mode" = hang ]; then exec env -i PATH="$PATH" sleep infinity; fi

@@ -58,6 +58,13 @@
 #   else to the default, then runs $out/activate).
 # - $out/activate: the activation at boot: step 3 without the current-system link (the boot
 #   set it), with none of the logs' lines.
+# - standin.kernel = "NAME" (default "standin-kernel-1"), standin.initrd = "NAME" (default: the
+#   kernel's name), standin.kernelParams = [ "…" ] (default [ "loglevel=4" ]): the system's
+#   $out/kernel and $out/initrd are links to store files named by these (shared by every
+#   system with the same value, as NixOS's link to the kernel package), $out/kernel-params
+#   holds the parameters joined by spaces: what `nix-hive deploy --reboot=auto` compares.
+# - standin.boot = "ok" (default) | "hang": "hang" makes every boot of this system hang before
+#   systemd starts ($out/standin-boot-hangs; tests/lab/boot.py): no sshd, until a power cycle.
 # - services.openssh.enable = true (default) | false: switch/test run the host's
 #   /run/standin-sshd-start (start sshd unless it is running) or /run/standin-sshd-stop (stop
 #   the listening sshd only: open ssh connections survive, as with NixOS's KillMode=process).
@@ -111,11 +118,16 @@ let
   health = if std.healthy or true then "healthy" else "unhealthy";
   httpPort = if std ? httpPort && std.httpPort != null then toString std.httpPort else "";
   openssh = config.services.openssh.enable or true;
+  bootMode = std.boot or "ok";
+  kernelFile = builtins.toFile "standin-kernel" "${std.kernel or "standin-kernel-1"}\n";
+  initrdFile = builtins.toFile "standin-initrd" "${std.initrd or (std.kernel or "standin-kernel-1")}\n";
+  kernelParams = builtins.concatStringsSep " " (std.kernelParams or [ "loglevel=4" ]);
   checked =
     if !(builtins.elem activation [ "ok" "fail" "hang" ]) then
       throw "standin.activation must be \"ok\", \"fail\" or \"hang\", not ${builtins.toJSON activation}"
     else if !(builtins.isBool (std.healthy or true)) then throw "standin.healthy must be a boolean"
     else if !(builtins.isBool openssh) then throw "services.openssh.enable must be a boolean"
+    else if !(builtins.elem bootMode [ "ok" "hang" ]) then throw "standin.boot must be \"ok\" or \"hang\""
     else true;
 
   # Units: systemd.services.<name>, plus the health server's (standin.httpPort).
@@ -326,7 +338,7 @@ let
   toplevel = assert checked && unitsChecked; derivation (env // {
     name = "nixos-system-${name}";
     builder = sh;
-    inherit payload nixConf buildLog switchScript unitLinks;
+    inherit payload nixConf buildLog switchScript unitLinks kernelFile initrdFile kernelParams bootMode;
     sleep = toString (std.buildSeconds or 0);
     evalCost = evalWork (std.evalCost or 0);
     passAsFile = [ "nixConf" "switchScript" ];
@@ -335,6 +347,10 @@ let
       sleep "$sleep"
       mkdir -p $out/bin $out/etc/nix
       ln -s $payload $out/payload
+      ln -s $kernelFile $out/kernel
+      ln -s $initrdFile $out/initrd
+      printf '%s' "$kernelParams" > $out/kernel-params
+      if [ "$bootMode" = hang ]; then touch $out/standin-boot-hangs; fi
       cp "$nixConfPath" $out/etc/nix/nix.conf
       echo -n "${name}" > $out/name
       sed "s|@out@|$out|g" "$switchScriptPath" > $out/bin/switch-to-configuration

@@ -1,0 +1,212 @@
+#!/bin/sh
+# nix-hive's reboots of one host (hive/reboot.py), as root. Every value is an argument:
+#
+#   reboot.sh needs NEW                    would NEW run only after a reboot? Prints `needs WHAT...`
+#                                          (kernel, initrd, kernel-params: those of NEW that differ
+#                                          from /run/booted-system's, as nixos-needsreboot compares
+#                                          them) or `needs` alone
+#   reboot.sh start ID NEW LOCKWAIT WHO    install NEW for the next boot only, then reboot
+#   reboot.sh booted ID SECONDS            `waiting` while the host has not rebooted since ID; after
+#                                          the reboot, wait (at most SECONDS) for the boot to finish
+#                                          and print `booted PATH` (/run/current-system)
+#   reboot.sh keep NEW                     make NEW (booted, healthy) the default boot entry
+#   reboot.sh fall-back ID                 forget the trial and any one-shot entry left; reboot into
+#                                          the default entry (the last good system) unless the host
+#                                          runs it already: prints `rebooting PATH` or `on PATH`
+#
+# `start` keeps the last good system the default entry: the generation of the system profile
+# that the host runs now (else the profile's current one). It adds NEW to the profile, puts the
+# profile back on the last good generation, installs the boot loader from there (NEW's entry is
+# listed, the default is the last good one), and sets NEW's entry as the boot loader's one-shot
+# entry:
+#
+#   systemd-boot   bootctl set-oneshot nixos-generation-N.conf
+#   GRUB           grub-reboot 'SUBMENU>ENTRY' (NEW's entry of grub.cfg, found by its init=NEW/init);
+#                  needs boot.loader.grub.default = "saved" (the default is the saved entry,
+#                  which `keep` and `start` set to the first one, the profile's)
+#   the lab's      /boot/standin/oneshot (tests/lab/boot.py)
+#
+# A host that does not come back healthy therefore boots its last good system at its next
+# boot, whoever or whatever reboots it. `start` writes /var/lib/nix-hive/reboot (NEW, its
+# generation, the last good system and its generation, ID), which survives the reboot, and
+# /run/nix-hive/reboot-ID, which does not (nix-hive tells a host that did reboot by it). It
+# prints `ready LOADER LASTGOOD` (or `same LASTGOOD`: NEW is the last good system, a plain
+# reboot), or `resume LASTGOOD` when the host already runs NEW on trial (a run that died after
+# the reboot: nothing to install, nor to reboot), then reboots (`systemctl --no-block reboot`).
+# Errors: `error WHY` on stdout, exit 3 (no boot loader found, nothing to fall back to), or
+# `busy OWNER` when another activation holds the host's lock for LOCKWAIT seconds.
+set -u
+umask 022
+PATH="/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:$PATH"
+export PATH
+profile=/nix/var/nix/profiles/system
+runs=/run/nix-hive
+record=/var/lib/nix-hive/reboot
+
+fail() { echo "error $1"; exit 3; }
+
+gen_of() {  # PATH: the newest generation of the system profile that is PATH (empty: none)
+  found=
+  for link in "$profile"-*-link; do
+    [ -L "$link" ] || continue
+    n=${link#"$profile"-}
+    n=${n%-link}
+    if [ "$(readlink -f "$link")" = "$1" ] && { [ -z "$found" ] || [ "$n" -gt "$found" ]; }; then found=$n; fi
+  done
+  echo "$found"
+}
+
+current_gen() {  # the generation the system profile points at
+  g=$(readlink "$profile" 2>/dev/null) || return 0
+  g=${g#system-}
+  echo "${g%-link}"
+}
+
+loader() {  # which boot loader this host boots with
+  if [ -d /boot/standin ]; then echo standin
+  elif command -v bootctl > /dev/null 2>&1 && bootctl is-installed > /dev/null 2>&1; then echo systemd-boot
+  elif command -v grub-reboot > /dev/null 2>&1 && [ -f /boot/grub/grub.cfg ]; then echo grub
+  else return 1
+  fi
+}
+
+grub_entry() {  # NEW: `SUBMENU>TITLE` of NEW's menu entry in grub.cfg
+  awk -v init="init=$1/init" '
+    /^[ \t]*submenu / { match($0, /"[^"]*"/); sub_ = substr($0, RSTART + 1, RLENGTH - 2) }
+    /^[ \t]*menuentry / { match($0, /"[^"]*"/); title = substr($0, RSTART + 1, RLENGTH - 2) }
+    index($0, init) && sub_ != "" { print sub_ ">" title; exit }
+  ' /boot/grub/grub.cfg
+}
+
+oneshot() {  # LOADER NEW GEN: boot NEW once, at the next boot only
+  case $1 in
+    standin) echo "$2" > /boot/standin/oneshot.tmp && mv -f /boot/standin/oneshot.tmp /boot/standin/oneshot ;;
+    systemd-boot) bootctl set-oneshot "nixos-generation-$3.conf" ;;
+    grub)
+      grep -q saved_entry /boot/grub/grub.cfg ||
+        fail 'GRUB boots its first entry: set boot.loader.grub.default = "saved"'
+      entry=$(grub_entry "$2")
+      [ -n "$entry" ] || fail "no GRUB entry boots $2"
+      grub-set-default 0 && grub-reboot "$entry" ;;
+  esac
+}
+
+default_entry() {  # LOADER: the first entry (the profile's system) is the default
+  if [ "$1" = grub ]; then grub-set-default 0; fi
+}
+
+reboot_now() {
+  if [ -d /run/systemd/system ]; then
+    systemctl --no-block reboot
+  else
+    setsid sh -c 'sleep 1; reboot' > /dev/null 2>&1 < /dev/null 9>&- &
+  fi
+}
+
+what=$1
+shift
+case $what in
+  needs)
+    new=$1
+    out=needs
+    for f in kernel initrd; do
+      [ "$(readlink -f "/run/booted-system/$f")" = "$(readlink -f "$new/$f")" ] || out="$out $f"
+    done
+    [ "$(cat /run/booted-system/kernel-params 2>/dev/null)" = "$(cat "$new/kernel-params" 2>/dev/null)" ] ||
+      out="$out kernel-params"
+    echo "$out"
+    ;;
+  start)
+    id=$1; new=$2; lockwait=$3; who=$4
+    mkdir -p "$runs" "${record%/*}"
+    exec 9>> "$runs/lock"
+    if ! flock -w "$lockwait" 9; then echo "busy $(cat "$runs/owner" 2>/dev/null || echo unknown)"; exit 0; fi
+    echo "reboot-$id started by $who at $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$runs/owner"
+    cur=$(readlink -f /run/current-system 2>/dev/null || true)
+    if [ -f "$record" ]; then
+      read -r rnew _ rgood _ rid < "$record" || true
+      if [ "$rnew" = "$new" ] && [ "$cur" = "$new" ] && [ ! -e "$runs/reboot-$rid" ]; then
+        echo "resume $rgood"
+        exit 0
+      fi
+    fi
+    [ -x "$new/bin/switch-to-configuration" ] || fail "$new is not a system in this host's store"
+    kind=$(loader) || fail "no boot loader nix-hive can boot once found (systemd-boot's bootctl, GRUB's grub-reboot)"
+    goodgen=$(gen_of "$cur")
+    [ -n "$goodgen" ] || goodgen=$(current_gen)
+    [ -n "$goodgen" ] || fail "no system profile to fall back to ($profile)"
+    good=$(readlink -f "$profile-$goodgen-link")
+    [ -x "$good/bin/switch-to-configuration" ] || fail "the last good system $good is not in this host's store"
+    newgen=$(gen_of "$new")
+    if [ -z "$newgen" ]; then
+      nix-env -p "$profile" --set "$new" >&2 9>&- || fail "cannot add $new to the system profile"
+      newgen=$(gen_of "$new")
+    fi
+    if [ "$(current_gen)" != "$goodgen" ]; then
+      nix-env -p "$profile" --switch-generation "$goodgen" >&2 9>&- || fail "cannot put the profile back on $good"
+    fi
+    NIXOS_INSTALL_BOOTLOADER=0 "$good/bin/switch-to-configuration" boot >&2 9>&- ||
+      fail "installing the boot loader failed ($good/bin/switch-to-configuration boot)"
+    default_entry "$kind" >&2 || fail "cannot make $good the default boot entry"
+    if [ "$new" = "$good" ]; then
+      said="same $good"
+    else
+      oneshot "$kind" "$new" "$newgen" >&2 || fail "cannot set the one-shot boot entry ($kind)"
+      said="ready $kind $good"
+    fi
+    echo "$new $newgen $good $goodgen $id" > "$record.tmp" && mv -f "$record.tmp" "$record"
+    touch "$runs/reboot-$id"
+    sync
+    echo "$said"
+    reboot_now
+    ;;
+  keep)
+    new=$1
+    mkdir -p "$runs"
+    exec 9>> "$runs/lock"
+    flock -w 60 9 || fail "another activation holds the host's lock"
+    gen=$(gen_of "$new")
+    [ -n "$gen" ] || fail "$new is no generation of the system profile any more"
+    kind=$(loader) || fail "no boot loader found"
+    nix-env -p "$profile" --switch-generation "$gen" >&2 9>&- || fail "cannot switch the profile to $new"
+    NIXOS_INSTALL_BOOTLOADER=0 "$new/bin/switch-to-configuration" boot >&2 9>&- || {
+      good=$(cut -d' ' -f4 "$record" 2>/dev/null)
+      [ -n "$good" ] && nix-env -p "$profile" --switch-generation "$good" >&2 9>&-
+      fail "installing the boot loader for $new failed"
+    }
+    default_entry "$kind" >&2
+    rm -f "$record"
+    echo kept
+    ;;
+  booted)
+    id=$1; seconds=$2
+    if [ -e "$runs/reboot-$id" ]; then echo waiting; exit 0; fi
+    if [ -d /run/systemd/system ]; then
+      timeout "$seconds" systemctl is-system-running --wait > /dev/null 2>&1
+    fi
+    echo "booted $(readlink -f /run/current-system 2>/dev/null)"
+    ;;
+  fall-back)
+    id=$1
+    good=$(readlink -f "$profile")
+    rm -f "$record"
+    case $(loader) in  # a one-shot entry not used yet goes too
+      standin) rm -f /boot/standin/oneshot ;;
+      systemd-boot) bootctl set-oneshot "" ;;
+      grub) grub-editenv - unset next_entry; grub-set-default 0 ;;
+    esac
+    if [ "$(readlink -f /run/current-system 2>/dev/null)" = "$good" ]; then
+      echo "on $good"
+    else
+      mkdir -p "$runs"
+      touch "$runs/reboot-$id"
+      sync
+      echo "rebooting $good"
+      reboot_now
+    fi
+    ;;
+  *)
+    echo "reboot.sh: unknown call $what" >&2
+    exit 2
+    ;;
+esac
