@@ -3,7 +3,16 @@
     make bench-fleet [ARGS="--only far,remote-build,cache"]     (or, from the repository root:
         .venv/bin/python -m benchmarks.fleet_deploy [--only MEASUREMENTS] [--sizes 1,10,30] [--mb 20])
 
-MEASUREMENTS (default: all): scale, safety, far, remote-build, cache.
+MEASUREMENTS (default: all): targets, scale, safety, far, remote-build, cache.
+
+targets (`--targets-n`, `--jobs`, `--baseline REV`): on a fresh lab, `nix-hive deploy` with the
+defaults (magic rollback) and a command check per host, against the floor measured on another
+fresh lab in the same run (the closure copied to the relay, a bare `nix copy -s` to every host at
+once, one ssh login per host at -j 10); the same lab's no-change redeploy (`--no
+build,push,activate`) against N + 1 bare ssh logins at -j 10; the deployer's CPU seconds
+(nix-hive and every process it started, benchmarks/reaper.py), processes and authentications
+per host. With `--baseline REV`, the same deploy by that git revision's nix-hive (a worktree) on
+a lab of its own, and the ratios.
 
 Needs root (the lab). For each N, a fresh lab: one relay and N hosts behind it, reachable only
 through the relay, one system whose closure is about MB megabytes. Measured in the same run:
@@ -149,7 +158,7 @@ def measured(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO)
                                         args[0], "-v", *args[1:]])
         env = {**nix_env(), **fleet.env, "PYTHONPATH": str(code)}
         before, t0 = fleet.lab.tx_bytes(), time.perf_counter()
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=code)
         wall, sent = time.perf_counter() - t0, fleet.lab.tx_bytes() - before
         cost = json.loads(Path(out.name).read_text())
     if done.returncode != 0:
@@ -187,7 +196,7 @@ def full_floor(fleet: Fleet, path: str, jobs: int = 10) -> float:
     return copied + logins(fleet, behind, jobs)
 
 
-def targets(workdir: Path, n: int, mb: float, baseline: str | None) -> None:
+def targets(workdir: Path, n: int, mb: float, baseline: str | None, jobs: int = 10) -> None:
     """Issue 20's targets, side by side in one run: the default deployment (magic rollback, a
     command check per host) against the floor, and the no-change redeploy against bare logins;
     with `baseline` (a git revision), the same deployment by that revision's nix-hive."""
@@ -203,7 +212,7 @@ def targets(workdir: Path, n: int, mb: float, baseline: str | None) -> None:
             try:
                 fleet.env["BENCH_CHECKS"] = "1"
                 build(fleet)  # built (and signed) before the clock starts, as for the floor
-                common = ("-q", "--json", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
+                common = ("-q", "--json", "-j", str(jobs), "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
                 first = measured(fleet, "deploy", *common, "relay", "*", code=code)
                 first["auths"] = deployer_auths(fleet)
                 again = measured(fleet, "deploy", "--no", "build,push,activate", *common, "relay", "*", code=code)
@@ -220,7 +229,8 @@ def targets(workdir: Path, n: int, mb: float, baseline: str | None) -> None:
     finally:
         fleet.down()
     ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
-    print(f"\ntargets: 1 relay + {n} hosts, closure about {mb:g} MB, magic rollback and a command check per host "
+    print(f"\ntargets: 1 relay + {n} hosts, closure about {mb:g} MB, magic rollback and a command check per host, "
+          f"nix-hive -j {jobs} "
           f"({ssh_version}; an authentication's CPU is mostly its key exchange)")
     hosts = n + 1
     for name, r in results.items():
@@ -471,6 +481,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,30")
     parser.add_argument("--mb", type=float, default=20.0, help="closure size in MB (default 20)")
     parser.add_argument("--targets-n", type=int, default=30, help="hosts behind the relay, targets (default 30)")
+    parser.add_argument("--jobs", type=int, default=10, help="targets: nix-hive's -j (default 10, its own default)")
     parser.add_argument("--baseline", help="targets: a git revision whose nix-hive is measured too, e.g. HEAD~3")
     parser.add_argument("--safety-n", type=int, default=10, help="hosts for the safe-rollout cost (default 10)")
     parser.add_argument("--far-n", type=int, default=30, help="hosts behind the relay, far deployer (default 30)")
@@ -482,7 +493,7 @@ def main() -> None:
     only = args.only.split(",")
     if "targets" in only:
         with tempfile.TemporaryDirectory(prefix="hive-bench-") as tmp:
-            targets(Path(tmp), args.targets_n, args.mb, args.baseline)
+            targets(Path(tmp), args.targets_n, args.mb, args.baseline, args.jobs)
     if unknown := set(only) - set(MEASUREMENTS):
         parser.error(f"unknown measurement(s) {','.join(sorted(unknown))}: choose from {','.join(MEASUREMENTS)}")
     if "scale" in only:
