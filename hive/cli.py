@@ -46,9 +46,11 @@ class Parser(argparse.ArgumentParser):
         raise InputError(f"{self.prog}: {message}")
 
 
-def _load(args: argparse.Namespace) -> Hive:
+def _load(args: argparse.Namespace, *, paths: bool = True) -> Hive:
+    """The deployment; `paths=False` for commands that build nothing (issue 23: a
+    `paths.nixpkgs = builtins.fetchTarball …` is then never fetched)."""
     return evaluate(args.config, options.overrides(args.include),
-                    options.build_host(getattr(args, "build_host", None)))
+                    options.build_host(getattr(args, "build_host", None)), paths=paths)
 
 
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
@@ -113,7 +115,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive = _load(args, paths=False)
     waves = select(hive, args.patterns)
     given = _options(args, hive, len(flatten(waves)))
     final = Kind.PUSH if args.push_only else Kind.ACTIVATE
@@ -126,7 +128,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive = _load(args, paths=False)
     chosen = {i.name for i in flatten(select(hive, args.patterns))}
     data = inventory_json(hive, chosen)
     if args.json:
@@ -202,14 +204,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive = _load(args, paths=False)
     setup = _persistent_ssh(args, hive)
     emit(setup.config.read_text())
     return 0
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive = _load(args, paths=False)
     if args.instance not in hive.instances:
         raise InputError(f"{args.instance!r} is not an instance of {hive.shown}")
     setup = _persistent_ssh(args, hive)
@@ -218,13 +220,13 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_scp(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive = _load(args, paths=False)
     setup = _persistent_ssh(args, hive)
     return process.interactive(remote.interactive_argv(setup, "scp", args.scp_args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive = _load(args, paths=False)
     if not args.command:
         raise InputError("run: no command given (nix-hive run PATTERN... -- COMMAND...)")
     jobs = options.positive(str(args.jobs), "-j/--jobs")
@@ -238,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive = _load(args, paths=False)
     jobs = options.positive(str(args.jobs), "-j/--jobs")
     _sockets_fit()
     rows = fleet.check(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs)
@@ -252,7 +254,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive = _load(args, paths=False)
     jobs = options.positive(str(args.jobs), "-j/--jobs")
     the_plan = plan.make_plan(hive, select(hive, args.patterns))
     _sockets_fit()
@@ -260,7 +262,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_upload_keys(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive = _load(args, paths=False)
     jobs = options.positive(str(args.jobs), "-j/--jobs")
     _sockets_fit()
     return _show(args, fleet.upload_keys(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs))

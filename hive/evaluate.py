@@ -92,6 +92,19 @@ def _local_flake(directory: Path, attr: str, shown_file: str, scheme: str = "") 
     return Located(resolved / "flake.nix", f"{shown_file}#{attr}", f"{scheme}{resolved}", attr)
 
 
+_PATH_ENTRY = re.compile(r"while evaluating the NIX_PATH entry (\[[^\]\n]*\])")
+
+
+def _path_entry(stderr: str) -> str | None:
+    """The NIX_PATH entry whose evaluation failed (`paths.nixpkgs`), from the context
+    nix/eval.nix gives each entry, if the error came from one."""
+    found = _PATH_ENTRY.search(stderr)
+    try:
+        return attr_path(json.loads(found.group(1))) if found else None
+    except ValueError:
+        return None
+
+
 def _nix_message(stderr: str) -> str:
     """Nix's error message and where in the user's files it points, on one line."""
     message, where = nix_error(stderr, skip=str(nix_file("eval.nix").parent) + "/")
@@ -189,16 +202,29 @@ def _str_map(values: Mapping[str, Any]) -> dict[str, str]:
 
 
 def build_model(raw: Mapping[str, Any], file: Path, shown: str,
-                overrides: Mapping[str, str] | None = None, build_host: str | None = None) -> Hive:
+                overrides: Mapping[str, str] | None = None, build_host: str | None = None,
+                *, paths: bool = True) -> Hive:
     """The checks the schema cannot express, then the frozen model. `build_host` (the
-    command line's) replaces every system's."""
-    top_paths = {**raw.get("paths", {}), **(overrides or {})}
+    command line's) replaces every system's. Without `paths`, `raw` has its NIX_PATH entries
+    unevaluated (NIX_HIVE_PATHS=lazy): they are named by the attribute that defines them."""
+    given = overrides or {}
+    top_paths = {**raw.get("paths", {}), **given}
+    top_lazy: dict[str, str] = {}
+    if not paths:
+        top_lazy = {k: attr_path(["paths", k]) for k in raw.get("paths", {}) if k not in given}
+        top_paths = dict(given)
     systems: dict[str, System] = {}
     for name, s in sorted(raw["systems"].items()):
-        paths = {**top_paths, **s.get("paths", {}), **(overrides or {})}
+        effective = {**top_paths, **s.get("paths", {}), **given}
+        lazy: dict[str, str] = {}
+        if not paths:
+            own = {k: attr_path(["systems", name, "paths", k]) for k in s.get("paths", {})}
+            lazy = {k: v for k, v in {**top_lazy, **own}.items() if k not in given}
+            effective = dict(given)
         host = build_host or (s["buildHost"] if "buildHost" in s else raw.get("buildHost"))
-        systems[name] = System(name=name, paths=frozen_map(paths), platform=s.get("system"),
-                               tags=tuple(s.get("tags", ())), build_host=host, nixpkgs=s.get("nixpkgs"))
+        systems[name] = System(name=name, paths=frozen_map(effective), platform=s.get("system"),
+                               tags=tuple(s.get("tags", ())), build_host=host, nixpkgs=s.get("nixpkgs"),
+                               unevaluated=frozen_map(lazy))
     instances: dict[str, Instance] = {}
     known = ", ".join(sorted(systems)) or "none"
     for name, i in sorted(raw["instances"].items()):
@@ -236,7 +262,7 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
     uploads = {url: s["upload"] for url, s in sorted(raw.get("stores", {}).items())}
     checks.uploads(shown, uploads, instances)
     return Hive(file=file, shown=shown, paths=frozen_map(top_paths), systems=systems,
-                instances=instances, signing_key=key, keys=keys, uploads=uploads)
+                instances=instances, signing_key=key, keys=keys, uploads=uploads, unevaluated=frozen_map(top_lazy))
 
 
 def _check(name: str, c: Mapping[str, Any]) -> Check:
@@ -257,18 +283,22 @@ def _first(default: int, key: str, *levels: Mapping[str, Any]) -> int:
     return next((int(level[key]) for level in levels if level.get(key) is not None), default)
 
 
-def evaluate(config: str | None, overrides: Mapping[str, str] | None = None, build_host: str | None = None) -> Hive:
+def evaluate(config: str | None, overrides: Mapping[str, str] | None = None, build_host: str | None = None,
+             *, paths: bool = True) -> Hive:
     """Evaluate, validate and model the deployment named by `-c`; `build_host` is the
-    command line's `--build-host`, for every system."""
+    command line's `--build-host`, for every system. `paths=False` (commands that build
+    nothing) leaves the NIX_PATH entries unevaluated: a `fetchTarball` there needs the network."""
     where = locate(config)
     shown = where.shown
     locked = flake_inputs(where) if where.flake is not None else None
+    env = {**nix.deployment_env(where.file, where.flake, where.attr), "NIX_HIVE_PATHS": "" if paths else "lazy"}
     try:
-        raw = nix.eval_inventory(nix.deployment_env(where.file, where.flake, where.attr), where.file.parent)
+        raw = nix.eval_inventory(env, where.file.parent)
     except ProcessError as exc:
-        raise DeploymentError(shown, f"cannot evaluate: {_nix_message(exc.stderr)}") from exc
+        raise DeploymentError(shown, f"cannot evaluate: {_nix_message(exc.stderr)}",
+                              _path_entry(exc.stderr)) from exc
     validate(raw, shown)
-    hive = build_model(raw, where.file, shown, overrides, build_host)
+    hive = build_model(raw, where.file, shown, overrides, build_host, paths=paths)
     if where.flake is not None:
         hive = dataclasses.replace(hive, flake=where.flake, attr=where.attr, flake_inputs=locked)
     checks.jump_loops(hive)

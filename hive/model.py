@@ -74,6 +74,9 @@ class System:
     tags: tuple[str, ...] = ()
     build_host: str | None = None  # the ssh host that builds it (buildHost, --build-host); None: this machine
     nixpkgs: str | None = None  # the nixpkgs it is built with (a flake input's path), instead of `paths`
+    # NIX_PATH entries a command that builds nothing left unevaluated (a `fetchTarball` needs
+    # the network): name -> the attribute that defines it (`paths.nixpkgs`); not in `paths`
+    unevaluated: Mapping[str, str] = field(default_factory=frozen_map)
 
     @property
     def build_store(self) -> str | None:
@@ -82,7 +85,10 @@ class System:
 
     def build_key(self) -> tuple[tuple[str, str], ...]:
         """Systems with equal keys are built by one `nix build` call."""
-        return (*tuple(sorted(self.paths.items())), ("\x00platform", self.platform or ""),
+        # unevaluated entries: equal when defined by the same attribute (the deployment's `paths`)
+        return (*tuple(sorted(self.paths.items())),
+                *tuple(sorted(("\x00unevaluated " + k, v) for k, v in self.unevaluated.items())),
+                ("\x00platform", self.platform or ""),
                 ("\x00host", self.build_host or ""), ("\x00nixpkgs", self.nixpkgs or ""))
 
 
@@ -188,6 +194,7 @@ class Hive:
     flake: str | None = None  # the flake reference, when the deployment is a flake's output
     attr: str = ""  # that output's attribute path (nixHive)
     flake_inputs: Mapping[str, Any] | None = None  # its source and locked inputs (nix flake metadata)
+    unevaluated: Mapping[str, str] = field(default_factory=frozen_map)  # `paths` entries left unevaluated, as System's
 
     @property
     def directory(self) -> Path:

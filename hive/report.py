@@ -147,7 +147,7 @@ def inventory_json(hive: Any, selected: set[str], result_of: Callable[[str], str
         users = sorted(i.name for i in hive.instances.values() if i.system == name)
         systems[name] = {
             "result": result_of(name) if result_of is not None else None,
-            "paths": dict(s.paths),
+            "paths": {**dict.fromkeys(s.unevaluated), **s.paths},  # null: not evaluated (builds nothing)
             "system": s.platform,
             "tags": list(s.tags),
             "nixpkgs": s.nixpkgs,
@@ -168,8 +168,8 @@ def inventory_json(hive: Any, selected: set[str], result_of: Callable[[str], str
         }
         for name, i in sorted(hive.instances.items())
     }
-    out: dict[str, Any] = {"file": str(hive.file), "paths": dict(hive.paths), "systems": systems,
-                           "instances": instances}
+    out: dict[str, Any] = {"file": str(hive.file), "paths": {**dict.fromkeys(hive.unevaluated), **hive.paths},
+                           "systems": systems, "instances": instances}
     if hive.flake is not None:
         out["flake"] = {"ref": hive.flake, "attr": hive.attr, **dict(hive.flake_inputs or {})}
     if ssh_config is not None:
@@ -188,6 +188,8 @@ def system_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
         users = [n for n, i in hive.instances.items() if i.system == name and n in selected]
         if users:
             paths = " ".join(f"{k}={v}" for k, v in sorted(s.paths.items()))
+            if s.unevaluated:  # a command that builds nothing: named, not evaluated
+                paths = f"{' '.join(sorted(s.unevaluated))} (not evaluated) {paths}".strip()
             if s.nixpkgs:  # a flake input: the paths' nixpkgs is not used
                 paths = f"nixpkgs={s.nixpkgs} (given)"
             rows.append((name, str(len(users)), join(s.tags) or "-", paths or "-"))
