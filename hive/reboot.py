@@ -57,16 +57,18 @@ def host_argv(remote: Remote, what: str, *args: str, fresh: bool = False, share:
 
 
 def parse_needs(stdout: str) -> tuple[str, ...]:
-    """What `reboot.sh needs` says differs (kernel, initrd, kernel-params)."""
+    """What `reboot.sh needs` says differs (kernel, initrd, kernel-params; "unknown": the host
+    has no /run/booted-system to compare with)."""
     line = next((ln for ln in stdout.splitlines() if ln.split()[:1] == ["needs"]), None)
     if line is None:
         raise HiveError(f"unexpected answer to a reboot check: {stdout.strip()[:200]!r}")
-    return tuple(w for w in line.split()[1:] if w in KERNEL_FILES)
+    return tuple(w for w in line.split()[1:] if w in (*KERNEL_FILES, "unknown"))
 
 
 def needs(remote: Remote, path: str) -> tuple[str, ...]:
     """The files of `path` (kernel, initrd, kernel-params) that differ from the booted
-    system's: empty when `path` runs without a reboot."""
+    system's: empty when `path` runs without a reboot; ("unknown",) when the host cannot tell
+    (nix-hive then reboots it)."""
     return parse_needs(process.run(host_argv(remote, "needs", path), timeout=60).stdout)
 
 
@@ -262,7 +264,8 @@ def reboot_into(session: Session, instance: Instance) -> dict[str, Any]:
         if not changed:
             done = Activation(session, instance).run()
             return {**done, "note": "no reboot needed"}
-        session.progress.step("reboot", instance.name, "...", f"needed: {', '.join(changed)} changed")
+        why = "the booted system is unknown" if changed == ("unknown",) else f"{', '.join(changed)} changed"
+        session.progress.step("reboot", instance.name, "...", f"needed: {why}")
     return Reboot(session, instance, path).run()
 
 

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from hive import reboot
-from tests.conftest import REPO, needs_lab
+from hive import options, reboot
+from hive.errors import HiveError, InputError
+from hive.remote import Remote
+from hive.resources import host_file
+from hive.ssh import SshSetup
+from tests.conftest import REPO, needs_lab, nix_hive, write_hive
 from tests.constants import STANDIN
 from tests.fleet import Fleet, nix_env
 from tests.lab.boot import Boot
@@ -60,8 +66,69 @@ def start(fleet_factory: Start) -> tuple[Fleet, dict[str, str]]:
 def test_needs_reads_what_differs() -> None:
     assert reboot.parse_needs("needs kernel kernel-params\n") == ("kernel", "kernel-params")
     assert reboot.parse_needs("noise\nneeds\n") == ()
-    with pytest.raises(Exception, match="unexpected answer"):
+    assert reboot.parse_needs("needs unknown\n") == ("unknown",)
+    with pytest.raises(HiveError, match="unexpected answer"):
         reboot.parse_needs("")
+
+
+def test_the_host_script_runs_as_root_with_each_value_an_argument(tmp_path: Path) -> None:
+    setup = SshSetup(directory=tmp_path, config=tmp_path / "ssh_config", known_hosts=tmp_path / "known_hosts")
+    host = Remote(setup, "www-1")
+    argv = reboot.host_argv(host, "start", "ID", "/nix/store/abc-system", "38", "me@deployer")
+    assert argv[:4] == ["ssh", "-F", str(tmp_path / "ssh_config"), "--"] and argv[4] == "www-1"
+    words = shlex.split(argv[5])
+    assert words[:2] == ["sh", "-c"]  # as_root's script (root, or sudo), the script file's text its argument
+    call = ["sh", "-c", host_file("reboot.sh").read_text(), "reboot.sh", "start", "ID", "/nix/store/abc-system",
+            "38", "me@deployer"]
+    assert shlex.join(call) in words[2]
+    fresh = reboot.host_argv(host, "keep", "/nix/store/abc-system", fresh=True)
+    assert "ControlPath=none" in fresh
+    assert "ControlMaster=no" in reboot.host_argv(host, "needs", "/x", share=False)
+
+
+GRUB_CFG = """set default="${saved_entry}"
+menuentry "NixOS - Default" --class nixos --unrestricted {
+  linux /kernels/k-bzImage init=/nix/store/bbb-nixos-system-b/init loglevel=4
+}
+submenu "NixOS - All configurations" --class submenu {
+menuentry "NixOS - Configuration 42 (2026-12-01 - 24.11)" --class nixos {
+  linux /kernels/k-bzImage init=/nix/store/bbb-nixos-system-b/init loglevel=4
+}
+menuentry "NixOS - Configuration 41 (2026-11-30 - 24.11)" --class nixos {
+  linux /kernels/k-bzImage init=/nix/store/aaa-nixos-system-a/init loglevel=4
+}
+}
+"""
+
+
+def host_script(*args: str) -> str:
+    return subprocess.run(["sh", str(host_file("reboot.sh")), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_grub_boots_a_generation_once_by_its_entry_in_the_submenu(tmp_path: Path) -> None:
+    (tmp_path / "grub.cfg").write_text(GRUB_CFG)
+    cfg = str(tmp_path / "grub.cfg")
+    assert host_script("grub-entry", "/nix/store/aaa-nixos-system-a", cfg) == \
+        "NixOS - All configurations>NixOS - Configuration 41 (2026-11-30 - 24.11)"
+    assert host_script("grub-entry", "/nix/store/bbb-nixos-system-b", cfg) == \
+        "NixOS - All configurations>NixOS - Configuration 42 (2026-12-01 - 24.11)"
+    assert host_script("grub-entry", "/nix/store/ccc-nixos-system-c", cfg) == ""
+
+
+def test_reboot_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    assert [options.reboot_mode(t) for t in (None, "0", "always", "AUTO", "1")] == \
+        [None, None, "always", "auto", "always"]
+    with pytest.raises(InputError, match="--reboot, --reboot=always or --reboot=auto"):
+        options.reboot_mode("www-1")
+    hive = write_hive(tmp_path, 'let sys = { configuration = { }; }; in '
+                      '{ systems.web = sys; instances.w = { system = "web"; rebootTimeout = 5; }; }')
+    out = nix_hive("deploy", "-c", str(hive), "--reboot", "--goal", "boot", "w")
+    assert out.returncode == 2 and "--reboot boots each new system: it takes no --goal boot" in out.stderr
+    out = nix_hive("deploy", "-c", str(hive), "--reboot=sometimes", "w")
+    assert out.returncode == 2 and "expected --reboot, --reboot=always or --reboot=auto" in out.stderr
+    out = nix_hive("reboot", "-c", str(hive), "--reboot-timeout", "0", "w")
+    assert out.returncode == 2 and "--reboot-timeout '0'" in out.stderr
 
 
 @needs_lab

@@ -4,7 +4,8 @@
 #   reboot.sh needs NEW                    would NEW run only after a reboot? Prints `needs WHAT...`
 #                                          (kernel, initrd, kernel-params: those of NEW that differ
 #                                          from /run/booted-system's, as nixos-needsreboot compares
-#                                          them) or `needs` alone
+#                                          them), `needs unknown` (no /run/booted-system) or `needs`
+#                                          alone
 #   reboot.sh start ID NEW LOCKWAIT WHO    install NEW for the next boot only, then reboot
 #   reboot.sh booted ID SECONDS            `waiting` while the host has not rebooted since ID; after
 #                                          the reboot, wait (at most SECONDS) for the boot to finish
@@ -13,9 +14,11 @@
 #   reboot.sh fall-back ID                 forget the trial and any one-shot entry left; reboot into
 #                                          the default entry (the last good system) unless the host
 #                                          runs it already: prints `rebooting PATH` or `on PATH`
+#   reboot.sh grub-entry NEW CFG           the GRUB entry (`SUBMENU>TITLE`) of CFG that boots NEW
 #
 # `start` keeps the last good system the default entry: the generation of the system profile
-# that the host runs now (else the profile's current one). It adds NEW to the profile, puts the
+# that the host runs now (else the profile's current one; a system the host runs on trial, booted
+# once and never kept, is not good: the trial's own last good one stays). It adds NEW to the profile, puts the
 # profile back on the last good generation, installs the boot loader from there (NEW's entry is
 # listed, the default is the last good one), and sets NEW's entry as the boot loader's one-shot
 # entry:
@@ -70,12 +73,12 @@ loader() {  # which boot loader this host boots with
   fi
 }
 
-grub_entry() {  # NEW: `SUBMENU>TITLE` of NEW's menu entry in grub.cfg
+grub_entry() {  # NEW CFG: `SUBMENU>TITLE` of NEW's menu entry in CFG (grub.cfg)
   awk -v init="init=$1/init" '
     /^[ \t]*submenu / { match($0, /"[^"]*"/); sub_ = substr($0, RSTART + 1, RLENGTH - 2) }
     /^[ \t]*menuentry / { match($0, /"[^"]*"/); title = substr($0, RSTART + 1, RLENGTH - 2) }
     index($0, init) && sub_ != "" { print sub_ ">" title; exit }
-  ' /boot/grub/grub.cfg
+  ' "$2"
 }
 
 oneshot() {  # LOADER NEW GEN: boot NEW once, at the next boot only
@@ -85,7 +88,7 @@ oneshot() {  # LOADER NEW GEN: boot NEW once, at the next boot only
     grub)
       grep -q saved_entry /boot/grub/grub.cfg ||
         fail 'GRUB boots its first entry: set boot.loader.grub.default = "saved"'
-      entry=$(grub_entry "$2")
+      entry=$(grub_entry "$2" /boot/grub/grub.cfg)
       [ -n "$entry" ] || fail "no GRUB entry boots $2"
       grub-set-default 0 && grub-reboot "$entry" ;;
   esac
@@ -108,6 +111,7 @@ shift
 case $what in
   needs)
     new=$1
+    if [ ! -e /run/booted-system ]; then echo "needs unknown"; exit 0; fi
     out=needs
     for f in kernel initrd; do
       [ "$(readlink -f "/run/booted-system/$f")" = "$(readlink -f "$new/$f")" ] || out="$out $f"
@@ -123,16 +127,18 @@ case $what in
     if ! flock -w "$lockwait" 9; then echo "busy $(cat "$runs/owner" 2>/dev/null || echo unknown)"; exit 0; fi
     echo "reboot-$id started by $who at $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$runs/owner"
     cur=$(readlink -f /run/current-system 2>/dev/null || true)
+    goodgen=
     if [ -f "$record" ]; then
-      read -r rnew _ rgood _ rid < "$record" || true
-      if [ "$rnew" = "$new" ] && [ "$cur" = "$new" ] && [ ! -e "$runs/reboot-$rid" ]; then
-        echo "resume $rgood"
-        exit 0
+      read -r rnew _ rgood rgoodgen rid < "$record" || true
+      if [ "$cur" = "$rnew" ] && [ ! -e "$runs/reboot-$rid" ]; then  # it runs a system on trial
+        if [ "$rnew" = "$new" ]; then echo "resume $rgood"; exit 0; fi
+        # never kept, so never the last good one: that is still the trial's
+        if [ "$(readlink -f "$profile-$rgoodgen-link" 2>/dev/null)" = "$rgood" ]; then goodgen=$rgoodgen; fi
       fi
     fi
     [ -x "$new/bin/switch-to-configuration" ] || fail "$new is not a system in this host's store"
     kind=$(loader) || fail "no boot loader nix-hive can boot once found (systemd-boot's bootctl, GRUB's grub-reboot)"
-    goodgen=$(gen_of "$cur")
+    [ -n "$goodgen" ] || goodgen=$(gen_of "$cur")
     [ -n "$goodgen" ] || goodgen=$(current_gen)
     [ -n "$goodgen" ] || fail "no system profile to fall back to ($profile)"
     good=$(readlink -f "$profile-$goodgen-link")
@@ -204,6 +210,9 @@ case $what in
       echo "rebooting $good"
       reboot_now
     fi
+    ;;
+  grub-entry)
+    grub_entry "$1" "$2"
     ;;
   *)
     echo "reboot.sh: unknown call $what" >&2
