@@ -134,12 +134,12 @@ def test_reboot_options_are_checked_before_anything_starts(tmp_path: Path) -> No
 @needs_lab
 def test_a_good_reboot_keeps_the_new_system_and_an_unhealthy_one_rolls_back(fleet_factory: Start) -> None:
     fleet, _ = start(fleet_factory)
-    v2 = paths(fleet, "v2")
     before = {h: len(fleet.lab.boots(h)) for h in ("www-1", "www-2")}
     t0 = time.monotonic()
     result = run(fleet, "v2", "deploy", "--json", "--reboot", "www-*")
     took = time.monotonic() - t0
     assert result.returncode == 0, result.stderr
+    v2 = {h: str(row["path"]) for h, row in rows(result).items()}
     for h in ("www-1", "www-2"):
         assert rows(result)[h]["outcome"] == "ok", result.stderr
         boots = fleet.lab.boots(h)
@@ -149,9 +149,9 @@ def test_a_good_reboot_keeps_the_new_system_and_an_unhealthy_one_rolls_back(flee
     status = run(fleet, "v2", "status", "--json", "www-*")
     assert [r["reboot"] for r in json.loads(status.stdout)] == ["no", "no"], status.stdout
 
-    bad = paths(fleet, "unhealthy")["www-1"]
     result = run(fleet, "unhealthy", "deploy", "--json", "--reboot", "www-1")
     row = rows(result)["www-1"]
+    bad = row["path"]
     assert result.returncode == 1 and row["outcome"] == "rolled back", result.stderr
     assert "check health failed" in str(row["reason"]), row
     last = fleet.lab.boots("www-1")[-2:]
@@ -175,10 +175,10 @@ def power_cycle(fleet: Fleet, host: str) -> Boot:
 def test_hosts_that_do_not_come_back_boot_their_last_good_system(fleet_factory: Start) -> None:
     fleet, v1 = start(fleet_factory)
     # a system that hangs at boot: not back in time, so failed, and the next wave is not started
-    hang = paths(fleet, "hang")["www-1"]
     result = run(fleet, "www-1=hang,www-2=v2", "deploy", "--json", "--reboot", "--reboot-timeout", "6",
                  "www-1", "www-2")
     found = rows(result)
+    hang = found["www-1"]["path"]
     assert result.returncode == 1 and found["www-1"]["outcome"] == "failed", result.stderr
     reason = str(found["www-1"]["reason"])
     assert "did not come back within 6 s" in reason and f"last good system {v1['www-1']}" in reason, reason
@@ -211,9 +211,9 @@ def test_reboot_auto_reboots_only_the_hosts_whose_kernel_changed(fleet_factory: 
     for h in ("www-1", "www-2"):  # booted on v1 (lab hosts start with no system to boot)
         fleet.lab.reboot(h)
     variant = "www-1=v2,www-2=v1b"
-    new = paths(fleet, variant)
     staged = run(fleet, variant, "deploy", "--json", "--goal", "boot", "www-*")
     assert staged.returncode == 0, staged.stderr
+    new = {h: row["path"] for h, row in rows(staged).items()}
     status = run(fleet, variant, "status", "--json", "www-*")
     assert {r["instance"]: r["reboot"] for r in json.loads(status.stdout)} == \
         {"www-1": "yes (kernel, initrd)", "www-2": "no"}, status.stdout
