@@ -12,6 +12,8 @@ once, default 10), keep_going (1/true), max_failures (N or N%), I (name=path,…
 NIX_PATH entries), push_only (1: the plan of `nix-hive push`), verbose (1: print every command),
 rollback (0: as --no-rollback), activation_timeout, confirm_timeout (seconds), keys (0: as --no-keys),
 eval_jobs (systems evaluated at once), build_host (the host that builds every system),
+elevate (sudo|run0|none), ask_sudo_password (1: ask the sudo password on the terminal),
+sudo_password_file (a file only you can read: its first line is the sudo password),
 copy_timeout (seconds), copy_rate (Mbit/s), connect_timeout (seconds), stop_timeout (seconds: after
 SIGTERM, how long the running steps are followed; doit then exits 143 after the summary).
 """
@@ -29,7 +31,8 @@ from hive import errors, options, orchestrate
 def _namespace() -> dict[str, Any]:
     names = ("config", "targets", "no", "state", "goal", "jobs", "keep_going", "max_failures", "I", "push_only",
              "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys", "eval_jobs",
-             "build_host", *(name for name, *_ in options.DEADLINES))
+             "build_host", "elevate", "ask_sudo_password", "sudo_password_file",
+             *(name for name, *_ in options.DEADLINES))
     variables = {name: value for name in names if (value := get_var(name, None)) is not None}
     return orchestrate.from_doit(variables)
 

@@ -25,15 +25,16 @@ import platform
 import queue
 import re
 import secrets
+import shlex
 import threading
 import time
 from typing import Any
 
-from hive import health, process
+from hive import elevate, health, process
 from hive.errors import HiveError, ProcessError, RolledBackError, StepError, TimedOutError
 from hive.model import Goal, Instance, Step
 from hive.process import ProcessTimeoutError
-from hive.remote import SYSTEM_PROFILE, Remote, as_root
+from hive.remote import SYSTEM_PROFILE, Remote
 from hive.resources import host_file
 from hive.session import Session
 
@@ -77,7 +78,7 @@ def who() -> str:
 def control_argv(remote: Remote, what: str, *args: str, fresh: bool = False) -> list[str]:
     """The ssh call running `control.sh WHAT ARGS` on `remote` (see that file): over the host's
     shared connection, or `fresh`, over a new one."""
-    script = host_file("control.sh").read_text()
+    script = remote.root_script(host_file("control.sh").read_text())
     return remote.fresh_argv(script, args=[what, *args]) if fresh else remote.shell_argv(script, args=[what, *args])
 
 
@@ -119,7 +120,7 @@ class Activation:
             until = ("waiting", *FINAL)
             start = time.monotonic()
             state = self._channel(control_argv(self.remote, "start", self.id, str(seconds), *args), seconds,
-                                  input=host_file("activate.sh").read_text())
+                                  input=self.remote.root_input(host_file("activate.sh").read_text()))
             if not state.startswith(until):
                 state = self._follow(seconds - (time.monotonic() - start), until=until)
             if state == "waiting" or (state == "done" and (self.checks or self.post_keys)):
@@ -146,6 +147,9 @@ class Activation:
             pass
         except ProcessError as exc:
             if exc.returncode != 255:
+                refused = elevate.refusal(exc.returncode, exc.stderr)
+                if refused is not None:  # one clear line (a wrong password is tried once, never again)
+                    raise StepError(refused, log=exc.stderr) from None
                 raise
         return self._state
 
@@ -153,8 +157,11 @@ class Activation:
         """A file of the activation's state directory, over the shared connection (None when
         the host cannot be asked right now)."""
         try:
-            out = process.run(self.remote.shell_argv(as_root([["cat", f"{self.directory}/{name}"]])),
-                              check=False, timeout=min(30, self.unanswered / 2))
+            # the state and log are readable by all (activate.sh's umask): root only if not
+            path = shlex.quote(f"{self.directory}/{name}")
+            out = process.run(self.remote.shell_argv(self.remote.root_script(
+                f"cat {path} 2>/dev/null || as_root cat {path}")), input=self.remote.root_input(),
+                check=False, timeout=min(30, self.unanswered / 2))
         except HiveError:
             return None
         return out.stdout.strip() if out.exit_code == 0 else None
@@ -288,6 +295,9 @@ class _Confirmation:
     def __init__(self, activation: Activation) -> None:
         self.activation = activation
         self.go: queue.Queue[str | None] = queue.Queue()
+        password = activation.remote.root_input()
+        if password:  # the sudo password's line first (hive/elevate.py), then the word
+            self.go.put(str(password))
         self.opened = time.monotonic()  # the host's confirmation window opened about now
         self.error: HiveError | None = None
         # the host rolls back by itself once its window is over: no confirmation is of use after it

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hive import __version__, fleet, options, orchestrate, plan, process, reboot, remote, ssh, state, tempdirs, text
+from hive import elevate as elevation
 from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
@@ -56,10 +57,31 @@ def _load(args: argparse.Namespace, *, paths: bool = True) -> Hive:
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
              build_only: bool = False) -> Session:
     given = _options(args, hive, len(flatten(waves)))
+    hive = _elevated(args, hive)
     _sockets_fit()
     the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only,
                               keys=getattr(args, "keys", True))
     return Session(hive, the_plan, given, Progress(quiet=args.quiet))
+
+
+def _elevated(args: argparse.Namespace, hive: Hive) -> Hive:
+    """`--elevate`, and the sudo password of `--ask-sudo-password` (asked now: every input was
+    checked, nothing has run yet)."""
+    return elevation.apply(hive, getattr(args, "elevate", None), getattr(args, "ask_sudo_password", False),
+                         getattr(args, "sudo_password_file", None))
+
+
+def _elevation_arguments(parser: argparse.ArgumentParser) -> None:
+    """How commands that need root get it on hosts whose ssh user is not root (hive/elevate.py)."""
+    parser.add_argument("--elevate", metavar="sudo|run0|none",
+                        help="how a non-root ssh user runs nix-hive's commands as root, on every selected instance "
+                             "(default: the deployment's elevate, else sudo: sudo -n, never prompting)")
+    parser.add_argument("-S", "--ask-sudo-password", action="store_true",
+                        help="ask the sudo password once, on the terminal without echo, and give it to sudo -S on "
+                             "every host (never in an argv, a file or the output)")
+    parser.add_argument("--sudo-password-file", metavar="FILE",
+                        help="without a terminal: the sudo password is FILE's first line (FILE readable by you "
+                             "alone); implies --ask-sudo-password")
 
 
 def _sockets_fit() -> None:
@@ -258,14 +280,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     jobs = options.positive(str(args.jobs), "-j/--jobs")
     the_plan = plan.make_plan(hive, select(hive, args.patterns))
     _sockets_fit()
-    return _show(args, fleet.rollback(hive, the_plan, options.goal(args.goal), jobs=jobs, keep_going=args.keep_going))
+    return _show(args, fleet.rollback(_elevated(args, hive), the_plan, options.goal(args.goal), jobs=jobs,
+                                      keep_going=args.keep_going))
 
 
 def cmd_upload_keys(args: argparse.Namespace) -> int:
     hive = _load(args, paths=False)
     jobs = options.positive(str(args.jobs), "-j/--jobs")
     _sockets_fit()
-    return _show(args, fleet.upload_keys(hive, plan.make_plan(hive, select(hive, args.patterns)), jobs=jobs))
+    the_plan = plan.make_plan(hive, select(hive, args.patterns))
+    return _show(args, fleet.upload_keys(_elevated(args, hive), the_plan, jobs=jobs))
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
@@ -366,6 +390,7 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
     s.set_defaults(func=cmd_status)
     for command in (b, pl, ls, s, *(sub.choices[n] for n in ("deploy", "push"))):
         command.add_argument("patterns", nargs="*", metavar="PATTERN")
+    _elevation_arguments(deploy)
 
 
 def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
@@ -408,6 +433,8 @@ def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
                           "rebootTimeout, else 600)")
     rbt.add_argument("patterns", nargs="*", metavar="PATTERN")
     rbt.set_defaults(func=cmd_reboot)
+    for command in (uk, rb, rbt):
+        _elevation_arguments(command)
     r = sub.add_parser("run", parents=[common, jobs], help="run a command on every selected instance")
     r.add_argument("patterns", nargs="+", metavar="PATTERN")
     r.set_defaults(func=cmd_run)

@@ -248,6 +248,8 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
             activation_timeout=_first(DEFAULT_ACTIVATION_TIMEOUT, "activationTimeout", i, s, raw),
             confirm_timeout=_first(DEFAULT_CONFIRM_TIMEOUT, "confirmTimeout", i, s, raw),
             reboot_timeout=_first(DEFAULT_REBOOT_TIMEOUT, "rebootTimeout", i, s, raw),
+            elevate=next((str(level["elevate"]) for level in (i, s, raw) if level.get("elevate") is not None),
+                         "sudo"),
             keys=tuple(dict.fromkeys([*s.get("keys", ()), *i.get("keys", ())])))
     key: Path | None = None
     if raw.get("signingKey") is not None:

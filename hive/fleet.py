@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hive import health, process
-from hive.errors import HiveError
+from hive import elevate, health, process
+from hive.errors import HiveError, ProcessError
 from hive.keys import Keys
 from hive.model import Goal, Hive, Instance
 from hive.plan import Plan
-from hive.remote import SYSTEM_PROFILE, Remote, Remotes, as_root
+from hive.remote import SYSTEM_PROFILE, Remote, Remotes
 from hive.report import Row
 
 
@@ -96,9 +96,10 @@ def rollback(hive: Hive, plan: Plan, goal: Goal, *, jobs: int, keep_going: bool 
     def one(remote: Remote, i: Instance) -> Row:
         start = time.monotonic()
         try:
-            out = process.run(remote.shell_argv(as_root([["sh", "-c", script]])))
+            out = process.run(remote.shell_argv(remote.as_root([["sh", "-c", script]])), input=remote.root_input())
         except HiveError as exc:
-            why = "no previous generation" if "no previous generation" in str(exc) else str(exc)
+            refused = elevate.refusal(exc.returncode, exc.stderr) if isinstance(exc, ProcessError) else None
+            why = "no previous generation" if "no previous generation" in str(exc) else refused or str(exc)
             return Row(i.name, i.system, "", "failed", f"rollback: {why}", {"rollback": _since(start)})
         path = next((ln[5:] for ln in out.stdout.splitlines() if ln.startswith("path=")), "")
         return Row(i.name, i.system, path, "ok", "", {"rollback": _since(start)})

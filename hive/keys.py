@@ -31,10 +31,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hive import process
+from hive import elevate, process
 from hive.errors import HiveError, ProcessError, StepError, headline
 from hive.model import Hive, Key
-from hive.remote import Remote, as_root
+from hive.remote import Remote
 
 # stdin: a line "SHA-256 LENGTH", then the content (exactly; read(1) byte by byte takes the line
 # alone from a pipe). Exit 64/65: a user or group the host lacks; 66: the content arrived altered.
@@ -126,7 +126,7 @@ class Keys:
     def on_host(self, remote: Remote, keys: Sequence[Key]) -> dict[str, str]:
         """Destination -> SHA-256 of the file there (missing files are absent)."""
         script = "; ".join(f"sha256sum {shlex.quote(k.destination)} 2>/dev/null" for k in keys) + "; true"
-        out = process.run(remote.shell_argv(as_root([["sh", "-c", script]])))
+        out = process.run(remote.shell_argv(remote.as_root([["sh", "-c", script]])), input=remote.root_input())
         found: dict[str, str] = {}
         for line in out.stdout.splitlines():
             digest, _, path = line.partition("  ")
@@ -155,8 +155,12 @@ class Keys:
             script = script.replace(f"@{name}@", shlex.quote(value))
         header = f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode()
         try:
-            process.run(remote.shell_argv(as_root([["sh", "-c", script]])), input=header + data)
+            process.run(remote.shell_argv(remote.as_root([["sh", "-c", script]])),
+                        input=remote.root_input(header + data))
         except ProcessError as exc:
+            refused = elevate.refusal(exc.returncode, exc.stderr)
+            if refused is not None:
+                raise StepError(f"key {key.name} on {remote.name}: {refused}", log=exc.stderr) from None
             if exc.returncode == ALTERED:
                 raise StepError(f"key {key.name} on {remote.name}: {headline(exc.stderr)}", log=exc.stderr) from None
             missing = exc.returncode in (64, 65)

@@ -7,9 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hive.errors import InputError
+
+if TYPE_CHECKING:
+    from hive.elevate import Password
 
 
 def frozen_map(d: Mapping[str, str] | None = None) -> Mapping[str, str]:
@@ -167,6 +170,7 @@ class Instance:
     confirm_timeout: int = DEFAULT_CONFIRM_TIMEOUT  # seconds the host waits for confirmation
     reboot_timeout: int = DEFAULT_REBOOT_TIMEOUT  # seconds a reboot may take, to ssh and a finished boot
     keys: tuple[str, ...] = ()  # names of the hive's keys it gets: its system's, then its own
+    elevate: str = "sudo"  # how a non-root ssh user becomes root: sudo, run0, none (hive/elevate.py)
 
     @property
     def address(self) -> str:
@@ -194,6 +198,8 @@ class Hive:
     flake: str | None = None  # the flake reference, when the deployment is a flake's output
     attr: str = ""  # that output's attribute path (nixHive)
     flake_inputs: Mapping[str, Any] | None = None  # its source and locked inputs (nix flake metadata)
+    # --ask-sudo-password: the run's sudo password (hive/elevate.py), for every host; never shown
+    sudo_password: Password | None = field(default=None, repr=False, compare=False)
     unevaluated: Mapping[str, str] = field(default_factory=frozen_map)  # `paths` entries left unevaluated, as System's
 
     @property

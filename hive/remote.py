@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import overload
 
-from hive import process, ssh, tempdirs
+from hive import elevate, process, ssh, tempdirs
 from hive.errors import HiveError
 from hive.model import Hive
 
@@ -61,22 +62,29 @@ def parse_probe(stdout: str, asked: Iterable[str]) -> Probe:
                  pending="pending=1" in lines)
 
 
-def as_root(commands: Sequence[Sequence[str]]) -> str:
+def as_root(commands: Sequence[Sequence[str]], method: elevate.Method = elevate.Method.SUDO,
+            password: elevate.Password | None = None) -> str:
     """A remote script running `commands` in turn as root: directly when the ssh user is
-    root, through `sudo -n` otherwise (never prompting: a missing sudo rule fails fast)."""
-    body = " && ".join("$s " + shlex.join(cmd) for cmd in commands)
-    return f'if [ "$(id -u)" -eq 0 ]; then s=; else s="sudo -n"; fi; {body}'
+    root, else as `method` says (hive/elevate.py); `sudo -n` by default, never prompting: a
+    missing sudo rule fails fast. With a `password`, its call's input starts with it
+    (`Remote.root_input`)."""
+    return elevate.script(method, password, " && ".join("as_root " + shlex.join(cmd) for cmd in commands))
 
 
 class Remote:
     """A host as ssh knows it (an instance, or a jump host of the user's configuration)."""
 
-    def __init__(self, setup: ssh.SshSetup, name: str, *, hub: bool = False) -> None:
+    def __init__(self, setup: ssh.SshSetup, name: str, *, hub: bool = False, hive: Hive | None = None) -> None:
         self.setup = setup
         self.name = name
         self.hub = hub  # a jump host or relay: its connection stays open for the hosts behind it
         self._lock = threading.Lock()
         self._probe: Probe | None = None
+        # how root comes on this host (an instance's `elevate`; sudo on other hosts, which
+        # nix-hive never asks for root), and the run's sudo password
+        known = hive.instances.get(name) if hive is not None else None
+        self.elevate = elevate.Method(known.elevate) if known is not None else elevate.Method.SUDO
+        self.password = hive.sudo_password if hive is not None and self.elevate is elevate.Method.SUDO else None
 
     @property
     def config(self) -> Path:
@@ -114,9 +122,34 @@ class Remote:
         """Run a POSIX shell script as the ssh user (a build host's copies and GC roots)."""
         return process.run(self.shell_argv(script), on_stderr=on_line)
 
+    def root_script(self, body: str) -> str:
+        """`body`, a script calling `as_root CMD ARGS…` for its commands that need root, made to
+        run on this host (hive/host/elevate.sh first); its call's input is `root_input`'s."""
+        return elevate.script(self.elevate, self.password, body)
+
+    def as_root(self, commands: Sequence[Sequence[str]]) -> str:
+        """A script running `commands` in turn as root on this host (see `as_root`)."""
+        return as_root(commands, self.elevate, self.password)
+
+    @overload
+    def root_input(self, data: bytes) -> bytes: ...
+    @overload
+    def root_input(self, data: str) -> str: ...
+    @overload
+    def root_input(self, data: None = None) -> str | None: ...
+
+    def root_input(self, data: bytes | str | None = None) -> bytes | str | None:
+        """The standard input of a call running `root_script`/`as_root`: the sudo password's
+        line first (when one was asked), then `data`."""
+        if self.password is None:
+            return data
+        if isinstance(data, bytes):
+            return self.password.line().encode() + data
+        return self.password.line() + (data or "")
+
     def run_as_root(self, commands: Sequence[Sequence[str]]) -> process.Result:
         self.forget()
-        return process.run(self.shell_argv(as_root(commands)))
+        return process.run(self.shell_argv(self.as_root(commands)), input=self.root_input())
 
     def probe(self, paths: Iterable[str]) -> Probe:
         """What the host has and runs, asked once (one ssh call) and remembered until a step
@@ -178,7 +211,7 @@ class Remotes:
         setup = self.setup
         with self._lock:
             if name not in self._remotes:
-                self._remotes[name] = Remote(setup, name, hub=name in self.hubs)
+                self._remotes[name] = Remote(setup, name, hub=name in self.hubs, hive=self.hive)
             return self._remotes[name]
 
     def probe_all(self, wanted: dict[str, frozenset[str]]) -> dict[str, Probe]:

@@ -166,8 +166,9 @@ def test_remote_commands_are_quoted_and_use_sudo_only_when_not_root(tmp_path: Pa
     assert w.shell_argv("true", share=False)[3:5] == ["-o", "ControlMaster=no"]
     script = remote.as_root([["nix-env", "--set", "/nix/store/p"],
                              ["/nix/store/p/bin/switch-to-configuration", "switch"]])
-    assert script.startswith('if [ "$(id -u)" -eq 0 ]; then s=; else s="sudo -n"; fi; ')
-    assert script.endswith("$s nix-env --set /nix/store/p && $s /nix/store/p/bin/switch-to-configuration switch")
+    assert "\nelevate sudo\n" in script  # hive/host/elevate.sh: itself as root, else sudo -n
+    assert script.endswith("as_root nix-env --set /nix/store/p && as_root /nix/store/p/bin/switch-to-configuration "
+                           "switch")
 
 
 def test_probe_script_and_parser_on_recorded_answers() -> None:

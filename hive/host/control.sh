@@ -1,6 +1,6 @@
 #!/bin/sh
 # What nix-hive runs on a host to start an activation (hive/host/activate.sh) and follow it, as
-# the ssh user (root, or a user allowed the `as_root` commands by sudo). hive/activate.py calls:
+# the ssh user (root, or a user allowed the `as_root` commands by sudo or run0). hive/activate.py calls:
 #
 #   control.sh start ID SECONDS ARGS...  activate.sh's text on stdin: write it to /run/nix-hive/ID/
 #                                        and start it detached (ARGS: activate.sh's), then follow it
@@ -20,12 +20,11 @@
 # runs systemd, else under setsid: either way it outlives this connection. systemd expands `$`
 # in a unit's command line: the script is a file, and nix-hive passes only arguments that have
 # no `$`, `%` or white space (hive/activate.py checks).
+#
+# Commands that need root go through `as_root` (and $root_prefix): hive/host/elevate.sh, which
+# nix-hive puts before this text with the host's elevation (sudo -n, sudo with the password
+# as the first line of standard input, run0, or none as root).
 set -eu
-if [ "$(id -u)" -eq 0 ]; then
-  as_root() { "$@"; }
-else
-  as_root() { sudo -n -- "$@"; }
-fi
 
 follow() {  # DIR SECONDS STOP: print the state as it changes until it is an end state (or STOP)
   last=-
@@ -65,12 +64,12 @@ case $what in
         as_root systemd-run --quiet --collect --no-ask-password --service-type=exec \
           --unit="nix-hive-activate-$id" sh "$d/activate.sh" "$@"
       fi
-    elif [ "$(id -u)" -eq 0 ]; then
-      # a simple command, not as_root: a function's redirections keep copies of this connection's
-      # descriptors open in the background shell, and ssh would wait for it to end
-      setsid sh "$d/activate.sh" "$@" > /dev/null 2>&1 < /dev/null &
     else
-      sudo -n -- setsid sh "$d/activate.sh" "$@" > /dev/null 2>&1 < /dev/null &
+      # a simple command, not as_root: a function's redirections keep copies of this connection's
+      # descriptors open in the background shell, and ssh would wait for it to end. With a
+      # password, as_root above validated it: this sudo -n uses the credential it cached.
+      # shellcheck disable=SC2154,SC2086 # root_prefix (elevate.sh): words on purpose
+      $root_prefix setsid sh "$d/activate.sh" "$@" > /dev/null 2>&1 < /dev/null &
     fi
     follow "$d" "$seconds" waiting
     ;;

@@ -1,0 +1,240 @@
+"""Deploying as a user who is not root (hive/elevate.py, hive/host/elevate.sh): `--elevate
+sudo|run0|none` and `--ask-sudo-password`. Lab tests use the lab's `deploy` user with a real
+password, real sudo (which asks for it), and signed paths without `trusted-users`."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import subprocess
+import termios
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hive import elevate, remote
+from hive.errors import InputError
+from tests.conftest import REPO, needs_lab
+from tests.constants import STANDIN, nix_env
+from tests.fleet import Fleet
+
+SOURCE = REPO / "tests" / "hives" / "elevate"
+TOPOLOGY = {"portico": ["pub", "int"], "www-1": ["int"]}
+# spaces, quotes, a backslash and a dollar: the password goes through no shell's parsing
+PASSWORD = "s3cret $HOME 'q\" \\n-" + os.urandom(6).hex()
+Start = Callable[..., Fleet]
+
+
+# ------------------------------------------------------------------ without a lab
+
+def test_a_password_is_never_shown_and_goes_first_on_standard_input() -> None:
+    pw = elevate.Password("hunter2")
+    assert "hunter2" not in repr(pw) and "hunter2" not in str(pw) and "hunter2" not in f"{[pw]}"
+    with pytest.raises(TypeError):
+        __import__("pickle").dumps(pw)
+    script = remote.as_root([["tee", "/run/x"]], elevate.Method.SUDO, pw)
+    assert "hunter2" not in script and "\nelevate sudo-password\n" in script
+    assert "\nelevate sudo\n" in remote.as_root([["true"]])  # the default: sudo -n
+    with pytest.raises(InputError, match="expected one of sudo, run0, none"):
+        elevate.Method.parse("doas")
+
+
+def test_a_password_file_must_be_private(tmp_path: Path) -> None:
+    f = tmp_path / "pw"
+    f.write_text("hunter2\nignored\n")
+    f.chmod(0o640)
+    with pytest.raises(InputError, match=r"readable by others \(mode 0640\): chmod 600"):
+        elevate.read_file(str(f))
+    f.chmod(0o600)
+    assert elevate.read_file(str(f)).line() == "hunter2\n"
+    f.write_text("\n")
+    with pytest.raises(InputError, match="empty"):
+        elevate.read_file(str(f))
+
+
+def test_refusals_are_one_clear_line() -> None:
+    said = "Sorry, try again.\nsudo: no password was provided\nsudo: 1 incorrect password attempt\n"
+    assert elevate.refusal(92, said) == "sudo refused the password (tried once, not again)"
+    assert elevate.refusal(90, "") == "elevate none: the ssh user is not root"
+    denied = "Failed to start transient service unit: Access denied\n"
+    assert (elevate.refusal(1, denied) or "").startswith("run0 was refused: polkit")
+    assert elevate.refusal(1, "cp: cannot stat") is None
+
+
+# ------------------------------------------------------------------ lab
+
+def prepare(fleet: Fleet, sudoers: str) -> None:
+    """Give the deploy user PASSWORD and `sudoers`, and take it out of trusted-users: it adds
+    only paths signed by a key the host trusts."""
+    pub = (fleet.hive / "secrets" / "hive.pub").read_text().strip()
+    for host in fleet.lab.hosts:
+        fleet.lab.run(host, ["sh", "-c", 'h=$(openssl passwd -6 -stdin) && awk -v h="$h" -F: -v OFS=: '
+                             "'$1 == \"deploy\" { $2 = h } 1' /etc/shadow > /root/shadow && "
+                             "cat /root/shadow > /etc/shadow && rm /root/shadow"], input=PASSWORD + "\n")
+        fleet.lab.run(host, ["sh", "-c", 'cat > /etc/sudoers.d/lab-deploy && chmod 440 /etc/sudoers.d/lab-deploy'],
+                      input=sudoers)
+        conf = [ln for ln in (fleet.lab.read(host, "/etc/nix/nix.conf") or "").splitlines()
+                if not ln.startswith(("trusted-users", "trusted-public-keys"))]
+        conf += ["trusted-users = root", f"trusted-public-keys = {pub}"]
+        fleet.lab.run(host, ["sh", "-c", "cat > /etc/nix/nix.conf && systemctl stop nix-daemon.service"],
+                      input="\n".join(conf) + "\n")
+
+
+def on_a_terminal(fleet: Fleet, *args: str, answer: str) -> tuple[int, str, str]:
+    """`nix-hive ARGS` with a pseudo-terminal as its controlling terminal, answering its
+    prompt with `answer`; its output is read from pipes (the terminal carries the prompt)."""
+    master, slave = pty.openpty()
+
+    def controlling() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = {**nix_env(), **fleet.env, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(fleet.nix_hive_argv(*args), env=env, stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=controlling)
+    os.close(slave)
+    seen = b""
+    while b"password" not in seen:
+        seen += os.read(master, 1024)
+    os.write(master, answer.encode() + b"\n")
+    out, err = proc.communicate(timeout=300)
+    os.close(master)
+    return proc.returncode, out, err
+
+
+class Watch:
+    """Every process's argv and environment, looked at again and again while a run lasts."""
+
+    def __init__(self, needle: bytes) -> None:
+        self.needle, self.looks = needle, 0
+        self.found: list[str] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            self.looks += 1
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                for what in ("cmdline", "environ"):
+                    try:
+                        data = Path(f"/proc/{pid}/{what}").read_bytes()
+                    except OSError:
+                        continue
+                    if self.needle in data:
+                        self.found.append(f"{pid} {what}: {data[:200]!r}")
+            time.sleep(0.02)
+
+    def stop(self) -> list[str]:
+        self.done.set()
+        self.thread.join()
+        return self.found
+
+
+def files_holding(root: Path, needle: bytes) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                found.append(str(path))
+        except OSError:
+            pass
+    return found
+
+
+def rows(out: str) -> dict[str, dict[str, object]]:
+    return {r["instance"]: r for r in json.loads(out)["instances"]}
+
+
+@needs_lab
+def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_once(
+        fleet_factory: Start, tmp_path: Path) -> None:
+    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, user="deploy")
+    prepare(fleet, "deploy ALL=(ALL) ALL\n")  # sudo asks this user's password, for everything
+    fleet.env["ELEVATE_TOKEN"] = "token-1"
+    base = ("-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
+    report = tmp_path / "report.json"
+
+    # without the password: sudo -n is refused, one clear line per host, nothing switched
+    refused = fleet.run("deploy", "--json", *base)
+    assert refused.returncode == 1, refused.stderr
+    for row in rows(refused.stdout).values():
+        assert "sudo wants a password (--ask-sudo-password)" in str(row["reason"]), row
+
+    watch = Watch(PASSWORD.encode())
+    code, out, err = on_a_terminal(fleet, "deploy", "-S", "-v", "--json", "--report", str(report), *base,
+                                   answer=PASSWORD)
+    found = watch.stop()
+    assert code == 0, err
+    assert all(r["outcome"] == "ok" for r in rows(out).values()), out
+    assert watch.looks > 10 and found == [], found  # no process's argv or environment held it
+    needle = PASSWORD.encode()
+    assert needle not in out.encode() and needle not in err.encode() and "$ ssh" in err  # -v printed commands
+    assert files_holding(tmp_path, needle) == []  # report, state file, generated ssh files, lab records
+    for host in TOPOLOGY:
+        journal = fleet.lab.run(host, ["journalctl", "--no-pager", "-q", "-o", "cat"]).stdout
+        assert "COMMAND=" in journal and PASSWORD not in journal, host  # sudo logged its commands, not it
+        held = fleet.lab.run(host, ["grep", "-rlF", "-f", "-", "/run", "/tmp", "/var/tmp", "/home", "/root", "/etc"],
+                             input=PASSWORD + "\n", check=False)
+        assert held.stdout == "", held.stdout
+    assert fleet.lab.read("www-1", "/run/keys/token") == "token-1"
+    assert len(fleet.lab.activations("www-1")) == 1 and len(fleet.lab.activations("portico")) == 1
+
+    # a wrong password, from a private file: each host says so once, tries it once, switches nothing
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-" + PASSWORD + "\n")
+    wrong.chmod(0o600)
+    fleet.env["ELEVATE_VARIANT"] = "v2"
+    bad = fleet.run("deploy", "--json", "--sudo-password-file", str(wrong), *base)
+    assert bad.returncode == 1, bad.stderr
+    for host, row in rows(bad.stdout).items():
+        assert "sudo refused the password" in str(row["reason"]), row
+        failures = fleet.lab.run(host, ["journalctl", "--no-pager", "-q", "-o", "cat"]).stdout
+        assert failures.count("incorrect password attempt") == 1, host  # one attempt: no lockout
+    assert len(fleet.lab.activations("www-1")) == 1 and len(fleet.lab.activations("portico")) == 1
+
+    # another system, then `rollback` to the first: both with the password, from a private file
+    v1 = fleet.lab.current_system("www-1")
+    good = tmp_path / "good"
+    good.write_text(PASSWORD + "\n")
+    good.chmod(0o600)
+    again = fleet.run("deploy", "--json", "--sudo-password-file", str(good), *base, "www-1")
+    assert again.returncode == 0, again.stderr
+    assert fleet.lab.current_system("www-1") != v1
+    back = fleet.run("rollback", "--json", "--sudo-password-file", str(good), *base[:2], "www-1")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert fleet.lab.current_system("www-1") == v1
+
+    # the activation's least-privilege rules alone (README): deploy, checks, confirmation
+    where = {cmd: fleet.lab.run("www-1", ["sh", "-c", f"command -v {cmd}"]).stdout.strip()
+             for cmd, _ in elevate.ACTIVATION_RULES}
+    for host in TOPOLOGY:
+        fleet.lab.run(host, ["sh", "-c", "cat > /etc/sudoers.d/lab-deploy && visudo -cqf /etc/sudoers.d/lab-deploy"],
+                      input=elevate.sudoers("deploy", where))
+    fleet.env["ELEVATE_VARIANT"] = "v3"
+    narrow = fleet.run("deploy", "--json", "--no-keys", "--sudo-password-file", str(good), *base)
+    assert narrow.returncode == 0, narrow.stdout + narrow.stderr
+    assert "v3" in (fleet.lab.current_system("www-1") or "")
+    denied = fleet.lab.run("www-1", ["sudo", "-S", "-p", "", "sh", "-c", "id"], user="deploy", check=False,
+                           input=PASSWORD + "\n")
+    assert denied.returncode == 1 and "not allowed" in denied.stderr  # no root shell
+
+    # run0 without polkit (the lab's hosts have none), and none for a user who is not root
+    fleet.env["ELEVATE_VARIANT"] = ""
+    run0 = fleet.run("deploy", "--json", "--elevate", "run0", *base)
+    assert run0.returncode == 1, run0.stderr
+    for row in rows(run0.stdout).values():
+        assert "run0 was refused: polkit" in str(row["reason"]), row
+    both = fleet.run("deploy", "--elevate", "run0", "--sudo-password-file", str(good), *base)
+    assert both.returncode == 2 and "only sudo takes a password" in both.stderr, both.stderr
+    fleet.env["HIVE_ELEVATE"] = "none"
+    none = fleet.run("deploy", "--json", *base)
+    assert none.returncode == 1
+    for row in rows(none.stdout).values():
+        assert "elevate none: the ssh user is not root" in str(row["reason"]), row
