@@ -18,10 +18,10 @@
 #
 # `start` keeps the last good system the default entry: the generation of the system profile
 # that the host runs now (else the profile's current one; a system the host runs on trial, booted
-# once and never kept, is not good: the trial's own last good one stays). It adds NEW to the profile, puts the
-# profile back on the last good generation, installs the boot loader from there (NEW's entry is
-# listed, the default is the last good one), and sets NEW's entry as the boot loader's one-shot
-# entry:
+# once and never kept, is not good: the trial's own last good one stays). It adds NEW to the
+# profile as a generation the profile does not point at, points the profile at the last good
+# generation if it did not, installs the boot loader from there (NEW's entry is listed, the
+# default is the last good one), and sets NEW's entry as the boot loader's one-shot entry:
 #
 #   systemd-boot   bootctl set-oneshot nixos-generation-N.conf
 #   GRUB           grub-reboot 'SUBMENU>ENTRY' (NEW's entry of grub.cfg, found by its init=NEW/init);
@@ -122,6 +122,9 @@ case $what in
     ;;
   start)
     id=$1; new=$2; lockwait=$3; who=$4
+    # a dropped connection does not stop the install half-way; the word before the reboot then
+    # finds no reader (SIGPIPE) and no reboot follows: none without a deployer to follow it
+    trap '' HUP
     mkdir -p "$runs" "${record%/*}"
     exec 9>> "$runs/lock"
     if ! flock -w "$lockwait" 9; then echo "busy $(cat "$runs/owner" 2>/dev/null || echo unknown)"; exit 0; fi
@@ -145,8 +148,17 @@ case $what in
     [ -x "$good/bin/switch-to-configuration" ] || fail "the last good system $good is not in this host's store"
     newgen=$(gen_of "$new")
     if [ -z "$newgen" ]; then
-      nix-env -p "$profile" --set "$new" >&2 9>&- || fail "cannot add $new to the system profile"
-      newgen=$(gen_of "$new")
+      # a new generation, as `nix-env --set` makes it, but without pointing the profile at it:
+      # whenever this stops, the profile (the next boot loader install's default) is the last good
+      last=0
+      for link in "$profile"-*-link; do
+        n=${link#"$profile"-}
+        n=${n%-link}
+        case $n in *[!0-9]* | '') continue ;; esac
+        if [ "$n" -gt "$last" ]; then last=$n; fi
+      done
+      newgen=$((last + 1))
+      ln -s "$new" "$profile-$newgen-link" || fail "cannot add $new to the system profile"
     fi
     if [ "$(current_gen)" != "$goodgen" ]; then
       nix-env -p "$profile" --switch-generation "$goodgen" >&2 9>&- || fail "cannot put the profile back on $good"
