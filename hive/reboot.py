@@ -154,6 +154,9 @@ class Reboot:
         said = start
         try:
             while True:
+                if self.session.abandoned:  # a second Ctrl-C or SIGTERM: stop following the host
+                    raise StepError(f"{self.session.cause}: stopped waiting for the host (the default boot entry "
+                                    f"is still its last good system {self.good})", seconds=self.seconds)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise UnreachableError(f"did not come back within {self.timeout} s", seconds=self.seconds)
@@ -302,22 +305,27 @@ def reboot_all(session: Session) -> list[Row]:
         session.progress.step("reboot", i.name, "ok", f"{seconds['reboot']:.1f}s")
         return Row(i.name, i.system, str(result["path"]), "ok", "", seconds)
 
+    pool = ThreadPoolExecutor(max_workers=options.jobs)
     try:
-        with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            for number, wave in enumerate(plan.waves, 1):
-                if stopped is not None:
-                    rows += [Row(i.name, i.system, "", "skipped", stopped) for i in wave]
-                    continue
-                session.progress.line(f"wave {number}/{len(plan.waves)}: {len(wave)} instance(s)")
-                done = list(pool.map(one, wave))
-                rows += done
-                failed = [r.instance for r in done if r.result not in ("ok", "skipped")]
-                failures += len(failed)
-                if options.max_failures is not None and failures > options.max_failures:
-                    stopped = f"not started: more than {options.max_failures} instance(s) failed"
-                elif failed and not options.keep_going:
-                    stopped = f"not started: wave {number} failed ({_names(failed)})"
+        for number, wave in enumerate(plan.waves, 1):
+            if stopped is not None:
+                rows += [Row(i.name, i.system, "", "skipped", stopped) for i in wave]
+                continue
+            session.progress.line(f"wave {number}/{len(plan.waves)}: {len(wave)} instance(s)")
+            done = list(pool.map(one, wave))
+            rows += done
+            failed = [r.instance for r in done if r.result not in ("ok", "skipped")]
+            failures += len(failed)
+            if options.max_failures is not None and failures > options.max_failures:
+                stopped = f"not started: more than {options.max_failures} instance(s) failed"
+            elif failed and not options.keep_going:
+                stopped = f"not started: wave {number} failed ({_names(failed)})"
+    except KeyboardInterrupt:  # stop following the hosts: each boots its default entry, its last good system
+        session.abandon()
+        process.terminate_children()
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         session.close()
     return rows
 
