@@ -12,11 +12,25 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hive import __version__, fleet, options, orchestrate, plan, process, reboot, remote, ssh, state, tempdirs, text
+from hive import (
+    __version__,
+    fleet,
+    options,
+    orchestrate,
+    plan,
+    process,
+    reboot,
+    remote,
+    ssh,
+    state,
+    tempdirs,
+    text,
+    timeline,
+)
 from hive import elevate as elevation
 from hive.errors import HiveError, InputError
 from hive.evaluate import evaluate
@@ -167,22 +181,30 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     report = Path(args.report) if args.report else None
     if report is not None and not options.writable(report):
         raise InputError(f"--report {args.report}: cannot write there")  # say so before starting
+    svg = Path(args.timeline) if args.timeline else None
+    if svg is not None and not options.writable(svg):
+        raise InputError(f"--timeline {args.timeline}: cannot write there")
     session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE)
     if session.options.reboot and session.options.goal is not Goal.SWITCH:
         raise InputError(f"--reboot boots each new system: it takes no --goal {session.options.goal.value}")
     with state.locked(session.state_file):
         code, rows = orchestrate.deploy(session)
-    return _show(args, rows, code, report)
+    return _show(args, rows, code, report, orchestrate.run_json(session), svg)
 
 
-def _show(args: argparse.Namespace, rows: list[Row], code: int | None = None, report: Path | None = None) -> int:
+def _show(args: argparse.Namespace, rows: list[Row], code: int | None = None, report: Path | None = None,
+          run: Mapping[str, Any] | None = None, svg: Path | None = None) -> int:
     """The summary of a command over instances: a table, or JSON (`--json`), and the same JSON
-    in `--report FILE`. Its exit status: `code`, else 1 unless every row is ok."""
+    in `--report FILE`; a deploy's also says when the run began, its waves, builds and relay
+    stores (`run`), and is drawn as a timeline in `svg` (`--timeline`). Its exit status:
+    `code`, else 1 unless every row is ok."""
     if code is None:
         code = 0 if all(r.result == "ok" for r in rows) else 1
-    outcome = {"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows]}
+    outcome = {"outcome": "ok" if code == 0 else "failed", "instances": [r.as_json() for r in rows], **(run or {})}
     if report is not None:
         _write_report(report, outcome)
+    if svg is not None:
+        timeline.write(timeline.parse(text.bounded(outcome), "the run"), svg)
     if args.json:
         dump_json(outcome, hosts=True)
     else:
@@ -204,6 +226,15 @@ def _write_report(report: Path, outcome: dict[str, Any]) -> None:
 
 def cmd_push(args: argparse.Namespace) -> int:
     return cmd_deploy(args, push_only=True)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Draw a run that `deploy --report FILE` recorded: its timeline as SVG."""
+    svg = Path(args.svg)
+    if not options.writable(svg):
+        raise InputError(f"--svg {args.svg}: cannot write there")
+    timeline.write(timeline.load(Path(args.file)), svg)
+    return 0
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -365,6 +396,8 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
                                  ("push", cmd_push, "build and push, no activation")):
         d = sub.add_parser(name, parents=[common, no, jobs, goal, json_out], help=helptext)
         d.add_argument("--report", metavar="FILE", help="also write the outcome as JSON to FILE")
+        d.add_argument("--timeline", metavar="SVG",
+                       help="also draw the run in SVG: a row per instance by wave, a bar per step (nix-hive report)")
         d.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
         d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
         options.add_deadline_arguments(d)
@@ -453,6 +486,12 @@ def parser() -> Parser:
     init.add_argument("--flake", action="store_true", help="a flake.nix with the deployment as its nixHive output")
     init.add_argument("--debug", action="store_true", help="show tracebacks")
     init.set_defaults(func=cmd_init)
+    rp = sub.add_parser("report", help="draw a run that deploy --report FILE recorded: its timeline as SVG")
+    rp.add_argument("file", metavar="FILE.json", help="a report written by deploy --report")
+    rp.add_argument("--svg", metavar="OUT.svg", required=True,
+                    help="write the timeline there: a row per instance by wave, a bar per step coloured by outcome")
+    rp.add_argument("--debug", action="store_true", help="show tracebacks")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

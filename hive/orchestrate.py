@@ -254,10 +254,10 @@ def build(session: Session) -> int:
 
 
 def rows(session: Session) -> list[Row]:
-    return [row(session, i) for i in session.plan.instances]
+    return [row(session, i, n) for n, wave in enumerate(session.plan.waves, 1) for i in wave]
 
 
-def row(session: Session, i: Instance) -> Row:
+def row(session: Session, i: Instance, wave: int | None = None) -> Row:
     """One instance's line in the summary: its first failed or skipped step says why."""
     plan, outcomes = session.plan, session.outcomes
     steps: dict[str, TaskId] = {"build": TaskId(Kind.BUILD, i.system)}
@@ -271,29 +271,64 @@ def row(session: Session, i: Instance) -> Row:
         steps["activate"] = TaskId(Kind.ACTIVATE, i.name)
     found = {k: outcomes.get(t) for k, t in steps.items()}
     seconds = {k: o.seconds for k, o in found.items() if o is not None and o.seconds}
+    started = {k: o.started for k, o in found.items() if o is not None and o.started is not None}
     group = next((g for g in plan.groups if i.system in g.systems), None)
     built = outcomes.get(group.id) if group is not None else None
     if built is not None and built.seconds:  # the system's share of the time: its group's nix build
         seconds["build"] = round(seconds.get("build", 0.0) + built.seconds, 2)
+        if built.started is not None:
+            started["build"] = min(built.started, started.get("build", built.started))
     for o in found.values():  # an activation's phases: check, confirm
         if o is not None:
             seconds.update(o.parts)
+    steps_ = {k: o.status.value for k, o in found.items() if o is not None}
     path = session.path_of(i.system) or ""
+
+    def made(result: str, reason: str) -> Row:
+        return Row(i.name, i.system, path, result, reason, seconds, started, steps_,
+                   wave if wave is not None else plan.wave_of(i.name))
+
     for key, o in found.items():
         if o is not None and o.status.is_failure:
             if key in ("build", "store"):
                 target = i.system if key == "build" else relays[0].url
-                return Row(i.name, i.system, path, Status.SKIPPED.value, f"{key} of {target} failed: {o.reason}",
-                           seconds)
-            return Row(i.name, i.system, path, o.status.value, f"{key}: {o.reason}", seconds)
+                return made(Status.SKIPPED.value, f"{key} of {target} failed: {o.reason}")
+            return made(o.status.value, f"{key}: {o.reason}")
     for o in found.values():  # the first step not started says why
         if o is not None and o.status is Status.SKIPPED:
-            return Row(i.name, i.system, path, Status.SKIPPED.value, o.reason, seconds)
+            return made(Status.SKIPPED.value, o.reason)
     final = found.get("activate" if plan.final is Kind.ACTIVATE else "push")
     if final is None:
-        return Row(i.name, i.system, path, Status.SKIPPED.value, "not started", seconds)
-    return Row(i.name, i.system, path, str(final.status), final.reason if final.status is not Status.OK else "",
-               seconds)
+        return made(Status.SKIPPED.value, "not started")
+    return made(str(final.status), final.reason if final.status is not Status.OK else "")
+
+
+def run_json(session: Session) -> dict[str, Any]:
+    """What a deploy's report says of the run beside its rows (issue 23's timeline): when it
+    began, each wave's opening, each build group's and relay store's copy (seconds since the
+    run began). A report without these keys is an older nix-hive's."""
+    outcomes, plan = session.outcomes, session.plan
+
+    def timed(task: TaskId) -> dict[str, Any]:
+        o = outcomes.get(task)
+        if o is None:
+            return {"outcome": None, "started": None, "seconds": None, "reason": ""}
+        return {"outcome": o.status.value, "started": o.started, "seconds": o.seconds, "reason": o.reason}
+
+    waves = [{"wave": 1, "started": 0.0}]
+    for n in range(2, len(plan.waves) + 1):
+        waves.append({"wave": n, "started": timed(TaskId(Kind.WAVE, str(n)))["started"]})
+    behind: dict[str, list[str]] = {}  # relay URL -> the instances that substitute from it
+    for i in plan.instances:
+        chain = plan.relay_chain(i)
+        if chain:
+            behind.setdefault(chain[0].url, []).append(i.name)
+    relays = [{"store": r.url, "owner": r.owner, "upstream": r.upstream, "systems": list(r.systems),
+               "instances": behind.get(r.url, []), **timed(r.id)} for r in plan.relays]
+    builds = [{"systems": list(g.systems), "host": g.host, **timed(g.id)} for g in plan.groups]
+    began = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(outcomes.began_at))
+    return {"began": began, "seconds": round(time.monotonic() - outcomes.began, 2), "waves": waves,
+            "relays": relays, "builds": builds}
 
 
 def status(session: Session) -> tuple[int, list[dict[str, Any]]]:

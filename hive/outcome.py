@@ -4,8 +4,10 @@ renders it."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -55,6 +57,7 @@ class Outcome:
     seconds: float = 0.0
     failure: Failure | None = None
     parts: Mapping[str, float] = field(default_factory=dict)  # seconds of a step's phases (check, confirm)
+    started: float | None = None  # seconds since the run began (stamped by Outcomes when recorded)
 
 
 class StepFailed(TaskFailed):  # type: ignore[misc]
@@ -80,17 +83,26 @@ class Outcomes:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._by_task: dict[TaskId, Outcome] = {}
+        self.began = time.monotonic()  # the run's start, for each step's `started`
+        self.began_at = time.time()  # the same, on the wall clock (the report's `began`)
+
+    def _stamped(self, outcome: Outcome) -> Outcome:
+        """`outcome` with when it started: it is recorded as it ends, `seconds` after its start."""
+        if outcome.started is not None:
+            return outcome
+        started = max(0.0, time.monotonic() - self.began - outcome.seconds)
+        return dataclasses.replace(outcome, started=round(started, 2))
 
     def set(self, task: TaskId, outcome: Outcome) -> None:
         with self._changed:
-            self._by_task[task] = outcome
+            self._by_task[task] = self._stamped(outcome)
             self._changed.notify_all()
 
     def set_default(self, task: TaskId, outcome: Outcome) -> None:
         """Record `outcome` unless the task has one already."""
         with self._changed:
             if task not in self._by_task:
-                self._by_task[task] = outcome
+                self._by_task[task] = self._stamped(outcome)
                 self._changed.notify_all()
 
     def get(self, task: TaskId) -> Outcome | None:

@@ -114,10 +114,18 @@ class Row:
     result: str
     reason: str
     seconds: Mapping[str, float] = field(default_factory=dict)
+    # a deploy's timeline (issue 23): when each step started (seconds since the run began),
+    # each step's outcome, the instance's wave; absent from other commands' rows
+    started: Mapping[str, float] = field(default_factory=dict)
+    steps: Mapping[str, str] = field(default_factory=dict)
+    wave: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"instance": self.instance, "system": self.system, "path": self.path,
-                "outcome": self.result, "reason": self.reason, "seconds": dict(self.seconds)}
+        out: dict[str, Any] = {"instance": self.instance, "system": self.system, "path": self.path,
+                               "outcome": self.result, "reason": self.reason, "seconds": dict(self.seconds)}
+        if self.wave is not None:
+            out.update(wave=self.wave, started=dict(self.started), steps=dict(self.steps))
+        return out
 
 
 # Phases of an activation: their seconds are part of the activation's, not added to them.

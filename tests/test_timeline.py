@@ -1,0 +1,243 @@
+"""The timeline of a run (issue 23): `nix-hive report FILE --svg OUT` and `deploy --timeline`.
+
+Synthetic reports in the shape `deploy --report` writes: the SVG is well-formed, has a bar per
+step per instance coloured by outcome, renders 300 instances quickly, refuses what is not a
+report, and renders in a real headless Chromium (skipped, saying why, without it)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from hive import timeline
+from hive.outcome import Outcome, Outcomes, Status
+from hive.plan import Kind, TaskId
+from hive.report import Row
+from tests.conftest import needs_lab, nix_hive
+
+if TYPE_CHECKING:
+    from tests.fleet import Fleet
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def synthetic(n: int, *, waves: int = 2, relays: int = 1, seed: int = 23) -> dict[str, Any]:
+    """A report of a deploy of `n` instances: one relay per `relays`, some failures."""
+    rng = random.Random(seed)
+    stores = [f"ssh://relay-{r}" for r in range(relays)]
+    builds = [{"systems": ["edge", "web"], "host": None, "outcome": "ok", "started": 0.1, "seconds": 12.0,
+               "reason": ""}]
+    relay_rows: list[dict[str, Any]] = [
+        {"store": s, "owner": None, "upstream": None, "systems": ["web"], "instances": [], "outcome": "ok",
+         "started": 12.2 + r, "seconds": 6.0 + r, "reason": ""} for r, s in enumerate(stores)]
+    per_wave = -(-n // waves)
+    opened = [0.0] + [36.0 + 25.0 * w for w in range(waves - 1)]
+    rows: list[dict[str, Any]] = []
+    for k in range(n):
+        wave = k // per_wave + 1
+        name = f"web-{k:03d}"
+        relay = k % relays
+        relay_rows[relay]["instances"].append(name)
+        t0 = opened[wave - 1]
+        push_at = max(18.2 + relay, t0) + rng.uniform(0, 2)
+        push = rng.uniform(0.5, 3)
+        act_at = push_at + push + rng.uniform(0, 1)
+        act = rng.uniform(3, 9)
+        outcome, reason = "ok", ""
+        steps = {"build": "ok", "store": "ok", "push": "ok", "activate": "ok"}
+        seconds: dict[str, float] = {"build": 12.0, "store": 6.0 + relay, "push": round(push, 2),
+                                     "activate": round(act, 2), "check": round(act * 0.3, 2),
+                                     "confirm": round(act * 0.1, 2)}
+        if k % 37 == 3:
+            outcome, reason = "rolled back", "activate: health check web failed: <HTTP 503> & \x1b[2J"
+            steps["activate"] = outcome
+            seconds = {**seconds, "rollback": 1.0}
+            del seconds["confirm"]
+        elif k % 53 == 4:
+            outcome, reason = "failed", "push: nix copy exited 1: cannot connect"
+            steps["push"] = outcome
+            del steps["activate"]
+            seconds = {key: v for key, v in seconds.items() if key in ("build", "store", "push")}
+        started = {"build": 0.1, "store": 12.2 + relay, "push": round(push_at, 2), "activate": round(act_at, 2)}
+        rows.append({"instance": name, "system": "web", "path": "/nix/store/abc-web", "outcome": outcome,
+                     "reason": reason, "seconds": seconds, "wave": wave,
+                     "started": {k: v for k, v in started.items() if k in steps}, "steps": steps})
+    return {"outcome": "failed", "instances": rows, "began": "2026-12-03T01:00:00Z",
+            "seconds": max(r["started"]["push"] + 12 for r in rows),
+            "waves": [{"wave": w + 1, "started": opened[w]} for w in range(waves)],
+            "relays": relay_rows, "builds": builds}
+
+
+def parsed(svg: str) -> ET.Element:
+    return ET.fromstring(svg)
+
+
+def bars(root: ET.Element) -> list[ET.Element]:
+    return [e for e in root.iter(f"{SVG}rect") if e.get("data-step")]
+
+
+def test_well_formed_with_a_bar_per_step_per_instance() -> None:
+    report = synthetic(5, waves=2, relays=1)
+    root = parsed(timeline.render(timeline.parse(report, "r.json")))
+    drawn = bars(root)
+    for row in report["instances"]:
+        titles = [b.find(f"{SVG}title") for b in drawn]
+        mine = [t.text or "" for t in titles if t is not None and (t.text or "").startswith(row["instance"] + " · ")]
+        want = [s for s in timeline.STEPS if s in row["seconds"]]
+        phases = [p for p in timeline.PHASES if p in row["seconds"]]
+        assert sorted(m.split(" · ")[1] for m in mine) == sorted(want + phases), mine
+    # the relay's copy and the build group have rows of their own
+    texts = " ".join(t.text or "" for t in root.iter(f"{SVG}text"))
+    assert "store ssh://relay-0" in texts and "build edge+web" in texts
+    assert "wave 1" in texts and "wave 2" in texts
+
+
+def test_bars_are_coloured_by_outcome() -> None:
+    report = synthetic(60, waves=3, relays=2)
+    root = parsed(timeline.render(timeline.parse(report, "r.json")))
+    by_outcome: dict[str, set[str]] = {}
+    for b in bars(root):
+        if b.get("data-step") in timeline.STEPS:
+            by_outcome.setdefault(b.get("data-outcome") or "", set()).add(b.get("fill") or "")
+    assert by_outcome["ok"] == set(timeline.OUTCOME_COLOURS["ok"])
+    assert by_outcome["rolled back"] and by_outcome["rolled back"] <= set(timeline.OUTCOME_COLOURS["rolled back"])
+    assert by_outcome["failed"] and by_outcome["failed"] <= set(timeline.OUTCOME_COLOURS["failed"])
+    # a wave boundary line for each wave after the first
+    dashed = [e for e in root.iter(f"{SVG}line") if e.get("stroke-dasharray")]
+    assert len(dashed) == 2
+
+
+def test_text_from_hosts_is_escaped() -> None:
+    report = synthetic(40)
+    svg = timeline.render(timeline.parse(report, "r.json"))
+    parsed(svg)  # parses: no raw control character, no raw <, &
+    assert "\x1b" not in svg and "&lt;HTTP 503&gt; &amp; \\x1b[2J" in svg
+
+
+def test_300_instances_render_quickly_with_every_label() -> None:
+    report = synthetic(300, waves=4, relays=3)
+    began = time.perf_counter()
+    svg = timeline.render(timeline.parse(report, "r.json"))
+    took = time.perf_counter() - began
+    assert took < 0.5, f"{took:.2f} s"
+    root = parsed(svg)
+    labels = {t.text for t in root.iter(f"{SVG}text")}
+    assert all(f"web-{k:03d}" in labels for k in range(300))
+    assert float(root.get("height") or 0) < 300 * 14 + 400  # thin rows
+
+
+def test_an_older_report_is_laid_end_to_end() -> None:
+    old = {"outcome": "ok", "instances": [
+        {"instance": "a", "system": "s", "path": "/p", "outcome": "ok", "reason": "",
+         "seconds": {"build": 2.0, "push": 1.0, "activate": 3.0, "check": 1.0}},
+        {"instance": "b", "system": "s", "path": "/p", "outcome": "failed", "reason": "push: no route",
+         "seconds": {"build": 2.0, "push": 0.5}}]}
+    t = timeline.parse(old, "old.json")
+    assert t.estimated
+    a = {b.step: b for b in t.lanes[0].bars}
+    assert (a["build"].start, a["push"].start, a["activate"].start) == (0.0, 2.0, 3.0)
+    assert a["check"].end == a["activate"].end
+    b = {bar.step: bar.outcome for bar in t.lanes[1].bars}
+    assert b == {"build": "ok", "push": "failed"}
+    assert "no start times" in timeline.render(t)
+
+
+@pytest.mark.parametrize("content", ['{"instances": 3}', "[1, 2]", "not json", '{"outcome": "ok"}',
+                                     '{"instances": [{"name": "x"}]}'])
+def test_what_is_not_a_report_is_refused(tmp_path: Path, content: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    out = nix_hive("report", str(bad), "--svg", str(tmp_path / "o.svg"))
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: {bad}: not a nix-hive report"), out.stderr
+    assert len(out.stderr.splitlines()) == 1
+    assert not (tmp_path / "o.svg").exists()
+
+
+def test_report_command_writes_the_svg(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps(synthetic(5)))
+    out = nix_hive("report", str(report), "--svg", str(tmp_path / "t.svg"))
+    assert out.returncode == 0, out.stderr
+    parsed((tmp_path / "t.svg").read_text())
+    unwritable = nix_hive("report", str(report), "--svg", str(tmp_path / "no" / "t.svg"))
+    assert unwritable.returncode == 2
+    assert unwritable.stderr == f"error: --svg {tmp_path / 'no' / 't.svg'}: cannot write there\n"
+    missing = nix_hive("report", str(tmp_path / "none.json"), "--svg", str(tmp_path / "t.svg"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_outcomes_record_when_each_step_started() -> None:
+    outcomes = Outcomes()
+    time.sleep(0.05)
+    outcomes.set(TaskId(Kind.PUSH, "a"), Outcome(Status.OK, seconds=0.03))
+    found = outcomes.get(TaskId(Kind.PUSH, "a"))
+    assert found is not None and found.started is not None
+    assert 0.0 <= found.started <= 0.1
+    # rows of other commands keep their old JSON; a deploy's gains wave, started, steps
+    assert set(Row("a", "s", "", "ok", "").as_json()) == {"instance", "system", "path", "outcome", "reason", "seconds"}
+    row = Row("a", "s", "", "ok", "", {"push": 1.0}, {"push": 2.0}, {"push": "ok"}, 1).as_json()
+    assert row["started"] == {"push": 2.0} and row["steps"] == {"push": "ok"} and row["wave"] == 1
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium): the "
+                    "browser rendering test needs it")
+@pytest.mark.parametrize("n", [5, 300])
+def test_renders_in_headless_chromium(tmp_path: Path, n: int) -> None:
+    svg = tmp_path / f"timeline-{n}.svg"
+    svg.write_text(timeline.render(timeline.parse(synthetic(n, waves=2 if n < 10 else 4,
+                                                            relays=1 if n < 10 else 3), "r.json")))
+    shot = tmp_path / f"timeline-{n}.png"
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1400,900",
+                        svg.as_uri()], capture_output=True, timeout=120, check=False)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    keep = Path(tempfile.gettempdir()) / "nix-hive-timeline-shots"
+    keep.mkdir(exist_ok=True)
+    shutil.copy(shot, keep / shot.name)  # to look at
+
+
+@needs_lab
+def test_a_deploy_draws_its_timeline(fleet_factory: Callable[..., Fleet], tmp_path: Path) -> None:
+    """The example on the lab (portico first, then the www hosts through it): the report says
+    when each step started, and --timeline draws it."""
+    fleet = fleet_factory()
+    report, svg = tmp_path / "report.json", tmp_path / "run.svg"
+    result = fleet.deploy("--report", str(report), "--timeline", str(svg), "portico", "*")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())
+    rows = {r["instance"]: r for r in data["instances"]}
+    assert [rows[h]["wave"] for h in ("portico", "www-1", "www-2", "www-3")] == [1, 2, 2, 2]
+    for row in rows.values():
+        assert set(row["seconds"]) & set(timeline.STEPS) <= set(row["started"]) and "activate" in row["started"]
+        assert row["started"]["push"] <= row["started"]["activate"] <= data["seconds"]
+        assert set(row["steps"].values()) == {"ok"}
+    [relay] = data["relays"]
+    assert relay["store"] == "ssh://portico" and relay["instances"] == ["www-1", "www-2", "www-3"]
+    assert relay["outcome"] == "ok" and relay["started"] <= rows["www-1"]["started"]["push"]
+    assert data["waves"][1]["wave"] == 2 and data["waves"][1]["started"] >= rows["portico"]["started"]["activate"]
+    root = parsed(svg.read_text())
+    steps = [b.get("data-step") for b in bars(root)]
+    assert steps.count("activate") == 4 and steps.count("push") == 4 and steps.count("store") == 1 + 3
+    if CHROMIUM is not None:  # to look at
+        keep = Path(tempfile.gettempdir()) / "nix-hive-timeline-shots"
+        keep.mkdir(exist_ok=True)
+        shutil.copy(svg, keep / "lab-run.svg")
