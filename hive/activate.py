@@ -223,7 +223,7 @@ class Activation:
             seconds = self.timeout + 30  # the host switches back to the previous system
             with contextlib.suppress(HiveError):  # asked again below
                 self._channel(control_argv(self.remote, "abort", self.directory, str(seconds), "check-failed"),
-                              seconds)
+                              seconds, input=self.remote.root_input())
         final = self._state if self._state.startswith(FINAL) else self._follow(
             self.confirm_timeout + self.timeout + 30, until=FINAL)
         # after a failed check: the time the host took to roll back; else the confirmation's

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hive import elevate, remote
+from hive import elevate, evaluate, remote
 from hive.errors import InputError
 from tests.conftest import REPO, needs_lab
 from tests.constants import STANDIN, nix_env
@@ -42,6 +42,20 @@ def test_a_password_is_never_shown_and_goes_first_on_standard_input() -> None:
     assert "\nelevate sudo\n" in remote.as_root([["true"]])  # the default: sudo -n
     with pytest.raises(InputError, match="expected one of sudo, run0, none"):
         elevate.Method.parse("doas")
+
+
+def test_elevate_is_taken_from_the_most_specific_level_and_checked() -> None:
+    systems = {"s": {"configuration": "set", "elevate": "sudo"}, "t": {"configuration": "set"}}
+    raw = {"elevate": "run0", "systems": systems,
+           "instances": {"a": {"system": "s"}, "b": {"system": "s", "elevate": "none"}, "c": {"system": "t"}}}
+    evaluate.validate(raw, "hive.nix")
+    hive = evaluate.build_model(raw, Path("/x/hive.nix"), "hive.nix")
+    assert [hive.instances[n].elevate for n in "abc"] == ["sudo", "none", "run0"]
+    assert {i.elevate for i in elevate.apply(hive, "run0", False, None).instances.values()} == {"run0"}
+    with pytest.raises(InputError, match="--ask-sudo-password: instance b elevates with none, not sudo"):
+        elevate.apply(hive, None, True, None)
+    with pytest.raises(InputError, match=r"instances\.b\.elevate"):
+        evaluate.validate({**raw, "instances": {"b": {"system": "s", "elevate": "doas"}}}, "hive.nix")
 
 
 def test_a_password_file_must_be_private(tmp_path: Path) -> None:
@@ -207,6 +221,13 @@ def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_o
     again = fleet.run("deploy", "--json", "--sudo-password-file", str(good), *base, "www-1")
     assert again.returncode == 0, again.stderr
     assert fleet.lab.current_system("www-1") != v1
+    fleet.env["ELEVATE_VARIANT"] = "unhealthy"  # a failed check: control.sh abort, with the password
+    unhealthy = fleet.run("deploy", "--json", "--sudo-password-file", str(good), *base, "www-1")
+    assert rows(unhealthy.stdout)["www-1"]["outcome"] == "rolled back", unhealthy.stdout + unhealthy.stderr
+    assert "check up failed" in str(rows(unhealthy.stdout)["www-1"]["reason"])
+    sudo_log = fleet.lab.run("www-1", ["journalctl", "--no-pager", "-q", "-o", "cat"]).stdout
+    commands = [ln for ln in sudo_log.splitlines() if "COMMAND=" in ln]
+    assert any(ln.endswith("/abort") for ln in commands), commands[-8:]  # sudo took it
     back = fleet.run("rollback", "--json", "--sudo-password-file", str(good), *base[:2], "www-1")
     assert back.returncode == 0, back.stdout + back.stderr
     assert fleet.lab.current_system("www-1") == v1

@@ -81,7 +81,11 @@ case $what in
     fi
     ;;
   abort)
-    echo "$3" | as_root tee "$1/abort" > /dev/null
+    # not `echo | as_root …`: a pipeline's sudo may not be this shell's child, and sudo keeps
+    # the credential of --ask-sudo-password for this shell (elevate.sh)
+    as_root tee "$1/abort" > /dev/null << WHY
+$3
+WHY
     follow "$1" "$2" -
     ;;
   follow)

@@ -14,7 +14,8 @@
 # storm); then every command runs as `sudo -n`, on the credential that validation cached for
 # this shell (sudo keys it to the terminal, or without one to this shell's process). The
 # password is forgotten as soon as sudo took it, and the credential is dropped (`sudo -k`)
-# when the script ends.
+# when the script ends. So a script calls `as_root` as a command of its own shell, never in
+# a pipeline or `$(…)`: there sudo's parent may be a subshell, which has no credential.
 # Exit 90..94: nix-hive's own refusals (hive/elevate.py words them).
 # shellcheck disable=SC2317,SC2034 # as_root and root_prefix serve the script that follows this text
 elevate() {

@@ -1,6 +1,6 @@
 # Deploying as a non-root user (tests/test_elevate.py): a relay (portico) and a web host
 # behind it, both reached as the lab's `deploy` user, with a key and a check. ELEVATE_VARIANT
-# (environment) "fail" makes the web system's activation fail (a rollback follows);
+# (environment) "unhealthy" makes the web system's check fail (the host rolls back);
 # HIVE_ELEVATE, when set, is the deployment's `elevate`.
 let
   host = import ./lab-host.nix ./instances.json;
@@ -20,7 +20,8 @@ in
       standin.activation = if variant == "fail" then "fail" else "ok";
     };
     keys = [ "token" ];
-    checks.up = { command = "test -e /run/current-system"; retries = 1; interval = 1; };
+    checks.up = { command = if variant == "unhealthy" then "false" else "test -e /run/current-system";
+                  retries = 0; };
   };
   instances.portico = host "portico" { system = "edge"; };
   instances.www-1 = host "www-1" { system = "web"; store = "ssh://portico"; ssh.ProxyJump = "portico"; };
