@@ -1,4 +1,4 @@
-# expect: instance: unknown attribute (expected one of: activationTimeout, buildHost, confirmTimeout, instances, keys, paths, signingKey, stores, systems)
+# expect: instance: unknown attribute (expected one of: activationTimeout, buildHost, confirmTimeout, elevate, instances, keys, paths, rebootTimeout, signingKey, stores, systems)
 {
   systems.web = { configuration = { }; };
   instances = { };
