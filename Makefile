@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux util-linux-extra jq python3 git make python3-venv \
-  shellcheck debootstrap
+  shellcheck debootstrap graphviz
 # Debian's Nix runs single-user as root; without a reachable cache every build would wait
 # for cache.nixos.org, so the lab, the tests and the demo use no substituters: NIX_CONFIG is
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.

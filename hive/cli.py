@@ -18,6 +18,7 @@ from typing import Any
 
 from hive import (
     __version__,
+    dot,
     fleet,
     options,
     orchestrate,
@@ -156,6 +157,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     given = _options(args, hive, len(flatten(waves)))
     final = Kind.PUSH if args.push_only else Kind.ACTIVATE
     the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final)
+    if args.dot:
+        if args.json:
+            raise InputError("plan: --dot or --json, not both")
+        emit(dot.render(the_plan, hive))
+        return 0
     if args.json:
         dump_json(plan.as_json(the_plan, hive))
         return 0
@@ -389,6 +395,9 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
     pl = sub.add_parser("plan", parents=[common, no, goal, json_out],
                         help="print what a deployment would do, doing nothing")
     pl.add_argument("--push-only", action="store_true", help="the plan of `nix-hive push`")
+    pl.add_argument("--dot", action="store_true",
+                    help="print the plan as a Graphviz graph (deployer, build hosts, relay stores, the instances "
+                         "behind them, by wave): nix-hive plan --dot | dot -Tsvg > plan.svg")
     pl.set_defaults(func=cmd_plan)
     ls = sub.add_parser("list", parents=[common, json_out], help="list instances and systems")
     ls.set_defaults(func=cmd_list)
