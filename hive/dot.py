@@ -93,7 +93,7 @@ def render(plan: Plan, hive: Hive | None = None) -> str:
         for k, (system, source, members) in enumerate(_alike(plan, wave, built_at)):
             node = f"w{w}_{k}"
             if len(members) > ALIKE:
-                names = text_.summary([i.name for i in members], "instances", 60)
+                names = ", ".join([*(i.name for i in members[:3]), "…", members[-1].name])
                 label = _label(names, f"{len(members)} instances of {system}")
             else:
                 label = _label(*(i.name for i in members), f"system {system}")
