@@ -183,9 +183,18 @@ ACTIVATION_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
+# `nix-hive rollback` (hive/fleet.py): the profile's previous generation, then its switch (a
+# command given by its path: a sudoers `*` in a path stops at `/`).
+ROLLBACK_RULES: tuple[tuple[str, str], ...] = (
+    ("nix-env", r"^-p /nix/var/nix/profiles/system --switch-generation [0-9]+$"),
+    ("/nix/store/*/bin/switch-to-configuration", r"^(switch|boot|test|dry-activate)$"),
+)
+RULES = ACTIVATION_RULES + ROLLBACK_RULES
+
+
 def sudoers(user: str, where: dict[str, str], *, password: bool = True) -> str:
-    """The sudoers lines allowing `user` the activation's commands alone (`where`: command ->
-    its full path on the host)."""
+    """The sudoers lines allowing `user` nix-hive's commands (`RULES`) alone (`where`: command
+    -> its full path on the host; a path stands for itself)."""
     tag = "" if password else "NOPASSWD: "
-    escaped = ((cmd, "".join(f"\\{c}" if c in ",:=" else c for c in args)) for cmd, args in ACTIVATION_RULES)
-    return "".join(f"{user} ALL=(root) {tag}{where[cmd]} {args}\n" for cmd, args in escaped)
+    escaped = ((cmd, "".join(f"\\{c}" if c in ",:=" else c for c in args)) for cmd, args in RULES)
+    return "".join(f"{user} ALL=(root) {tag}{where.get(cmd, cmd)} {args}\n" for cmd, args in escaped)

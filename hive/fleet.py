@@ -73,17 +73,24 @@ def check(hive: Hive, plan: Plan, *, jobs: int) -> list[dict[str, Any]]:
 
 
 # Back to the generation before the current one of the system profile. For `switch` and
-# `boot` the profile is moved back too; `test` and `dry-activate` leave it alone.
+# `boot` the profile is moved back too; `test` and `dry-activate` leave it alone. It runs as the
+# ssh user: only its two commands that need root go through `as_root` (hive/host/elevate.sh),
+# each of a fixed shape a sudoers rule can allow (hive/elevate.py), never a root shell.
 ROLLBACK = r"""
 P=@PROFILE@
 cur=$(readlink "$P") || { echo "no system profile" >&2; exit 3; }
 cur=${cur#system-}; cur=${cur%-link}
-n=$(nix-env -p "$P" --list-generations | awk -v c="$cur" '$1 < c+0 {p=$1} END {print p}')
+n=
+for l in "$P"-*-link; do
+  g=${l#"$P"-}; g=${g%-link}
+  case $g in '' | *[!0-9]*) continue ;; esac
+  if [ "$g" -lt "$cur" ] && { [ -z "$n" ] || [ "$g" -gt "$n" ]; }; then n=$g; fi
+done
 if [ -z "$n" ]; then echo "no previous generation of $P" >&2; exit 3; fi
 path=$(readlink -f "$P-$n-link")
-if [ @SETS_PROFILE@ = 1 ]; then nix-env -p "$P" --switch-generation "$n" || exit 1; fi
+if [ @SETS_PROFILE@ = 1 ]; then as_root nix-env -p "$P" --switch-generation "$n" || exit 1; fi
 echo "path=$path"
-exec "$path/bin/switch-to-configuration" @GOAL@
+as_root "$path/bin/switch-to-configuration" @GOAL@
 """
 
 
@@ -96,7 +103,7 @@ def rollback(hive: Hive, plan: Plan, goal: Goal, *, jobs: int, keep_going: bool 
     def one(remote: Remote, i: Instance) -> Row:
         start = time.monotonic()
         try:
-            out = process.run(remote.shell_argv(remote.as_root([["sh", "-c", script]])), input=remote.root_input())
+            out = process.run(remote.shell_argv(remote.root_script(script)), input=remote.root_input())
         except HiveError as exc:
             refused = elevate.refusal(exc.returncode, exc.stderr) if isinstance(exc, ProcessError) else None
             why = "no previous generation" if "no previous generation" in str(exc) else refused or str(exc)

@@ -232,9 +232,9 @@ def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_o
     assert back.returncode == 0, back.stdout + back.stderr
     assert fleet.lab.current_system("www-1") == v1
 
-    # the activation's least-privilege rules alone (README): deploy, checks, confirmation
+    # the least-privilege rules alone (README): deploy, checks, confirmation, rollback
     where = {cmd: fleet.lab.run("www-1", ["sh", "-c", f"command -v {cmd}"]).stdout.strip()
-             for cmd, _ in elevate.ACTIVATION_RULES}
+             for cmd, _ in elevate.RULES if not cmd.startswith("/")}
     for host in TOPOLOGY:
         fleet.lab.run(host, ["sh", "-c", "cat > /etc/sudoers.d/lab-deploy && visudo -cqf /etc/sudoers.d/lab-deploy"],
                       input=elevate.sudoers("deploy", where))
@@ -242,6 +242,10 @@ def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_o
     narrow = fleet.run("deploy", "--json", "--no-keys", "--sudo-password-file", str(good), *base)
     assert narrow.returncode == 0, narrow.stdout + narrow.stderr
     assert "v3" in (fleet.lab.current_system("www-1") or "")
+    narrowed = fleet.lab.current_system("www-1")
+    back = fleet.run("rollback", "--json", "--sudo-password-file", str(good), *base[:2], "www-1")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert fleet.lab.current_system("www-1") != narrowed
     denied = fleet.lab.run("www-1", ["sudo", "-S", "-p", "", "sh", "-c", "id"], user="deploy", check=False,
                            input=PASSWORD + "\n")
     assert denied.returncode == 1 and "not allowed" in denied.stderr  # no root shell
