@@ -35,7 +35,7 @@ from hive.errors import HiveError, ProcessError, RolledBackError, StepError, Tim
 from hive.model import Goal, Instance, Step
 from hive.process import ProcessTimeoutError
 from hive.remote import SYSTEM_PROFILE, Remote
-from hive.resources import host_file
+from hive.resources import host_script
 from hive.session import Session
 
 STATE_DIR = "/run/nix-hive"
@@ -78,7 +78,7 @@ def who() -> str:
 def control_argv(remote: Remote, what: str, *args: str, fresh: bool = False) -> list[str]:
     """The ssh call running `control.sh WHAT ARGS` on `remote` (see that file): over the host's
     shared connection, or `fresh`, over a new one."""
-    script = remote.root_script(host_file("control.sh").read_text())
+    script = remote.root_script(host_script("control.sh"))
     return remote.fresh_argv(script, args=[what, *args]) if fresh else remote.shell_argv(script, args=[what, *args])
 
 
@@ -120,7 +120,7 @@ class Activation:
             until = ("waiting", *FINAL)
             start = time.monotonic()
             state = self._channel(control_argv(self.remote, "start", self.id, str(seconds), *args), seconds,
-                                  input=self.remote.root_input(host_file("activate.sh").read_text()))
+                                  input=self.remote.root_input(host_script("activate.sh")))
             if not state.startswith(until):
                 state = self._follow(seconds - (time.monotonic() - start), until=until)
             if state == "waiting" or (state == "done" and (self.checks or self.post_keys)):

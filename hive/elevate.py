@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hive.errors import InputError
 from hive.model import Hive
-from hive.resources import host_file
+from hive.resources import host_script
 
 
 class Method(enum.Enum):
@@ -138,7 +138,7 @@ def word(method: Method, password: Password | None) -> str:
 
 def script(method: Method, password: Password | None, body: str) -> str:
     """`body` (a POSIX shell script calling `as_root`) behind elevate.sh and its call."""
-    return f"{host_file('elevate.sh').read_text()}\nelevate {word(method, password)}\n{body}"
+    return f"{host_script('elevate.sh')}\nelevate {word(method, password)}\n{body}"
 
 
 REFUSALS = {90: "elevate none: the ssh user is not root", 91: "elevate run0: the host has no run0",

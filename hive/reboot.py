@@ -39,7 +39,7 @@ from hive.model import Instance
 from hive.process import ProcessTimeoutError
 from hive.remote import Remote, as_root
 from hive.report import Row
-from hive.resources import host_file
+from hive.resources import host_script
 from hive.session import Session
 
 POLL = 1.0  # seconds between two ssh tries while a host reboots
@@ -52,7 +52,7 @@ def host_argv(remote: Remote, what: str, *args: str, fresh: bool = False, share:
     """The ssh call running `reboot.sh WHAT ARGS` as root on `remote`: over the host's shared
     connection (without `share`: one if open, leaving none behind), or `fresh`, over a new
     login of its own."""
-    script = as_root([["sh", "-c", host_file("reboot.sh").read_text(), "reboot.sh", what, *args]])
+    script = as_root([["sh", "-c", host_script("reboot.sh"), "reboot.sh", what, *args]])
     return remote.fresh_argv(script) if fresh else remote.shell_argv(script, share=share)
 
 

@@ -31,3 +31,12 @@ def schema_file(name: str = "inventory.schema.json") -> Path:
 def host_file(name: str) -> Path:
     """A shell script nix-hive runs on hosts (hive/host/), shipped inside the package."""
     return _HERE / "host" / name
+
+
+def host_script(name: str) -> str:
+    """The text of `host_file(name)` as it is sent, once or twice for every host of a run:
+    without its comment lines and blank lines (half its bytes). The scripts hold no here-document
+    whose lines could start with `#` (tests/test_units.py checks)."""
+    lines = host_file(name).read_text().splitlines()
+    kept = [ln for ln in lines[1:] if ln.strip() and not ln.lstrip().startswith("#")]
+    return "\n".join([lines[0], *kept]) + "\n"

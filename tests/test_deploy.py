@@ -64,7 +64,10 @@ def test_example_portico_first_through_the_relay(fleet_factory: Start, build_log
     per_www = (sent - closures) / len(WWW)
     print(f"\nfull deploy: deployer sent {sent} bytes; closures portico+www {closures} bytes; "
           f"beyond them {sent - closures} bytes, {per_www:.0f} bytes per www host")
-    assert sent < closures + len(WWW) * 64 * KIB  # the www closure left the deployer once
+    # the www closure (2 MB) left the deployer once: beyond the closures, each host's own traffic
+    # (the relay's copy, ssh handshakes, the host scripts sent whole with each activation's start
+    # and confirmation: about 70 KB per www host here)
+    assert sent < closures + len(WWW) * 96 * KIB
     # progress and order as the user sees it
     assert result.stderr.index("activate portico") < result.stderr.index("push     www-1")
     # the signing key never reached a store: not as a path, not inside a closure

@@ -5,6 +5,7 @@ work is in the tests with real Nix and the lab; these pin the details."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hive import checks, cli, nix, options, plan, process, remote, report, ssh, tasks
+from hive import checks, cli, nix, options, plan, process, remote, report, resources, ssh, tasks
 from hive.errors import DeploymentError, InputError, ProcessError, headline
 from hive.model import Hive, Instance, Step, System, frozen_map
 from hive.options import Options
@@ -375,3 +376,18 @@ def test_copies_from_a_build_host_go_host_to_host_or_carry_references_only(calls
             assert shlex.split(script) == [*nix.NIX, "copy", "--to", to, "/nix/store/p-web"]
     finally:
         session.remotes.close()
+
+
+def test_host_scripts_are_sent_without_comments_and_still_parse(tmp_path: Path) -> None:
+    """What goes to every host, once or twice per host: the scripts without comment and blank
+    lines, which `sh -n` and shellcheck still accept; none has a here-document whose lines the
+    stripping could touch."""
+    for name in ("control.sh", "activate.sh", "elevate.sh", "reboot.sh"):
+        full = resources.host_file(name).read_text()
+        sent = resources.host_script(name)
+        assert len(sent) < 0.8 * len(full) and sent.startswith("#!/bin/sh\n")
+        assert not [ln for ln in sent.splitlines()[1:] if ln.lstrip().startswith("#") or not ln.strip()]
+        for here in re.finditer(r"<<-?\s*'?(\w+)'?\n(.*?)\n\s*\1\n", full, re.S):
+            assert not [ln for ln in here.group(2).splitlines() if ln.lstrip().startswith("#")], name
+        (tmp_path / name).write_text(sent)
+        assert subprocess.run(["sh", "-n", str(tmp_path / name)]).returncode == 0, name
