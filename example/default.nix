@@ -22,7 +22,7 @@ in
 {
   # NIX_PATH entries used to build the systems. A channel URL pins nixpkgs for the whole
   # fleet; a system may override it (systems.<s>.paths), `-I nixpkgs=...` overrides both.
-  paths.nixpkgs = "https://nixos.org/channels/nixos-24.05/nixexprs.tar.xz";
+  paths.nixpkgs = "https://nixos.org/channels/nixos-26.11/nixexprs.tar.xz";
 
   # The secret key that signs every closure before it leaves this machine. Written as a path
   # literal: nix-hive reads its file name and never copies it into the Nix store.

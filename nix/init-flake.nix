@@ -6,7 +6,7 @@
 #   nix-hive deploy portico 'www-*'    build once, push through portico, activate
 #   nix flake update                   move nixpkgs; the next deployment rebuilds
 {
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.11";
 
   outputs = inputs@{ self, nixpkgs }: {
     nixHive = {

@@ -6,7 +6,7 @@
 #   nix-hive deploy portico 'www-*'    build once, push through portico, activate
 {
   # NIX_PATH entries the systems are built with (-I nixpkgs=… overrides them).
-  paths.nixpkgs = "https://nixos.org/channels/nixos-24.05/nixexprs.tar.xz";
+  paths.nixpkgs = "https://nixos.org/channels/nixos-26.11/nixexprs.tar.xz";
 
   # The secret key that signs closures, so hosts accept them from the relay. Create it with
   #   nix-store --generate-binary-cache-key hive-1 secrets/hive.sec secrets/hive.pub

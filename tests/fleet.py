@@ -39,7 +39,7 @@ def flake_for_lab(flake: Path, secrets: Path) -> tuple[Path, str]:
     the store), whose public half goes into the flake as hive.pub."""
     sec, pub = make_key(secrets)
     text = (flake / "flake.nix").read_text()
-    text = text.replace("github:NixOS/nixpkgs/nixos-24.05", f"path:{STANDIN}")
+    text = text.replace("github:NixOS/nixpkgs/nixos-26.11", f"path:{STANDIN}")
     text = text.replace('"/etc/nix-hive/hive.sec"', f'"{sec}"')
     (flake / "flake.nix").write_text(text)
     (flake / "hive.pub").write_text(pub + "\n")

@@ -111,6 +111,8 @@ def test_init_writes_a_deployment_that_validates_and_overwrites_nothing(tmp_path
     assert listed.returncode == 0, listed.stderr
     assert set(json.loads(listed.stdout)["instances"]) == {"portico", "www-1"}
     before = (tmp_path / "hive.nix").read_text()
+    # a NixOS release still supported (26.11, released at the end of November 2026; 26.05 ends in December)
+    assert "nixos-26.11/nixexprs.tar.xz" in before
     again = nix_hive("init", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
     assert (tmp_path / "hive.nix").read_text() == before
@@ -119,7 +121,8 @@ def test_init_writes_a_deployment_that_validates_and_overwrites_nothing(tmp_path
     flake_dir.mkdir()
     assert nix_hive("init", "--flake", "-c", str(flake_dir)).returncode == 0
     text = (flake_dir / "flake.nix").read_text()
-    (flake_dir / "flake.nix").write_text(text.replace("github:NixOS/nixpkgs/nixos-24.05", f"path:{STANDIN}"))
+    assert "github:NixOS/nixpkgs/nixos-26.11" in text
+    (flake_dir / "flake.nix").write_text(text.replace("github:NixOS/nixpkgs/nixos-26.11", f"path:{STANDIN}"))
     result = built(nix_hive("build", "-c", str(flake_dir), "www-1"))
     assert result["www"].startswith("/nix/store/")
     assert nix_hive("init", "--flake", "-c", str(flake_dir)).returncode == 2

@@ -5,7 +5,7 @@
 {
   description = "nix-hive example: portico (jump host, relay store) and www hosts behind it";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.11";
 
   outputs = inputs@{ self, nixpkgs }:
     let
