@@ -74,7 +74,7 @@ def allowed_options(shown: str, name: str, options: Mapping[str, str]) -> None:
             raise DeploymentError(
                 shown, f"{key} is not an ssh option nix-hive takes from a deployment file (it could run code, "
                 "load a library or open a port on this machine, or ssh has no such option); put it in "
-                "~/.ssh/config, which the generated configuration includes (allowed: see the README, "
+                "~/.ssh/config, which the generated configuration includes (allowed: see docs/deployment.md, "
                 "'ssh options')", attr_path(["instances", name, "ssh", key]))
 
 
