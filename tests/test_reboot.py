@@ -20,7 +20,7 @@ import pytest
 from hive import options, reboot
 from hive.errors import HiveError, InputError
 from hive.remote import Remote
-from hive.resources import host_file
+from hive.resources import host_file, host_script
 from hive.ssh import SshSetup
 from tests.conftest import REPO, needs_lab, nix_hive, write_hive
 from tests.constants import STANDIN
@@ -78,7 +78,7 @@ def test_the_host_script_runs_as_root_with_each_value_an_argument(tmp_path: Path
     assert argv[:4] == ["ssh", "-F", str(tmp_path / "ssh_config"), "--"] and argv[4] == "www-1"
     words = shlex.split(argv[5])
     assert words[:2] == ["sh", "-c"]  # as_root's script (root, or sudo), the script file's text its argument
-    call = ["sh", "-c", host_file("reboot.sh").read_text(), "reboot.sh", "start", "ID", "/nix/store/abc-system",
+    call = ["sh", "-c", host_script("reboot.sh"), "reboot.sh", "start", "ID", "/nix/store/abc-system",
             "38", "me@deployer"]
     assert shlex.join(call) in words[2]
     fresh = reboot.host_argv(host, "keep", "/nix/store/abc-system", fresh=True)
@@ -101,7 +101,8 @@ menuentry "NixOS - Configuration 41 (2026-11-30 - 24.11)" --class nixos {
 """
 
 
-def host_script(*args: str) -> str:
+def on_this_machine(*args: str) -> str:
+    """reboot.sh ARGS run here (a call that only reads its arguments)."""
     return subprocess.run(["sh", str(host_file("reboot.sh")), *args], capture_output=True, text=True,
                           check=True).stdout.strip()
 
@@ -109,11 +110,11 @@ def host_script(*args: str) -> str:
 def test_grub_boots_a_generation_once_by_its_entry_in_the_submenu(tmp_path: Path) -> None:
     (tmp_path / "grub.cfg").write_text(GRUB_CFG)
     cfg = str(tmp_path / "grub.cfg")
-    assert host_script("grub-entry", "/nix/store/aaa-nixos-system-a", cfg) == \
+    assert on_this_machine("grub-entry", "/nix/store/aaa-nixos-system-a", cfg) == \
         "NixOS - All configurations>NixOS - Configuration 41 (2026-11-30 - 24.11)"
-    assert host_script("grub-entry", "/nix/store/bbb-nixos-system-b", cfg) == \
+    assert on_this_machine("grub-entry", "/nix/store/bbb-nixos-system-b", cfg) == \
         "NixOS - All configurations>NixOS - Configuration 42 (2026-12-01 - 24.11)"
-    assert host_script("grub-entry", "/nix/store/ccc-nixos-system-c", cfg) == ""
+    assert on_this_machine("grub-entry", "/nix/store/ccc-nixos-system-c", cfg) == ""
 
 
 def test_reboot_options_are_checked_before_anything_starts(tmp_path: Path) -> None:

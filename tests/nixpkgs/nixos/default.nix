@@ -119,8 +119,15 @@ let
   httpPort = if std ? httpPort && std.httpPort != null then toString std.httpPort else "";
   openssh = config.services.openssh.enable or true;
   bootMode = std.boot or "ok";
-  kernelFile = builtins.toFile "standin-kernel" "${std.kernel or "standin-kernel-1"}\n";
-  initrdFile = builtins.toFile "standin-initrd" "${std.initrd or (std.kernel or "standin-kernel-1")}\n";
+  # built (signed and substituted as the payload is), one store path per name, shared by systems
+  bootFile = kind: text: derivation (env // {
+    name = "standin-${kind}";
+    builder = sh;
+    inherit text;
+    args = [ "-c" "echo \"$text\" > $out" ];
+  });
+  kernelFile = bootFile "kernel" (std.kernel or "standin-kernel-1");
+  initrdFile = bootFile "initrd" (std.initrd or (std.kernel or "standin-kernel-1"));
   kernelParams = builtins.concatStringsSep " " (std.kernelParams or [ "loglevel=4" ]);
   checked =
     if !(builtins.elem activation [ "ok" "fail" "hang" ]) then
