@@ -20,6 +20,7 @@ from hive import (
     __version__,
     dot,
     fleet,
+    live,
     options,
     orchestrate,
     plan,
@@ -70,13 +71,24 @@ def _load(args: argparse.Namespace, *, paths: bool = True) -> Hive:
 
 
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
-             build_only: bool = False) -> Session:
+             build_only: bool = False, shown_live: bool = False) -> Session:
+    """The run's session; `shown_live`: its progress may be the live view, then entered by the
+    caller around the run (`with session.progress:`), which ends it before the summary."""
     given = _options(args, hive, len(flatten(waves)))
     hive = _elevated(args, hive)
     _sockets_fit()
     the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only,
                               keys=getattr(args, "keys", True))
-    return Session(hive, the_plan, given, Progress(quiet=args.quiet))
+    return Session(hive, the_plan, given, _progress(args) if shown_live else Progress(quiet=args.quiet))
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    """The live view on a terminal (hive/live.py), else the line log: pipes, `-q`, `-v`,
+    `--no-live`, CI."""
+    if live.wanted(sys.stderr, quiet=args.quiet, verbose=getattr(args, "verbose", False),
+                   off=getattr(args, "no_live", False)):
+        return live.Live(sys.stderr)
+    return Progress(quiet=args.quiet)
 
 
 def _elevated(args: argparse.Namespace, hive: Hive) -> Hive:
@@ -190,10 +202,10 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     svg = Path(args.timeline) if args.timeline else None
     if svg is not None and not options.writable(svg):
         raise InputError(f"--timeline {args.timeline}: cannot write there")
-    session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE)
+    session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE, shown_live=True)
     if session.options.reboot and session.options.goal is not Goal.SWITCH:
         raise InputError(f"--reboot boots each new system: it takes no --goal {session.options.goal.value}")
-    with state.locked(session.state_file):
+    with state.locked(session.state_file), session.progress:
         code, rows = orchestrate.deploy(session)
     return _show(args, rows, code, report, orchestrate.run_json(session), svg)
 
@@ -334,8 +346,8 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     report = Path(args.report) if args.report else None
     if report is not None and not options.writable(report):
         raise InputError(f"--report {args.report}: cannot write there")
-    session = _session(args, hive, select(hive, args.patterns), build_only=True)
-    with state.locked(session.state_file):
+    session = _session(args, hive, select(hive, args.patterns), build_only=True, shown_live=True)
+    with state.locked(session.state_file), session.progress:
         rows = reboot.reboot_all(session)
     return _show(args, rows, report=report)
 
@@ -408,6 +420,8 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
         d.add_argument("--timeline", metavar="SVG",
                        help="also draw the run in SVG: a row per instance by wave, a bar per step (nix-hive report)")
         d.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
+        d.add_argument("--no-live", action="store_true",
+                       help="progress lines, not the live view a terminal shows by default")
         d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
         options.add_deadline_arguments(d)
         d.set_defaults(func=func)
@@ -469,6 +483,8 @@ def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
     rbt.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rbt.add_argument("--report", metavar="FILE", help="also write the outcome as JSON to FILE")
     rbt.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
+    rbt.add_argument("--no-live", action="store_true",
+                     help="progress lines, not the live view a terminal shows by default")
     rbt.add_argument("--max-failures", metavar="N|N%", help="stop starting new reboots after N failures")
     rbt.add_argument("--reboot-timeout", metavar="SECONDS",
                      help="a host must answer ssh and finish booting within this (default: the deployment's "

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, TextIO
 
 from tabulate import tabulate
@@ -50,6 +51,10 @@ class Progress:
         first, *rest = text_.lines(text)
         self._write([f"[{time.monotonic() - self._start:7.1f}s] {first}", *rest])
 
+    def started(self, step: str, target: str) -> None:
+        """A step began (the line log says so only for builds and stores: `step(..., "...")`);
+        a live view (hive/live.py) shows the host at work."""
+
     def step(self, step: str, target: str, status: str, detail: str = "") -> None:
         self.line(f"{step:<9}{target:<28}{status}{'  ' + detail if detail else ''}")
 
@@ -58,6 +63,15 @@ class Progress:
         if self.quiet or not text.strip():
             return
         self._write(f"{indent}{ln}" for ln in text_.lines(text.rstrip()))
+
+    # A run's progress is entered while the run goes (`with session.progress:`): the line log
+    # has nothing to start or end, a live view (hive/live.py) has its frame and the cursor.
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        return None
 
 
 # Tables -------------------------------------------------------------------------------------

@@ -199,6 +199,7 @@ class Session:
                 self.progress.step(task.kind.shown, task.target, str(Status.SKIPPED), reason)
                 return NotStarted(reason)
             start = time.monotonic()
+            self.progress.started(task.kind.shown, task.target)
             if task.kind in (Kind.NIX_BUILD, Kind.STORE):
                 self.progress.step(task.kind.shown, task.target, "...")
             try:

@@ -1,0 +1,264 @@
+"""The live view (hive/live.py): its frames as a pure function of a snapshot and a terminal
+size, the view's escapes on a stream, and a real deployment to the lab on a pseudo-terminal
+whose screen is rebuilt by a small VT100 emulation and read as a person would."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from hive import cli, live
+from hive.live import Failed, Live, Snapshot, Work, render
+from tests.conftest import REPO, needs_lab
+from tests.constants import STANDIN, nix_env
+
+
+def snapshot(working: int = 3, failed: int = 1, *, last: str = "checking health") -> Snapshot:
+    return Snapshot(
+        elapsed=73.4,
+        counts=(("build", (("ok", 1),)), ("activate", (("ok", 3), ("rolled back", failed)))),
+        working=tuple(Work(f"www-{i}", "activate", float(i), last) for i in range(working)),
+        failed=tuple(Failed(f"bad-{i}", "activate", "rolled back", f"check health failed ({i})")
+                     for i in range(failed)),
+        messages=("wave 2/3: 12 instance(s)",))
+
+
+# Frames -------------------------------------------------------------------------------------
+
+def test_a_frame_has_the_header_the_counts_the_failed_and_the_hosts_at_work() -> None:
+    lines = render(snapshot(), 100, 30)
+    assert lines[0] == "nix-hive  1m13s  3 at work, 1 failed"
+    assert lines[1] == "build: 1 ok | activate: 3 ok, 1 rolled back, 3 running"
+    assert "  wave 2/3: 12 instance(s)" in lines
+    failed = lines.index("failed (1):")
+    assert lines[failed + 1] == "  bad-0  activate  rolled back: check health failed (0)"
+    work = lines.index("at work (3):")
+    assert lines[work + 1].split() == ["www-2", "activate", "2.0s", "checking", "health"]  # longest first
+    assert len(lines) == work + 4
+
+
+@pytest.mark.parametrize(("width", "height"), [(100, 30), (60, 12), (30, 8), (12, 4), (1, 1)])
+def test_a_frame_fits_the_terminal(width: int, height: int) -> None:
+    lines = render(snapshot(working=50, failed=20, last="x" * 300), width, height)
+    assert len(lines) <= max(height, 2) - 1
+    assert all(len(ln) <= max(width, 8) - 1 for ln in lines)
+
+
+def test_long_lines_are_cut_with_an_ellipsis() -> None:
+    lines = render(snapshot(working=1, failed=0, last="y" * 500), 40, 20)
+    assert max(len(ln) for ln in lines) == 39
+    assert lines[-1].endswith("y…")
+
+
+def test_a_long_list_ends_with_how_many_more_and_failures_stay_in_view() -> None:
+    lines = render(snapshot(working=200, failed=3), 80, 20)
+    assert len(lines) == 19
+    failed = lines.index("failed (3):")
+    assert [ln.split() for ln in lines[failed + 1:failed + 4]] == [
+        f"bad-{i} activate rolled back: check health failed ({i})".split() for i in range(3)]
+    work = lines.index("at work (200):")
+    shown = 19 - work - 2
+    assert lines[-1] == f"  … and {200 - shown} more"
+
+
+def test_many_failures_take_at_least_half_the_room() -> None:
+    lines = render(snapshot(working=200, failed=200), 80, 24)
+    failed, work = lines.index("failed (200):"), lines.index("at work (200):")
+    assert work - failed >= (23 - failed) // 2
+    assert lines[work - 1].startswith("  … and ") and lines[-1].startswith("  … and ")
+
+
+def test_a_finished_view_says_done_and_counts_without_work() -> None:
+    lines = render(Snapshot(elapsed=5.0, counts=(("push", (("ok", 2),)),), done=True), 80, 24)
+    assert lines == ["nix-hive  5.0s  done", "push: 2 ok"]
+
+
+# The view on a stream -----------------------------------------------------------------------
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_live_view_is_for_terminals_only() -> None:
+    env = {"TERM": "xterm"}
+    assert live.wanted(Tty(), env=env)
+    assert not live.wanted(io.StringIO(), env=env)
+    assert not live.wanted(Tty(), env={"TERM": "dumb"})
+    assert not live.wanted(Tty(), env={})
+    assert not live.wanted(Tty(), env={**env, "CI": "true"})
+    assert not live.wanted(Tty(), quiet=True, env=env)
+    assert not live.wanted(Tty(), verbose=True, env=env)
+    assert not live.wanted(Tty(), off=True, env=env)
+    assert cli.parser().parse_args(["deploy", "--no-live"]).no_live
+    assert cli.parser().parse_args(["reboot", "--no-live"]).no_live
+
+
+def test_the_view_hides_the_cursor_and_shows_it_again_even_after_a_crash() -> None:
+    out = Tty()
+    view = Live(out, size=lambda: (60, 20))
+    with pytest.raises(RuntimeError), view:
+        view.started("push", "www-1")
+        view.step("push", "www-1", "failed", "copy refused")
+        view.block("the copy's log\nlast line")
+        raise RuntimeError("crash")
+    text = out.getvalue()
+    assert text.startswith(live.HIDE) and live.SHOW in text
+    frame, after = text.rsplit(live.SHOW, 1)
+    assert "nix-hive  " in frame and "done, 1 failed" in frame and "www-1  push      failed: copy refused" in frame
+    assert "push     www-1                       failed  copy refused" in after  # the log after the view
+    assert "    | last line" in after
+    view.line("after the view")  # a line log again
+    assert out.getvalue().endswith("after the view\n")
+
+
+def test_a_redraw_goes_back_over_the_previous_frame_as_wide_as_it_is_now() -> None:
+    out = Tty()
+    sizes = [(80, 20)]
+    view = Live(out, size=lambda: sizes[-1])
+    view._on = True
+    view.step("activate", "www-1", "...", "z" * 70)
+    view._draw()
+    rows = len(view._frame)
+    sizes.append((40, 20))  # narrowed: the 70-character line now takes two rows
+    view._draw()
+    assert f"\r\x1b[{rows + 1}A" in out.getvalue()
+    assert all(len(ln) <= 39 for ln in view._frame)
+
+
+# A real deployment on a pseudo-terminal ------------------------------------------------------
+
+class Screen:
+    """Enough of a VT100 for what nix-hive writes: printable characters with wrapping, CR, LF,
+    cursor up (CSI n A, bounded by the screen's top row), erase to the end of the line (CSI K)
+    and below (CSI J), the cursor shown or hidden (CSI ? 25 h/l). The screen's rows scroll into
+    a history above it, which cursor-up cannot reach."""
+
+    CSI = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z])")
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.rows: list[list[str]] = [[]]
+        self.x = self.y = 0
+        self.cursor = True
+
+    def feed(self, data: str) -> None:
+        i = 0
+        while i < len(data):
+            c = data[i]
+            if c == "\x1b":
+                m = self.CSI.match(data, i)
+                if m is not None:
+                    self._csi(m.group(1), m.group(2))
+                    i = m.end()
+                    continue
+            elif c == "\r":
+                self.x = 0
+            elif c == "\n":
+                self._down()
+            elif c >= " ":
+                if self.x >= self.width:
+                    self.x = 0
+                    self._down()
+                row = self.rows[self.y]
+                row.extend(" " * (self.x + 1 - len(row)))
+                row[self.x] = c
+                self.x += 1
+            i += 1
+
+    def _down(self) -> None:
+        self.y += 1
+        if self.y == len(self.rows):
+            self.rows.append([])
+
+    def _csi(self, params: str, final: str) -> None:
+        if final == "A":
+            top = max(0, len(self.rows) - self.height)
+            self.y = max(top, self.y - int(params or "1"))
+        elif final == "K":
+            del self.rows[self.y][self.x:]
+        elif final == "J":
+            del self.rows[self.y][self.x:]
+            del self.rows[self.y + 1:]
+        elif params == "?25":
+            self.cursor = final == "h"
+
+    def text(self) -> str:
+        return "\n".join("".join(r).rstrip() for r in self.rows).rstrip() + "\n"
+
+
+def test_screen_emulation() -> None:
+    s = Screen(10, 5)
+    s.feed("one\ntwo\n\x1b[?25l\r\x1b[2Aaaaaaaaaaaaa\x1b[K\n\x1b[J")
+    assert s.text() == "aaaaaaaaaa\naa\n" and not s.cursor
+
+
+def run_on_pty(argv: list[str], env: dict[str, str], width: int, height: int, timeout: float) -> tuple[int, str]:
+    """Run argv with a pseudo-terminal of width x height as its stdin, stdout and stderr;
+    return its exit status and everything it wrote there."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+@needs_lab
+def test_a_deployment_on_a_terminal_shows_the_live_view(fleet_factory: object, tmp_path: Path) -> None:
+    from tests.test_rollouts import start  # the lab fleet of the rollout tests, deployed once (v1)
+
+    fleet, _ = start(fleet_factory)  # type: ignore[arg-type]
+    env = {k: v for k, v in {**nix_env(), **fleet.env}.items() if k != "CI"}
+    env.update(PYTHONPATH=str(REPO), ROLLOUT_VARIANT="unhealthy", TERM="xterm")
+    argv = fleet.nix_hive_argv("deploy", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "www-1", "www-*")
+    width, height = 200, 40  # the summary table is as wide as today: about 170 columns here
+    code, raw = run_on_pty(argv, env, width, height, timeout=400)
+    screen = Screen(width, height)
+    screen.feed(raw)
+    shown = screen.text()
+    (tmp_path / "screen.txt").write_text(shown)
+    print(shown)  # the screenshot: pytest -s shows it
+    assert code == 1, shown
+    assert raw.count(live.HIDE) == 1 and raw.rindex(live.SHOW) > raw.rindex(live.HIDE)
+    assert screen.cursor, "the cursor is visible again"
+    assert "at work (" in raw, "hosts were shown at work while the run went"
+    assert re.search(r"^nix-hive  \S+  done, 1 failed$", shown, re.M), shown
+    assert re.search(r"^build: 1 ok.*activate: .*1 rolled back$", shown, re.M), shown
+    failure = r"^failed \(1\):\n  www-1 +activate +rolled back: check (health|http) failed"
+    assert re.search(failure, shown, re.M), shown
+    summary = shown[shown.index("instance "):]
+    assert re.search(r"^www-1 .* rolled back .*check (health|http) failed", summary, re.M), shown
+    assert re.search(r"^www-2 .* skipped .*wave 1 failed \(www-1\)", summary, re.M), shown
+    assert all(len(r) < width for r in shown.splitlines()[:-1] if not r.startswith(("www-", "instance", "----")))
