@@ -171,10 +171,11 @@ def refusal(code: int | None, stderr: str) -> str | None:
 # rule allows these argv shapes and nothing else (a sudoers `*` would match across spaces:
 # `tee /run/nix-hive/x /etc/shadow /activate.sh`). The README shows them, tests/test_elevate.py
 # deploys with them alone.
-_ID = r"/run/nix-hive/[0-9]{8}-[0-9]{6}-[0-9a-f]{8}"
+_WORD = r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}"  # an activation's or a call's ID
+_ID = rf"/run/nix-hive/{_WORD}"
 ACTIVATION_RULES: tuple[tuple[str, str], ...] = (
     ("mkdir", rf"^-p -m 755 /run/nix-hive {_ID}$"),
-    ("tee", rf"^{_ID}/(activate[.]sh|abort)$"),
+    ("tee", rf"^{_ID}/(activate[.]sh|reboot[.]sh|abort)$"),
     ("touch", rf"^{_ID}/confirm$"),
     ("cat", rf"^{_ID}/(state|log)$"),
     ("systemd-run", r"^--quiet --collect --no-ask-password --service-type=exec "
@@ -189,7 +190,15 @@ ROLLBACK_RULES: tuple[tuple[str, str], ...] = (
     ("nix-env", r"^-p /nix/var/nix/profiles/system --switch-generation [0-9]+$"),
     ("/nix/store/*/bin/switch-to-configuration", r"^(switch|boot|test|dry-activate)$"),
 )
-RULES = ACTIVATION_RULES + ROLLBACK_RULES
+
+# `deploy --reboot`, `nix-hive reboot` (hive/reboot.py): reboot.sh's root calls, the script
+# written by the `tee` above (`mkdir` makes its directory), then run from that file: a command
+# with fixed argument shapes, where `sh -c SCRIPT` would need a root shell.
+REBOOT_RULES: tuple[tuple[str, str], ...] = (
+    ("sh", rf"^{_ID}/reboot[.]sh (start {_WORD} /nix/store/[^ ]+ [0-9]+ [A-Za-z0-9._@-]+|keep /nix/store/[^ ]+"
+           rf"|fall-back {_WORD})$"),
+)
+RULES = ACTIVATION_RULES + ROLLBACK_RULES + REBOOT_RULES
 
 
 def sudoers(user: str, where: dict[str, str], *, password: bool = True) -> str:

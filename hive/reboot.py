@@ -32,12 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from hive import health, process
+from hive import elevate, health, process
 from hive.activate import LOCK_MARGIN, Activation, who
 from hive.errors import HiveError, ProcessError, RolledBackError, StepError
 from hive.model import Instance
 from hive.process import ProcessTimeoutError
-from hive.remote import Remote, as_root
+from hive.remote import Remote
 from hive.report import Row
 from hive.resources import host_script
 from hive.session import Session
@@ -48,12 +48,34 @@ TRY_MARGIN = 5.0  # seconds a try may take beyond the deadline (the host's own w
 KERNEL_FILES = ("kernel", "initrd", "kernel-params")
 
 
+ROOT_CALLS = ("start", "keep", "fall-back")  # reboot.sh's calls that run as root (the others only read)
+
+
 def host_argv(remote: Remote, what: str, *args: str, fresh: bool = False, share: bool = True) -> list[str]:
-    """The ssh call running `reboot.sh WHAT ARGS` as root on `remote`: over the host's shared
+    """The ssh call running `reboot.sh WHAT ARGS` on `remote`: over the host's shared
     connection (without `share`: one if open, leaving none behind), or `fresh`, over a new
-    login of its own."""
-    script = as_root([["sh", "-c", host_script("reboot.sh"), "reboot.sh", what, *args]])
-    return remote.fresh_argv(script) if fresh else remote.shell_argv(script, share=share)
+    login of its own. A call of `ROOT_CALLS` runs as root the way the host's instance
+    elevates: `reboot.sh root ID WHAT ARGS` behind elevate.sh, which writes the script (its
+    standard input, `host_input`) to /run/nix-hive/ID/ and runs it with `as_root sh`; the
+    others run as the ssh user."""
+    if what in ROOT_CALLS:
+        script, words = remote.root_script(host_script("reboot.sh")), ["root", _new_id(), what, *args]
+    else:
+        script, words = host_script("reboot.sh"), [what, *args]
+    return remote.fresh_argv(script, args=words) if fresh else remote.shell_argv(script, share=share, args=words)
+
+
+def host_input(remote: Remote, what: str) -> str | None:
+    """The standard input of `host_argv(remote, what, …)`: for a root call, the sudo
+    password's line (when one was asked), then reboot.sh's text."""
+    return remote.root_input(host_script("reboot.sh")) if what in ROOT_CALLS else None
+
+
+def host_run(remote: Remote, what: str, *args: str, timeout: float, fresh: bool = False,
+             check: bool = False) -> process.Result:
+    """Run `reboot.sh WHAT ARGS` on `remote` (`host_argv`), within `timeout` seconds."""
+    return process.run(host_argv(remote, what, *args, fresh=fresh), input=host_input(remote, what),
+                       check=check, timeout=timeout)
 
 
 def parse_needs(stdout: str) -> tuple[str, ...]:
@@ -69,7 +91,7 @@ def needs(remote: Remote, path: str) -> tuple[str, ...]:
     """The files of `path` (kernel, initrd, kernel-params) that differ from the booted
     system's: empty when `path` runs without a reboot; ("unknown",) when the host cannot tell
     (nix-hive then reboots it)."""
-    return parse_needs(process.run(host_argv(remote, "needs", path), timeout=60).stdout)
+    return parse_needs(host_run(remote, "needs", path, timeout=60, check=True).stdout)
 
 
 @dataclass(frozen=True)
@@ -109,8 +131,8 @@ class Reboot:
         rid = _new_id()
         self.remote.forget()
         try:
-            out = process.run(host_argv(self.remote, "start", rid, self.path, str(self.lock_wait), who()),
-                              check=False, timeout=self.lock_wait + 600)
+            out = host_run(self.remote, "start", rid, self.path, str(self.lock_wait), who(),
+                           timeout=self.lock_wait + 600)
             said = Answer.parse(out.stdout, ("ready", "same", "resume", "busy", "error"))
             if said is None:  # no word: the host refused (sudo), or could not be reached
                 raise StepError(f"cannot start the reboot: {_why(out)}", seconds=self.seconds)
@@ -206,7 +228,7 @@ class Reboot:
     def _keep(self, path: str) -> str | None:
         """Make `path` the default boot entry, over a new login; why it could not, or None."""
         try:
-            out = process.run(host_argv(self.remote, "keep", path, fresh=True), check=False, timeout=300)
+            out = host_run(self.remote, "keep", path, fresh=True, timeout=300)
         except ProcessTimeoutError:
             return "keeping the new system timed out after 300 s"
         said = Answer.parse(out.stdout, ("kept", "error"))
@@ -224,7 +246,7 @@ class Reboot:
         rid = _new_id()
         last = f"its last good system {self.good}" if self.good else "its last good system"
         try:
-            out = process.run(host_argv(self.remote, "fall-back", rid), check=False, timeout=120)
+            out = host_run(self.remote, "fall-back", rid, timeout=120)
         except ProcessTimeoutError:
             out = None
         said = Answer.parse(out.stdout, ("on", "rebooting")) if out is not None else None
@@ -248,6 +270,9 @@ def _new_id() -> str:
 
 
 def _why(out: process.Result) -> str:
+    refused = elevate.refusal(out.exit_code, out.stderr)
+    if refused is not None:  # one clear line (a wrong password is tried once, never again)
+        return refused
     said = (out.stderr.strip() or out.stdout.strip()).splitlines()
     if out.exit_code == 255:
         return f"ssh failed ({said[-1]})" if said else "ssh failed"

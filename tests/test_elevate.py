@@ -263,3 +263,37 @@ def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_o
     assert none.returncode == 1
     for row in rows(none.stdout).values():
         assert "elevate none: the ssh user is not root" in str(row["reason"]), row
+
+
+@needs_lab
+def test_a_reboot_with_a_sudo_password_under_the_narrow_rules_alone(fleet_factory: Start, tmp_path: Path) -> None:
+    """`deploy --reboot` as a deploy user whose sudo asks a password (from a file) and allows
+    nix-hive's commands alone (`RULES`): booted once, checked, kept; no `sh -c` as root."""
+    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, user="deploy")
+    where = {cmd: fleet.lab.run("www-1", ["sh", "-c", f"command -v {cmd}"]).stdout.strip()
+             for cmd, _ in elevate.RULES if not cmd.startswith("/")}
+    prepare(fleet, elevate.sudoers("deploy", where))
+    for host in TOPOLOGY:
+        fleet.lab.run(host, ["visudo", "-cqf", "/etc/sudoers.d/lab-deploy"])
+    good = tmp_path / "good"
+    good.write_text(PASSWORD + "\n")
+    good.chmod(0o600)
+    base = ("--json", "--no-keys", "--sudo-password-file", str(good), "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
+    first = fleet.run("deploy", *base)
+    assert first.returncode == 0, first.stdout + first.stderr
+    v1 = fleet.lab.current_system("www-1")
+    before = len(fleet.lab.boots("www-1"))
+
+    fleet.env["ELEVATE_VARIANT"] = "v2"
+    result = fleet.run("deploy", "--reboot", "--reboot-timeout", "60", *base, "www-1")
+    row = rows(result.stdout)["www-1"]
+    assert result.returncode == 0 and row["outcome"] == "ok", result.stdout + result.stderr
+    new = str(row["path"])
+    boots = fleet.lab.boots("www-1")
+    assert new != v1 and len(boots) == before + 1 and (boots[-1].entry, boots[-1].system) == ("oneshot", new)
+    assert fleet.lab.current_system("www-1") == new  # kept after its check: the default entry now
+    assert fleet.lab.run("www-1", ["cat", "/boot/standin/default"]).stdout.strip() == new
+    journal = fleet.lab.run("www-1", ["journalctl", "--no-pager", "-q", "-o", "cat"]).stdout
+    commands = [ln.split("COMMAND=", 1)[1] for ln in journal.splitlines() if "COMMAND=" in ln]
+    assert [c for c in commands if "/reboot.sh " in c and c.split()[2] in ("start", "keep")], commands[-8:]
+    assert not [c for c in commands if " -c " in c] and PASSWORD not in journal

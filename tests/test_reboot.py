@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hive import options, reboot
+from hive import elevate, options, reboot
 from hive.errors import HiveError, InputError
 from hive.remote import Remote
 from hive.resources import host_file, host_script
@@ -71,16 +72,25 @@ def test_needs_reads_what_differs() -> None:
         reboot.parse_needs("")
 
 
-def test_the_host_script_runs_as_root_with_each_value_an_argument(tmp_path: Path) -> None:
+def test_the_host_script_runs_as_root_from_a_file_with_each_value_an_argument(tmp_path: Path) -> None:
     setup = SshSetup(directory=tmp_path, config=tmp_path / "ssh_config", known_hosts=tmp_path / "known_hosts")
     host = Remote(setup, "www-1")
     argv = reboot.host_argv(host, "start", "ID", "/nix/store/abc-system", "38", "me@deployer")
     assert argv[:4] == ["ssh", "-F", str(tmp_path / "ssh_config"), "--"] and argv[4] == "www-1"
     words = shlex.split(argv[5])
-    assert words[:2] == ["sh", "-c"]  # as_root's script (root, or sudo), the script file's text its argument
-    call = ["sh", "-c", host_script("reboot.sh"), "reboot.sh", "start", "ID", "/nix/store/abc-system",
-            "38", "me@deployer"]
-    assert shlex.join(call) in words[2]
+    # elevate.sh, then reboot.sh's text; `root CALLID`: as_root writes that text (standard input)
+    # to /run/nix-hive/CALLID/reboot.sh and runs it there with `sh`, never `sh -c` as root
+    assert words[:2] == ["sh", "-c"] and words[2] == host.root_script(host_script("reboot.sh"))
+    assert words[3:5] == ["sh", "root"] and words[6:] == ["start", "ID", "/nix/store/abc-system", "38", "me@deployer"]
+    assert reboot.host_input(host, "start") == host_script("reboot.sh")
+    rule = re.compile(dict((c, a) for c, a in elevate.REBOOT_RULES)["sh"])
+    call = f"/run/nix-hive/{words[5]}/reboot.sh " + " ".join(words[6:]).replace("ID", words[5])
+    assert rule.match(call) and not rule.match(call + " /etc/shadow")
+    assert not rule.match(call.replace("reboot.sh", "x/../reboot.sh"))
+    # the calls that only read run as the ssh user, with nothing on their standard input
+    booted = shlex.split(reboot.host_argv(host, "booted", "ID", "60")[5])
+    assert booted[2] == host_script("reboot.sh") and booted[3:] == ["sh", "booted", "ID", "60"]
+    assert reboot.host_input(host, "booted") is None
     fresh = reboot.host_argv(host, "keep", "/nix/store/abc-system", fresh=True)
     assert "ControlPath=none" in fresh
     assert "ControlMaster=no" in reboot.host_argv(host, "needs", "/x", share=False)

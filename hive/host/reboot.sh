@@ -1,5 +1,13 @@
 #!/bin/sh
-# nix-hive's reboots of one host (hive/reboot.py), as root. Every value is an argument:
+# nix-hive's reboots of one host (hive/reboot.py). Every value is an argument. `needs` and
+# `booted` only read, as the ssh user; `start`, `keep` and `fall-back` run as root, through
+#
+#   reboot.sh root ID CALL ARGS...         this text on stdin (after elevate.sh's password line):
+#                                          as_root writes it to /run/nix-hive/ID/reboot.sh and runs
+#                                          `as_root sh /run/nix-hive/ID/reboot.sh CALL ARGS...`
+#                                          (hive/host/elevate.sh, put before this text, defines
+#                                          as_root: sudo, run0 or root itself; one fixed argv shape
+#                                          a sudoers rule allows, hive/elevate.py, no `sh -c` as root)
 #
 #   reboot.sh needs NEW                    would NEW run only after a reboot? Prints `needs WHAT...`
 #                                          (kernel, initrd, kernel-params: those of NEW that differ
@@ -109,6 +117,14 @@ reboot_now() {
 what=$1
 shift
 case $what in
+  root)
+    # as the ssh user; each as_root a command of this shell (elevate.sh: sudo's credential)
+    d=$runs/$1
+    shift
+    as_root mkdir -p -m 755 "$runs" "$d"
+    as_root tee "$d/reboot.sh" > /dev/null
+    as_root sh "$d/reboot.sh" "$@"
+    ;;
   needs)
     new=$1
     if [ ! -e /run/booted-system ]; then echo "needs unknown"; exit 0; fi
