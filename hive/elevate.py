@@ -15,8 +15,10 @@ from __future__ import annotations
 import enum
 import getpass
 import os
+import secrets
 import stat
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -141,6 +143,11 @@ def script(method: Method, password: Password | None, body: str) -> str:
     return f"{host_script('elevate.sh')}\nelevate {word(method, password)}\n{body}"
 
 
+def call_id() -> str:
+    """A new ID for a call's directory /run/nix-hive/ID (the shape `RULES` allow)."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
 REFUSALS = {90: "elevate none: the ssh user is not root", 91: "elevate run0: the host has no run0",
             93: "sudo keeps no credential between commands on this host (timestamp_timeout 0): allow "
                 "nix-hive's commands without a password, or give its user a timestamp_timeout above 0",
@@ -175,7 +182,7 @@ _WORD = r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}"  # an activation's or a call's ID
 _ID = rf"/run/nix-hive/{_WORD}"
 ACTIVATION_RULES: tuple[tuple[str, str], ...] = (
     ("mkdir", rf"^-p -m 755 /run/nix-hive {_ID}$"),
-    ("tee", rf"^{_ID}/(activate[.]sh|reboot[.]sh|abort)$"),
+    ("tee", rf"^{_ID}/(activate[.]sh|reboot[.]sh|keys[.]sh|abort)$"),
     ("touch", rf"^{_ID}/confirm$"),
     ("cat", rf"^{_ID}/(state|log)$"),
     ("systemd-run", r"^--quiet --collect --no-ask-password --service-type=exec "
@@ -191,6 +198,13 @@ ROLLBACK_RULES: tuple[tuple[str, str], ...] = (
     ("/nix/store/*/bin/switch-to-configuration", r"^(switch|boot|test|dry-activate)$"),
 )
 
+# keys (hive/keys.py): the hashes of the destinations, the upload of one key (its bytes on
+# stdin), from keys.sh as reboot.sh runs (a destination with white space is more words).
+KEYS_RULES: tuple[tuple[str, str], ...] = (
+    ("sh", rf"^{_ID}/keys[.]sh (hashes|upload)( [^ ]+)+$"),
+)
+
+
 # `deploy --reboot`, `nix-hive reboot` (hive/reboot.py): reboot.sh's root calls, the script
 # written by the `tee` above (`mkdir` makes its directory), then run from that file: a command
 # with fixed argument shapes, where `sh -c SCRIPT` would need a root shell.
@@ -198,7 +212,7 @@ REBOOT_RULES: tuple[tuple[str, str], ...] = (
     ("sh", rf"^{_ID}/reboot[.]sh (start {_WORD} /nix/store/[^ ]+ [0-9]+ [A-Za-z0-9._@-]+|keep /nix/store/[^ ]+"
            rf"|fall-back {_WORD})$"),
 )
-RULES = ACTIVATION_RULES + ROLLBACK_RULES + REBOOT_RULES
+RULES = ACTIVATION_RULES + ROLLBACK_RULES + KEYS_RULES + REBOOT_RULES
 
 
 def sudoers(user: str, where: dict[str, str], *, password: bool = True) -> str:

@@ -3,10 +3,11 @@
 A key's content is read on the deployer at upload time (its file, its text, or its command's
 output), kept in memory for the run, and sent over ssh standard input only: never in an argv,
 never in a temporary file on the deployer, never in the state file, a report or a message.
-On the host, as root, a file is created in the destination's directory, given its final owner
-and mode, and only then filled; it is renamed over the destination, so no reader ever sees a
-partial or a too readable key. Whether a host's key is up to date is asked of the host (a
-SHA-256 of each destination), not recorded here.
+On the host, as root (keys.sh, below, run from a file: no root shell), a file is created in
+the destination's directory, given its final owner and mode, and only then filled; it is
+renamed over the destination, so no reader ever sees a partial or a too readable key. Whether
+a host's key is up to date is asked of the host (a SHA-256 of each destination), not recorded
+here.
 
 Content is bytes from source to host, never text: a keyCommand's output is taken as written
 (decoding it turned invalid UTF-8 into replacement characters: 10 bytes arrived as 16, 50 MB
@@ -26,7 +27,6 @@ one deadline, not one each, and other keys are read meanwhile.
 from __future__ import annotations
 
 import hashlib
-import shlex
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,11 +36,21 @@ from hive.errors import HiveError, ProcessError, StepError, headline
 from hive.model import Hive, Key
 from hive.remote import Remote
 
+# What runs as root for keys, from a file (below): `keys.sh hashes DEST...` prints `SHA-256  DEST`
+# of each destination that exists; `keys.sh upload DEST USER GROUP MODE` installs one key from
 # stdin: a line "SHA-256 LENGTH", then the content (exactly; read(1) byte by byte takes the line
 # alone from a pipe). Exit 64/65: a user or group the host lacks; 66: the content arrived altered.
-UPLOAD = r"""
+KEYS_SH = r"""
+case $0 in /run/nix-hive/*/keys.sh) rm -f "$0"; rmdir "${0%/*}" 2>/dev/null || : ;; esac
 set -eu
-dest=@DEST@; user=@USER@; group=@GROUP@; mode=@MODE@
+what=$1
+shift
+if [ "$what" = hashes ]; then
+  for f in "$@"; do sha256sum "$f" 2>/dev/null || :; done
+  exit 0
+fi
+[ "$what" = upload ] || { echo "keys.sh: unknown call $what" >&2; exit 2; }
+dest=$1; user=$2; group=$3; mode=$4
 if ! id -u "$user" >/dev/null 2>&1; then echo "no user $user" >&2; exit 64; fi
 if ! getent group "$group" >/dev/null 2>&1; then echo "no group $group" >&2; exit 65; fi
 dir=$(dirname "$dest")
@@ -59,6 +69,26 @@ fi
 mv -f "$tmp" "$dest"
 trap - EXIT
 """
+# As the ssh user, behind elevate.sh (`Remote.root_script`): keys.sh goes to /run/nix-hive/ID/
+# (a here-document: the call's standard input stays the key's) and runs as `as_root sh FILE
+# CALL ARGS`, a fixed argv shape a sudoers rule allows (hive/elevate.py), never `sh -c` as root.
+# keys.sh removes itself (it runs from its open file).
+KEYS_CALL = f"""d=/run/nix-hive/$1
+shift
+as_root mkdir -p -m 755 /run/nix-hive "$d"
+as_root tee "$d/keys.sh" > /dev/null << 'NIX_HIVE_KEYS_SH'
+{KEYS_SH.strip()}
+NIX_HIVE_KEYS_SH
+as_root sh "$d/keys.sh" "$@"
+"""
+
+
+def keys_argv(remote: Remote, call: str, *args: str) -> list[str]:
+    """The ssh call running `keys.sh CALL ARGS` as root on `remote` (see `KEYS_CALL`); its
+    standard input is `remote.root_input(…)`'s."""
+    return remote.shell_argv(remote.root_script(KEYS_CALL), args=[elevate.call_id(), call, *args])
+
+
 ALTERED = 66
 
 
@@ -125,8 +155,7 @@ class Keys:
 
     def on_host(self, remote: Remote, keys: Sequence[Key]) -> dict[str, str]:
         """Destination -> SHA-256 of the file there (missing files are absent)."""
-        script = "; ".join(f"sha256sum {shlex.quote(k.destination)} 2>/dev/null" for k in keys) + "; true"
-        out = process.run(remote.shell_argv(remote.as_root([["sh", "-c", script]])), input=remote.root_input())
+        out = process.run(keys_argv(remote, "hashes", *(k.destination for k in keys)), input=remote.root_input())
         found: dict[str, str] = {}
         for line in out.stdout.splitlines():
             digest, _, path = line.partition("  ")
@@ -149,13 +178,9 @@ class Keys:
         return Uploaded(tuple(sent), tuple(same))
 
     def _send(self, remote: Remote, key: Key, data: bytes) -> None:
-        script = UPLOAD
-        for name, value in (("DEST", key.destination), ("USER", key.user), ("GROUP", key.group),
-                            ("MODE", key.permissions)):
-            script = script.replace(f"@{name}@", shlex.quote(value))
         header = f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode()
         try:
-            process.run(remote.shell_argv(remote.as_root([["sh", "-c", script]])),
+            process.run(keys_argv(remote, "upload", key.destination, key.user, key.group, key.permissions),
                         input=remote.root_input(header + data))
         except ProcessError as exc:
             refused = elevate.refusal(exc.returncode, exc.stderr)

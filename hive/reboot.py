@@ -25,7 +25,6 @@ parameters than the booted one (as nixos-needsreboot compares them); the others 
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +58,7 @@ def host_argv(remote: Remote, what: str, *args: str, fresh: bool = False, share:
     standard input, `host_input`) to /run/nix-hive/ID/ and runs it with `as_root sh`; the
     others run as the ssh user."""
     if what in ROOT_CALLS:
-        script, words = remote.root_script(host_script("reboot.sh")), ["root", _new_id(), what, *args]
+        script, words = remote.root_script(host_script("reboot.sh")), ["root", elevate.call_id(), what, *args]
     else:
         script, words = host_script("reboot.sh"), [what, *args]
     return remote.fresh_argv(script, args=words) if fresh else remote.shell_argv(script, share=share, args=words)
@@ -128,7 +127,7 @@ class Reboot:
         self.good = ""  # the last good system: the default boot entry
 
     def run(self) -> dict[str, Any]:
-        rid = _new_id()
+        rid = elevate.call_id()
         self.remote.forget()
         try:
             out = host_run(self.remote, "start", rid, self.path, str(self.lock_wait), who(),
@@ -243,7 +242,7 @@ class Reboot:
     def _fall_back(self, why: str) -> dict[str, Any]:
         """Back to the last good system (the default entry): rolled back, or failed when
         the host cannot be reached."""
-        rid = _new_id()
+        rid = elevate.call_id()
         last = f"its last good system {self.good}" if self.good else "its last good system"
         try:
             out = host_run(self.remote, "fall-back", rid, timeout=120)
@@ -263,10 +262,6 @@ class Reboot:
                 raise StepError(f"{why}; rebooted into {last}, it booted {booted or 'no system'}",
                                 seconds=self.seconds)
         raise RolledBackError(f"rolled back: {why}", seconds=self.seconds)
-
-
-def _new_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
 
 
 def _why(out: process.Result) -> str:

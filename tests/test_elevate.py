@@ -232,14 +232,14 @@ def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_o
     assert back.returncode == 0, back.stdout + back.stderr
     assert fleet.lab.current_system("www-1") == v1
 
-    # the least-privilege rules alone (README): deploy, checks, confirmation, rollback
+    # the least-privilege rules alone (README): deploy, keys, checks, confirmation, rollback
     where = {cmd: fleet.lab.run("www-1", ["sh", "-c", f"command -v {cmd}"]).stdout.strip()
              for cmd, _ in elevate.RULES if not cmd.startswith("/")}
     for host in TOPOLOGY:
         fleet.lab.run(host, ["sh", "-c", "cat > /etc/sudoers.d/lab-deploy && visudo -cqf /etc/sudoers.d/lab-deploy"],
                       input=elevate.sudoers("deploy", where))
     fleet.env["ELEVATE_VARIANT"] = "v3"
-    narrow = fleet.run("deploy", "--json", "--no-keys", "--sudo-password-file", str(good), *base)
+    narrow = fleet.run("deploy", "--json", "--sudo-password-file", str(good), *base)
     assert narrow.returncode == 0, narrow.stdout + narrow.stderr
     assert "v3" in (fleet.lab.current_system("www-1") or "")
     narrowed = fleet.lab.current_system("www-1")
@@ -267,8 +267,9 @@ def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_o
 
 @needs_lab
 def test_a_reboot_with_a_sudo_password_under_the_narrow_rules_alone(fleet_factory: Start, tmp_path: Path) -> None:
-    """`deploy --reboot` as a deploy user whose sudo asks a password (from a file) and allows
-    nix-hive's commands alone (`RULES`): booted once, checked, kept; no `sh -c` as root."""
+    """`deploy` and `deploy --reboot` as a deploy user whose sudo asks a password (from a file)
+    and allows nix-hive's commands alone (`RULES`): keys uploaded (again after the reboot, which
+    emptied /run), booted once, checked, kept; no `sh -c` as root."""
     fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, user="deploy")
     where = {cmd: fleet.lab.run("www-1", ["sh", "-c", f"command -v {cmd}"]).stdout.strip()
              for cmd, _ in elevate.RULES if not cmd.startswith("/")}
@@ -278,7 +279,8 @@ def test_a_reboot_with_a_sudo_password_under_the_narrow_rules_alone(fleet_factor
     good = tmp_path / "good"
     good.write_text(PASSWORD + "\n")
     good.chmod(0o600)
-    base = ("--json", "--no-keys", "--sudo-password-file", str(good), "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
+    fleet.env["ELEVATE_TOKEN"] = "token-narrow"
+    base = ("--json", "--sudo-password-file", str(good), "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
     first = fleet.run("deploy", *base)
     assert first.returncode == 0, first.stdout + first.stderr
     v1 = fleet.lab.current_system("www-1")
@@ -292,8 +294,12 @@ def test_a_reboot_with_a_sudo_password_under_the_narrow_rules_alone(fleet_factor
     boots = fleet.lab.boots("www-1")
     assert new != v1 and len(boots) == before + 1 and (boots[-1].entry, boots[-1].system) == ("oneshot", new)
     assert fleet.lab.current_system("www-1") == new  # kept after its check: the default entry now
+    assert fleet.lab.read("www-1", "/run/keys/token") == "token-narrow"
     assert fleet.lab.run("www-1", ["cat", "/boot/standin/default"]).stdout.strip() == new
     journal = fleet.lab.run("www-1", ["journalctl", "--no-pager", "-q", "-o", "cat"]).stdout
     commands = [ln.split("COMMAND=", 1)[1] for ln in journal.splitlines() if "COMMAND=" in ln]
-    assert [c for c in commands if "/reboot.sh " in c and c.split()[2] in ("start", "keep")], commands[-8:]
+    for call in ("keys.sh upload", "reboot.sh keep"):  # this boot's journal: after the reboot
+        assert [c for c in commands if f"/{call} " in c], (call, commands[-8:])
     assert not [c for c in commands if " -c " in c] and PASSWORD not in journal
+    left = fleet.lab.run("www-1", ["sh", "-c", "ls /run/nix-hive/*/keys.sh"], check=False)
+    assert left.returncode != 0, left.stdout  # keys.sh removed itself

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import secrets
-import shlex
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import pytest
 from hive import process
 from hive.errors import DeploymentError, ProcessError, StepError
 from hive.evaluate import build_model, validate
-from hive.keys import UPLOAD, Keys
+from hive.keys import KEYS_SH, Keys
 from hive.model import DEFAULT_KEY_COMMAND_TIMEOUT, Hive, Key
 from tests.conftest import REPO, lab_unavailable
 from tests.constants import STANDIN, nix_env
@@ -209,17 +208,18 @@ def test_a_hung_key_command_fails_once_at_its_deadline_with_its_name() -> None:
 def test_the_host_installs_nothing_that_arrived_altered(tmp_path: Path) -> None:
     """The upload script itself, run here by a real sh as root would run it on a host."""
     dest = tmp_path / "keys" / "k"
-    script = UPLOAD
-    for name, value in (("DEST", str(dest)), ("USER", "root"), ("GROUP", "root"), ("MODE", "0600")):
-        script = script.replace(f"@{name}@", shlex.quote(value))
+    user, group = process.run(["id", "-un"]).stdout.strip(), process.run(["id", "-gn"]).stdout.strip()
+    script = ["sh", "-c", KEYS_SH, "keys.sh", "upload", str(dest), user, group, "0600"]
     header = f"{sha256(BINARY)} {len(BINARY)}\n".encode()
-    process.run(["sh", "-c", script], input=header + BINARY)
-    assert dest.read_bytes() == BINARY
-    cut = process.run(["sh", "-c", script], input=header + BINARY[:-5], check=False)
+    process.run(script, input=header + BINARY)
+    assert dest.read_bytes() == BINARY and dest.stat().st_mode & 0o777 == 0o600
+    assert process.run(["sh", "-c", KEYS_SH, "keys.sh", "hashes", str(dest), str(tmp_path / "none")]).stdout == \
+        f"{sha256(BINARY)}  {dest}\n"
+    cut = process.run(script, input=header + BINARY[:-5], check=False)
     assert cut.exit_code == 66
     assert cut.stderr == f"the content arrived altered ({len(BINARY) - 5} of {len(BINARY)} bytes, " \
                          "another SHA-256): not installed\n"
-    empty = process.run(["sh", "-c", script], input=b"", check=False)
+    empty = process.run(script, input=b"", check=False)
     assert (empty.exit_code, empty.stderr) == (66, "nothing arrived: not installed\n")
     assert dest.read_bytes() == BINARY and sorted(p.name for p in dest.parent.iterdir()) == ["k"]
 
