@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux util-linux-extra jq python3 git make python3-venv \
   shellcheck debootstrap graphviz
+# For the main test run only (tests/matrix.py installs APT_PACKAGES in its trees, not this): the
+# timeline's render in a real browser (tests/test_timeline.py), about 480 MB
+APT_BROWSER := chromium
 # Debian's Nix runs single-user as root; without a reachable cache every build would wait
 # for cache.nixos.org, so the lab, the tests and the demo use no substituters: NIX_CONFIG is
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
@@ -16,7 +19,7 @@ WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 setup: apt venv
 
 apt:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES) $(APT_BROWSER); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

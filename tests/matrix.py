@@ -384,7 +384,8 @@ def pytest_counts(lines: Sequence[str]) -> dict[str, int]:
 
 
 def run_suite(release: str, tree: Path, pytest_args: Sequence[str], result: Result) -> None:
-    argv = ["make", "-C", str(REPO), "pytest", f"VENV={VENV}"]
+    # APT_BROWSER (chromium) is the main run's alone: the tree has no room to install it (/usr is read-only)
+    argv = ["make", "-C", str(REPO), "pytest", f"VENV={VENV}", "APT_BROWSER="]
     if pytest_args:
         argv.append(f"PYTEST_ARGS={shlex.join(pytest_args)}")
     print(f"\n===== {release} (Nix {result.nix}, Python {result.python}): {shlex.join(argv)}",
