@@ -7,7 +7,8 @@
 #                                          `as_root sh /run/nix-hive/ID/reboot.sh CALL ARGS...`
 #                                          (hive/host/elevate.sh, put before this text, defines
 #                                          as_root: sudo, run0 or root itself; one fixed argv shape
-#                                          a sudoers rule allows, hive/elevate.py, no `sh -c` as root)
+#                                          a sudoers rule allows, hive/elevate.py, no `sh -c` as root);
+#                                          the file removes itself when it starts
 #
 #   reboot.sh needs NEW                    would NEW run only after a reboot? Prints `needs WHAT...`
 #                                          (kernel, initrd, kernel-params: those of NEW that differ
@@ -114,6 +115,8 @@ reboot_now() {
   fi
 }
 
+# run from its file (a root call): the file goes now, the shell reads on from its open descriptor
+case $0 in "$runs"/*/reboot.sh) rm -f "$0"; rmdir "${0%/*}" 2> /dev/null || : ;; esac
 what=$1
 shift
 case $what in
