@@ -21,6 +21,7 @@ from typing import Any
 
 from hive import process
 from hive.errors import HiveError, ProcessError
+from hive.process import ProcessTimeoutError
 from hive.resources import nix_file
 
 NIX = ("nix", "--extra-experimental-features", "nix-command flakes")
@@ -214,9 +215,22 @@ def copy(
     source: str | None = None,
     timeout: float | None = None,
 ) -> None:
-    """Run `copy_argv` here; after `timeout` seconds it is killed (`ProcessTimeoutError`)."""
-    process.run(copy_argv(to, paths, substitute=substitute, source=source), env=env, on_stderr=on_line,
-                timeout=timeout)
+    """Run `copy_argv` here; after `timeout` seconds it is killed (`ProcessTimeoutError`).
+
+    Nix since 2.15 asks ssh to print `started` once a new connection is up, and guesses (racily)
+    whether its connection reuses a shared one, which prints nothing: when it guesses wrong, the
+    word reaches the store protocol ("protocol mismatch from 'www-1', got 'started…'",
+    NixOS/nix#14132). Such a copy is tried again once, without shared connections."""
+    argv = copy_argv(to, paths, substitute=substitute, source=source)
+    try:
+        process.run(argv, env=env, on_stderr=on_line, timeout=timeout)
+    except ProcessTimeoutError:
+        raise
+    except ProcessError as exc:
+        if "protocol mismatch" not in exc.stderr or "got 'started" not in exc.stderr or "NIX_SSHOPTS" not in env:
+            raise
+        alone = {**env, "NIX_SSHOPTS": f"{env['NIX_SSHOPTS']} -o ControlMaster=no -o ControlPath=none"}
+        process.run(argv, env=alone, on_stderr=on_line, timeout=timeout)
 
 
 def closure_argv(paths: Sequence[str], store: str | None = None, *, derivation: bool = False) -> list[str]:

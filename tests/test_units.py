@@ -391,3 +391,30 @@ def test_host_scripts_are_sent_without_comments_and_still_parse(tmp_path: Path) 
             assert not [ln for ln in here.group(2).splitlines() if ln.lstrip().startswith("#")], name
         (tmp_path / name).write_text(sent)
         assert subprocess.run(["sh", "-n", str(tmp_path / name)]).returncode == 0, name
+
+
+def test_a_copy_that_nix_garbled_with_its_started_word_is_tried_again_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NixOS/nix#14132 (seen with Nix 2.34 in the matrix): ssh's `started` in the protocol
+    stream; the copy is tried once more without shared connections. Other failures are not."""
+    envs: list[dict[str, str]] = []
+
+    def garbled(argv: Sequence[str], *, env: Any = None, **_: Any) -> process.Result:
+        envs.append(dict(env))
+        if len(envs) == 1:
+            raise ProcessError(list(argv), 1, "error: 'nix-store --serve' protocol mismatch from 'www-1', "
+                                              "got 'started\n\x00RT'")
+        return process.Result(stdout="", stderr="", exit_code=0)
+
+    monkeypatch.setattr(process, "run", garbled)
+    nix.copy("ssh://www-1", ["/nix/store/p"], substitute=True, env={"NIX_SSHOPTS": "-F /c"})
+    assert [e["NIX_SSHOPTS"] for e in envs] == ["-F /c", "-F /c -o ControlMaster=no -o ControlPath=none"]
+
+    def refused(argv: Sequence[str], *, env: Any = None, **_: Any) -> process.Result:
+        envs.append(dict(env))
+        raise ProcessError(list(argv), 1, "error: cannot add path: signature required")
+
+    envs.clear()
+    monkeypatch.setattr(process, "run", refused)
+    with pytest.raises(ProcessError):
+        nix.copy("ssh://www-1", ["/nix/store/p"], substitute=True, env={"NIX_SSHOPTS": "-F /c"})
+    assert len(envs) == 1
