@@ -132,11 +132,37 @@ def realise(derivations: Sequence[str], *, on_line: Callable[[str], None] | None
     return out.stdout.split()
 
 
+def _garbled(stderr: str) -> bool:
+    return "protocol mismatch" in stderr and "got 'started" in stderr
+
+
+def _over_ssh(argv: list[str], *, env: Mapping[str, str] | None, check: bool = True,
+              on_stderr: Callable[[str], None] | None = None, timeout: float | None = None) -> process.Result:
+    """`process.run` of a Nix command that reaches a store over ssh (NIX_SSHOPTS in `env`).
+
+    Nix since 2.15 asks ssh to print `started` once a new connection is up, and guesses (racily)
+    whether its connection reuses a shared one, which prints nothing: when it guesses wrong, the
+    word reaches the store protocol ("protocol mismatch from 'www-1', got 'started…'",
+    NixOS/nix#14132). Such a command is run again once, without shared connections."""
+    try:
+        out = process.run(argv, env=env, check=check, on_stderr=on_stderr, timeout=timeout)
+    except ProcessTimeoutError:
+        raise
+    except ProcessError as exc:
+        if not _garbled(exc.stderr) or env is None or "NIX_SSHOPTS" not in env:
+            raise
+    else:
+        if out.exit_code == 0 or not _garbled(out.stderr) or env is None or "NIX_SSHOPTS" not in env:
+            return out
+    alone = {**env, "NIX_SSHOPTS": f"{env['NIX_SSHOPTS']} -o ControlMaster=no -o ControlPath=none"}
+    return process.run(argv, env=alone, check=check, on_stderr=on_stderr, timeout=timeout)
+
+
 def copy_derivations(store: str, derivations: Sequence[str], *, env: Mapping[str, str],
                      timeout: float | None = None) -> None:
     """Copy `derivations` and their closures (derivations and sources, no outputs) to `store`:
     what a build host needs to build them (killed after `timeout` seconds)."""
-    process.run([*NIX, "copy", "--derivation", "--to", store, *derivations], env=env, timeout=timeout)
+    _over_ssh([*NIX, "copy", "--derivation", "--to", store, *derivations], env=env, timeout=timeout)
 
 
 def build_in_argv(store: str, derivations: Sequence[str], version: NixVersion) -> list[str]:
@@ -162,7 +188,7 @@ def build_in(store: str, derivations: Sequence[str], *, env: Mapping[str, str],
              on_line: Callable[[str], None] | None = None) -> list[str]:
     """Build `derivations` (already in `store`) in that store, by its own Nix (a build host
     reached as ssh-ng://host builds them there); their `out` paths, in order."""
-    out = process.run(build_in_argv(store, derivations, local_version()), env=env, on_stderr=on_line)
+    out = _over_ssh(build_in_argv(store, derivations, local_version()), env=env, on_stderr=on_line)
     return built_outputs(out.stdout, derivations)
 
 
@@ -191,8 +217,8 @@ def sign(key_file: Path, paths: Sequence[str], *, store: str | None = None,
     With `store` (a build host's), the paths are signed in that store: Nix computes the
     signatures here and sends them, never the key (killed after `timeout` seconds)."""
     where = ["--store", store] if store else []
-    process.run([*NIX, "store", "sign", *where, "--key-file", str(key_file), "--recursive", *paths], env=env,
-                timeout=timeout)
+    _over_ssh([*NIX, "store", "sign", *where, "--key-file", str(key_file), "--recursive", *paths], env=env,
+              timeout=timeout)
 
 
 def copy_argv(to: str, paths: Sequence[str], *, substitute: bool, source: str | None = None) -> list[str]:
@@ -215,22 +241,9 @@ def copy(
     source: str | None = None,
     timeout: float | None = None,
 ) -> None:
-    """Run `copy_argv` here; after `timeout` seconds it is killed (`ProcessTimeoutError`).
-
-    Nix since 2.15 asks ssh to print `started` once a new connection is up, and guesses (racily)
-    whether its connection reuses a shared one, which prints nothing: when it guesses wrong, the
-    word reaches the store protocol ("protocol mismatch from 'www-1', got 'started…'",
-    NixOS/nix#14132). Such a copy is tried again once, without shared connections."""
-    argv = copy_argv(to, paths, substitute=substitute, source=source)
-    try:
-        process.run(argv, env=env, on_stderr=on_line, timeout=timeout)
-    except ProcessTimeoutError:
-        raise
-    except ProcessError as exc:
-        if "protocol mismatch" not in exc.stderr or "got 'started" not in exc.stderr or "NIX_SSHOPTS" not in env:
-            raise
-        alone = {**env, "NIX_SSHOPTS": f"{env['NIX_SSHOPTS']} -o ControlMaster=no -o ControlPath=none"}
-        process.run(argv, env=alone, on_stderr=on_line, timeout=timeout)
+    """Run `copy_argv` here; after `timeout` seconds it is killed (`ProcessTimeoutError`)."""
+    _over_ssh(copy_argv(to, paths, substitute=substitute, source=source), env=env, on_stderr=on_line,
+              timeout=timeout)
 
 
 def closure_argv(paths: Sequence[str], store: str | None = None, *, derivation: bool = False) -> list[str]:
@@ -259,7 +272,7 @@ def closure_bytes(paths: Sequence[str], *, store: str | None = None, env: Mappin
     their NAR sizes, each path once."""
     if not paths:
         return 0
-    out = process.run(closure_argv(paths, store, derivation=derivation), env=env, timeout=timeout)
+    out = _over_ssh(closure_argv(paths, store, derivation=derivation), env=env, timeout=timeout)
     return closure_size(out.stdout)
 
 
@@ -269,7 +282,7 @@ def remote_missing(store: str, paths: Sequence[str], *, env: Mapping[str, str],
     each question killed after `timeout` seconds)."""
     missing: set[str] = set()
     for path in paths:
-        out = process.run([*NIX, "path-info", "--store", store, path], env=env, check=False, timeout=timeout)
+        out = _over_ssh([*NIX, "path-info", "--store", store, path], env=env, check=False, timeout=timeout)
         if out.exit_code != 0:
             if "is not valid" not in out.stderr:
                 raise ProcessError([*NIX, "path-info", "--store", store, path], out.exit_code, out.stderr)

@@ -71,6 +71,12 @@ def as_root(commands: Sequence[Sequence[str]], method: elevate.Method = elevate.
     return elevate.script(method, password, " && ".join("as_root " + shlex.join(cmd) for cmd in commands))
 
 
+def _shell_words(script: str, args: Sequence[str]) -> str:
+    """The remote command running `script` with `args` as its $1, $2, …, each quoted for the
+    remote user's shell."""
+    return shlex.join(["sh", "-c", script, *(["sh", *args] if args else [])])
+
+
 class Remote:
     """A host as ssh knows it (an instance, or a jump host of the user's configuration)."""
 
@@ -97,16 +103,14 @@ class Remote:
         `share`, the call uses a shared connection if one is open but leaves none behind (a
         one-off question to many hosts)."""
         options = [] if share else ["-o", "ControlMaster=no"]
-        words = shlex.join(["sh", "-c", script, *(["sh", *args] if args else [])])
-        return ["ssh", "-F", str(self.config), *options, "--", self.name, words]
+        return ["ssh", "-F", str(self.config), *options, "--", self.name, _shell_words(script, args)]
 
     def fresh_argv(self, script: str, *, args: Sequence[str] = ()) -> list[str]:
         """Run a script (`args` as in `shell_argv`) over a new connection of its own (a fresh
         authentication to the host, through the same jump hosts): proof that the host still
         lets nix-hive in."""
-        words = shlex.join(["sh", "-c", script, *(["sh", *args] if args else [])])
         return ["ssh", "-F", str(self.config), "-o", "ControlMaster=no", "-o", "ControlPath=none", "--",
-                self.name, words]
+                self.name, _shell_words(script, args)]
 
     def forward_argv(self, host: str, port: int) -> list[str]:
         """Connect standard input and output to host:port as the remote host sees it (`ssh -W`)."""

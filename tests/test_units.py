@@ -413,6 +413,19 @@ def test_a_copy_that_nix_garbled_with_its_started_word_is_tried_again_alone(monk
         envs.append(dict(env))
         raise ProcessError(list(argv), 1, "error: cannot add path: signature required")
 
+    # the same for every Nix call that reaches a store over ssh, unchecked ones too
+    envs.clear()
+
+    def garbled_unchecked(argv: Sequence[str], *, env: Any = None, **_: Any) -> process.Result:
+        envs.append(dict(env))
+        if len(envs) == 1:
+            return process.Result(stdout="", stderr="error: protocol mismatch, got 'started\n'", exit_code=1)
+        return process.Result(stdout="", stderr="error: path '/nix/store/p' is not valid", exit_code=1)
+
+    monkeypatch.setattr(process, "run", garbled_unchecked)
+    assert nix.remote_missing("ssh-ng://www-1", ["/nix/store/p"], env={"NIX_SSHOPTS": "-F /c"}) == {"/nix/store/p"}
+    assert [e["NIX_SSHOPTS"] for e in envs] == ["-F /c", "-F /c -o ControlMaster=no -o ControlPath=none"]
+
     envs.clear()
     monkeypatch.setattr(process, "run", refused)
     with pytest.raises(ProcessError):
