@@ -15,7 +15,8 @@ eval_jobs (systems evaluated at once), build_host (the host that builds every sy
 elevate (sudo|run0|none), ask_sudo_password (1: ask the sudo password on the terminal),
 sudo_password_file (a file only you can read: its first line is the sudo password),
 copy_timeout (seconds), copy_rate (Mbit/s), connect_timeout (seconds), stop_timeout (seconds: after
-SIGTERM, how long the running steps are followed; doit then exits 143 after the summary).
+SIGTERM, how long the running steps are followed; doit then exits 143 after the summary),
+skip_unreachable (1: as --skip-unreachable), rollback_on_failure (1: as --rollback-on-failure).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from hive import errors, options, orchestrate
 def _namespace() -> dict[str, Any]:
     names = ("config", "targets", "no", "state", "goal", "jobs", "keep_going", "max_failures", "I", "push_only",
              "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys", "eval_jobs",
-             "build_host", "elevate", "ask_sudo_password", "sudo_password_file",
-             *(name for name, *_ in options.DEADLINES))
+             "build_host", "elevate", "ask_sudo_password", "sudo_password_file", "skip_unreachable",
+             "rollback_on_failure", *(name for name, *_ in options.DEADLINES))
     variables = {name: value for name in names if (value := get_var(name, None)) is not None}
-    return orchestrate.from_doit(variables)
+    return orchestrate.from_doit(variables, connect=orchestrate.doit_reaches_hosts(sys.argv[1:]))
 
 
 try:

@@ -85,9 +85,12 @@ def control_argv(remote: Remote, what: str, *args: str, fresh: bool = False) -> 
 class Activation:
     """One instance's activation, followed from the deployer."""
 
-    def __init__(self, session: Session, instance: Instance) -> None:
+    def __init__(self, session: Session, instance: Instance, *, back_to: str | None = None) -> None:
         self.session = session
         self.instance = instance
+        # the system to activate: the instance's, or (`back_to`) the one it ran before a run that
+        # failed (--rollback-on-failure): no health checks nor keys then, the system ran before
+        self.back_to = back_to
         self.remote: Remote = session.remotes[instance.name]
         self.goal = session.options.goal
         self.id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
@@ -98,8 +101,8 @@ class Activation:
         self.rollback = options.rollback and self.goal is not Goal.DRY_ACTIVATE
         checked = self.goal in (Goal.SWITCH, Goal.TEST)
         self.confirm = self.confirm_timeout if self.rollback and checked else 0
-        self.checks = instance.checks if checked else ()
-        self.post_keys = session.keys.of(instance.name, post=True) if session.plan.keys else []
+        self.checks = instance.checks if checked and back_to is None else ()
+        self.post_keys = session.keys.of(instance.name, post=True) if session.plan.keys and back_to is None else []
         self.lock_wait = self.confirm_timeout + LOCK_MARGIN
         self.unanswered = max(self.confirm_timeout, 10) + UNANSWERED_MARGIN
         self.seconds: dict[str, float] = {}
@@ -108,7 +111,7 @@ class Activation:
         self._answered = time.monotonic()  # when it came
 
     def run(self) -> dict[str, Any]:
-        path = self.session.need_path(self.instance.system)
+        path = self.back_to or self.session.need_path(self.instance.system)
         args = host_args(path, self.goal, self.directory, timeout=self.timeout, rollback=self.rollback,
                          confirm=self.confirm, lock_wait=self.lock_wait, who=who())
         self.remote.forget()
@@ -335,6 +338,12 @@ class _Confirmation:
 def activate(session: Session, instance: Instance) -> dict[str, Any]:
     """The action of `activate:<instance>`."""
     return Activation(session, instance).run()
+
+
+def put_back(session: Session, instance: Instance, path: str) -> dict[str, Any]:
+    """--rollback-on-failure: `instance` back on `path`, the system it ran before the run, as
+    safely as any activation (host lock, detached, automatic and magic rollback)."""
+    return Activation(session, instance, back_to=path).run()
 
 
 def upload_keys(session: Session, instance: Instance) -> dict[str, Any]:

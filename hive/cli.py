@@ -141,6 +141,8 @@ def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
                    eval_jobs=_seconds(args, "eval_jobs", "--eval-jobs") or Options().eval_jobs,
                    reboot=options.reboot_mode(getattr(args, "reboot", None)),
                    reboot_timeout=_seconds(args, "reboot_timeout", "--reboot-timeout"),
+                   skip_unreachable=getattr(args, "skip_unreachable", False),
+                   rollback_on_failure=getattr(args, "rollback_on_failure", False),
                    **options.deadlines(vars(args)))
 
 
@@ -349,7 +351,7 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     session = _session(args, hive, select(hive, args.patterns), build_only=True, shown_live=True)
     with state.locked(session.state_file), session.progress:
         rows = reboot.reboot_all(session)
-    return _show(args, rows, report=report)
+    return _show(args, rows, 0 if all(orchestrate.settled_well(session, r) for r in rows) else 1, report)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -423,12 +425,16 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
         d.add_argument("--no-live", action="store_true",
                        help="progress lines, not the live view a terminal shows by default")
         d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
+        _skip_unreachable_argument(d)
         options.add_deadline_arguments(d)
         d.set_defaults(func=func)
     deploy = sub.choices["deploy"]
     deploy.add_argument("--no-rollback", dest="rollback", action="store_false",
                         help="leave a host whose activation or checks failed as it is (no automatic or magic rollback)")
     deploy.add_argument("--no-keys", dest="keys", action="store_false", help="upload no keys")
+    deploy.add_argument("--rollback-on-failure", action="store_true",
+                        help="all or nothing: when the run fails, put every instance it switched back on the system "
+                             "it ran before, the last wave first")
     deploy.add_argument("--activation-timeout", metavar="SECONDS",
                         help="stop an activation running longer (default: the deployment's, else 600)")
     deploy.add_argument("--confirm-timeout", metavar="SECONDS",
@@ -447,6 +453,12 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
     for command in (b, pl, ls, s, *(sub.choices[n] for n in ("deploy", "push"))):
         command.add_argument("patterns", nargs="*", metavar="PATTERN")
     _elevation_arguments(deploy)
+
+
+def _skip_unreachable_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-unreachable", action="store_true",
+                        help="an instance that does not answer when the run starts is skipped: it fails nothing, "
+                             "its wave goes on (default: it fails, and its wave stops the later ones)")
 
 
 def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
@@ -486,6 +498,7 @@ def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
     rbt.add_argument("--no-live", action="store_true",
                      help="progress lines, not the live view a terminal shows by default")
     rbt.add_argument("--max-failures", metavar="N|N%", help="stop starting new reboots after N failures")
+    _skip_unreachable_argument(rbt)
     rbt.add_argument("--reboot-timeout", metavar="SECONDS",
                      help="a host must answer ssh and finish booting within this (default: the deployment's "
                           "rebootTimeout, else 600)")

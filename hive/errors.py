@@ -105,6 +105,15 @@ def headline(stderr: str) -> str:
     return last
 
 
+def ssh_reason(stderr: str) -> str:
+    """Why ssh could not reach a host, in one line: what it said that tells most (its warning
+    banners and advice left out), else its last line."""
+    lines = [ln.strip().strip("@ ").strip() for ln in stderr.splitlines()]
+    lines = [ln for ln in lines if ln]
+    told = next((ln for d in SSH_DIAGNOSTICS for ln in lines if d in ln), None)
+    return told or (lines[-1] if lines else "ssh failed and said nothing")
+
+
 class ProcessError(HiveError):
     """A nix or ssh command exited non-zero (or could not be started)."""
 

@@ -41,6 +41,8 @@ class Options:
     stop_timeout: int = 60  # after SIGTERM: how long the running steps are followed
     reboot: str | None = None  # deploy --reboot: "always", or "auto" (only hosts whose kernel changed)
     reboot_timeout: int | None = None  # seconds; overrides the deployment's rebootTimeout (--reboot-timeout)
+    skip_unreachable: bool = False  # an instance that does not answer first is skipped, not a failure
+    rollback_on_failure: bool = False  # a failed run puts the hosts it switched back (all or nothing)
 
     def copy_deadline(self, size: int | None) -> float:
         """Seconds a copy of a closure of `size` bytes may take: `copy_timeout` (connecting,

@@ -13,18 +13,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
-from hive import elevate, options, process, reboot, state, tasks
+from hive import activate, elevate, options, process, reboot, state, tasks
 from hive.evaluate import evaluate
-from hive.model import Instance, Step
+from hive.model import Goal, Instance, Step
 from hive.options import Options
 from hive.outcome import Outcome, Status
 from hive.plan import Kind, TaskId, make_plan
 from hive.report import Progress, Row, summary_table
 from hive.select import select
-from hive.session import Session
+from hive.session import OWN_STEPS, Session
 
 TERMINATED = 128 + signal.SIGTERM  # the exit status of a run ended by SIGTERM (143, as the shell shows it)
 ABANDON_WAIT = 2.0  # seconds a run that stops its steps waits for them to notice, before it reports
@@ -147,10 +148,29 @@ def _inside(frame: FrameType | None, filename: str) -> bool:
     return False
 
 
-def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
+# doit's commands that run no task (`doit list`, `doit info push:www-1`, …): loading the tasks
+# then opens no connection.
+DOIT_COMMANDS = frozenset({"list", "info", "help", "clean", "forget", "ignore", "dumpdb", "strace", "tabcompletion",
+                           "reset-dep", "auto"})
+HOST_KINDS = frozenset({Kind.STORE, Kind.PUSH, Kind.KEYS, Kind.ACTIVATE, Kind.WAVE, Kind.DEPLOY})
+
+
+def doit_reaches_hosts(argv: Sequence[str]) -> bool:
+    """Whether a doit command line (without the program) runs a task that talks to the hosts
+    (a copy, push, keys, activation, wave or `deploy`): only then are the instances'
+    connections opened first. `doit` alone builds (its default task)."""
+    words = [a for a in argv if not a.startswith("-") and "=" not in a]
+    if any(w in DOIT_COMMANDS for w in words):
+        return False
+    return any((t := TaskId.parse(w)) is not None and t.kind in HOST_KINDS for w in words)
+
+
+def from_doit(variables: Mapping[str, str], *, connect: bool = True) -> dict[str, Any]:
     """The doit door: the session that `doit` variables describe (as `nix-hive deploy`'s
-    options), locked and with Ctrl-C handled, as task creators for doit's loader. The summary
-    is printed, and everything closed, by the reporter's last call."""
+    options), locked and with Ctrl-C handled, as task creators for doit's loader; with
+    `connect` (a command line that reaches hosts: `doit_reaches_hosts`), every selected
+    instance's connection opened first, as `nix-hive deploy` does. The summary is printed,
+    and everything closed, by the reporter's last call."""
     hive = evaluate(variables.get("config"), options.overrides(
         [v for v in variables.get("I", "").split(",") if v], option="I="),
         options.build_host(variables.get("build_host"), "build_host="))
@@ -169,6 +189,9 @@ def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
                     eval_jobs=_positive_or_none(variables.get("eval_jobs"), "eval_jobs=") or Options().eval_jobs,
                     reboot=options.reboot_mode(variables.get("reboot"), "reboot="),
                     reboot_timeout=_positive_or_none(variables.get("reboot_timeout"), "reboot_timeout="),
+                    skip_unreachable=options.flag(variables.get("skip_unreachable", "0"), "skip_unreachable"),
+                    rollback_on_failure=options.flag(variables.get("rollback_on_failure", "0"),
+                                                     "rollback_on_failure"),
                     **options.deadlines(variables, doit=True))
     final = Kind.PUSH if options.flag(variables.get("push_only", "0"), "push_only") else Kind.ACTIVATE
     the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final,
@@ -181,6 +204,8 @@ def from_doit(variables: Mapping[str, str]) -> dict[str, Any]:
     lock = state.Lock(session.state_file)
     signals = Signals(session)
     signals.install()
+    if connect:  # before doit builds anything (as `nix-hive deploy`)
+        session.connect_all()
 
     def complete() -> None:
         signals.over()
@@ -222,12 +247,15 @@ def _positive_or_none(text: str | None, option: str) -> int | None:
 
 def finish(session: Session) -> None:
     """The end of a run: wait for the steps still running (a few seconds only when the run
-    stopped them: those still running then are reported as stopped), mark what an interrupt
+    stopped them: those still running then are reported as stopped), put back what a failed
+    run switched (--rollback-on-failure; not after Ctrl-C or SIGTERM), mark what an interrupt
     left undone, close the shared connections (the run's ssh masters end with them)."""
     if session.abandoned:
         session.settle(ABANDON_WAIT)
     else:
         session.wait_idle()
+        if not session.interrupted:
+            put_back(session)
     if session.interrupted:
         for i in session.plan.instances:
             session.outcomes.set_default(session.plan.final_id(i.name), Outcome(Status.SKIPPED, session.cause))
@@ -235,14 +263,60 @@ def finish(session: Session) -> None:
 
 
 def deploy(session: Session) -> tuple[int, list[Row]]:
-    """Build, push and (unless the plan ends at push) activate. The exit status and summary."""
+    """Connect, build, push and (unless the plan ends at push) activate; with
+    --rollback-on-failure, put back what a failed run switched. The exit status and summary."""
+    session.connect_all()
     # Each instance's last step, in wave order, rather than `deploy`: doit then takes them
     # (and what they wait for) in this order, so `-j 1` pushes and activates host after host.
     execute(session, [session.plan.final_id(i.name) for i in session.plan.instances])
     found = rows(session)
     if session.terminated:
         return TERMINATED, found
-    return (0 if all(r.result in (Status.OK.value, Status.UNCHANGED.value) for r in found) else 1), found
+    return (0 if all(settled_well(session, r) for r in found) else 1), found
+
+
+def settled_well(session: Session, found: Row) -> bool:
+    """An instance the run left as it should: done, already done, or skipped as unreachable
+    because --skip-unreachable said so."""
+    return found.result in (Status.OK.value, Status.UNCHANGED.value) or (
+        found.result == Status.SKIPPED.value and session.skipped_unreachable(found.instance) is not None)
+
+
+def run_failed(session: Session) -> str | None:
+    """Why the run failed, or None: a gate closed, --max-failures passed, or (the last wave's,
+    or under --keep-going) some instance failed."""
+    if session.halted is not None:
+        return session.halted.removeprefix("not started: ")
+    failed = [i.name for i in session.plan.instances if session.instance_failure(i.name) is not None]
+    return f"{', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''} failed" if failed else None
+
+
+def put_back(session: Session) -> None:
+    """--rollback-on-failure: when the run failed, every instance it switched goes back to the
+    system it ran when the run began (`Session.before`), the last wave first, -j at once.
+    Each is recorded as `put-back:<instance>`: rolled back, or failed and why."""
+    why = run_failed(session) if session.options.rollback_on_failure else None
+    if why is None or session.options.goal is Goal.DRY_ACTIVATE:
+        return
+    session.progress.line(f"the run failed ({why}): putting back the instances it switched (--rollback-on-failure)")
+    by_name = {i.name: i for i in session.plan.instances}
+
+    def one(name: str) -> None:
+        task, old = TaskId(Kind.UNDO, name), session.before.get(name)
+        if old is None:
+            session.outcomes.set(task, Outcome(Status.SKIPPED, "kept: it ran no system before this run"))
+            return
+        done = session.perform(task, lambda: activate.put_back(session, by_name[name], old), gated=False)
+        if isinstance(done, dict):  # put back: the instance is reported rolled back, and why
+            found = session.outcomes.get(task)
+            session.outcomes.set(task, Outcome(Status.ROLLED_BACK, f"run failed: {why}",
+                                               found.seconds if found else 0.0))
+
+    with ThreadPoolExecutor(max_workers=session.options.jobs) as pool:
+        for wave in reversed(session.plan.waves):
+            switched = [i.name for i in wave if session.outcomes.status(TaskId(Kind.ACTIVATE, i.name)) is Status.OK
+                        and session.before.get(i.name) != session.path_of(i.system)]
+            list(pool.map(one, switched))
 
 
 def build(session: Session) -> int:
@@ -260,7 +334,10 @@ def rows(session: Session) -> list[Row]:
 def row(session: Session, i: Instance, wave: int | None = None) -> Row:
     """One instance's line in the summary: its first failed or skipped step says why."""
     plan, outcomes = session.plan, session.outcomes
-    steps: dict[str, TaskId] = {"build": TaskId(Kind.BUILD, i.system)}
+    steps: dict[str, TaskId] = {}
+    if outcomes.get(TaskId(Kind.CONNECT, i.name)) is not None:
+        steps["connect"] = TaskId(Kind.CONNECT, i.name)
+    steps["build"] = TaskId(Kind.BUILD, i.system)
     relays = plan.relay_chain(i)
     if relays:
         steps["store"] = relays[0].id
@@ -288,12 +365,17 @@ def row(session: Session, i: Instance, wave: int | None = None) -> Row:
         return Row(i.name, i.system, path, result, reason, seconds, started, steps_,
                    wave if wave is not None else plan.wave_of(i.name))
 
-    for key, o in found.items():
-        if o is not None and o.status.is_failure:
-            if key in ("build", "store"):
-                target = i.system if key == "build" else relays[0].url
-                return made(Status.SKIPPED.value, f"{key} of {target} failed: {o.reason}")
-            return made(o.status.value, f"{key}: {o.reason}")
+    undone = outcomes.get(TaskId(Kind.UNDO, i.name))
+    if undone is not None and undone.status is not Status.SKIPPED:  # --rollback-on-failure
+        seconds["put-back"] = undone.seconds
+        steps_["put-back"] = undone.status.value
+        shown = undone.reason if undone.status is Status.ROLLED_BACK else f"put back: {undone.reason}"
+        return made(str(undone.status), shown)
+    failure = session.instance_failure(i.name)
+    if failure is not None:
+        task, o = failure
+        own = task.target == i.name and task.kind in OWN_STEPS
+        return made(str(o.status) if own else Status.FAILED.value, session.why_failed(i.name, task, o))
     for o in found.values():  # the first step not started says why
         if o is not None and o.status is Status.SKIPPED:
             return made(Status.SKIPPED.value, o.reason)

@@ -83,6 +83,7 @@ class Outcomes:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._by_task: dict[TaskId, Outcome] = {}
+        self._failed: set[TaskId] = set()  # the tasks whose outcome is a failure, kept as they are recorded
         self.began = time.monotonic()  # the run's start, for each step's `started`
         self.began_at = time.time()  # the same, on the wall clock (the report's `began`)
 
@@ -93,17 +94,23 @@ class Outcomes:
         started = max(0.0, time.monotonic() - self.began - outcome.seconds)
         return dataclasses.replace(outcome, started=round(started, 2))
 
+    def _record(self, task: TaskId, outcome: Outcome) -> None:
+        self._by_task[task] = self._stamped(outcome)
+        if outcome.status.is_failure:
+            self._failed.add(task)
+        else:
+            self._failed.discard(task)
+        self._changed.notify_all()
+
     def set(self, task: TaskId, outcome: Outcome) -> None:
         with self._changed:
-            self._by_task[task] = self._stamped(outcome)
-            self._changed.notify_all()
+            self._record(task, outcome)
 
     def set_default(self, task: TaskId, outcome: Outcome) -> None:
         """Record `outcome` unless the task has one already."""
         with self._changed:
             if task not in self._by_task:
-                self._by_task[task] = self._stamped(outcome)
-                self._changed.notify_all()
+                self._record(task, outcome)
 
     def get(self, task: TaskId) -> Outcome | None:
         with self._changed:
@@ -114,8 +121,9 @@ class Outcomes:
         return found.status if found is not None else None
 
     def failed(self, *kinds: Kind) -> list[TaskId]:
+        """The tasks that failed so far (of `kinds`, if given), without looking at every outcome."""
         with self._changed:
-            return [t for t, o in self._by_task.items() if o.status.is_failure and (not kinds or t.kind in kinds)]
+            return [t for t in self._failed if not kinds or t.kind in kinds]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Block until `predicate()` holds (checked after each record, and on `poke`)."""

@@ -13,6 +13,11 @@ Tasks, by kind:
     activate:<i>      profile and switch-to-configuration
     wave:<n>          waits for wave n-1 to settle; the failure policy decides whether wave n starts
     deploy            every selected instance done
+
+Two kinds are outcomes only, never doit tasks: `connect:<host>`, the connection every selected
+instance (and relay host) gets before anything is built (Session.connect_all), and
+`put-back:<instance>`, its return to the system it ran before when the run failed
+(`--rollback-on-failure`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class Kind(enum.Enum):
     ACTIVATE = "activate"
     WAVE = "wave"
     DEPLOY = "deploy"
+    CONNECT = "connect"  # an outcome only: the host answered before the run started work (or not)
+    UNDO = "put-back"  # an outcome only: put back on its system before this run (--rollback-on-failure)
 
     @property
     def shown(self) -> str:
@@ -138,6 +145,25 @@ class Plan:
     def wave_of(self, instance: str) -> int:
         """The wave (1-based) an instance is in."""
         return next(n for n, wave in enumerate(self.waves, 1) if any(i.name == instance for i in wave))
+
+    def instance_tasks(self, instance: Instance) -> tuple[TaskId, ...]:
+        """Every task an instance's deployment needs, upstream first: its host's connection
+        and its relay hosts', its system's build, its relay stores' copies (the farthest
+        first), its push, keys and activation. One of them failed: the instance failed
+        (Session.instance_failure, the one rule of every gate)."""
+        chain = list(reversed(self.relay_chain(instance)))
+        chain += [r for r in self.relays if r.owner == instance.name and r not in chain]
+        group = next((g.id for g in self.groups if instance.system in g.systems), None)
+        out = [TaskId(Kind.CONNECT, instance.name)]
+        out += [TaskId(Kind.CONNECT, r.owner) for r in chain if r.owner is not None and r.owner != instance.name]
+        out += [*([group] if group is not None else []), TaskId(Kind.BUILD, instance.system)]
+        out += [r.id for r in chain]
+        out.append(TaskId(Kind.PUSH, instance.name))
+        if self.final is Kind.ACTIVATE:
+            if self.keys and instance.keys:
+                out.append(TaskId(Kind.KEYS, instance.name))
+            out.append(TaskId(Kind.ACTIVATE, instance.name))
+        return tuple(out)
 
     def relay_chain(self, instance: Instance) -> list[Relay]:
         """The relays an instance depends on: its store, then the one that store substitutes

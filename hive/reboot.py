@@ -39,7 +39,7 @@ from hive.process import ProcessTimeoutError
 from hive.remote import Remote
 from hive.report import Row
 from hive.resources import host_script
-from hive.session import Session
+from hive.session import Session, gate
 
 POLL = 1.0  # seconds between two ssh tries while a host reboots
 PROGRESS_EVERY = 10.0  # seconds between two progress lines of a host that is not back yet
@@ -299,7 +299,7 @@ def reboot_all(session: Session) -> list[Row]:
     options, plan = session.options, session.plan
     rows: list[Row] = []
     stopped: str | None = None
-    failures = 0
+    session.connect_all()  # every host asked first, at once: an unreachable one is known before any reboot
 
     def one(i: Instance) -> Row:
         start = time.monotonic()
@@ -307,7 +307,7 @@ def reboot_all(session: Session) -> list[Row]:
         try:
             found = session.remotes[i.name].probe(())
             if not found.reachable:
-                raise StepError("unreachable before the reboot (nothing was done)")
+                raise StepError(f"unreachable before the reboot (nothing was done): {found.reason}")
             if found.profile is None:
                 raise StepError("no system profile: nothing to reboot into")
             done = Reboot(session, i, found.profile)
@@ -325,6 +325,13 @@ def reboot_all(session: Session) -> list[Row]:
         session.progress.step("reboot", i.name, "ok", f"{seconds['reboot']:.1f}s")
         return Row(i.name, i.system, str(result["path"]), "ok", "", seconds)
 
+    def blocked(i: Instance) -> Row:
+        """An instance connect_all found unreachable, or whose wave will not start."""
+        failure = session.instance_failure(i.name)
+        if failure is not None:
+            return Row(i.name, i.system, "", "failed", session.why_failed(i.name, *failure))
+        return Row(i.name, i.system, "", "skipped", session.blocked[i.name])
+
     pool = ThreadPoolExecutor(max_workers=options.jobs)
     try:
         for number, wave in enumerate(plan.waves, 1):
@@ -332,14 +339,10 @@ def reboot_all(session: Session) -> list[Row]:
                 rows += [Row(i.name, i.system, "", "skipped", stopped) for i in wave]
                 continue
             session.progress.line(f"wave {number}/{len(plan.waves)}: {len(wave)} instance(s)")
-            done = list(pool.map(one, wave))
+            done = list(pool.map(lambda i: blocked(i) if i.name in session.blocked else one(i), wave))
             rows += done
             failed = [r.instance for r in done if r.result not in ("ok", "skipped")]
-            failures += len(failed)
-            if options.max_failures is not None and failures > options.max_failures:
-                stopped = f"not started: more than {options.max_failures} instance(s) failed"
-            elif failed and not options.keep_going:
-                stopped = f"not started: wave {number} failed ({_names(failed)})"
+            stopped = gate(number, failed, sum(1 for r in rows if r.result not in ("ok", "skipped")), options)
     except KeyboardInterrupt:  # stop following the hosts: each boots its default entry, its last good system
         session.abandon()
         process.terminate_children()
@@ -348,10 +351,6 @@ def reboot_all(session: Session) -> list[Row]:
         pool.shutdown(wait=True, cancel_futures=True)
         session.close()
     return rows
-
-
-def _names(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def reboot_needed(session: Session, targets: dict[str, str | None]) -> dict[str, str]:

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import overload
 
 from hive import elevate, process, ssh, tempdirs
-from hive.errors import HiveError
+from hive.errors import HiveError, ProcessError, ssh_reason
 from hive.model import Hive
 
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
@@ -36,6 +36,7 @@ class Probe:
     valid: frozenset[str] = frozenset()  # the asked paths its store holds
     asked: frozenset[str] = frozenset()  # the paths it was asked about
     pending: bool = False  # an activation still waits for its confirmation (it may roll back)
+    reason: str = ""  # why the host could not be reached (ssh's own word, one line)
 
 
 def probe_script(paths: Iterable[str]) -> str:
@@ -155,20 +156,25 @@ class Remote:
         self.forget()
         return process.run(self.shell_argv(self.as_root(commands)), input=self.root_input())
 
-    def probe(self, paths: Iterable[str]) -> Probe:
+    def probe(self, paths: Iterable[str], *, keep: bool = False, timeout: float | None = None) -> Probe:
         """What the host has and runs, asked once (one ssh call) and remembered until a step
-        changes the host (`forget`) or a path it was not asked about is needed."""
+        changes the host (`forget`) or a path it was not asked about is needed. Jump hosts and
+        relays keep their connection, and so does a host the run works on next (`keep`); the
+        others need none yet. A host that cannot be reached says why (`Probe.reason`)."""
         wanted = frozenset(paths)
         with self._lock:
             known = self._probe
         if known is not None and (wanted <= known.asked or not known.reachable):
             return known
         try:
-            # jump hosts and relays keep their connection; the hosts behind them need none yet
-            out = process.run(self.shell_argv(probe_script(wanted), share=self.hub))
+            out = process.run(self.shell_argv(probe_script(wanted), share=self.hub or keep), timeout=timeout)
             found = parse_probe(out.stdout, wanted)
-        except HiveError:
-            found = Probe(reachable=False, asked=wanted)
+        except HiveError as exc:
+            if isinstance(exc, process.ProcessTimeoutError):
+                why = f"no answer within {exc.timeout:g} s"
+            else:
+                why = ssh_reason(exc.stderr) if isinstance(exc, ProcessError) else str(exc)
+            found = Probe(reachable=False, asked=wanted, reason=why)
         with self._lock:
             self._probe = found
         return found
@@ -218,16 +224,21 @@ class Remotes:
                 self._remotes[name] = Remote(setup, name, hub=name in self.hubs, hive=self.hive)
             return self._remotes[name]
 
-    def probe_all(self, wanted: dict[str, frozenset[str]]) -> dict[str, Probe]:
-        """Probe many hosts at once (host -> the paths to ask about). Jump hosts and relays
-        first: their shared connection is then up before the hosts behind them are asked
-        through it (instead of each racing to open its own)."""
+    def probe_all(self, wanted: dict[str, frozenset[str]], *, keep: Iterable[str] = (), width: int | None = None,
+                  timeout: float | None = None) -> dict[str, Probe]:
+        """Probe many hosts at once (host -> the paths to ask about), `width` at a time (-j
+        by default), each within `timeout`; the hosts of `keep` keep their connection (see
+        `Remote.probe`). Jump hosts and relays first: their shared connection is then up
+        before the hosts behind them are asked through it (instead of each racing to open
+        its own)."""
         first = [n for n in wanted if n in self.hubs]
         then = [n for n in wanted if n not in self.hubs]
+        kept = frozenset(keep)
         found: dict[str, Probe] = {}
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(width or self.jobs, len(wanted)))) as pool:
             for stage in (first, then):
-                for name, probe in zip(stage, pool.map(lambda n: self[n].probe(wanted[n]), stage), strict=True):
+                asked = pool.map(lambda n: self[n].probe(wanted[n], keep=n in kept, timeout=timeout), stage)
+                for name, probe in zip(stage, asked, strict=True):
                     found[name] = probe
         return found
 

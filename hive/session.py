@@ -48,6 +48,16 @@ class Session:
         self._abandoned = False
         self._probe_lock = threading.Lock()
         self._prefetched: set[str] = set()  # hosts asked once already (see `probe`)
+        # instance_failure's index: each instance's tasks, and each task -> the instances that need it
+        self._instances = {i.name: i for i in plan.instances}
+        self._tasks_of = {i.name: plan.instance_tasks(i) for i in plan.instances}
+        self._needed_by: dict[TaskId, list[str]] = {}
+        for name, needs in self._tasks_of.items():
+            for t in needs:
+                self._needed_by.setdefault(t, []).append(name)
+        self.blocked: dict[str, str] = {}  # instance -> why none of its steps starts (connect_all)
+        self.before: dict[str, str] = {}  # instance -> the system it ran when the run began (connect_all)
+        self.halted: str | None = None  # why the run stopped starting waves (a gate closed, --max-failures)
 
     # -- results ---------------------------------------------------------------------------
 
@@ -144,18 +154,109 @@ class Session:
             why += f" ({goes_on})"
         self.outcomes.set_default(task, Outcome(Status.FAILED, why))
 
+    # The one rule of every gate (the wave gate, --max-failures, the summary, --json, the exit
+    # status): an instance failed when a task it needs failed (Plan.instance_tasks: its
+    # connection, its build, its relays' copies, its push, keys, activation); being skipped
+    # because of that is failing.
+
+    def instance_failure(self, name: str) -> tuple[TaskId, Outcome] | None:
+        """The first task `name` needs that failed, with its outcome; None if none did."""
+        for task in self._tasks_of[name]:
+            found = self.outcomes.get(task)
+            if found is not None and found.status.is_failure:
+                return task, found
+        return None
+
     def failed_instances(self) -> set[str]:
-        return {t.target for t in self.outcomes.failed(Kind.PUSH, Kind.ACTIVATE)}
+        """Every instance that failed so far (`instance_failure`'s rule), from the failed tasks."""
+        return {name for t in self.outcomes.failed() for name in self._needed_by.get(t, ())}
 
     def stop_reason(self) -> str | None:
         """Why no new push or activation may start: interrupted (or terminated), or
         --max-failures passed."""
         if self._interrupted:
             return self._cause
-        limit = self.options.max_failures
-        if limit is not None and len(self.failed_instances()) > limit:
-            return f"not started: more than {limit} instance(s) failed"
+        reason = gate(None, [], len(self.failed_instances()), self.options)
+        if reason is not None and self.halted is None:
+            self.halted = reason
+        return reason
+
+    def connect_all(self) -> None:
+        """Before any work (deploy, push, reboot): every selected instance's connection, and
+        its relay hosts', opened at once (each within --connect-timeout: ssh's ConnectTimeout
+        per hop, and the question it asks), so that an unreachable host is known before
+        anything is built. It fails its instance (`connect:<host>`), and the gates apply at
+        once: a wave that failed (unless --keep-going) or more than --max-failures failed
+        instances block what would not start anyway, so nothing is built for them. With
+        --skip-unreachable such an instance is skipped instead and fails nothing. What each
+        host runs now is kept (`before`: what --rollback-on-failure puts back)."""
+        plan, options = self.plan, self.options
+        names = [i.name for i in plan.instances]
+        names += sorted({r.owner for r in plan.relays if r.owner is not None} - set(names))
+        keep = names[:options.jobs]  # the first hosts the run works on keep the connection it opened
+        # ssh's ConnectTimeout bounds each hop's connection; this bounds the whole question
+        bound = 2 * (options.connect_timeout or int(ssh.DEFAULTS["ConnectTimeout"])) + 5
+        started = time.monotonic()
+        found = self.remotes.probe_all({n: frozenset() for n in names}, keep=keep, width=max(options.jobs, 32),
+                                       timeout=bound)
+        seconds = round(time.monotonic() - started, 2)
+        for name in names:
+            probe, task = found[name], TaskId(Kind.CONNECT, name)
+            if probe.reachable:
+                self.outcomes.set(task, Outcome(Status.OK, seconds=seconds))
+                if probe.current is not None:
+                    self.before[name] = probe.current
+                continue
+            why = f"unreachable: {probe.reason}"
+            status = Status.SKIPPED if options.skip_unreachable else Status.FAILED
+            self.outcomes.set(task, Outcome(status, why, seconds, Failure(task, why) if status.is_failure else None))
+            self.progress.step("connect", name, str(status), probe.reason)
+        failures = len(self.failed_instances())
+        stopped = gate(None, [], failures, options)
+        for number, wave in enumerate(plan.waves, 1):
+            failed_here = []
+            for i in wave:
+                failed = self.instance_failure(i.name)
+                if failed is not None:
+                    failed_here.append(i.name)
+                    self.blocked[i.name] = self.why_failed(i.name, *failed)
+                elif (skipped := self.skipped_unreachable(i.name)) is not None or stopped is not None:
+                    self.blocked[i.name] = skipped or stopped or ""
+            stopped = stopped or gate(number, failed_here, failures, options)
+        if stopped is not None:
+            self.halted = stopped
+            later = sum(1 for i in plan.instances if self.blocked.get(i.name) == stopped)
+            if later:
+                self.progress.line(f"{stopped.removeprefix('not started: ')}: {later} instance(s) will not start, "
+                                   "and nothing is built or copied for them")
+
+    def skipped_unreachable(self, name: str) -> str | None:
+        """Why `name` is skipped as unreachable (--skip-unreachable: it, or a relay host it needs)."""
+        for task in self._tasks_of[name]:
+            found = self.outcomes.get(task) if task.kind is Kind.CONNECT else None
+            if found is not None and found.status is Status.SKIPPED:
+                return self.why_failed(name, task, found)
         return None
+
+    def why_failed(self, name: str, task: TaskId, outcome: Outcome) -> str:
+        """What the summary says of instance `name` whose needed `task` ended as `outcome`
+        (`instance_failure`): its own step by name, another's by what it was."""
+        if task.target == name and task.kind in OWN_STEPS:
+            return outcome.reason if task.kind is Kind.CONNECT else f"{task.kind.value}: {outcome.reason}"
+        if task.kind is Kind.CONNECT:
+            return f"relay host {task.target} {outcome.reason}"
+        if task.kind in (Kind.BUILD, Kind.NIX_BUILD):  # a group's build: named by this instance's system
+            return f"build of {self._instances[name].system} failed: {outcome.reason}"
+        if task.kind is Kind.STORE:
+            relay = next((r for r in self.plan.relays if r.id == task), None)
+            return f"store of {relay.url if relay else task.target} failed: {outcome.reason}"
+        return f"{task.kind.value} of {task.target} failed: {outcome.reason}"
+
+    def block(self, task: TaskId) -> NotStarted:
+        """The action of a step of a blocked instance (`connect_all`): not started, and why."""
+        reason = self.blocked[task.target]
+        self.outcomes.set_default(task, Outcome(Status.SKIPPED, reason))
+        return NotStarted(reason)
 
     def wave_settled(self, number: int) -> bool:
         """Every instance of wave `number` that this run will attempt has an outcome."""
@@ -246,6 +347,22 @@ class Session:
         self.remotes.close()
 
 
+OWN_STEPS = frozenset({Kind.CONNECT, Kind.PUSH, Kind.KEYS, Kind.ACTIVATE, Kind.UNDO})  # an instance's own tasks
+
+
+def gate(wave: int | None, failed: list[str], failures: int, options: Options) -> str | None:
+    """Why what comes after `wave` may not start (None: it may): more than --max-failures
+    instances failed in all (`failures`), or some of this wave did (`failed`, by
+    `Session.instance_failure`'s rule), unless --keep-going. Every wave gate asks this: a
+    deploy's, a reboot's, a rollback's."""
+    limit = options.max_failures
+    if limit is not None and failures > limit:
+        return f"not started: more than {limit} instance(s) failed"
+    if wave is not None and failed and not options.keep_going:
+        return f"not started: wave {wave} failed ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''})"
+    return None
+
+
 def open_wave(session: Session, number: int) -> dict[str, Any] | NotStarted:
     """The action of `wave:<number>`: wait for the previous wave to settle, then start
     this one unless it failed (and not --keep-going), --max-failures was passed, or the
@@ -255,12 +372,11 @@ def open_wave(session: Session, number: int) -> dict[str, Any] | NotStarted:
     if threading.current_thread() is not threading.main_thread():
         session.outcomes.wait_for(lambda: session.interrupted or session.wave_settled(previous))
     reason = session.stop_reason()
-    wave = session.plan.waves[previous - 1]
-    statuses = {i.name: session.outcomes.status(session.plan.final_id(i.name)) for i in wave}
-    failed = sorted(name for name, found in statuses.items() if found is not None and found.is_failure)
-    if reason is None and failed and not session.options.keep_going:
-        names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
-        reason = f"not started: wave {previous} failed ({names})"
+    failed = sorted(i.name for i in session.plan.waves[previous - 1] if session.instance_failure(i.name) is not None)
+    if reason is None:
+        reason = gate(previous, failed, len(session.failed_instances()), session.options)
+        if reason is not None:
+            session.halted = reason
     if reason is None and not session.wave_settled(previous):
         reason = f"not started: wave {previous} did not run first"
     task = TaskId(Kind.WAVE, str(number))

@@ -80,6 +80,12 @@ class Steps:
         task = planned.id
         out: dict[str, Any] = {"name": task.target or None, "doc": planned.doc, "actions": [],
                                "task_dep": [str(d) for d in planned.deps], "io": NO_CAPTURE}
+        if task.kind in (Kind.PUSH, Kind.KEYS, Kind.ACTIVATE) and task.target in self.session.blocked:
+            # an instance that will not start (Session.connect_all): waiting for nothing, its
+            # steps say why at once, and nothing is built or copied for it
+            out["task_dep"] = []
+            out["actions"] = [lambda: self.session.block(task)]
+            return out
         action = self.action(task)
         if action is not None:
             out["actions"] = [action]

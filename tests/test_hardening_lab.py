@@ -50,8 +50,8 @@ def test_a_relay_that_dies_mid_push_skips_its_hosts_and_the_rest_goes_on(fleet_f
     r = {row["instance"]: row for row in json.loads(out)["instances"]}
     assert r["solo"]["outcome"] == "ok", err  # the rest of the fleet goes on
     for host in ("www-1", "www-2"):
-        assert r[host]["outcome"] == "skipped" and "store of ssh://portico failed" in str(r[host]["reason"]), err
-    assert r["portico"]["outcome"] == "skipped" and "relay store ssh://portico failed" in str(r["portico"]["reason"])
+        assert r[host]["outcome"] == "failed" and "store of ssh://portico failed" in str(r[host]["reason"]), err
+    assert r["portico"]["outcome"] == "failed" and "store of ssh://portico failed" in str(r["portico"]["reason"])
     assert "Traceback" not in err
 
     set_links(fleet, "portico", "up")

@@ -1,0 +1,158 @@
+"""The one rule of every gate (issue 26), without hosts: an instance failed when any task it
+needs failed (its connection, its system's build, its relays' copies, its push, keys,
+activation), and the wave gate, --max-failures, the summary and the exit status all read
+that rule. The same on lab hosts: tests/test_gates_lab.py."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from hive import orchestrate, plan
+from hive.model import Hive, Instance, Key, System, frozen_map
+from hive.options import Options
+from hive.outcome import NotStarted, Outcome, Status
+from hive.plan import Kind, TaskId
+from hive.remote import Probe
+from hive.report import Progress
+from hive.session import Session, open_wave
+
+RELAY = "ssh://portico"
+
+
+def fleet(tmp_path: Path, **given: object) -> Session:
+    """portico (edge, a relay) in wave 1 with www-1 (web, behind portico, with a key); www-2
+    and www-3 in wave 2."""
+    h = Hive(file=tmp_path / "hive.nix", shown="hive.nix", paths=frozen_map(),
+             systems={"edge": System("edge", frozen_map()), "web": System("web", frozen_map())},
+             instances={"portico": Instance("portico", "edge"),
+                        **{f"www-{n}": Instance(f"www-{n}", "web", store=RELAY, keys=("k",) if n == 1 else ())
+                           for n in (1, 2, 3)}},
+             keys={"k": Key("k", "/run/keys/k", text="x")})
+    i = h.instances
+    waves = [(i["portico"], i["www-1"]), (i["www-2"], i["www-3"])]
+    options = Options(state_file=tmp_path / "state", **given)  # type: ignore[arg-type]
+    return Session(h, plan.make_plan(h, waves), options, progress=Progress(quiet=True))
+
+
+def settle_wave_1(session: Session, failed: TaskId) -> None:
+    """Wave 1's outcomes with `failed` failed and the rest ok (or skipped behind it)."""
+    for name in ("portico", "www-1"):
+        for task in session.plan.instance_tasks(next(i for i in session.plan.instances if i.name == name)):
+            if task == failed:
+                session.outcomes.set(task, Outcome(Status.FAILED, "it broke"))
+            elif session.outcomes.get(task) is None:
+                late = session.outcomes.failed() and task.kind in (Kind.PUSH, Kind.KEYS, Kind.ACTIVATE)
+                session.outcomes.set(task, Outcome(Status.SKIPPED, "a dependency failed") if late
+                                     else Outcome(Status.OK))
+
+
+@pytest.mark.parametrize(("failed", "reason"), [
+    (TaskId(Kind.CONNECT, "www-1"), "it broke"),
+    (TaskId(Kind.CONNECT, "portico"), "relay host portico it broke"),
+    (TaskId(Kind.NIX_BUILD, "edge+web"), "build of web failed: it broke"),  # one nix build of both
+    (TaskId(Kind.BUILD, "web"), "build of web failed: it broke"),
+    (TaskId(Kind.STORE, RELAY), f"store of {RELAY} failed: it broke"),
+    (TaskId(Kind.PUSH, "www-1"), "push: it broke"),
+    (TaskId(Kind.KEYS, "www-1"), "keys: it broke"),
+    (TaskId(Kind.ACTIVATE, "www-1"), "activate: it broke"),
+])
+def test_any_failed_step_of_a_wave_closes_its_gate(failed: TaskId, reason: str, tmp_path: Path) -> None:
+    session = fleet(tmp_path)
+    settle_wave_1(session, failed)
+    assert session.instance_failure("www-1") is not None
+    assert session.failed_instances() >= {"www-1"}
+    done = open_wave(session, 2)
+    assert isinstance(done, NotStarted) and done.reason.startswith("not started: wave 1 failed (")
+    assert "www-1" in done.reason
+    row = orchestrate.row(session, session.plan.instances[1])
+    assert (row.result, row.reason) == ("failed", reason)
+    assert session.halted == done.reason
+    assert orchestrate.run_failed(session) == done.reason.removeprefix("not started: ")
+
+
+def test_keep_going_opens_the_gate_and_an_ok_wave_opens_it(tmp_path: Path) -> None:
+    session = fleet(tmp_path, keep_going=True)
+    settle_wave_1(session, TaskId(Kind.PUSH, "www-1"))
+    assert open_wave(session, 2) == {}
+    ok = fleet(tmp_path)
+    settle_wave_1(ok, TaskId(Kind.PUSH, "nothing"))
+    assert open_wave(ok, 2) == {} and ok.failed_instances() == set() and ok.halted is None
+
+
+def test_max_failures_counts_every_failed_step(tmp_path: Path) -> None:
+    """Two pushes failed in one wave: more than --max-failures 1, though no activation failed."""
+    session = fleet(tmp_path, max_failures=1, keep_going=True)
+    assert session.stop_reason() is None
+    session.outcomes.set(TaskId(Kind.PUSH, "portico"), Outcome(Status.FAILED, "no"))
+    assert session.stop_reason() is None
+    session.outcomes.set(TaskId(Kind.PUSH, "www-1"), Outcome(Status.FAILED, "no"))
+    assert session.stop_reason() == "not started: more than 1 instance(s) failed"
+    # a failed relay copy fails every instance behind it at once
+    other = fleet(tmp_path, max_failures=2)
+    other.outcomes.set(TaskId(Kind.STORE, RELAY), Outcome(Status.FAILED, "no"))
+    assert other.failed_instances() == {"portico", "www-1", "www-2", "www-3"}
+    assert other.stop_reason() == "not started: more than 2 instance(s) failed"
+
+
+def _probes(unreachable: set[str]) -> object:
+    def probe_all(wanted: dict[str, frozenset[str]], **_: object) -> dict[str, Probe]:
+        return {n: Probe(reachable=False, reason="Connection refused") if n in unreachable
+                else Probe(reachable=True, current=f"/nix/store/{n}-before") for n in wanted}
+    return probe_all
+
+
+def test_an_unreachable_canary_blocks_everything_before_any_work(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    session = fleet(tmp_path)
+    monkeypatch.setattr(session.remotes, "probe_all", _probes({"www-1"}))
+    session.connect_all()
+    assert session.blocked == {"www-1": "unreachable: Connection refused",
+                               "www-2": "not started: wave 1 failed (www-1)",
+                               "www-3": "not started: wave 1 failed (www-1)"}
+    assert session.before["portico"] == "/nix/store/portico-before"
+    # the blocked instances' steps wait for nothing (no build, no copy) and say why at once
+    ns = orchestrate.tasks.namespace(session)
+    pushes = {t["name"]: t for t in ns["task_push"]()}
+    assert pushes["www-2"]["task_dep"] == [] and pushes["portico"]["task_dep"] != []
+    done = pushes["www-2"]["actions"][0]()
+    assert isinstance(done, NotStarted) and done.reason == "not started: wave 1 failed (www-1)"
+    row = orchestrate.row(session, session.plan.instances[1])
+    assert (row.result, row.reason) == ("failed", "unreachable: Connection refused")
+
+
+def test_skip_unreachable_skips_without_failing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    session = fleet(tmp_path, skip_unreachable=True)
+    monkeypatch.setattr(session.remotes, "probe_all", _probes({"www-1", "portico"}))
+    session.connect_all()
+    # portico is also www-2's and www-3's relay host: they are skipped with it, and say so
+    assert session.blocked == {"portico": "unreachable: Connection refused",
+                               "www-1": "unreachable: Connection refused",
+                               "www-2": "relay host portico unreachable: Connection refused",
+                               "www-3": "relay host portico unreachable: Connection refused"}
+    assert session.failed_instances() == set() and session.halted is None
+    row = orchestrate.row(session, session.plan.instances[1])
+    assert (row.result, row.reason) == ("skipped", "unreachable: Connection refused")
+    assert orchestrate.settled_well(session, row)
+
+
+def test_doit_opens_connections_only_for_runs_that_reach_hosts() -> None:
+    reaches = orchestrate.doit_reaches_hosts
+    assert reaches(["deploy", "targets=portico,*"]) and reaches(["push:www-1"]) and reaches(["-n", "2", "deploy"])
+    assert not reaches(["list", "config=example"]) and not reaches(["info", "deploy"])
+    assert not reaches([]) and not reaches(["build", "targets=www*"]) and not reaches(["-f", "x/dodo.py"])
+
+
+def test_the_gate_waits_for_the_previous_wave(tmp_path: Path) -> None:
+    """In a worker thread, wave 2's gate waits until wave 1 settled (any failed step counts)."""
+    session = fleet(tmp_path)
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(open_wave(session, 2)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and not got
+    settle_wave_1(session, TaskId(Kind.KEYS, "www-1"))
+    waiter.join(5)
+    assert isinstance(got[0], NotStarted) and "wave 1 failed (www-1)" in got[0].reason

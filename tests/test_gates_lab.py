@@ -1,0 +1,116 @@
+"""Rollout gates on lab hosts (issue 26): a canary that cannot be reached, or whose copy
+fails, stops the later waves before anything is built for them; --skip-unreachable deploys
+the rest; --max-failures counts every failed step; --rollback-on-failure puts back what a
+failed run switched. What happened is read from the hosts themselves."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import builds, needs_lab
+from tests.fleet import Fleet
+from tests.test_rollouts import WWW, deploy, paths, rows, start
+
+pytestmark = needs_lab
+Start = Callable[..., Fleet]
+
+
+def pin_wrong_key(fleet: Fleet, host: str) -> None:
+    """`host`'s pinned host key becomes another host's (as after a reinstall, or a wrong entry)."""
+    found = json.loads((fleet.hive / "instances.json").read_text())
+    found[host]["hostKey"] = found["portico"]["hostKey"]
+    (fleet.hive / "instances.json").write_text(json.dumps(found))
+
+
+def test_a_canary_with_a_wrong_host_key_stops_the_run_before_anything_is_built(fleet_factory: Start,
+                                                                             build_log: Path) -> None:
+    fleet, v1 = start(fleet_factory)
+    built = builds(build_log)
+    pin_wrong_key(fleet, "www-1")
+    result = deploy(fleet, "v2", "www-1", "www-*")
+    assert result.returncode == 1, result.stderr
+    r = rows(result)
+    assert r["www-1"]["outcome"] == "failed", result.stderr
+    assert r["www-1"]["reason"] == "unreachable: Host key verification failed.", result.stderr
+    assert "IDENTIFICATION HAS CHANGED" not in result.stderr and "ssh-keygen" not in result.stderr
+    for host in ("www-2", "www-3"):
+        assert r[host]["outcome"] == "skipped" and r[host]["reason"] == "not started: wave 1 failed (www-1)"
+        assert fleet.lab.current_system(host) == v1["web"]
+        assert len(fleet.lab.activations(host)) == 1  # v1's alone
+    assert builds(build_log) == built  # v2 was never built: no wave could use it
+    assert json.loads(result.stdout)["outcome"] == "failed"
+
+
+def test_an_unreachable_canary_is_known_within_the_connect_timeout_and_can_be_skipped(fleet_factory: Start,
+                                                                                    build_log: Path) -> None:
+    fleet, v1 = start(fleet_factory)
+    built = builds(build_log)
+    fleet.lab.run("www-1", ["ip", "link", "set", "eth0", "down"])  # it answers nothing, to anyone
+    began = time.monotonic()
+    result = deploy(fleet, "v2", "--connect-timeout", "3", "www-1", "www-*")
+    took = time.monotonic() - began
+    assert result.returncode == 1, result.stderr
+    r = rows(result)
+    assert r["www-1"]["outcome"] == "failed" and str(r["www-1"]["reason"]).startswith("unreachable: "), r
+    assert all(r[h]["outcome"] == "skipped" for h in ("www-2", "www-3"))
+    assert all(fleet.lab.current_system(h) == v1["web"] for h in ("www-2", "www-3"))
+    assert builds(build_log) == built
+    assert took < 3 + 15, took  # the connect timeout, evaluation and a margin; no build, no copy
+
+    skipping = deploy(fleet, "v2", "--connect-timeout", "3", "--skip-unreachable", "www-1", "www-*")
+    assert skipping.returncode == 0, skipping.stderr
+    r = rows(skipping)
+    assert r["www-1"]["outcome"] == "skipped" and str(r["www-1"]["reason"]).startswith("unreachable: "), r
+    v2 = paths(fleet, "v2")
+    for host in ("www-2", "www-3"):
+        assert r[host]["outcome"] == "ok", r
+        assert fleet.lab.current_system(host) == v2["web"]
+
+
+def test_max_failures_counts_failed_pushes_and_keep_going_goes_on(fleet_factory: Start) -> None:
+    fleet, v1 = start(fleet_factory)
+    for host in ("www-1", "www-2"):  # their nix-store refuses to serve: the copy to them fails at once
+        fleet.lab.run(host, ["mount", "--bind", "/bin/false", "/usr/bin/nix-store"])
+    result = deploy(fleet, "v2", "-j", "1", "--keep-going", "--max-failures", "1", "www-1", "www-2", "www-3")
+    assert result.returncode == 1, result.stderr
+    r = rows(result)
+    assert [r[h]["outcome"] for h in WWW] == ["failed", "failed", "skipped"], r
+    assert all(str(r[h]["reason"]).startswith("push: ") for h in ("www-1", "www-2")), r
+    assert r["www-3"]["reason"] == "not started: more than 1 instance(s) failed"
+    assert fleet.lab.current_system("www-3") == v1["web"]
+    going = deploy(fleet, "v2", "--keep-going", "www-1", "www-2", "www-3")
+    assert going.returncode == 1
+    r = rows(going)
+    assert [r[h]["outcome"] for h in WWW] == ["failed", "failed", "ok"], r
+    assert fleet.lab.current_system("www-3") == paths(fleet, "v2")["web"]
+
+
+def test_rollback_on_failure_puts_every_switched_host_back(fleet_factory: Start) -> None:
+    fleet, v1 = start(fleet_factory)
+    fleet.lab.run("www-3", ["touch", "/run/standin-fail-activation"])  # the third wave fails
+    result = deploy(fleet, "v2", "--rollback-on-failure", "www-1", "www-2", "www-3")
+    assert result.returncode == 1, result.stderr
+    r = rows(result)
+    # the stand-in fails its activation, and the activation of its automatic rollback too
+    assert r["www-3"]["outcome"] == "failed", {h: (r[h]["outcome"], r[h]["reason"]) for h in r}
+    for host in ("www-1", "www-2"):
+        assert r[host]["outcome"] == "rolled back", r
+        assert r[host]["reason"] == "run failed: www-3 failed", r
+        assert fleet.lab.current_system(host) == v1["web"]
+        profile = fleet.lab.run(host, ["readlink", "-f", "/nix/var/nix/profiles/system"]).stdout.strip()
+        assert profile == v1["web"]
+    # www-2 (wave 2) was put back before www-1 (wave 1): the last wave first
+    out = result.stderr
+    assert out.index("put-back www-2") < out.index("put-back www-1"), out
+    # without the option, nothing is put back
+    fleet.lab.run("www-3", ["touch", "/run/standin-fail-activation"])
+    plain = deploy(fleet, "v2", "www-1", "www-2", "www-3")
+    assert plain.returncode == 1
+    v2 = paths(fleet, "v2")
+    assert [rows(plain)[h]["outcome"] for h in WWW] == ["ok", "ok", "failed"]
+    assert fleet.lab.current_system("www-1") == v2["web"] and fleet.lab.current_system("www-2") == v2["web"]
+
+
