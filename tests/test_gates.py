@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hive import orchestrate, plan
+from hive import orchestrate, plan, tasks
 from hive.model import Hive, Instance, Key, System, frozen_map
 from hive.options import Options
 from hive.outcome import NotStarted, Outcome, Status
@@ -114,7 +114,7 @@ def test_an_unreachable_canary_blocks_everything_before_any_work(tmp_path: Path,
                                "www-3": "not started: wave 1 failed (www-1)"}
     assert session.before["portico"] == "/nix/store/portico-before"
     # the blocked instances' steps wait for nothing (no build, no copy) and say why at once
-    ns = orchestrate.tasks.namespace(session)
+    ns = tasks.namespace(session)
     pushes = {t["name"]: t for t in ns["task_push"]()}
     assert pushes["www-2"]["task_dep"] == [] and pushes["portico"]["task_dep"] != []
     done = pushes["www-2"]["actions"][0]()
