@@ -260,11 +260,13 @@ class Activation:
         if word == "busy":  # the host lock: another activation holds it, the host was not touched
             raise StepError(f"another activation is running on it ({why}); waited {self.lock_wait} s",
                             seconds=self.seconds)
-        if word == "failed-gone":  # no rollback: the previous system left the host's store
-            previous, _, code = why.partition(" ")
-            raise StepError(f"{self._why(code)}; cannot roll back: the previous system {previous} is no "
-                            "longer in the host's store (the profile stays on the new system)",
+        if word == "failed-target":  # the new system is none the host can run: nothing changed
+            raise StepError(f"not activated: {why} (the host and its profile are as they were)",
                             log=self._read("log") or "", seconds=self.seconds)
+        if word == "failed-gone":  # no rollback: the previous system is none the host can run
+            code, _, gone = why.partition(" ")
+            raise StepError(f"{self._why(code)}; cannot roll back: the previous system {gone} (the profile "
+                            "stays on the new system)", log=self._read("log") or "", seconds=self.seconds)
         reason = self._why(why if word != "timed-out" else "timed-out")
         log = self._read("log") or ""
         if word == "rolled-back":

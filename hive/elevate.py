@@ -191,8 +191,9 @@ ACTIVATION_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-# `nix-hive rollback` (hive/fleet.py): the profile's previous generation, then its switch (a
-# command given by its path: a sudoers `*` in a path stops at `/`).
+# `nix-hive rollback` (hive/host/rollback.sh): the profile's previous generation (or back to
+# the current one when the switch failed), then its switch (a command given by its path: a
+# sudoers `*` in a path stops at `/`).
 ROLLBACK_RULES: tuple[tuple[str, str], ...] = (
     ("nix-env", r"^-p /nix/var/nix/profiles/system --switch-generation [0-9]+$"),
     ("/nix/store/*/bin/switch-to-configuration", r"^(switch|boot|test|dry-activate)$"),

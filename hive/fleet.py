@@ -19,6 +19,7 @@ from hive.model import Goal, Hive, Instance
 from hive.plan import Plan
 from hive.remote import SYSTEM_PROFILE, Remote, Remotes
 from hive.report import Row
+from hive.resources import host_script
 
 
 def _each(hive: Hive, plan: Plan, jobs: int, one: Callable[[Remote, Instance], Any]) -> list[Any]:
@@ -72,42 +73,42 @@ def check(hive: Hive, plan: Plan, *, jobs: int) -> list[dict[str, Any]]:
     return [row for rows in _each(hive, plan, jobs, one) for row in rows]
 
 
-# Back to the generation before the current one of the system profile. For `switch` and
-# `boot` the profile is moved back too; `test` and `dry-activate` leave it alone. It runs as the
-# ssh user: only its two commands that need root go through `as_root` (hive/host/elevate.sh),
-# each of a fixed shape a sudoers rule can allow (hive/elevate.py), never a root shell.
-ROLLBACK = r"""
-P=@PROFILE@
-cur=$(readlink "$P") || { echo "no system profile" >&2; exit 3; }
-cur=${cur#system-}; cur=${cur%-link}
-n=
-for l in "$P"-*-link; do
-  g=${l#"$P"-}; g=${g%-link}
-  case $g in '' | *[!0-9]*) continue ;; esac
-  if [ "$g" -lt "$cur" ] && { [ -z "$n" ] || [ "$g" -gt "$n" ]; }; then n=$g; fi
-done
-if [ -z "$n" ]; then echo "no previous generation of $P" >&2; exit 3; fi
-path=$(readlink -f "$P-$n-link")
-if [ @SETS_PROFILE@ = 1 ]; then as_root nix-env -p "$P" --switch-generation "$n" || exit 1; fi
-echo "path=$path"
-as_root "$path/bin/switch-to-configuration" @GOAL@
-"""
+def rollback_argv(remote: Remote, goal: Goal) -> list[str]:
+    """The ssh call running hive/host/rollback.sh on `remote` as the ssh user, behind
+    elevate.sh (its two commands that need root go through `as_root`, each of a shape a sudoers
+    rule allows: hive/elevate.py), with the profile, whether it moves and the goal as its
+    arguments."""
+    script = remote.root_script(host_script("rollback.sh"))
+    return remote.shell_argv(script, args=[SYSTEM_PROFILE, str(int(goal.sets_profile)), goal.value])
+
+
+# rollback.sh's own failures, each with one line on standard error that says why: nothing to
+# roll back to (3), a previous generation the host cannot run (4), its switch failed (5)
+SAID = (3, 4, 5)
+
+
+def _why(exc: HiveError) -> str:
+    """Why a host's rollback failed, in one line."""
+    if not isinstance(exc, ProcessError):
+        return str(exc)
+    said = [ln.strip() for ln in exc.stderr.splitlines() if ln.strip()]
+    if exc.returncode in SAID and said:
+        return said[-1]
+    return elevate.refusal(exc.returncode, exc.stderr) or str(exc)
 
 
 def rollback(hive: Hive, plan: Plan, goal: Goal, *, jobs: int, keep_going: bool = False) -> list[Row]:
-    """Switch every selected instance to the previous generation of its system profile. A
-    failed wave stops the later ones unless `keep_going`."""
-    script = (ROLLBACK.replace("@PROFILE@", SYSTEM_PROFILE).replace("@SETS_PROFILE@", str(int(goal.sets_profile)))
-              .replace("@GOAL@", goal.value))
+    """Switch every selected instance to the previous generation of its system profile (for
+    `switch` and `boot`, the profile with it), unless that generation is no system the host can
+    run: then the instance fails and its profile stays. A failed wave stops the later ones
+    unless `keep_going`."""
 
     def one(remote: Remote, i: Instance) -> Row:
         start = time.monotonic()
         try:
-            out = process.run(remote.shell_argv(remote.root_script(script)), input=remote.root_input())
+            out = process.run(rollback_argv(remote, goal), input=remote.root_input())
         except HiveError as exc:
-            refused = elevate.refusal(exc.returncode, exc.stderr) if isinstance(exc, ProcessError) else None
-            why = "no previous generation" if "no previous generation" in str(exc) else refused or str(exc)
-            return Row(i.name, i.system, "", "failed", f"rollback: {why}", {"rollback": _since(start)})
+            return Row(i.name, i.system, "", "failed", f"rollback: {_why(exc)}", {"rollback": _since(start)})
         path = next((ln[5:] for ln in out.stdout.splitlines() if ln.startswith("path=")), "")
         return Row(i.name, i.system, path, "ok", "", {"rollback": _since(start)})
 

@@ -156,3 +156,53 @@ def test_rollback_returns_to_the_previous_system_and_check_reports_health(fleet_
     fleet.lab.run("www-2", ["sh", "-c", "echo unhealthy > /run/standin-health"])
     sick = fleet.run("check", "-c", str(fleet.hive), "www-*")
     assert sick.returncode == 1 and "FAILED" in sick.stdout and "HTTP 503" in sick.stdout
+
+
+def test_no_rollback_nor_deploy_moves_the_profile_to_a_system_the_host_cannot_run(fleet_factory: Start) -> None:
+    """v1 then v2 on www-1; then v1's store path is broken behind Nix's back (its
+    switch-to-configuration removed, the path unknown to Nix: deleted through Nix, then put
+    back, the path deleted), or its switch fails. Each time `nix-hive rollback` fails with one
+    line that says why (before the profile moves, or after the failed switch, with the profile
+    put back), and a deploy of the broken v1 is refused the same way: the profile stays on v2,
+    which the host still runs."""
+    fleet = fleet_factory(topology={"portico": ["pub", "int"], "www-1": ["int"]}, source=SOURCE,
+                          payload_bytes=4096)
+    assert deploy(fleet, "v1", "portico", "www-1").returncode == 0
+    second = deploy(fleet, "v2", "www-1")
+    assert second.returncode == 0, second.stderr
+    v1, v2 = paths(fleet, "v1")["web"], paths(fleet, "v2")["web"]
+
+    def host(*argv: str) -> str:
+        return fleet.lab.run("www-1", list(argv)).stdout.strip()
+
+    profile = host("readlink", "/nix/var/nix/profiles/system")
+    assert profile == "system-2-link" and host("readlink", "/nix/var/nix/profiles/system-1-link") == v1
+
+    def refused(why: str) -> None:
+        back = fleet.run("rollback", "--json", "-c", str(fleet.hive), "www-1")
+        assert host("readlink", "/nix/var/nix/profiles/system") == profile
+        assert fleet.lab.current_system("www-1") == v2
+        assert back.returncode == 1, back.stdout + back.stderr
+        row = rows(back)["www-1"]
+        assert row["outcome"] == "failed" and row["reason"] == f"rollback: {why}", row
+        assert "Traceback" not in back.stderr
+
+    host("mv", f"{v1}/bin/switch-to-configuration", "/root/stc")
+    refused(f"generation 1 ({v1}) is not a runnable system: {v1} has no executable bin/switch-to-configuration")
+    again = deploy(fleet, "v1", "www-1")  # in the host's store already: nothing to copy, nothing to run
+    reason = str(rows(again)["www-1"]["reason"])
+    assert again.returncode == 1 and f"not activated: {v1} has no executable bin/switch-to-configuration" in reason
+    assert host("readlink", "/nix/var/nix/profiles/system") == profile and fleet.lab.current_system("www-1") == v2
+    host("mv", "/root/stc", f"{v1}/bin/switch-to-configuration")
+
+    host("touch", "/run/standin-fail-activation")  # every switch-to-configuration fails now
+    refused("generation 1's switch-to-configuration switch failed (exit 1): the profile is back on generation 2")
+    host("rm", "/run/standin-fail-activation")
+
+    host("cp", "-a", v1, "/root/v1")
+    host("nix-store", "--delete", "--ignore-liveness", v1)
+    host("cp", "-a", "/root/v1", v1)
+    refused(f"generation 1 ({v1}) is not a runnable system: {v1} is not valid in the host's store")
+
+    host("rm", "-rf", v1)
+    refused(f"generation 1 ({v1}) is not a runnable system: {v1} is no longer in the host's store")

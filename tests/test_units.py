@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from hive import checks, cli, nix, options, plan, process, remote, report, resources, ssh, tasks
+from hive import checks, cli, fleet, nix, options, plan, process, remote, report, resources, ssh, tasks
 from hive.errors import DeploymentError, InputError, ProcessError, headline
-from hive.model import Hive, Instance, Step, System, frozen_map
+from hive.model import Goal, Hive, Instance, Step, System, frozen_map
 from hive.options import Options
 from hive.outcome import Status
 from hive.report import Progress
@@ -382,7 +382,7 @@ def test_host_scripts_are_sent_without_comments_and_still_parse(tmp_path: Path) 
     """What goes to every host, once or twice per host: the scripts without comment and blank
     lines, which `sh -n` and shellcheck still accept; none has a here-document whose lines the
     stripping could touch."""
-    for name in ("control.sh", "activate.sh", "elevate.sh", "reboot.sh"):
+    for name in ("control.sh", "activate.sh", "elevate.sh", "reboot.sh", "rollback.sh"):
         full = resources.host_file(name).read_text()
         sent = resources.host_script(name)
         assert len(sent) < 0.8 * len(full) and sent.startswith("#!/bin/sh\n")
@@ -391,6 +391,46 @@ def test_host_scripts_are_sent_without_comments_and_still_parse(tmp_path: Path) 
             assert not [ln for ln in here.group(2).splitlines() if ln.lstrip().startswith("#")], name
         (tmp_path / name).write_text(sent)
         assert subprocess.run(["sh", "-n", str(tmp_path / name)]).returncode == 0, name
+
+
+def test_a_rollback_is_sent_with_its_values_as_arguments_nothing_spliced(tmp_path: Path) -> None:
+    """hive/host/rollback.sh behind elevate.sh, as the ssh user; the profile, whether it moves
+    and the goal are its $1 $2 $3."""
+    setup = ssh.prepare(hive(w=Instance("w", "s")), tmp_path)
+    w = remote.Remote(setup, "w")
+    for goal, moves in ((Goal.SWITCH, "1"), (Goal.BOOT, "1"), (Goal.TEST, "0"), (Goal.DRY_ACTIVATE, "0")):
+        argv = fleet.rollback_argv(w, goal)
+        assert argv[:-1] == ["ssh", "-F", str(setup.config_for("w")), "--", "w"]
+        words = shlex.split(argv[-1])
+        assert words[:2] == ["sh", "-c"] and words[2] == w.root_script(resources.host_script("rollback.sh"))
+        assert words[3:] == ["sh", "/nix/var/nix/profiles/system", moves, goal.value]
+    sent = resources.host_script("rollback.sh")
+    assert "@" not in sent and "/nix/var/nix/profiles/system" not in sent  # no template, no value
+
+
+def test_a_rollback_to_a_system_that_is_gone_leaves_the_profile(tmp_path: Path) -> None:
+    """rollback.sh itself (here, on a profile of its own): generation 1's system is no longer
+    in the store, so it exits 4 with one line and never calls `as_root`."""
+    profile = tmp_path / "system"
+    gone = "/nix/store/00000000000000000000000000000000-nixos-system-gone"
+    (tmp_path / "system-1-link").symlink_to(gone)
+    (tmp_path / "system-2-link").symlink_to(tmp_path)
+    profile.symlink_to("system-2-link")
+    script = "as_root() { echo as_root \"$@\" >&2; }\n" + resources.host_script("rollback.sh")
+    out = subprocess.run(["sh", "-c", script, "sh", str(profile), "1", "switch"], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (4, "")
+    assert out.stderr == f"generation 1 ({gone}) is not a runnable system: {gone} is no longer in the host's store\n"
+    assert os.readlink(profile) == "system-2-link"
+    assert fleet._why(ProcessError(["ssh"], 4, "Warning: a host key\n" + out.stderr)) == out.stderr.strip()
+
+
+def test_the_check_before_a_profile_moves_is_the_same_in_every_host_script() -> None:
+    """activate.sh, reboot.sh and rollback.sh each go to hosts alone: each has its own copy of
+    `not_runnable`, and they are the same."""
+    found = {name: re.findall(r"^not_runnable\(\) \{\n.*?^\}\n", resources.host_file(name).read_text(), re.M | re.S)
+             for name in ("activate.sh", "reboot.sh", "rollback.sh")}
+    assert all(len(f) == 1 for f in found.values()), found
+    assert len({f[0] for f in found.values()}) == 1, found
 
 
 def test_a_copy_that_nix_garbled_with_its_started_word_is_tried_again_alone(monkeypatch: pytest.MonkeyPatch) -> None:

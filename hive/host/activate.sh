@@ -21,7 +21,8 @@
 #
 # DIR/state says where it is: locked (waiting for the lock), activating, waiting, then one of
 # done, confirmed, rolled-back WHY, timed-out, failed-N, failed-profile, failed-rollback WHY,
-# failed-no-previous WHY, failed-gone PREVIOUS WHY, busy OWNER (hive/activate.py reads it).
+# failed-no-previous WHY, failed-gone WHY REASON, failed-target REASON, busy OWNER
+# (hive/activate.py reads it; REASON: not_runnable's line, which starts with the system).
 # Children run without the lock's descriptor (9>&-): a daemon an activation starts must not
 # hold the host's lock for ever.
 set -u
@@ -39,6 +40,20 @@ sets_profile=0
 case $goal in switch|boot) sets_profile=1 ;; esac
 
 say() { echo "$1" > "$d/state.tmp" && mv -f "$d/state.tmp" "$d/state"; }
+# SYSTEM: why the system profile must not point at SYSTEM, in one line (nothing: this host can
+# run it). The same function is in activate.sh, reboot.sh and rollback.sh, which go to hosts
+# one by one (tests/test_units.py checks that they stay the same).
+not_runnable() {
+  if [ ! -e "$1" ]; then echo "$1 is no longer in the host's store"; return 0; fi
+  invalid=$(nix-store --check-validity --print-invalid "$1" 2> /dev/null) || {
+    echo "$1 cannot be checked (nix-store --check-validity failed)"
+    return 0
+  }
+  if [ -n "$invalid" ]; then echo "$1 is not valid in the host's store"
+  elif [ ! -x "$1/bin/switch-to-configuration" ]; then echo "$1 has no executable bin/switch-to-configuration"
+  fi
+}
+
 echo $$ > "$d/pid"
 find "$runs" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null
 
@@ -70,10 +85,11 @@ back_to() {  # WHY: switch to the system the host ran before, then exit
     if [ -z "$prev" ]; then say "failed-no-previous $1"; exit 1; fi
     back=$prev
   fi
-  # the target first: a profile pointing at a system that is gone, or that did not switch,
+  # the target first: a profile pointing at a system that is gone, or that cannot switch,
   # would boot what the host does not run
-  if [ ! -x "$back/bin/switch-to-configuration" ]; then
-    say "failed-gone $back $1"
+  gone=$(not_runnable "$back" 9>&-)
+  if [ -n "$gone" ]; then
+    say "failed-gone $1 $gone"
     exit 1
   fi
   if [ "$sets_profile" = 1 ]; then
@@ -92,6 +108,12 @@ back_to() {  # WHY: switch to the system the host ran before, then exit
   exit 0
 }
 
+# the new system too, before the profile moves: the host is left as it is when it cannot run it
+gone=$(not_runnable "$new" 9>&-)
+if [ -n "$gone" ]; then
+  say "failed-target $gone"
+  exit 1
+fi
 if [ "$sets_profile" = 1 ]; then
   nix-env -p "$profile" --set "$new" >> "$d/log" 2>&1 9>&- || { say "failed-profile"; exit 1; }
 fi

@@ -57,6 +57,20 @@ record=/var/lib/nix-hive/reboot
 
 fail() { echo "error $1"; exit 3; }
 
+# SYSTEM: why the system profile must not point at SYSTEM, in one line (nothing: this host can
+# run it). The same function is in activate.sh, reboot.sh and rollback.sh, which go to hosts
+# one by one (tests/test_units.py checks that they stay the same).
+not_runnable() {
+  if [ ! -e "$1" ]; then echo "$1 is no longer in the host's store"; return 0; fi
+  invalid=$(nix-store --check-validity --print-invalid "$1" 2> /dev/null) || {
+    echo "$1 cannot be checked (nix-store --check-validity failed)"
+    return 0
+  }
+  if [ -n "$invalid" ]; then echo "$1 is not valid in the host's store"
+  elif [ ! -x "$1/bin/switch-to-configuration" ]; then echo "$1 has no executable bin/switch-to-configuration"
+  fi
+}
+
 gen_of() {  # PATH: the newest generation of the system profile that is PATH (empty: none)
   found=
   for link in "$profile"-*-link; do
@@ -158,13 +172,15 @@ case $what in
         if [ "$(readlink -f "$profile-$rgoodgen-link" 2>/dev/null)" = "$rgood" ]; then goodgen=$rgoodgen; fi
       fi
     fi
-    [ -x "$new/bin/switch-to-configuration" ] || fail "$new is not a system in this host's store"
+    gone=$(not_runnable "$new" 9>&-)
+    [ -z "$gone" ] || fail "$gone"
     kind=$(loader) || fail "no boot loader nix-hive can boot once found (systemd-boot's bootctl, GRUB's grub-reboot)"
     [ -n "$goodgen" ] || goodgen=$(gen_of "$cur")
     [ -n "$goodgen" ] || goodgen=$(current_gen)
     [ -n "$goodgen" ] || fail "no system profile to fall back to ($profile)"
     good=$(readlink -f "$profile-$goodgen-link")
-    [ -x "$good/bin/switch-to-configuration" ] || fail "the last good system $good is not in this host's store"
+    gone=$(not_runnable "$good" 9>&-)
+    [ -z "$gone" ] || fail "the last good system $gone"
     newgen=$(gen_of "$new")
     if [ -z "$newgen" ]; then
       # a new generation, as `nix-env --set` makes it, but without pointing the profile at it:
@@ -205,10 +221,16 @@ case $what in
     gen=$(gen_of "$new")
     [ -n "$gen" ] || fail "$new is no generation of the system profile any more"
     kind=$(loader) || fail "no boot loader found"
+    gone=$(not_runnable "$new" 9>&-)
+    [ -z "$gone" ] || fail "$gone"
     nix-env -p "$profile" --switch-generation "$gen" >&2 9>&- || fail "cannot switch the profile to $new"
     NIXOS_INSTALL_BOOTLOADER=0 "$new/bin/switch-to-configuration" boot >&2 9>&- || {
+      # back to the last good generation, if the host can still run it (else the profile stays on
+      # the new system, which runs)
       good=$(cut -d' ' -f4 "$record" 2>/dev/null)
-      [ -n "$good" ] && nix-env -p "$profile" --switch-generation "$good" >&2 9>&-
+      if [ -n "$good" ] && [ -z "$(not_runnable "$(readlink -f "$profile-$good-link")" 9>&-)" ]; then
+        nix-env -p "$profile" --switch-generation "$good" >&2 9>&-
+      fi
       fail "installing the boot loader for $new failed"
     }
     default_entry "$kind" >&2

@@ -1,0 +1,71 @@
+#!/bin/sh
+# `nix-hive rollback` on one host (hive/fleet.py): back to the generation before the current one
+# of the system profile. It runs as the ssh user, behind hive/host/elevate.sh; every value is an
+# argument:
+#
+#   rollback.sh PROFILE SETS_PROFILE GOAL
+#
+# PROFILE       the system profile (/nix/var/nix/profiles/system)
+# SETS_PROFILE  1: the profile moves back too (goals switch and boot); 0: it stays (test, dry-activate)
+# GOAL          switch | boot | test | dry-activate
+#
+# Only two commands run as root, through `as_root`, each of a fixed argv shape that a sudoers
+# rule allows (hive/elevate.py, ROLLBACK_RULES), never a root shell:
+#
+#   nix-env -p PROFILE --switch-generation N
+#   /nix/store/…/bin/switch-to-configuration GOAL
+#
+# The previous generation's system is checked before the profile moves (not_runnable): a profile
+# on a system that is gone, or that cannot switch, would boot what the host does not run. When
+# its switch fails, the profile goes back to the generation it was on.
+#
+# Prints `path=SYSTEM` before the switch. Exit 3: nothing to roll back to; 4: the previous
+# generation is no system this host can run (the profile did not move); 5: its switch failed;
+# each with one line on standard error that says why. Any other: nix-env failed, or a refusal
+# of elevate.sh (90..94).
+set -u
+
+# SYSTEM: why the system profile must not point at SYSTEM, in one line (nothing: this host can
+# run it). The same function is in activate.sh, reboot.sh and rollback.sh, which go to hosts
+# one by one (tests/test_units.py checks that they stay the same).
+not_runnable() {
+  if [ ! -e "$1" ]; then echo "$1 is no longer in the host's store"; return 0; fi
+  invalid=$(nix-store --check-validity --print-invalid "$1" 2> /dev/null) || {
+    echo "$1 cannot be checked (nix-store --check-validity failed)"
+    return 0
+  }
+  if [ -n "$invalid" ]; then echo "$1 is not valid in the host's store"
+  elif [ ! -x "$1/bin/switch-to-configuration" ]; then echo "$1 has no executable bin/switch-to-configuration"
+  fi
+}
+
+profile=$1
+sets_profile=$2
+goal=$3
+
+cur=$(readlink "$profile") || { echo "no system profile $profile" >&2; exit 3; }
+cur=${cur#system-}
+cur=${cur%-link}
+n=
+for link in "$profile"-*-link; do
+  g=${link#"$profile"-}
+  g=${g%-link}
+  case $g in '' | *[!0-9]*) continue ;; esac
+  if [ "$g" -lt "$cur" ] && { [ -z "$n" ] || [ "$g" -gt "$n" ]; }; then n=$g; fi
+done
+if [ -z "$n" ]; then echo "no previous generation of $profile" >&2; exit 3; fi
+path=$(readlink -f "$profile-$n-link")
+why=$(not_runnable "$path")
+if [ -n "$why" ]; then echo "generation $n ($path) is not a runnable system: $why" >&2; exit 4; fi
+if [ "$sets_profile" = 1 ]; then as_root nix-env -p "$profile" --switch-generation "$n" || exit 1; fi
+echo "path=$path"
+as_root "$path/bin/switch-to-configuration" "$goal"
+rc=$?
+if [ "$rc" -ne 0 ]; then
+  if [ "$sets_profile" = 1 ] && as_root nix-env -p "$profile" --switch-generation "$cur"; then
+    echo "generation $n's switch-to-configuration $goal failed (exit $rc): the profile is back on generation $cur" >&2
+  else
+    echo "generation $n's switch-to-configuration $goal failed (exit $rc)" >&2
+  fi
+  exit 5
+fi
