@@ -16,10 +16,12 @@ from hive import elevate, health, process
 from hive.errors import HiveError, ProcessError
 from hive.keys import Keys
 from hive.model import Goal, Hive, Instance
+from hive.options import Options
 from hive.plan import Plan
 from hive.remote import SYSTEM_PROFILE, Remote, Remotes
 from hive.report import Row
 from hive.resources import host_script
+from hive.session import gate
 
 
 def _each(hive: Hive, plan: Plan, jobs: int, one: Callable[[Remote, Instance], Any]) -> list[Any]:
@@ -122,9 +124,7 @@ def rollback(hive: Hive, plan: Plan, goal: Goal, *, jobs: int, keep_going: bool 
             done = list(pool.map(lambda i: one(remotes[i.name], i), wave))
             rows += done
             failed = [r.instance for r in done if r.result == "failed"]
-            if failed and not keep_going:
-                names = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
-                stopped = f"not started: wave {number} failed ({names})"
+            stopped = gate(number, failed, len(failed), Options(keep_going=keep_going))
     return rows
 
 
