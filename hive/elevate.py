@@ -179,6 +179,7 @@ def refusal(code: int | None, stderr: str) -> str | None:
 # `tee /run/nix-hive/x /etc/shadow /activate.sh`). The README shows them, tests/test_elevate.py
 # deploys with them alone.
 _WORD = r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}"  # an activation's or a call's ID
+_BOOT_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # /proc/sys/kernel/random/boot_id
 _ID = rf"/run/nix-hive/{_WORD}"
 ACTIVATION_RULES: tuple[tuple[str, str], ...] = (
     ("mkdir", rf"^-p -m 755 /run/nix-hive {_ID}$"),
@@ -208,10 +209,11 @@ KEYS_RULES: tuple[tuple[str, str], ...] = (
 
 # `deploy --reboot`, `nix-hive reboot` (hive/reboot.py): reboot.sh's root calls, the script
 # written by the `tee` above (`mkdir` makes its directory), then run from that file: a command
-# with fixed argument shapes, where `sh -c SCRIPT` would need a root shell.
+# with fixed argument shapes, where `sh -c SCRIPT` would need a root shell. `cancel` clears the
+# one-shot entry of a reboot that did not happen (the host's boot id, a UUID, is unchanged).
 REBOOT_RULES: tuple[tuple[str, str], ...] = (
     ("sh", rf"^{_ID}/reboot[.]sh (start {_WORD} /nix/store/[^ ]+ [0-9]+ [A-Za-z0-9._@-]+|keep /nix/store/[^ ]+"
-           rf"|fall-back {_WORD})$"),
+           rf"|cancel {_BOOT_ID}|fall-back)$"),
 )
 RULES = ACTIVATION_RULES + ROLLBACK_RULES + KEYS_RULES + REBOOT_RULES
 

@@ -5,8 +5,9 @@ The host side is hive/host/reboot.sh (see it for the boot loaders). For one host
 1. `start`: the new system is added to the system profile and set as the boot loader's
    one-shot entry; the last good system (the one the host runs, else the profile's) stays the
    default entry; the host reboots.
-2. nix-hive waits until the host answers ssh again and its boot has finished (`rebootTimeout`,
-   `--reboot-timeout`), with progress.
+2. nix-hive waits until the host answers ssh again with another boot id
+   (/proc/sys/kernel/random/boot_id, read before the reboot) and its boot has finished
+   (`rebootTimeout`, `--reboot-timeout`), with progress.
 3. It checks that the host booted the new system, uploads the instance's keys again (a reboot
    empties /run), runs the health checks, then over a *new* ssh login (proof the new system
    lets nix-hive in) makes the new system the default entry (`keep`).
@@ -14,6 +15,12 @@ The host side is hive/host/reboot.sh (see it for the boot loaders). For one host
    the last good system) and reported rolled back with the reason; a host that does not come
    back is reported failed: its one-shot entry is used up, so it boots its last good system at
    its next power cycle.
+
+A reboot that does not happen is no reboot: one refused at once (`systemctl reboot` fails: a
+masked reboot.target, an inhibitor lock) is undone by reboot.sh itself, one accepted but not
+done when `rebootTimeout` ends (the host still answers with the boot id it had: a shutdown that
+hangs) by `cancel`: either way its one-shot entry is cleared, the host stays on the system it
+runs (its last good one, nothing was switched) and is reported failed with the reason.
 
 A host that reboots nowhere near a deployer (a run that died, a power cut) is never left on an
 untested default: the default entry only changes in step 3. The next run finds a host that
@@ -29,7 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from hive import elevate, health, process
 from hive.activate import LOCK_MARGIN, Activation, who
@@ -47,7 +54,7 @@ TRY_MARGIN = 5.0  # seconds a try may take beyond the deadline (the host's own w
 KERNEL_FILES = ("kernel", "initrd", "kernel-params")
 
 
-ROOT_CALLS = ("start", "keep", "fall-back")  # reboot.sh's calls that run as root (the others only read)
+ROOT_CALLS = ("start", "keep", "cancel", "fall-back")  # reboot.sh's calls that run as root (the others only read)
 
 
 def host_argv(remote: Remote, what: str, *args: str, fresh: bool = False, share: bool = True) -> list[str]:
@@ -113,6 +120,11 @@ class UnreachableError(StepError):
     """The host did not answer (or finish booting) in time."""
 
 
+class NotRebootedError(StepError):
+    """The host still answered with the boot id it had before the reboot when the time was up:
+    the reboot did not happen (yet)."""
+
+
 class Reboot:
     """One host's reboot into `path`, followed from the deployer."""
 
@@ -142,13 +154,17 @@ class Reboot:
                 raise StepError(f"cannot reboot: {said.rest}", log=out.stderr, seconds=self.seconds)
             self.good = said.rest.split()[-1]
             expected = self.good if said.word == "same" else self.path
+            refused = Answer.parse(out.stdout, ("refused",))
+            if refused is not None:  # reboot.sh cleared the one-shot entry
+                running, _, why = refused.rest.partition(" ")
+                raise StepError(f"the host did not reboot: {why}; {self._stays(running)}", seconds=self.seconds)
+            boot_id = Answer.parse(out.stdout, ("boot-id",)) if said.word != "resume" else Answer("boot-id", "-")
+            if boot_id is None or not boot_id.rest:
+                raise StepError(f"cannot follow the reboot: the host said no boot id ({_why(out)})",
+                                log=out.stderr, seconds=self.seconds)
             if said.word == "resume":
                 self._progress("on trial since a reboot of an earlier run: checking it")
-            try:
-                booted = self._wait(rid, "boot")
-            except UnreachableError as exc:
-                raise UnreachableError(f"{exc}; it boots its last good system {self.good} at its next power cycle "
-                                       "(the new system's one-shot entry is used up)", seconds=self.seconds) from None
+            booted = self._booted(boot_id.rest, oneshot=said.word == "ready")
             if booted != expected:
                 return self._fall_back(f"booted {booted or 'no system'}, not {expected}")
             failed = self._check()
@@ -166,26 +182,43 @@ class Reboot:
     def _progress(self, detail: str) -> None:
         self.session.progress.step("reboot", self.instance.name, "...", detail)
 
-    def _wait(self, rid: str, phase: str) -> str:
-        """Wait until the host has rebooted since `rid` and finished booting; the system it
-        runs. UnreachableError once `self.timeout` seconds have passed."""
+    def _booted(self, boot_id: str, *, oneshot: bool) -> str:
+        """The system the host booted after the reboot (`oneshot`: into a new system) from the
+        boot `boot_id`; StepError when it did not reboot, or did not come back, in time."""
+        try:
+            try:
+                return self._wait(boot_id, "boot")
+            except NotRebootedError as exc:
+                self._cancel(boot_id, str(exc), oneshot=oneshot)
+        except UnreachableError as exc:
+            raise UnreachableError(f"{exc}; it boots its last good system {self.good} at its next power cycle "
+                                   "(the new system's one-shot entry is used up)", seconds=self.seconds) from None
+
+    def _wait(self, boot_id: str, phase: str) -> str:
+        """Wait until the host answers with another boot id than `boot_id` (`-`: any) and has
+        finished booting; the system it runs. Once `self.timeout` seconds have passed,
+        NotRebootedError if its last answer still had `boot_id`, else UnreachableError."""
         self.remote.close()  # the connection from before the reboot is of no use after it
         start = time.monotonic()
         deadline = start + self.timeout
         said = start
+        answer: Answer | None = None
         try:
             while True:
                 if self.session.abandoned:  # a second Ctrl-C or SIGTERM: stop following the host
                     raise StepError(f"{self.session.cause}: stopped waiting for the host (the default boot entry "
                                     f"is still its last good system {self.good})", seconds=self.seconds)
                 left = deadline - time.monotonic()
+                if left <= 0 and answer is not None:  # it answers, from the same boot
+                    raise NotRebootedError(f"the host did not reboot within {self.timeout} s: it still answers, "
+                                           "with the boot id it had before", seconds=self.seconds)
                 if left <= 0:
                     raise UnreachableError(f"did not come back within {self.timeout} s", seconds=self.seconds)
                 try:
                     # the host waits for its boot to finish for the time left. The try that finds it
                     # booted leaves the shared connection open: the checks and a fall-back go over it
                     # (sshd keeps open connections when a new system stops it)
-                    argv = host_argv(self.remote, "booted", rid, str(max(1, int(left))))
+                    argv = host_argv(self.remote, "booted", boot_id, str(max(1, int(left))))
                     out = process.run(argv, check=False, timeout=left + TRY_MARGIN)
                     answer = Answer.parse(out.stdout, ("booted", "waiting"))
                 except ProcessTimeoutError:
@@ -239,22 +272,61 @@ class Reboot:
             return "no new ssh login after the checks (does the new system let nix-hive in?)"
         return f"cannot keep it: {_why(out)}"
 
+    def _stays(self, running: str) -> str:
+        """Where a host that did not reboot stays (`running`: the system it runs, `-`: none)."""
+        if running == self.good:
+            return f"it stays on its last good system {self.good}"
+        running = running if running not in ("", "-") else "no system"
+        return f"it still runs {running} (its default boot entry is its last good system {self.good})"
+
+    def _cancel(self, boot_id: str, why: str, *, oneshot: bool) -> NoReturn:
+        """A reboot asked for that had not happened when the time was up (the host still
+        answers from the boot `boot_id`): its one-shot entry is cleared, so that it stays on its
+        last good system; failed, saying so (`oneshot`: the reboot was into a new system).
+        UnreachableError when the host has rebooted after all (its one-shot entry is used)."""
+        try:
+            out: process.Result | None = host_run(self.remote, "cancel", boot_id, timeout=120)
+        except ProcessTimeoutError:
+            out = None
+        said = Answer.parse(out.stdout, ("cancelled", "rebooted", "error")) if out is not None else None
+        if said is not None and said.word == "cancelled":
+            cleared = "its one-shot entry was cleared, " if oneshot else ""
+            raise StepError(f"{why}; {cleared}{self._stays(said.rest.strip())}", seconds=self.seconds)
+        if said is not None and said.word == "rebooted":  # just after the time was up: not back in time
+            raise UnreachableError(f"did not come back within {self.timeout} s", seconds=self.seconds)
+        failed = said.rest if said is not None else _why(out) if out is not None else "timed out after 120 s"
+        nxt = (f"the new system {self.path} once, then its last good system {self.good}" if oneshot
+               else f"its last good system {self.good}")
+        raise StepError(f"{why}; clearing its one-shot entry failed ({failed}): its next boot boots {nxt}",
+                        seconds=self.seconds)
+
     def _fall_back(self, why: str) -> dict[str, Any]:
         """Back to the last good system (the default entry): rolled back, or failed when
-        the host cannot be reached."""
-        rid = elevate.call_id()
+        the host cannot be reached or does not reboot."""
         last = f"its last good system {self.good}" if self.good else "its last good system"
         try:
-            out = host_run(self.remote, "fall-back", rid, timeout=120)
+            out = host_run(self.remote, "fall-back", timeout=120)
         except ProcessTimeoutError:
             out = None
         said = Answer.parse(out.stdout, ("on", "rebooting")) if out is not None else None
-        if said is None:
+        if out is None or said is None:
             raise StepError(f"{why}; the host cannot be reached now: it boots {last} at its next power cycle",
                             seconds=self.seconds)
         if said.word == "rebooting":
+            refused = Answer.parse(out.stdout, ("refused",))
+            if refused is not None:
+                running, _, reason = refused.rest.partition(" ")
+                raise StepError(f"{why}; the reboot into {last} was refused: {reason}; it runs {running} until "
+                                f"its next boot, which boots {last}", seconds=self.seconds)
+            boot_id = Answer.parse(out.stdout, ("boot-id",))
+            if boot_id is None or not boot_id.rest:
+                raise StepError(f"{why}; rebooting into {last}: the host said no boot id, nix-hive cannot follow "
+                                f"the reboot (its next boot boots that system)", seconds=self.seconds)
             try:
-                booted = self._wait(rid, "rollback")
+                booted = self._wait(boot_id.rest, "rollback")
+            except NotRebootedError as exc:
+                raise StepError(f"{why}; rebooting into {last}: {exc}; it runs the system it booted until its "
+                                f"next boot, which boots {last}", seconds=self.seconds) from None
             except UnreachableError as exc:
                 raise StepError(f"{why}; rebooted into {last}, it {exc} (it boots that system at its next power "
                                 "cycle)", seconds=self.seconds) from None

@@ -22,6 +22,7 @@ from hive.errors import InputError
 from tests.conftest import REPO, needs_lab
 from tests.constants import STANDIN, nix_env
 from tests.fleet import Fleet
+from tests.test_reboot import HOLD_SHUTDOWN
 
 SOURCE = REPO / "tests" / "hives" / "elevate"
 TOPOLOGY = {"portico": ["pub", "int"], "www-1": ["int"]}
@@ -303,3 +304,16 @@ def test_a_reboot_with_a_sudo_password_under_the_narrow_rules_alone(fleet_factor
     assert not [c for c in commands if " -c " in c] and PASSWORD not in journal
     left = fleet.lab.run("www-1", ["sh", "-c", "ls /run/nix-hive/*/keys.sh /run/nix-hive/*/reboot.sh"], check=False)
     assert left.returncode != 0 and left.stdout == "", left.stdout  # each removed itself once started
+
+    # a reboot accepted but not done (a shutdown that hangs): its one-shot entry is cleared under
+    # the same rules (`reboot.sh cancel BOOTID`)
+    fleet.lab.run("www-1", ["sh", "-c", "cat > /etc/systemd/system/lab-hold.service && systemctl daemon-reload && "
+                            "systemctl start lab-hold.service"], input=HOLD_SHUTDOWN)
+    fleet.env["ELEVATE_VARIANT"] = "v3"
+    result = fleet.run("deploy", "--reboot", "--reboot-timeout", "5", *base, "www-1")
+    reason = str(rows(result.stdout)["www-1"]["reason"])
+    assert result.returncode == 1 and f"its one-shot entry was cleared, it stays on its last good system {new}" \
+        in reason, result.stdout + result.stderr
+    assert fleet.lab.read("www-1", "/boot/standin/oneshot") is None
+    journal = fleet.lab.run("www-1", ["journalctl", "--no-pager", "-q", "-o", "cat"]).stdout
+    assert [ln for ln in journal.splitlines() if "COMMAND=" in ln and "/reboot.sh cancel " in ln]

@@ -30,6 +30,7 @@ from tests.lab.boot import Boot
 
 Start = Callable[..., Fleet]
 SOURCE = REPO / "tests" / "hives" / "reboots"
+BOOT_ID = "0f4c6b55-3f5e-4a8e-9d6b-2a1c5e7f9b01"
 TOPOLOGY = {"portico": ["pub", "int"], "www-1": ["int"], "www-2": ["int"]}
 
 
@@ -87,9 +88,16 @@ def test_the_host_script_runs_as_root_from_a_file_with_each_value_an_argument(tm
     call = f"/run/nix-hive/{words[5]}/reboot.sh " + " ".join(words[6:]).replace("ID", words[5])
     assert rule.match(call) and not rule.match(call + " /etc/shadow")
     assert not rule.match(call.replace("reboot.sh", "x/../reboot.sh"))
+    # the clearing of a reboot that did not happen: its call shape too, by the host's boot id alone
+    words = shlex.split(reboot.host_argv(host, "cancel", BOOT_ID)[5])
+    assert words[3:5] == ["sh", "root"] and words[6:] == ["cancel", BOOT_ID]
+    cancel = f"/run/nix-hive/{words[5]}/reboot.sh cancel {BOOT_ID}"
+    assert rule.match(cancel) and not rule.match(cancel + " x") and not rule.match(cancel.replace(BOOT_ID, "-"))
+    words = shlex.split(reboot.host_argv(host, "fall-back")[5])
+    assert rule.match(f"/run/nix-hive/{words[5]}/reboot.sh fall-back")
     # the calls that only read run as the ssh user, with nothing on their standard input
-    booted = shlex.split(reboot.host_argv(host, "booted", "ID", "60")[5])
-    assert booted[2] == host_script("reboot.sh") and booted[3:] == ["sh", "booted", "ID", "60"]
+    booted = shlex.split(reboot.host_argv(host, "booted", BOOT_ID, "60")[5])
+    assert booted[2] == host_script("reboot.sh") and booted[3:] == ["sh", "booted", BOOT_ID, "60"]
     assert reboot.host_input(host, "booted") is None
     fresh = reboot.host_argv(host, "keep", "/nix/store/abc-system", fresh=True)
     assert "ControlPath=none" in fresh
@@ -115,6 +123,13 @@ def on_this_machine(*args: str) -> str:
     """reboot.sh ARGS run here (a call that only reads its arguments)."""
     return subprocess.run(["sh", str(host_file("reboot.sh")), *args], capture_output=True, text=True,
                           check=True).stdout.strip()
+
+
+def test_a_host_that_answers_with_the_boot_id_it_had_has_not_rebooted() -> None:
+    # this machine, as a host would answer: its own boot id is "not rebooted yet", whatever else
+    # (no marker file of the reboot's, the one thing today's `booted` looked at)
+    own = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert on_this_machine("booted", own, "1") == "waiting"
 
 
 def test_grub_boots_a_generation_once_by_its_entry_in_the_submenu(tmp_path: Path) -> None:
@@ -275,3 +290,76 @@ def test_a_run_killed_while_its_host_reboots_is_finished_by_the_next(fleet_facto
     assert "kept after an earlier run's reboot" in result.stderr
     assert len(fleet.lab.boots("www-1")) == booted  # checked and kept, not rebooted again
     assert default(fleet, "www-1") == v2
+
+
+def not_rebooted(fleet: Fleet, host: str, good: str, booted: int) -> None:
+    """The host never went down: no new boot, it runs `good`, whose entry is its default and
+    no one-shot entry is left (the next boot, whenever, boots `good`); no trial recorded, and
+    the host's lock is free."""
+    assert len(fleet.lab.boots(host)) == booted
+    assert fleet.lab.current_system(host) == good and default(fleet, host) == good
+    assert fleet.lab.read(host, "/boot/standin/oneshot") is None
+    assert fleet.lab.read(host, "/var/lib/nix-hive/reboot") is None
+    assert fleet.lab.run(host, ["flock", "-n", "/run/nix-hive/lock", "true"], check=False).returncode == 0
+
+
+@needs_lab
+def test_a_refused_reboot_is_reported_at_once_and_the_host_stays_on_its_last_good_system(
+        fleet_factory: Start) -> None:
+    fleet, v1 = start(fleet_factory)
+    fleet.lab.systemctl("www-1", "mask", "reboot.target", check=True)
+    booted = len(fleet.lab.boots("www-1"))
+    result = run(fleet, "v2", "deploy", "--json", "--reboot", "--reboot-timeout", "120", "www-1")
+    row = rows(result)["www-1"]
+    assert result.returncode == 1 and row["outcome"] == "failed", result.stderr
+    reason = str(row["reason"]).removeprefix("activate: ")  # the step deploy names
+    assert reason.startswith("the host did not reboot: ") and "reboot.target is masked" in reason, reason
+    assert reason.endswith(f"; it stays on its last good system {v1['www-1']}"), reason
+    assert isinstance(row["seconds"], dict) and "boot" not in row["seconds"]  # at once: no wait for a boot
+    not_rebooted(fleet, "www-1", v1["www-1"], booted)
+    booted_now = power_cycle(fleet, "www-1")
+    assert (booted_now.entry, booted_now.system) == ("default", v1["www-1"])
+
+    # an inhibitor lock refuses it too (systemctl says no more than for the mask: reboot.sh adds it)
+    fleet.lab.systemctl("www-1", "unmask", "reboot.target", check=True)
+    fleet.lab.run("www-1", ["systemd-run", "--quiet", "--collect", "--unit=lab-inhibit", "systemd-inhibit",
+                            "--what=shutdown", "--mode=block", "sleep", "1000"])
+    booted = len(fleet.lab.boots("www-1"))
+    result = run(fleet, "v2", "deploy", "--json", "--reboot", "www-1")
+    reason = str(rows(result)["www-1"]["reason"]).removeprefix("activate: ")
+    assert result.returncode == 1 and "1 inhibitor lock(s) block shutdown" in reason, reason
+    assert reason.startswith("the host did not reboot: "), reason
+    not_rebooted(fleet, "www-1", v1["www-1"], booted)
+
+
+# A unit whose stop never ends, stopped before sshd (After=): a reboot accepted, its shutdown
+# hangs, and the host goes on answering ssh from the same boot.
+HOLD_SHUTDOWN = """[Unit]
+After=sshd.service
+[Service]
+ExecStart=/bin/sleep infinity
+ExecStop=/bin/sleep infinity
+TimeoutStopSec=infinity
+"""
+
+
+@needs_lab
+def test_a_reboot_accepted_but_not_done_in_time_is_undone_and_stops_the_next_waves(fleet_factory: Start) -> None:
+    fleet, v1 = start(fleet_factory)
+    fleet.lab.run("www-1", ["sh", "-c", "cat > /etc/systemd/system/lab-hold.service"], input=HOLD_SHUTDOWN)
+    fleet.lab.systemctl("www-1", "daemon-reload", check=True)
+    fleet.lab.systemctl("www-1", "start", "lab-hold.service", check=True)
+    booted = len(fleet.lab.boots("www-1"))
+    result = run(fleet, "www-1=v2,www-2=v2", "deploy", "--json", "--reboot", "--reboot-timeout", "5",
+                 "www-1", "www-2")
+    found = rows(result)
+    assert result.returncode == 1 and found["www-1"]["outcome"] == "failed", result.stderr
+    reason = str(found["www-1"]["reason"]).removeprefix("activate: ")
+    assert reason == ("the host did not reboot within 5 s: it still answers, with the boot id it had before; its "
+                      f"one-shot entry was cleared, it stays on its last good system {v1['www-1']}"), reason
+    assert found["www-2"]["outcome"] == "skipped" and "wave 1 failed" in str(found["www-2"]["reason"])
+    assert fleet.lab.systemctl("www-1", "is-system-running").stdout.strip() == "stopping"  # it was accepted
+    not_rebooted(fleet, "www-1", v1["www-1"], booted)
+    booted_now = power_cycle(fleet, "www-1")  # its shutdown never ends: someone pulls the plug
+    assert (booted_now.entry, booted_now.system) == ("default", v1["www-1"])
+    assert fleet.lab.current_system("www-1") == v1["www-1"]

@@ -16,11 +16,16 @@
 #                                          them), `needs unknown` (no /run/booted-system) or `needs`
 #                                          alone
 #   reboot.sh start ID NEW LOCKWAIT WHO    install NEW for the next boot only, then reboot
-#   reboot.sh booted ID SECONDS            `waiting` while the host has not rebooted since ID; after
-#                                          the reboot, wait (at most SECONDS) for the boot to finish
-#                                          and print `booted PATH` (/run/current-system)
+#   reboot.sh booted BOOTID SECONDS        `waiting` while the host's boot id is still BOOTID (it has
+#                                          not rebooted; `-`: no reboot to wait for); after the
+#                                          reboot, wait (at most SECONDS) for the boot to finish and
+#                                          print `booted PATH` (/run/current-system)
 #   reboot.sh keep NEW                     make NEW (booted, healthy) the default boot entry
-#   reboot.sh fall-back ID                 forget the trial and any one-shot entry left; reboot into
+#   reboot.sh cancel BOOTID                a reboot asked for but not done (the boot id is still
+#                                          BOOTID): clear the one-shot entry and forget the trial;
+#                                          prints `cancelled PATH` (the system it runs), or
+#                                          `rebooted` when it has rebooted after all (nothing done)
+#   reboot.sh fall-back                    forget the trial and any one-shot entry left; reboot into
 #                                          the default entry (the last good system) unless the host
 #                                          runs it already: prints `rebooting PATH` or `on PATH`
 #   reboot.sh grub-entry NEW CFG           the GRUB entry (`SUBMENU>TITLE`) of CFG that boots NEW
@@ -41,12 +46,16 @@
 # A host that does not come back healthy therefore boots its last good system at its next
 # boot, whoever or whatever reboots it. `start` writes /var/lib/nix-hive/reboot (NEW, its
 # generation, the last good system and its generation, ID), which survives the reboot, and
-# /run/nix-hive/reboot-ID, which does not (nix-hive tells a host that did reboot by it). It
-# prints `ready LOADER LASTGOOD` (or `same LASTGOOD`: NEW is the last good system, a plain
-# reboot), or `resume LASTGOOD` when the host already runs NEW on trial (a run that died after
-# the reboot: nothing to install, nor to reboot), then reboots (`systemctl --no-block reboot`).
-# Errors: `error WHY` on stdout, exit 3 (no boot loader found, nothing to fall back to), or
-# `busy OWNER` when another activation holds the host's lock for LOCKWAIT seconds.
+# /run/nix-hive/reboot-ID, which does not (a later `start` tells a host on trial by both). It
+# prints `boot-id BOOTID` (the kernel's /proc/sys/kernel/random/boot_id: nix-hive tells a host
+# that rebooted by a new one), then `ready LOADER LASTGOOD` (or `same LASTGOOD`: NEW is the last
+# good system, a plain reboot), or `resume LASTGOOD` when the host already runs NEW on trial (a
+# run that died after the reboot: nothing to install, nor to reboot), then reboots (`systemctl
+# --no-block reboot`). A reboot refused at once (a masked reboot.target, an inhibitor lock) undoes
+# the one-shot entry and the trial, and prints `refused PATH WHY` (PATH: the system it runs on;
+# `fall-back` says the same). Errors: `error WHY` on stdout, exit 3 (no boot loader found, nothing
+# to fall back to), or `busy OWNER` when another activation holds the host's lock for LOCKWAIT
+# seconds.
 set -u
 umask 022
 PATH="/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:$PATH"
@@ -70,6 +79,10 @@ not_runnable() {
   elif [ ! -x "$1/bin/switch-to-configuration" ]; then echo "$1 has no executable bin/switch-to-configuration"
   fi
 }
+
+boot_id() { cat /proc/sys/kernel/random/boot_id 2>/dev/null; }
+
+running() { readlink -f /run/current-system 2>/dev/null; }
 
 gen_of() {  # PATH: the newest generation of the system profile that is PATH (empty: none)
   found=
@@ -117,16 +130,35 @@ oneshot() {  # LOADER NEW GEN: boot NEW once, at the next boot only
   esac
 }
 
+clear_oneshot() {  # LOADER: undo `oneshot` (the default entry stays)
+  case $1 in
+    standin) rm -f /boot/standin/oneshot ;;
+    systemd-boot) bootctl set-oneshot "" ;;
+    grub) grub-editenv - unset next_entry ;;
+  esac
+}
+
 default_entry() {  # LOADER: the first entry (the profile's system) is the default
   if [ "$1" = grub ]; then grub-set-default 0; fi
 }
 
+# Ask for the reboot. Refused (systemctl's exit status), it returns 1 with why in $refusal;
+# accepted, the reboot may still never come (a shutdown that hangs): nix-hive sees the boot id.
 reboot_now() {
   if [ -d /run/systemd/system ]; then
-    systemctl --no-block reboot
-  else
-    setsid sh -c 'sleep 1; reboot' > /dev/null 2>&1 < /dev/null 9>&- &
+    refusal=$(systemctl --no-block reboot 2>&1 9>&-) && return 0
+    refusal=$(printf '%s' "${refusal:-systemctl --no-block reboot failed}" | tr -s '\n\t' '  ')
+    for unit in reboot.target systemd-reboot.service; do
+      if [ "$(systemctl is-enabled "$unit" 2>/dev/null)" = masked ]; then refusal="$refusal ($unit is masked)"; fi
+    done
+    # `--list` shows every lock (it takes no filter): WHO and WHY may hold blanks, WHAT and MODE do not
+    locks=$(systemd-inhibit --list --no-legend --no-pager 2>/dev/null |
+      awk '$NF == "block" { for (i = 1; i < NF; i++) if ($i ~ /^(.*:)?shutdown(:.*)?$/) { n++; break } }
+           END { print n + 0 }')
+    if [ "${locks:-0}" -gt 0 ]; then refusal="$refusal ($locks inhibitor lock(s) block shutdown: systemd-inhibit --list)"; fi
+    return 1
   fi
+  setsid sh -c 'sleep 1; reboot' > /dev/null 2>&1 < /dev/null 9>&- &
 }
 
 # run from its file (a root call): the file goes now, the shell reads on from its open descriptor
@@ -162,7 +194,9 @@ case $what in
     exec 9>> "$runs/lock"
     if ! flock -w "$lockwait" 9; then echo "busy $(cat "$runs/owner" 2>/dev/null || echo unknown)"; exit 0; fi
     echo "reboot-$id started by $who at $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$runs/owner"
-    cur=$(readlink -f /run/current-system 2>/dev/null || true)
+    cur=$(running || true)
+    bid=$(boot_id)
+    [ -n "$bid" ] || fail "no boot id (/proc/sys/kernel/random/boot_id): nix-hive could not tell when it has rebooted"
     goodgen=
     if [ -f "$record" ]; then
       read -r rnew _ rgood rgoodgen rid < "$record" || true
@@ -210,8 +244,14 @@ case $what in
     echo "$new $newgen $good $goodgen $id" > "$record.tmp" && mv -f "$record.tmp" "$record"
     touch "$runs/reboot-$id"
     sync
+    echo "boot-id $bid"
     echo "$said"
-    reboot_now
+    if ! reboot_now; then  # refused: nothing happened, nothing stays of the trial
+      if [ "$new" != "$good" ]; then clear_oneshot "$kind" >&2; fi
+      rm -f "$record" "$runs/reboot-$id"
+      sync
+      echo "refused ${cur:--} $refusal"
+    fi
     ;;
   keep)
     new=$1
@@ -238,30 +278,39 @@ case $what in
     echo kept
     ;;
   booted)
-    id=$1; seconds=$2
-    if [ -e "$runs/reboot-$id" ]; then echo waiting; exit 0; fi
+    was=$1; seconds=$2
+    # the same boot id is the same boot, whatever else it says (a shutdown under way, or none)
+    if [ "$was" != - ] && [ "$(boot_id)" = "$was" ]; then echo waiting; exit 0; fi
     if [ -d /run/systemd/system ]; then
       timeout "$seconds" systemctl is-system-running --wait > /dev/null 2>&1
     fi
     echo "booted $(readlink -f /run/current-system 2>/dev/null)"
     ;;
+  cancel)
+    was=$1
+    mkdir -p "$runs"
+    exec 9>> "$runs/lock"
+    flock -w 60 9 || fail "another activation holds the host's lock"
+    if [ "$(boot_id)" != "$was" ]; then echo rebooted; exit 0; fi  # too late: its one-shot entry is used
+    kind=$(loader) || fail "no boot loader found"
+    clear_oneshot "$kind" >&2 || fail "cannot clear the one-shot boot entry ($kind)"
+    rm -f "$record"
+    sync
+    echo "cancelled $(running)"
+    ;;
   fall-back)
-    id=$1
     good=$(readlink -f "$profile")
     rm -f "$record"
-    case $(loader) in  # a one-shot entry not used yet goes too
-      standin) rm -f /boot/standin/oneshot ;;
-      systemd-boot) bootctl set-oneshot "" ;;
-      grub) grub-editenv - unset next_entry; grub-set-default 0 ;;
-    esac
-    if [ "$(readlink -f /run/current-system 2>/dev/null)" = "$good" ]; then
+    kind=$(loader) && clear_oneshot "$kind"  # a one-shot entry not used yet goes too
+    if [ "$kind" = grub ]; then grub-set-default 0; fi
+    cur=$(running)
+    if [ "$cur" = "$good" ]; then
       echo "on $good"
     else
-      mkdir -p "$runs"
-      touch "$runs/reboot-$id"
       sync
+      echo "boot-id $(boot_id)"
       echo "rebooting $good"
-      reboot_now
+      reboot_now || echo "refused ${cur:--} $refusal"
     fi
     ;;
   grub-entry)

@@ -5,7 +5,8 @@ HOSTDIR/upper and HOSTDIR/work as its disk (kept across its reboots).  Over it, 
 plain hosts, its own /nix, /etc/nix, /etc/ssh, /root, /home, account files and, new, a
 persistent /boot (HOSTDIR/boot).  Its /run is a fresh tmpfs at every boot, mounted by the
 power supply on HOSTDIR/run (in the lab's mount namespace, so the lab reads
-HOSTDIR/run/current-system from outside) and bound in.
+HOSTDIR/run/current-system from outside) and bound in.  Each boot has a boot id of its own
+(/proc/sys/kernel/random/boot_id, bound from HOSTDIR/boot_id), as a machine's kernel has.
 
 Processes (see POWER_SCRIPT and STARTER_SCRIPT, files in the lab's WORKDIR/bin):
 
@@ -144,6 +145,11 @@ mount -t proc -o nosuid,nodev,noexec proc "$r/proc"
 for p in sys sysrq-trigger; do
   if [ -e "$r/proc/$p" ]; then mount --bind "$r/proc/$p" "$r/proc/$p"; mount -o remount,bind,ro "$r/proc/$p"; fi
 done
+# A boot id of this boot's own (as LXC gives its containers): the kernel's is the machine's, the
+# same across the host's reboots, and nix-hive tells a host that rebooted by its boot id.
+cat /proc/sys/kernel/random/uuid > "$d/boot_id"
+mount --bind "$d/boot_id" "$r/proc/sys/kernel/random/boot_id"
+mount -o remount,bind,ro "$r/proc/sys/kernel/random/boot_id"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$r/sys"
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$r/sys/fs/cgroup"
 mount -t tmpfs -o mode=0755,nosuid,size=4m dev "$r/dev"
