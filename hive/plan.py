@@ -153,10 +153,14 @@ class Plan:
         (Session.instance_failure, the one rule of every gate)."""
         chain = list(reversed(self.relay_chain(instance)))
         chain += [r for r in self.relays if r.owner == instance.name and r not in chain]
-        group = next((g.id for g in self.groups if instance.system in g.systems), None)
+        # its system's build, then those of the other systems its relays hold (a relay's copy
+        # waits for all of them)
+        systems = dict.fromkeys([instance.system, *(s for r in chain for s in r.systems)])
         out = [TaskId(Kind.CONNECT, instance.name)]
         out += [TaskId(Kind.CONNECT, r.owner) for r in chain if r.owner is not None and r.owner != instance.name]
-        out += [*([group] if group is not None else []), TaskId(Kind.BUILD, instance.system)]
+        for system in systems:
+            out += [g.id for g in self.groups if system in g.systems and g.id not in out]
+            out.append(TaskId(Kind.BUILD, system))
         out += [r.id for r in chain]
         out.append(TaskId(Kind.PUSH, instance.name))
         if self.final is Kind.ACTIVATE:

@@ -193,7 +193,10 @@ class Session:
         plan, options = self.plan, self.options
         names = [i.name for i in plan.instances]
         names += sorted({r.owner for r in plan.relays if r.owner is not None} - set(names))
-        keep = names[:options.jobs]  # the first hosts the run works on keep the connection it opened
+        # the hosts the run works on first keep the connection it opened, so that their steps log in
+        # no more; not every host: an idle shared connection ends after ControlPersist (60 s),
+        # before the turn of hosts far down the plan, and each holds two ssh processes meanwhile
+        keep = names[:max(options.jobs, KEPT_CONNECTIONS)]
         # ssh's ConnectTimeout bounds each hop's connection; this bounds the whole question
         bound = 2 * (options.connect_timeout or int(ssh.DEFAULTS["ConnectTimeout"])) + 5
         started = time.monotonic()
@@ -245,8 +248,12 @@ class Session:
             return outcome.reason if task.kind is Kind.CONNECT else f"{task.kind.value}: {outcome.reason}"
         if task.kind is Kind.CONNECT:
             return f"relay host {task.target} {outcome.reason}"
-        if task.kind in (Kind.BUILD, Kind.NIX_BUILD):  # a group's build: named by this instance's system
-            return f"build of {self._instances[name].system} failed: {outcome.reason}"
+        if task.kind is Kind.BUILD:
+            return f"build of {task.target} failed: {outcome.reason}"
+        if task.kind is Kind.NIX_BUILD:  # a group's one build: named by this instance's system if it is one
+            system = self._instances[name].system
+            group = next((g.systems for g in self.plan.groups if g.id == task), ())
+            return f"build of {system if system in group else task.target} failed: {outcome.reason}"
         if task.kind is Kind.STORE:
             relay = next((r for r in self.plan.relays if r.id == task), None)
             return f"store of {relay.url if relay else task.target} failed: {outcome.reason}"
@@ -347,6 +354,7 @@ class Session:
         self.remotes.close()
 
 
+KEPT_CONNECTIONS = 100  # connect_all's connections left open for the steps that follow (at least -j)
 OWN_STEPS = frozenset({Kind.CONNECT, Kind.PUSH, Kind.KEYS, Kind.ACTIVATE, Kind.UNDO})  # an instance's own tasks
 
 

@@ -73,6 +73,16 @@ def test_any_failed_step_of_a_wave_closes_its_gate(failed: TaskId, reason: str, 
     assert orchestrate.run_failed(session) == done.reason.removeprefix("not started: ")
 
 
+def test_a_relay_waits_for_every_system_it_holds(tmp_path: Path) -> None:
+    """portico's own copy holds web too (its hosts substitute from it): web's failed build
+    fails portico, named so, though its own system built."""
+    session = fleet(tmp_path)
+    session.outcomes.set(TaskId(Kind.BUILD, "edge"), Outcome(Status.OK))
+    session.outcomes.set(TaskId(Kind.BUILD, "web"), Outcome(Status.FAILED, "it broke"))
+    row = orchestrate.row(session, session.plan.instances[0])
+    assert (row.instance, row.result, row.reason) == ("portico", "failed", "build of web failed: it broke")
+
+
 def test_keep_going_opens_the_gate_and_an_ok_wave_opens_it(tmp_path: Path) -> None:
     session = fleet(tmp_path, keep_going=True)
     settle_wave_1(session, TaskId(Kind.PUSH, "www-1"))
