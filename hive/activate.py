@@ -14,6 +14,26 @@ system (goals switch and boot), runs `switch-to-configuration GOAL` under `timeo
 
 nix-hive follows the state over the host's shared connection (which outlives a stopped sshd:
 sshd keeps existing connections), and picks it up again after a dropped connection.
+
+The host lock: one change of a host at a time, whichever run, state file or operator starts
+it. It is `flock` on the directory /run/nix-hive itself (a directory, so no cleanup can remove
+it while it is held; opened for reading, so a rollback run as the ssh user can hold it too).
+Every command that changes what a host runs or boots takes it before it reads what the change
+depends on, and holds it until the host's state is final:
+
+- an activation (`deploy`, `push` does not activate; `--rollback-on-failure`'s put-back):
+  activate.sh, from before it reads the running system and the profile to the end of the
+  confirmation window and of any rollback;
+- `nix-hive rollback`: rollback.sh, from before it reads the profile to the end of its switch;
+- a reboot (`deploy --reboot`, `nix-hive reboot`): reboot.sh's `start` (reading the profile,
+  installing the one-shot entry, asking for the reboot), `keep`, `cancel` and `fall-back`, each
+  as a whole (a lock cannot outlive the reboot itself; `nix-hive reboot` has the profile read
+  under the lock, never before).
+
+Each waits for it `confirmTimeout` + LOCK_MARGIN seconds (a killed run's activation rolls back
+by itself within that), then fails its instance: "another activation is running on it (ID
+started by user@host at TIME)". Keys take no lock: each key is replaced whole (rename), and
+changes no system. Reads (`status`, the `--no` probe, `check`) take none.
 """
 
 from __future__ import annotations

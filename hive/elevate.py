@@ -212,7 +212,7 @@ KEYS_RULES: tuple[tuple[str, str], ...] = (
 # with fixed argument shapes, where `sh -c SCRIPT` would need a root shell. `cancel` clears the
 # one-shot entry of a reboot that did not happen (the host's boot id, a UUID, is unchanged).
 REBOOT_RULES: tuple[tuple[str, str], ...] = (
-    ("sh", rf"^{_ID}/reboot[.]sh (start {_WORD} /nix/store/[^ ]+ [0-9]+ [A-Za-z0-9._@-]+|keep /nix/store/[^ ]+"
+    ("sh", rf"^{_ID}/reboot[.]sh (start {_WORD} (/nix/store/[^ ]+|-) [0-9]+ [A-Za-z0-9._@-]+|keep /nix/store/[^ ]+"
            rf"|cancel {_BOOT_ID}|fall-back)$"),
 )
 RULES = ACTIVATION_RULES + ROLLBACK_RULES + KEYS_RULES + REBOOT_RULES

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hive import elevate, health, process
+from hive.activate import LOCK_MARGIN
 from hive.errors import HiveError, ProcessError
 from hive.keys import Keys
 from hive.model import Goal, Hive, Instance
@@ -75,18 +76,20 @@ def check(hive: Hive, plan: Plan, *, jobs: int) -> list[dict[str, Any]]:
     return [row for rows in _each(hive, plan, jobs, one) for row in rows]
 
 
-def rollback_argv(remote: Remote, goal: Goal) -> list[str]:
+def rollback_argv(remote: Remote, goal: Goal, lock_wait: int) -> list[str]:
     """The ssh call running hive/host/rollback.sh on `remote` as the ssh user, behind
     elevate.sh (its two commands that need root go through `as_root`, each of a shape a sudoers
-    rule allows: hive/elevate.py), with the profile, whether it moves and the goal as its
-    arguments."""
+    rule allows: hive/elevate.py), with the profile, whether it moves, the goal, a call's ID
+    and how long it waits for the host lock as its arguments."""
     script = remote.root_script(host_script("rollback.sh"))
-    return remote.shell_argv(script, args=[SYSTEM_PROFILE, str(int(goal.sets_profile)), goal.value])
+    return remote.shell_argv(script, args=[SYSTEM_PROFILE, str(int(goal.sets_profile)), goal.value,
+                                           elevate.call_id(), str(lock_wait)])
 
 
 # rollback.sh's own failures, each with one line on standard error that says why: nothing to
-# roll back to (3), a previous generation the host cannot run (4), its switch failed (5)
-SAID = (3, 4, 5)
+# roll back to (3), a previous generation the host cannot run (4), its switch failed (5),
+# another run held the host lock (6)
+SAID = (3, 4, 5, 6)
 
 
 def _why(exc: HiveError) -> str:
@@ -108,7 +111,10 @@ def rollback(hive: Hive, plan: Plan, goal: Goal, *, jobs: int, keep_going: bool 
     def one(remote: Remote, i: Instance) -> Row:
         start = time.monotonic()
         try:
-            out = process.run(rollback_argv(remote, goal), input=remote.root_input())
+            # the host lock: as long as an activation's (its confirmation window, then a margin)
+            wait = i.confirm_timeout + LOCK_MARGIN
+            out = process.run(rollback_argv(remote, goal, wait), input=remote.root_input(),
+                              timeout=wait + i.activation_timeout + 60)
         except HiveError as exc:
             return Row(i.name, i.system, "", "failed", f"rollback: {_why(exc)}", {"rollback": _since(start)})
         path = next((ln[5:] for ln in out.stdout.splitlines() if ln.startswith("path=")), "")

@@ -125,6 +125,9 @@ class NotRebootedError(StepError):
     the reboot did not happen (yet)."""
 
 
+PROFILE = "-"  # reboot.sh start's NEW for "the system the profile names" (nix-hive reboot)
+
+
 class Reboot:
     """One host's reboot into `path`, followed from the deployer."""
 
@@ -153,6 +156,9 @@ class Reboot:
             if said.word == "error":
                 raise StepError(f"cannot reboot: {said.rest}", log=out.stderr, seconds=self.seconds)
             self.good = said.rest.split()[-1]
+            named = Answer.parse(out.stdout, ("system",))  # what `-` (the profile) was, under the host lock
+            if named is not None and named.rest:
+                self.path = named.rest
             expected = self.good if said.word == "same" else self.path
             refused = Answer.parse(out.stdout, ("refused",))
             if refused is not None:  # reboot.sh cleared the one-shot entry
@@ -382,7 +388,9 @@ def reboot_all(session: Session) -> list[Row]:
                 raise StepError(f"unreachable before the reboot (nothing was done): {found.reason}")
             if found.profile is None:
                 raise StepError("no system profile: nothing to reboot into")
-            done = Reboot(session, i, found.profile)
+            # the profile's system as the host reads it under its lock (`-`): another run may
+            # switch or roll back the host between this probe and the reboot
+            done = Reboot(session, i, PROFILE)
             try:
                 result = done.run()
             finally:

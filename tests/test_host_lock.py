@@ -128,3 +128,75 @@ def test_a_host_that_stops_answering_during_its_activation(fleet_factory: Start)
     time.sleep(6)
     assert host(fleet, "sh", "-c", "cat /run/nix-hive/*/state").split("\n")[-1] == "rolled-back not-confirmed"
     assert fleet.lab.current_system("www-1") == v1["web"]
+
+
+# One lock for every command that changes a host (issue 27): two state files, two operators.
+
+def background_command(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
+    """`nix-hive ARGS` of a second operator (a state file of its own), in the background."""
+    env = {**nix_env(), **fleet.env, "PYTHONPATH": str(REPO)}
+    argv = fleet.nix_hive_argv(*args, "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "--json",
+                               "--state", str(fleet.hive.parent / "other.state"))
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ended(proc: subprocess.Popen[str]) -> tuple[float, dict[str, dict[str, object]]]:
+    """When `proc` ended (time.monotonic), and its rows."""
+    rows_ = finish(proc)
+    return time.monotonic(), rows_
+
+
+def test_a_rollback_waits_for_a_deploy_under_way(fleet_factory: Start) -> None:
+    """A rollback from another state file during a deploy's activation waits for the host's
+    lock: the deploy's confirmation confirms the system it switched to, then the rollback goes
+    back from it; the host ends on what the last report names."""
+    fleet, v1 = start(fleet_factory)
+    v2 = paths(fleet, "v2")["web"]
+    fleet.lab.run("www-1", ["sh", "-c", "echo 4 > /run/standin-activation-delay"])
+    deploying = background(fleet, "v2", "www-1")
+    wait_for_state(fleet, "activating")
+    rolling = background_command(fleet, "rollback", "www-1")
+    deployed_at, deployed = ended(deploying)
+    rolled_at, rolled = ended(rolling)
+    assert deployed["www-1"]["outcome"] == "ok" and deployed["www-1"]["path"] == v2, deployed
+    assert rolled["www-1"]["outcome"] == "ok" and rolled["www-1"]["path"] == v1["web"], rolled
+    rollback_start = next(float(s.split()[0]) for s in reversed(fleet.lab.activation_starts("www-1")))
+    deploy_end = next(float(e.split()[0]) for e in fleet.lab.activations("www-1") if e.split()[2] == v2)
+    assert rollback_start >= deploy_end and rolled_at > deployed_at  # one after the other
+    assert fleet.lab.current_system("www-1") == v1["web"]
+    assert host(fleet, "readlink", "-f", "/nix/var/nix/profiles/system") == v1["web"]
+
+
+def test_a_reboot_reads_the_profile_under_the_lock(fleet_factory: Start) -> None:
+    """`nix-hive reboot` during a deploy whose system fails its check: the reboot waits for the
+    deploy's rollback, then boots what the profile names then (v1), never the failed system."""
+    fleet, v1 = start(fleet_factory)
+    fleet.lab.run("www-1", ["sh", "-c", "echo 4 > /run/standin-activation-delay"])
+    deploying = background(fleet, "unhealthy", "www-1")
+    wait_for_state(fleet, "activating")
+    rebooting = background_command(fleet, "reboot", "www-1")
+    deployed = finish(deploying)
+    rebooted = finish(rebooting)
+    assert deployed["www-1"]["outcome"] == "rolled back", deployed
+    assert rebooted["www-1"]["outcome"] == "ok", rebooted
+    assert rebooted["www-1"]["path"] == v1["web"], rebooted
+    assert fleet.lab.current_system("www-1") == v1["web"]
+    assert host(fleet, "readlink", "-f", "/nix/var/nix/profiles/system") == v1["web"]
+    assert host(fleet, "cat", "/boot/standin/default") == v1["web"]
+
+
+def test_no_cleanup_removes_the_lock_another_run_holds(fleet_factory: Start) -> None:
+    """Another call holds the host lock and every file under /run/nix-hive is days old: a
+    deploy's cleanup removes nothing that lock depends on, and the deploy waits its turn."""
+    fleet, _ = start(fleet_factory)
+    v2 = paths(fleet, "v2")["web"]
+    hold = 8
+    fleet.lab.run("www-1", ["sh", "-c", f"setsid -f flock /run/nix-hive sleep {hold} > /dev/null 2>&1 < /dev/null"])
+    held = host(fleet, "sh", "-c", "flock -n /run/nix-hive true || echo held")
+    assert held == "held"
+    fleet.lab.run("www-1", ["sh", "-c", "touch -d '3 days ago' /run/nix-hive /run/nix-hive/*"])
+    began = time.monotonic()
+    result = deploy(fleet, "v2", "www-1")
+    assert rows(result)["www-1"]["outcome"] == "ok", result.stderr
+    assert time.monotonic() - began >= hold - 2  # it waited for the holder
+    assert fleet.lab.current_system("www-1") == v2

@@ -399,11 +399,12 @@ def test_a_rollback_is_sent_with_its_values_as_arguments_nothing_spliced(tmp_pat
     setup = ssh.prepare(hive(w=Instance("w", "s")), tmp_path)
     w = remote.Remote(setup, "w")
     for goal, moves in ((Goal.SWITCH, "1"), (Goal.BOOT, "1"), (Goal.TEST, "0"), (Goal.DRY_ACTIVATE, "0")):
-        argv = fleet.rollback_argv(w, goal)
+        argv = fleet.rollback_argv(w, goal, 38)
         assert argv[:-1] == ["ssh", "-F", str(setup.config_for("w")), "--", "w"]
         words = shlex.split(argv[-1])
         assert words[:2] == ["sh", "-c"] and words[2] == w.root_script(resources.host_script("rollback.sh"))
-        assert words[3:] == ["sh", "/nix/var/nix/profiles/system", moves, goal.value]
+        assert words[3:7] == ["sh", "/nix/var/nix/profiles/system", moves, goal.value]
+        assert re.fullmatch(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}", words[7]) and words[8:] == ["38"]  # ID, lock wait
     sent = resources.host_script("rollback.sh")
     assert "@" not in sent and "/nix/var/nix/profiles/system" not in sent  # no template, no value
 
@@ -417,7 +418,9 @@ def test_a_rollback_to_a_system_that_is_gone_leaves_the_profile(tmp_path: Path) 
     (tmp_path / "system-2-link").symlink_to(tmp_path)
     profile.symlink_to("system-2-link")
     script = "as_root() { echo as_root \"$@\" >&2; }\n" + resources.host_script("rollback.sh")
-    out = subprocess.run(["sh", "-c", script, "sh", str(profile), "1", "switch"], capture_output=True, text=True)
+    os.makedirs("/run/nix-hive", exist_ok=True)  # the host lock's directory (this machine as the host)
+    out = subprocess.run(["sh", "-c", script, "sh", str(profile), "1", "switch", "20990101-000000-00000000", "5"],
+                         capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (4, "")
     assert out.stderr == f"generation 1 ({gone}) is not a runnable system: {gone} is no longer in the host's store\n"
     assert os.readlink(profile) == "system-2-link"

@@ -15,9 +15,11 @@
 # LOCKWAIT seconds to wait for another activation of this host to end (the host lock)
 # WHO      who started it (user@deployer), for the lock's owner line
 #
-# One activation at a time: /run/nix-hive/lock is held (flock) from before the profile changes
-# to the end of the confirmation window and of any rollback, so no rollback ever undoes a
-# switch it did not make. /run/nix-hive/owner says who holds it.
+# One change of the host at a time: the host lock (flock on the directory /run/nix-hive itself,
+# hive/activate.py says who takes it) is held from before anything is read that the change
+# depends on (the running system, the profile) to the end of the confirmation window and of
+# any rollback, so no rollback ever undoes a switch it did not make. /run/nix-hive/owner says
+# who holds it. Being the directory, the lock is no file that a cleanup could remove.
 #
 # DIR/state says where it is: locked (waiting for the lock), activating, waiting, then one of
 # done, confirmed, rolled-back WHY, timed-out, failed-N, failed-profile, failed-rollback WHY,
@@ -55,15 +57,18 @@ not_runnable() {
 }
 
 echo $$ > "$d/pid"
-find "$runs" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null
 
 say locked
-exec 9>> "$runs/lock"
+exec 9< "$runs"
 if ! flock -w "$lockwait" 9; then
   say "busy $(cat "$runs/owner" 2>/dev/null || echo unknown)"
   exit 1
 fi
 echo "${d##*/} started by $who at $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$runs/owner"
+# what earlier calls left, a day old, under the lock (none of them is under way): never this
+# activation's directory, nor a reboot's marker (reboot.sh: it goes with the next boot)
+find "$runs" -mindepth 1 -maxdepth 1 -mtime +1 ! -name "${d##*/}" ! -name 'reboot-*' ! -name owner \
+  -exec rm -rf {} + 2>/dev/null 9<&-
 # an activation that still says it waits for its confirmation while the lock was free died
 # with its process (a host killed the unit): it will never confirm nor roll back
 for o in "$runs"/*/; do

@@ -15,7 +15,9 @@
 #                                          from /run/booted-system's, as nixos-needsreboot compares
 #                                          them), `needs unknown` (no /run/booted-system) or `needs`
 #                                          alone
-#   reboot.sh start ID NEW LOCKWAIT WHO    install NEW for the next boot only, then reboot
+#   reboot.sh start ID NEW LOCKWAIT WHO    install NEW for the next boot only, then reboot (NEW `-`:
+#                                          the profile's system, read under the host lock; `start`
+#                                          prints `system NEW` first)
 #   reboot.sh booted BOOTID SECONDS        `waiting` while the host's boot id is still BOOTID (it has
 #                                          not rebooted; `-`: no reboot to wait for); after the
 #                                          reboot, wait (at most SECONDS) for the boot to finish and
@@ -191,9 +193,13 @@ case $what in
     # finds no reader (SIGPIPE) and no reboot follows: none without a deployer to follow it
     trap '' HUP
     mkdir -p "$runs" "${record%/*}"
-    exec 9>> "$runs/lock"
+    exec 9< "$runs"
     if ! flock -w "$lockwait" 9; then echo "busy $(cat "$runs/owner" 2>/dev/null || echo unknown)"; exit 0; fi
     echo "reboot-$id started by $who at $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$runs/owner"
+    # `-`: the system the profile names, read under the lock (nix-hive reboot): never a
+    # profile read before another run's switch or rollback ended
+    if [ "$new" = - ]; then new=$(readlink -f "$profile" 2>/dev/null) || fail "no system profile ($profile)"; fi
+    echo "system $new"
     cur=$(running || true)
     bid=$(boot_id)
     [ -n "$bid" ] || fail "no boot id (/proc/sys/kernel/random/boot_id): nix-hive could not tell when it has rebooted"
@@ -256,7 +262,7 @@ case $what in
   keep)
     new=$1
     mkdir -p "$runs"
-    exec 9>> "$runs/lock"
+    exec 9< "$runs"
     flock -w 60 9 || fail "another activation holds the host's lock"
     gen=$(gen_of "$new")
     [ -n "$gen" ] || fail "$new is no generation of the system profile any more"
@@ -289,7 +295,7 @@ case $what in
   cancel)
     was=$1
     mkdir -p "$runs"
-    exec 9>> "$runs/lock"
+    exec 9< "$runs"
     flock -w 60 9 || fail "another activation holds the host's lock"
     if [ "$(boot_id)" != "$was" ]; then echo rebooted; exit 0; fi  # too late: its one-shot entry is used
     kind=$(loader) || fail "no boot loader found"
@@ -299,6 +305,9 @@ case $what in
     echo "cancelled $(running)"
     ;;
   fall-back)
+    mkdir -p "$runs"
+    exec 9< "$runs"
+    flock -w 60 9 || fail "another activation holds the host's lock"
     good=$(readlink -f "$profile")
     rm -f "$record"
     kind=$(loader) && clear_oneshot "$kind"  # a one-shot entry not used yet goes too

@@ -3,11 +3,17 @@
 # of the system profile. It runs as the ssh user, behind hive/host/elevate.sh; every value is an
 # argument:
 #
-#   rollback.sh PROFILE SETS_PROFILE GOAL
+#   rollback.sh PROFILE SETS_PROFILE GOAL ID LOCKWAIT
 #
 # PROFILE       the system profile (/nix/var/nix/profiles/system)
 # SETS_PROFILE  1: the profile moves back too (goals switch and boot); 0: it stays (test, dry-activate)
 # GOAL          switch | boot | test | dry-activate
+# ID            a call's ID: /run/nix-hive/ID is made (as root) when /run/nix-hive is not there yet
+# LOCKWAIT      seconds to wait for the host lock (another run's activation, reboot or rollback)
+#
+# It holds the host lock (flock on the directory /run/nix-hive, as activate.sh and reboot.sh) from
+# before it reads the profile to the end of its switch: a rollback never runs inside another
+# run's activation, whose confirmation would then confirm a host that runs something else.
 #
 # Only two commands run as root, through `as_root`, each of a fixed argv shape that a sudoers
 # rule allows (hive/elevate.py, ROLLBACK_RULES), never a root shell:
@@ -21,8 +27,8 @@
 #
 # Prints `path=SYSTEM` before the switch. Exit 3: nothing to roll back to; 4: the previous
 # generation is no system this host can run (the profile did not move); 5: its switch failed;
-# each with one line on standard error that says why. Any other: nix-env failed, or a refusal
-# of elevate.sh (90..94).
+# 6: another run held the host lock for LOCKWAIT seconds (nothing done); each with one line on
+# standard error that says why. Any other: nix-env failed, or a refusal of elevate.sh (90..94).
 set -u
 
 # SYSTEM: why the system profile must not point at SYSTEM, in one line (nothing: this host can
@@ -42,6 +48,16 @@ not_runnable() {
 profile=$1
 sets_profile=$2
 goal=$3
+id=$4
+lockwait=$5
+
+runs=/run/nix-hive
+if [ ! -d "$runs" ]; then as_root mkdir -p -m 755 "$runs" "$runs/$id" || exit 1; fi
+exec 9< "$runs"
+if ! flock -w "$lockwait" 9; then
+  echo "another activation is running on it ($(cat "$runs/owner" 2> /dev/null || echo unknown)); waited $lockwait s" >&2
+  exit 6
+fi
 
 cur=$(readlink "$profile") || { echo "no system profile $profile" >&2; exit 3; }
 cur=${cur#system-}
@@ -57,12 +73,12 @@ if [ -z "$n" ]; then echo "no previous generation of $profile" >&2; exit 3; fi
 path=$(readlink -f "$profile-$n-link")
 why=$(not_runnable "$path")
 if [ -n "$why" ]; then echo "generation $n ($path) is not a runnable system: $why" >&2; exit 4; fi
-if [ "$sets_profile" = 1 ]; then as_root nix-env -p "$profile" --switch-generation "$n" || exit 1; fi
+if [ "$sets_profile" = 1 ]; then as_root nix-env -p "$profile" --switch-generation "$n" 9<&- || exit 1; fi
 echo "path=$path"
-as_root "$path/bin/switch-to-configuration" "$goal"
+as_root "$path/bin/switch-to-configuration" "$goal" 9<&-
 rc=$?
 if [ "$rc" -ne 0 ]; then
-  if [ "$sets_profile" = 1 ] && as_root nix-env -p "$profile" --switch-generation "$cur"; then
+  if [ "$sets_profile" = 1 ] && as_root nix-env -p "$profile" --switch-generation "$cur" 9<&-; then
     echo "generation $n's switch-to-configuration $goal failed (exit $rc): the profile is back on generation $cur" >&2
   else
     echo "generation $n's switch-to-configuration $goal failed (exit $rc)" >&2
