@@ -53,7 +53,7 @@ from typing import Any
 from hive import elevate, health, process
 from hive.errors import HiveError, ProcessError, RolledBackError, StepError, TimedOutError
 from hive.model import Goal, Instance, Step
-from hive.process import ProcessTimeoutError
+from hive.process import ProcessKilledError, ProcessTimeoutError
 from hive.remote import SYSTEM_PROFILE, Remote
 from hive.resources import host_script
 from hive.session import Session
@@ -128,6 +128,7 @@ class Activation:
         self.seconds: dict[str, float] = {}
         self.failure: str | None = None  # why nix-hive had the host roll back (a check, the confirmation)
         self._state = ""  # the host's last word on the activation (its DIR/state)
+        self._unheard = ""  # what nix-hive saw when a channel fell silent (said if the window passed)
         self._answered = time.monotonic()  # when it came
 
     def run(self) -> dict[str, Any]:
@@ -166,8 +167,15 @@ class Activation:
         try:
             process.run(argv, input=input, on_stdout=self._heard, timeout=seconds + 30,
                         idle_timeout=self.unanswered)
-        except ProcessTimeoutError:
-            pass
+        except ProcessTimeoutError as exc:
+            if exc.silent:
+                self._unheard = (f"nix-hive heard nothing from the host for {self.unanswered} s (last state: "
+                                 f"{self._state or 'none'})")
+        except ProcessKilledError:
+            if self.session.abandoned:  # the run stopped it (a second Ctrl-C, SIGTERM): reported so
+                raise
+            # nix-hive's own ssh died of a signal (killed by someone): a broken channel like any
+            # other; the host goes on by itself, and is followed again
         except ProcessError as exc:
             if exc.returncode != 255:
                 refused = elevate.refusal(exc.returncode, exc.stderr)
@@ -201,7 +209,10 @@ class Activation:
                 self._state, self._answered = read, now
                 if read.startswith(until):
                     return read
-            elif now - self._answered > self.unanswered:
+            else:
+                self._unheard = (f"nix-hive could not reach the host for {now - self._answered:.0f} s (last state: "
+                                 f"{self._state or 'none'})")
+            if read is None and now - self._answered > self.unanswered:
                 raise TimedOutError(f"the host did not answer for {self.unanswered} s (last state: "
                                     f"{self._state or 'unknown'}); its state is unknown: "
                                     f"{self._on_its_own(self._state)}", seconds=self.seconds)
@@ -305,8 +316,12 @@ class Activation:
         if code.startswith("failed-") and code[7:].isdigit():
             return f"activation failed (exit {code[7:]})"
         if code == "not-confirmed":
-            return self.failure or (
-                f"no confirmation within {self.confirm_timeout} s (did the new system cut ssh access?)")
+            if self.failure:
+                return self.failure
+            if self._unheard:  # not the new system's fault, as far as nix-hive can tell: say what it saw
+                return (f"no confirmation within {self.confirm_timeout} s: {self._unheard}, and the window passed "
+                        "before nix-hive could confirm (the network or the host stalled)")
+            return f"no confirmation within {self.confirm_timeout} s (did the new system cut ssh access?)"
         if code == "check-failed":
             return self.failure or "a health check failed"
         return code

@@ -10,12 +10,16 @@ escapes, no dependency: the frame is drawn from its first line again (cursor up,
 rewritten and erased to its end, the rest of the screen erased), at most a few times a second,
 cut to the terminal's size as it is at each redraw (a resize needs no signal). The cursor is
 hidden while the view runs and shown again when it ends, whatever ends it (`__exit__`: the
-run's end, Ctrl-C, SIGTERM, a crash). `render` is a pure function of a `Snapshot` and a size.
+run's end, Ctrl-C, SIGTERM, a crash), and whenever it stops: Ctrl-Z (SIGTSTP) shows it before
+the process stops and hides it again, with a whole new frame, on `fg` (SIGCONT); Ctrl-\
+(SIGQUIT) shows it before the process dies of it. `render` is a pure function of a
+`Snapshot` and a size.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import signal
@@ -37,6 +41,8 @@ OUTCOMES = frozenset(str(s) for s in Status)  # a step's status that ends it; an
 FAILURES = frozenset(str(s) for s in Status if s.is_failure)
 HIDE, SHOW, ERASE_LINE, ERASE_BELOW = "\x1b[?25l", "\x1b[?25h", "\x1b[K", "\x1b[J"
 MORE = "…"
+# Signals that stop the process or end it with a core dump, which would leave the cursor hidden
+STOPS = (signal.SIGTSTP, signal.SIGCONT, signal.SIGQUIT)
 
 
 def wanted(stream: TextIO, *, quiet: bool = False, verbose: bool = False, off: bool = False,
@@ -182,6 +188,7 @@ class Live(Progress):
         self._thread: threading.Thread | None = None
         self._frame: list[str] = []  # the lines drawn last
         self._sigterm: Any = None
+        self._previous: dict[int, Any] = {}  # the handlers of STOPS before the view
 
     # -- Progress's calls ------------------------------------------------------------------
 
@@ -280,11 +287,13 @@ class Live(Progress):
     def __enter__(self) -> Live:
         if self.quiet:
             return self
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            # Until the run handles SIGTERM itself (orchestrate.Signals), end as it would, through
-            # `__exit__`: the default action would leave the cursor hidden.
-            self._sigterm = signal.signal(signal.SIGTERM, _terminated)
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                # Until the run handles SIGTERM itself (orchestrate.Signals), end as it would,
+                # through `__exit__`: the default action would leave the cursor hidden.
+                self._sigterm = signal.signal(signal.SIGTERM, _terminated)
+            for signum in STOPS:  # the terminal as it was, whenever the process stops or quits
+                self._previous[signum] = signal.signal(signum, self._stopping)
         self._on = True
         self._put(HIDE)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="nix-hive live view")
@@ -307,12 +316,39 @@ class Live(Progress):
             if self._sigterm is not None:
                 signal.signal(signal.SIGTERM, self._sigterm)
                 self._sigterm = None
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous = {}
         with self._state:
             logs = list(self._logs)
         for line, log in logs:  # the failed steps' logs, as the line log prints them
             if line:
                 super().line(line)
             super().block(log)
+
+
+    def _raw(self, escape: str) -> None:
+        """Write an escape from a signal handler: straight to the descriptor, taking no lock
+        (the interrupted thread may hold the stream's or the view's)."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.write(self.stream.fileno(), escape.encode())
+
+    def _stopping(self, signum: int, frame: FrameType | None) -> None:
+        """Ctrl-Z, `fg`, Ctrl-\\: the cursor shown before the process stops (or dies of
+        SIGQUIT, its default action then taken), hidden again and a new frame drawn below
+        whatever the shell printed meanwhile when it goes on."""
+        if signum == signal.SIGCONT:
+            if self._on:
+                self._frame = []  # the next redraw (within TICK) starts a frame below the prompt
+                self._raw(HIDE)
+            return
+        self._raw(SHOW)
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        signal.signal(signum, signal.SIG_DFL)
+        try:
+            os.kill(os.getpid(), signum)  # stops here (SIGTSTP) until SIGCONT, or dies (SIGQUIT)
+        finally:
+            signal.signal(signum, self._stopping if self._on else previous)
 
 
 def _why(failed: Failed) -> str:

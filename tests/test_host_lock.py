@@ -5,9 +5,12 @@ during its activation. What happened is read from the host."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.conftest import REPO, needs_lab
 from tests.constants import STANDIN, nix_env
@@ -199,4 +202,47 @@ def test_no_cleanup_removes_the_lock_another_run_holds(fleet_factory: Start) -> 
     result = deploy(fleet, "v2", "www-1")
     assert rows(result)["www-1"]["outcome"] == "ok", result.stderr
     assert time.monotonic() - began >= hold - 2  # it waited for the holder
+    assert fleet.lab.current_system("www-1") == v2
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        below = [p for p, pp in parent.items() if pp == current]
+        found += below
+        todo += below
+    return found
+
+
+def follows(pid: int) -> bool:
+    """Whether process `pid` is an ssh that follows an activation (control.sh's text)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return cmd.split(b"\0", 1)[0].endswith(b"ssh") and b"nix-hive-activate-" in cmd
+
+
+def test_a_killed_channel_is_followed_to_the_hosts_own_end(fleet_factory: Start) -> None:
+    """The deployer's ssh that follows an activation killed mid-activation (by someone, not
+    by nix-hive): the host goes on; nix-hive follows it again, confirms, and reports ok."""
+    fleet, _ = start(fleet_factory)
+    v2 = paths(fleet, "v2")["web"]
+    fleet.lab.run("www-1", ["sh", "-c", "echo 4 > /run/standin-activation-delay"])
+    run = background(fleet, "v2", "www-1")
+    wait_for_state(fleet, "activating")
+    channel = [p for p in descendants(run.pid) if follows(p)]
+    assert channel, "the channel that follows the activation"
+    for pid in channel:
+        os.kill(pid, signal.SIGKILL)
+    row = finish(run)["www-1"]
+    assert row["outcome"] == "ok", row
     assert fleet.lab.current_system("www-1") == v2

@@ -4,14 +4,17 @@ whose screen is rebuilt by a small VT100 emulation and read as a person would.""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
+import sys
 import termios
 import time
 from pathlib import Path
@@ -262,3 +265,73 @@ def test_a_deployment_on_a_terminal_shows_the_live_view(fleet_factory: object, t
     assert re.search(r"^www-1 .* rolled back .*check (health|http) failed", summary, re.M), shown
     assert re.search(r"^www-2 .* skipped .*wave 1 failed \(www-1\)", summary, re.M), shown
     assert all(len(r) < width for r in shown.splitlines()[:-1] if not r.startswith(("www-", "instance", "----")))
+
+
+CHILD = """
+import os, resource, signal, sys, time
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGQUIT's default action, without a core file
+pid = os.fork()
+if pid:  # a session leader stays, as a shell would: the view's process group is not orphaned
+    os.waitpid(pid, 0)
+    sys.exit(0)
+os.setpgid(0, 0)
+from hive.live import Live
+with Live(sys.stderr, size=lambda: (60, 10)) as view:
+    view.started("push", "www-1")
+    print(f"pid {os.getpid()}", file=sys.stderr, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_cursor_is_shown_whenever_the_view_stops_or_quits() -> None:
+    """Ctrl-Z: the cursor comes back before the process stops, and goes away again (a new
+    frame) on `fg`; Ctrl-\\\\: it comes back before the process dies of SIGQUIT."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 10, 60, 0, 0))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(wanted: bytes, after: int = 0, timeout: float = 20) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while wanted not in seen[after:]:
+            assert time.monotonic() < deadline, (wanted, seen)
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 65536)
+
+    def state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    try:
+        read_until(b"pid ")
+        read_until(b"\n", seen.index(b"pid "))
+        view = int(seen[seen.index(b"pid ") + 4:].split(b"\r")[0].split(b"\n")[0])
+        assert live.HIDE.encode() in seen and live.SHOW.encode() not in seen
+        mark = len(seen)
+        os.kill(view, signal.SIGTSTP)
+        read_until(live.SHOW.encode(), mark)
+        deadline = time.monotonic() + 10
+        while state(view) != "T":  # stopped, as after Ctrl-Z
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        mark = len(seen)
+        os.kill(view, signal.SIGCONT)
+        read_until(live.HIDE.encode(), mark)
+        read_until(b"nix-hive", mark)  # a whole new frame
+        mark = len(seen)
+        os.kill(view, signal.SIGQUIT)
+        read_until(live.SHOW.encode(), mark)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{view}").exists() and state(view) != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(ProcessLookupError, ValueError, NameError):
+            os.kill(view, signal.SIGKILL)
+        os.close(master)

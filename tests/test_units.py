@@ -474,3 +474,19 @@ def test_a_copy_that_nix_garbled_with_its_started_word_is_tried_again_alone(monk
     with pytest.raises(ProcessError):
         nix.copy("ssh://www-1", ["/nix/store/p"], substitute=True, env={"NIX_SSHOPTS": "-F /c"})
     assert len(envs) == 1
+
+
+def test_a_window_that_passed_while_the_host_was_silent_says_so() -> None:
+    """A rollback for want of a confirmation blames the new system only when nix-hive heard the
+    host all along; after a silence, it says what it saw (issue 27)."""
+    from hive.activate import Activation
+
+    seen = Activation.__new__(Activation)
+    seen.confirm_timeout, seen.failure, seen._unheard = 8, None, ""
+    assert seen._why("not-confirmed") == "no confirmation within 8 s (did the new system cut ssh access?)"
+    seen._unheard = "nix-hive heard nothing from the host for 18 s (last state: activating)"
+    assert seen._why("not-confirmed") == (
+        "no confirmation within 8 s: nix-hive heard nothing from the host for 18 s (last state: activating), and "
+        "the window passed before nix-hive could confirm (the network or the host stalled)")
+    seen.failure = "check http failed: 503"
+    assert seen._why("not-confirmed") == "check http failed: 503"
