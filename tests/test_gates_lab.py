@@ -114,3 +114,54 @@ def test_rollback_on_failure_puts_every_switched_host_back(fleet_factory: Start)
     assert fleet.lab.current_system("www-1") == v2["web"] and fleet.lab.current_system("www-2") == v2["web"]
 
 
+
+
+def test_a_canary_whose_keys_fail_stops_the_later_waves(fleet_factory: Start) -> None:
+    from tests.test_keys import SOURCE as KEYS
+    from tests.test_keys import TOPOLOGY as KEYS_TOPOLOGY
+    from tests.test_keys import start as start_keys
+
+    fleet, _ = start_keys(fleet_factory)
+    assert KEYS.name == "keys" and "www-2" in KEYS_TOPOLOGY
+    # the tls key's keyCommand (`cat secrets/tls.pem`, after the switch) fails: a missing key
+    # file would be refused before anything starts (exit 2), a failing command is known only then
+    (fleet.hive / "secrets" / "tls.pem").unlink()
+    result = fleet.deploy("--json", "www-1", "www-*")
+    assert result.returncode == 1, result.stderr
+    r = rows(result)
+    assert r["www-1"]["outcome"] == "failed" and "tls" in str(r["www-1"]["reason"]), r["www-1"]["reason"]
+    assert r["www-2"]["outcome"] == "skipped" and r["www-2"]["reason"] == "not started: wave 1 failed (www-1)"
+    assert fleet.lab.activations("www-2") == [] and fleet.lab.current_system("www-2") is None
+
+
+def test_a_canary_whose_system_fails_on_its_build_host_stops_the_later_waves(fleet_factory: Start) -> None:
+    from tests.test_buildhost_lab import SOURCE as BUILDHOST
+    from tests.test_buildhost_lab import TOPOLOGY as BUILDHOST_TOPOLOGY
+
+    fleet = fleet_factory(topology=BUILDHOST_TOPOLOGY, source=BUILDHOST, payload_bytes=4096)
+    fleet.env["BUILD_HOST"] = "nowhere.invalid"  # web is built there; edge (portico's) here
+    result = fleet.deploy("--json", "www-1", "portico")
+    assert result.returncode == 1, result.stderr
+    r = rows(result)
+    assert r["www-1"]["outcome"] == "failed" and "build of web failed" in str(r["www-1"]["reason"]), r["www-1"]
+    # portico's own copy holds web too (www-1 substitutes from it): it fails with it, and is not touched
+    assert r["portico"]["outcome"] == "failed" and "build of web failed" in str(r["portico"]["reason"])
+    assert fleet.lab.activations("www-1") == [] and fleet.lab.activations("portico") == []
+
+
+def test_rollback_on_failure_with_reboots_puts_the_boot_entry_back(fleet_factory: Start) -> None:
+    from tests.test_reboot import default
+    from tests.test_reboot import rows as reboot_rows
+    from tests.test_reboot import run as run_reboots
+    from tests.test_reboot import start as start_reboots
+
+    fleet, v1 = start_reboots(fleet_factory)
+    result = run_reboots(fleet, "www-1=v2,www-2=unhealthy", "deploy", "--json", "--reboot", "--rollback-on-failure",
+                         "www-1", "www-2")
+    assert result.returncode == 1, result.stderr
+    r = reboot_rows(result)
+    assert r["www-2"]["outcome"] == "rolled back", r["www-2"]  # its own reboot fell back
+    assert r["www-1"]["outcome"] == "rolled back" and r["www-1"]["reason"] == "run failed: www-2 failed", r["www-1"]
+    for host in ("www-1", "www-2"):
+        assert fleet.lab.current_system(host) == v1[host]
+        assert default(fleet, host) == v1[host]  # what its next boot boots
