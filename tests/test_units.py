@@ -427,13 +427,14 @@ def test_a_rollback_to_a_system_that_is_gone_leaves_the_profile(tmp_path: Path) 
     assert fleet._why(ProcessError(["ssh"], 4, "Warning: a host key\n" + out.stderr)) == out.stderr.strip()
 
 
-def test_the_check_before_a_profile_moves_is_the_same_in_every_host_script() -> None:
-    """activate.sh, reboot.sh and rollback.sh each go to hosts alone: each has its own copy of
-    `not_runnable`, and they are the same."""
-    found = {name: re.findall(r"^not_runnable\(\) \{\n.*?^\}\n", resources.host_file(name).read_text(), re.M | re.S)
-             for name in ("activate.sh", "reboot.sh", "rollback.sh")}
-    assert all(len(f) == 1 for f in found.values()), found
-    assert len({f[0] for f in found.values()}) == 1, found
+def test_the_check_before_a_profile_moves_is_one_function_every_host_script_gets() -> None:
+    """activate.sh, reboot.sh and rollback.sh each go to hosts alone: each sources
+    runnable.sh beside it, and the text nix-hive sends has that file's function in its place."""
+    function = resources.host_script("runnable.sh").split("\n", 1)[1]
+    for name in ("activate.sh", "reboot.sh", "rollback.sh"):
+        assert '. "$(dirname "$0")/runnable.sh"' in resources.host_file(name).read_text().splitlines(), name
+        sent = resources.host_script(name)
+        assert function in sent and "runnable.sh" not in sent and sent.count("not_runnable() {") == 1, name
 
 
 def test_a_copy_that_nix_garbled_with_its_started_word_is_tried_again_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,19 +31,10 @@
 # standard error that says why. Any other: nix-env failed, or a refusal of elevate.sh (90..94).
 set -u
 
-# SYSTEM: why the system profile must not point at SYSTEM, in one line (nothing: this host can
-# run it). The same function is in activate.sh, reboot.sh and rollback.sh, which go to hosts
-# one by one (tests/test_units.py checks that they stay the same).
-not_runnable() {
-  if [ ! -e "$1" ]; then echo "$1 is no longer in the host's store"; return 0; fi
-  invalid=$(nix-store --check-validity --print-invalid "$1" 2> /dev/null) || {
-    echo "$1 cannot be checked (nix-store --check-validity failed)"
-    return 0
-  }
-  if [ -n "$invalid" ]; then echo "$1 is not valid in the host's store"
-  elif [ ! -x "$1/bin/switch-to-configuration" ]; then echo "$1 has no executable bin/switch-to-configuration"
-  fi
-}
+# not_runnable (hive/host/runnable.sh): in the text nix-hive sends, put there by hive/resources.py;
+# read from beside this file where it runs as a file of the package
+# shellcheck disable=SC1091
+. "$(dirname "$0")/runnable.sh"
 
 profile=$1
 sets_profile=$2
