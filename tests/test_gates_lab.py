@@ -165,3 +165,23 @@ def test_rollback_on_failure_with_reboots_puts_the_boot_entry_back(fleet_factory
     for host in ("www-1", "www-2"):
         assert fleet.lab.current_system(host) == v1[host]
         assert default(fleet, host) == v1[host]  # what its next boot boots
+
+
+def test_a_canary_behind_a_relay_that_is_down_stops_the_run_before_anything_is_built(fleet_factory: Start,
+                                                                                   build_log: Path) -> None:
+    """portico (the relay and jump host of every web host, not selected) is down: its hosts
+    cannot be reached, and say why in one line."""
+    from tests.test_hardening_lab import set_links
+
+    fleet, v1 = start(fleet_factory)
+    built = builds(build_log)
+    set_links(fleet, "portico", "down")
+    result = deploy(fleet, "v2", "--connect-timeout", "3", "www-1", "www-*")
+    assert result.returncode == 1, result.stderr
+    r = rows(result)
+    for host in WWW:  # every one of them, through its jump host: each says so, nothing waits for the gate
+        assert r[host]["outcome"] == "failed" and str(r[host]["reason"]).startswith("unreachable: "), r[host]
+        assert "\n" not in str(r[host]["reason"])
+    assert builds(build_log) == built
+    set_links(fleet, "portico", "up")
+    assert all(fleet.lab.current_system(h) == v1["web"] for h in WWW)
