@@ -363,8 +363,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(rows, hosts=True)
     else:
-        emit(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-", r["state"],
-                     r.get("reboot", "-")) for r in rows],
+        emit(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-",
+                     f"{r['state']}: {r['reason']}" if r["reason"] else r["state"], r.get("reboot", "-"))
+                    for r in rows],
                    ["instance", "system", "expected path", "current path", "state", "reboot"]) + "\n")
     return code
 

@@ -105,9 +105,20 @@ def headline(stderr: str) -> str:
     return last
 
 
-def ssh_reason(stderr: str) -> str:
+_OFFERED = re.compile(r"The fingerprint for the (\S+) key sent by the remote host is\s+(\S+?)\.?$", re.M)
+
+
+def ssh_reason(stderr: str, pinned: str | None = None) -> str:
     """Why ssh could not reach a host, in one line: what it said that tells most (its warning
-    banners and advice left out), else its last line."""
+    banners and advice left out), else its last line. A host key that is not the expected one
+    says which key the host offered, and `pinned`, the attribute that holds the expected one
+    (`instances.www-1.hostKey`), if the deployment pins it."""
+    offered = _OFFERED.search(stderr)
+    if offered is not None and "Host key verification failed" in stderr:
+        key = f"{offered.group(1)} {offered.group(2)}"
+        if pinned is not None:
+            return f"its host key is not {pinned} (it offered {key})"
+        return f"its host key is not the one your known_hosts has for it (it offered {key})"
     lines = [ln.strip().strip("@ ").strip() for ln in stderr.splitlines()]
     lines = [ln for ln in lines if ln]
     told = next((ln for d in SSH_DIAGNOSTICS for ln in lines if d in ln), None)

@@ -14,7 +14,7 @@ from typing import Any
 
 from hive import elevate, health, process
 from hive.activate import LOCK_MARGIN
-from hive.errors import HiveError, ProcessError
+from hive.errors import HiveError, ProcessError, ssh_reason
 from hive.keys import Keys
 from hive.model import Goal, Hive, Instance
 from hive.options import Options
@@ -52,7 +52,8 @@ def run_everywhere(hive: Hive, plan: Plan, command: Sequence[str], *, jobs: int)
                 sys.stderr.write(f"{i.name:<{width}} ! {line}\n")
             sys.stdout.flush()
         if out.exit_code != 0:
-            return i.name, "ssh could not connect" if out.exit_code == 255 else f"exit status {out.exit_code}"
+            return i.name, (f"ssh could not connect: {ssh_reason(out.stderr, remote.pinned)}" if out.exit_code == 255
+                            else f"exit status {out.exit_code}")
         return None
 
     return sorted(r for r in _each(hive, plan, jobs, one) if r is not None)

@@ -428,7 +428,7 @@ def status(session: Session) -> tuple[int, list[dict[str, Any]]]:
             else:
                 state_ = "up to date" if found.current == expected else "differs"
             return {"instance": i.name, "system": i.system, "expected": expected, "current": found.current,
-                    "profile": found.profile, "state": state_}
+                    "profile": found.profile, "state": state_, "reason": found.reason}
 
         found = [one(i) for i in session.plan.instances]
         # what each reachable host boots next (its profile) against what it booted

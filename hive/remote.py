@@ -91,6 +91,8 @@ class Remote:
         # nix-hive never asks for root), and the run's sudo password
         known = hive.instances.get(name) if hive is not None else None
         self.elevate = elevate.Method(known.elevate) if known is not None else elevate.Method.SUDO
+        # the attribute that pins its host key, for a reason that names it
+        self.pinned = f"instances.{name}.hostKey" if known is not None and known.host_key else None
         self.password = hive.sudo_password if hive is not None and self.elevate is elevate.Method.SUDO else None
 
     @property
@@ -173,7 +175,7 @@ class Remote:
             if isinstance(exc, process.ProcessTimeoutError):
                 why = f"no answer within {exc.timeout:g} s"
             else:
-                why = ssh_reason(exc.stderr) if isinstance(exc, ProcessError) else str(exc)
+                why = ssh_reason(exc.stderr, self.pinned) if isinstance(exc, ProcessError) else str(exc)
             found = Probe(reachable=False, asked=wanted, reason=why)
         with self._lock:
             self._probe = found

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from hive import ssh
+from hive.address import parse_proxy_jump
 from hive.errors import HiveError, ProcessError, StepError
 from hive.keys import Keys
-from hive.model import Goal, Hive, Step
+from hive.model import Goal, Hive, Instance, Step
 from hive.options import Options, default_state_file
 from hive.outcome import Failure, NotStarted, Outcome, Outcomes, Status, StepFailed
 from hive.plan import Kind, Plan, TaskId
@@ -192,7 +193,9 @@ class Session:
         host runs now is kept (`before`: what --rollback-on-failure puts back)."""
         plan, options = self.plan, self.options
         names = [i.name for i in plan.instances]
-        names += sorted({r.owner for r in plan.relays if r.owner is not None} - set(names))
+        names += sorted(({r.owner for r in plan.relays if r.owner is not None}
+                         | {hop for i in plan.instances for hop in _jumps(i) if hop in self.hive.instances})
+                        - set(names))
         # the hosts the run works on first keep the connection it opened, so that their steps log in
         # no more; not every host: an idle shared connection ends after ControlPersist (60 s),
         # before the turn of hosts far down the plan, and each holds two ssh processes meanwhile
@@ -210,7 +213,7 @@ class Session:
                 if probe.current is not None:
                     self.before[name] = probe.current
                 continue
-            why = f"unreachable: {probe.reason}"
+            why = f"unreachable: {self._hop(name, found)}"
             status = Status.SKIPPED if options.skip_unreachable else Status.FAILED
             self.outcomes.set(task, Outcome(status, why, seconds, Failure(task, why) if status.is_failure else None))
             self.progress.step("connect", name, str(status), probe.reason)
@@ -232,6 +235,17 @@ class Session:
             if later:
                 self.progress.line(f"{stopped.removeprefix('not started: ')}: {later} instance(s) will not start, "
                                    "and nothing is built or copied for them")
+
+    def _hop(self, name: str, found: dict[str, Probe]) -> str:
+        """Why `name` could not be reached, naming the hop: its jump host, when that one could
+        not be reached itself, or the jump hosts it was tried through."""
+        instance = self.hive.instances.get(name)
+        hops = _jumps(instance) if instance is not None else []
+        down = next((hop for hop in hops if hop in found and not found[hop].reachable), None)
+        if down is not None:
+            return f"its jump host {down} is unreachable: {found[down].reason}"
+        reason = found[name].reason
+        return f"{reason} (through {', '.join(hops)})" if hops and not reason.startswith("its host key") else reason
 
     def skipped_unreachable(self, name: str) -> str | None:
         """Why `name` is skipped as unreachable (--skip-unreachable: it, or a relay host it needs)."""
@@ -355,6 +369,12 @@ class Session:
 
 
 KEPT_CONNECTIONS = 100  # connect_all's connections left open for the steps that follow (at least -j)
+def _jumps(instance: Instance) -> list[str]:
+    """The jump hosts an instance is reached through (its ProxyJump), in order."""
+    jump = instance.ssh.get("ProxyJump")
+    return [hop.host for hop in parse_proxy_jump(jump)] if jump else []
+
+
 OWN_STEPS = frozenset({Kind.CONNECT, Kind.PUSH, Kind.KEYS, Kind.ACTIVATE, Kind.UNDO})  # an instance's own tasks
 
 

@@ -5,12 +5,14 @@ that rule. The same on lab hosts: tests/test_gates_lab.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
 import pytest
 
 from hive import orchestrate, plan, tasks
+from hive.errors import ssh_reason
 from hive.model import Hive, Instance, Key, System, frozen_map
 from hive.options import Options
 from hive.outcome import NotStarted, Outcome, Status
@@ -166,3 +168,49 @@ def test_the_gate_waits_for_the_previous_wave(tmp_path: Path) -> None:
     settle_wave_1(session, TaskId(Kind.KEYS, "www-1"))
     waiter.join(5)
     assert isinstance(got[0], NotStarted) and "wave 1 failed (www-1)" in got[0].reason
+
+
+HOST_KEY_CHANGED = """\
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+Someone could be eavesdropping on you right now (man-in-the-middle attack)!
+It is also possible that a host key has just been changed.
+The fingerprint for the ED25519 key sent by the remote host is
+SHA256:RRyZ4WqcZNjnExDgXnv3Jv3VPgp1MheGXl7hBFjiWGw.
+Please contact your system administrator.
+Add correct host key in /tmp/fleet/.hive.state.d/ssh/known_hosts to get rid of this message.
+Offending ED25519 key in /tmp/fleet/.hive.state.d/ssh/known_hosts:2
+  remove with:
+  ssh-keygen -f "/tmp/fleet/.hive.state.d/ssh/known_hosts" -R "www-1"
+Host key for www-1 has changed and you have requested strict checking.
+Host key verification failed.
+"""  # OpenSSH 9.2, as a lab host with another host's key made it say
+
+
+def test_a_host_key_that_is_not_the_pinned_one_is_named_in_one_line() -> None:
+    offered = "it offered ED25519 SHA256:RRyZ4WqcZNjnExDgXnv3Jv3VPgp1MheGXl7hBFjiWGw"
+    pinned = "instances.www-1.hostKey"
+    assert ssh_reason(HOST_KEY_CHANGED, pinned) == f"its host key is not instances.www-1.hostKey ({offered})"
+    assert ssh_reason(HOST_KEY_CHANGED) == f"its host key is not the one your known_hosts has for it ({offered})"
+    assert ssh_reason("ssh: connect to host 10.0.0.1 port 22: Connection refused\n") == (
+        "ssh: connect to host 10.0.0.1 port 22: Connection refused")
+    assert ssh_reason("") == "ssh failed and said nothing"
+
+
+def test_an_unreachable_host_behind_a_jump_host_names_the_hop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    session = fleet(tmp_path)
+    jumped = {n: dataclasses.replace(i, ssh=frozen_map({"ProxyJump": "portico"}))
+              for n, i in session.hive.instances.items() if n != "portico"}
+    hive = dataclasses.replace(session.hive, instances=frozen_map({**session.hive.instances, **jumped}))
+    i = hive.instances
+    behind = Session(hive, plan.make_plan(hive, [(i["www-1"],), (i["www-2"], i["www-3"])]),
+                     Options(state_file=tmp_path / "state"), progress=Progress(quiet=True))
+    monkeypatch.setattr(behind.remotes, "probe_all", _probes({"www-1"}))
+    behind.connect_all()  # portico (the jump host, not selected) answers: the reason says through which hop
+    assert behind.blocked["www-1"] == "unreachable: Connection refused (through portico)"
+    down = Session(hive, behind.plan, Options(state_file=tmp_path / "state"), progress=Progress(quiet=True))
+    monkeypatch.setattr(down.remotes, "probe_all", _probes({"www-1", "portico"}))
+    down.connect_all()
+    assert down.blocked["www-1"] == "unreachable: its jump host portico is unreachable: Connection refused"
