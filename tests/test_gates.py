@@ -203,7 +203,7 @@ def test_an_unreachable_host_behind_a_jump_host_names_the_hop(tmp_path: Path, mo
     session = fleet(tmp_path)
     jumped = {n: dataclasses.replace(i, ssh=frozen_map({"ProxyJump": "portico"}))
               for n, i in session.hive.instances.items() if n != "portico"}
-    hive = dataclasses.replace(session.hive, instances=frozen_map({**session.hive.instances, **jumped}))
+    hive = dataclasses.replace(session.hive, instances={**session.hive.instances, **jumped})
     i = hive.instances
     behind = Session(hive, plan.make_plan(hive, [(i["www-1"],), (i["www-2"], i["www-3"])]),
                      Options(state_file=tmp_path / "state"), progress=Progress(quiet=True))
