@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import getpass
 import os
+import re
 import secrets
 import stat
 import sys
@@ -22,6 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from hive import text as text_
 from hive.errors import InputError
 from hive.model import Hive
 from hive.resources import host_script
@@ -215,9 +217,23 @@ REBOOT_RULES: tuple[tuple[str, str], ...] = (
 RULES = ACTIVATION_RULES + ROLLBACK_RULES + KEYS_RULES + REBOOT_RULES
 
 
+# What a sudoers line can name as it is: a user (not ALL, a #uid, a %group or a +netgroup), a
+# command's full path; a command's arguments escape sudoers' own `,:=\` (sudoers(5)).
+_SUDOERS_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?\Z")
+_SUDOERS_PATH = re.compile(r"/[A-Za-z0-9_./+-]+\Z")
+
+
 def sudoers(user: str, where: dict[str, str], *, password: bool = True) -> str:
     """The sudoers lines allowing `user` nix-hive's commands (`RULES`) alone (`where`: command
-    -> its full path on the host; a path stands for itself)."""
+    -> its full path on the host; a path stands for itself). A user or a path that sudoers
+    would read as something else (`ALL`, a line break, a space, `#0`) is an `InputError`."""
+    if not _SUDOERS_USER.match(user) or user == "ALL":
+        raise InputError(f"sudoers: '{text_.line(user)}' is not a user name a rule can name as it is")
+    for cmd, _ in RULES:
+        path = where.get(cmd, cmd)
+        ours = path == cmd and cmd.startswith("/")  # a rule's own path (`*` in it stops at '/')
+        if not (ours or _SUDOERS_PATH.match(path)):
+            raise InputError(f"sudoers: {cmd}: '{text_.line(path)}' is not a full path a rule can name as it is")
     tag = "" if password else "NOPASSWD: "
-    escaped = ((cmd, "".join(f"\\{c}" if c in ",:=" else c for c in args)) for cmd, args in RULES)
+    escaped = ((cmd, "".join(f"\\{c}" if c in ",:=\\" else c for c in args)) for cmd, args in RULES)
     return "".join(f"{user} ALL=(root) {tag}{where.get(cmd, cmd)} {args}\n" for cmd, args in escaped)
