@@ -65,8 +65,13 @@ class Password:
         raise TypeError("a password is not serialised")
 
 
+PASSWORD_BYTES = 4096  # the longest first line of a password file: no more of it is read
+
+
 def read_file(name: str, option: str = "--sudo-password-file") -> Password:
-    """The first line of a file only its owner may read (as ssh treats a private key)."""
+    """The first line of a file only its owner may read (as ssh treats a private key): at most
+    `PASSWORD_BYTES` of it are read, whatever the file holds after it (a 1 GB file is not
+    read whole); a longer first line is refused."""
     path = Path(name)
     try:
         st = path.stat()
@@ -75,12 +80,18 @@ def read_file(name: str, option: str = "--sudo-password-file") -> Password:
         if st.st_mode & 0o077:
             raise InputError(f"{option} {name}: readable by others (mode {stat.S_IMODE(st.st_mode):04o}): "
                              f"chmod 600 {name}")
-        text = path.read_text()
+        with path.open("rb") as fh:
+            head = fh.read(PASSWORD_BYTES + 1)
     except OSError as exc:
         raise InputError(f"{option} {name}: {exc.strerror}") from None
+    first, newline, _ = head.partition(b"\n")
+    if not newline and len(head) > PASSWORD_BYTES:
+        raise InputError(f"{option} {name}: its first line is longer than {PASSWORD_BYTES} bytes: not a password")
+    try:
+        text = first.decode()
     except UnicodeDecodeError:
         raise InputError(f"{option} {name}: not text") from None
-    return _checked(text.split("\n", 1)[0].removesuffix("\r"), f"{option} {name}")
+    return _checked(text.removesuffix("\r"), f"{option} {name}")
 
 
 def ask(file: str | None, *, ask_flag: str = "--ask-sudo-password", option: str = "--sudo-password-file") -> Password:
