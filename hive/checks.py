@@ -137,9 +137,11 @@ _SSH_ERROR = re.compile(r"line (\d+): ?(.*)$")
 def ssh_config(hive: Hive) -> None:
     """The generated ssh configuration, as ssh itself parses it: one `ssh -G` reads every
     block, and an error at line N is the instance option that line came from. Without the
-    user's own configuration: its mistakes are not the deployment's."""
+    user's own configuration: its mistakes are not the deployment's. A value no ssh_config or
+    known_hosts line can hold is refused first (hive/ssh.py's `encode`)."""
     if not hive.instances:
         return
+    ssh.render_known_hosts(hive)
     with tempdirs.private("check") as directory:
         config = directory / "ssh_config"
         lines = ssh.render_lines(hive, directory / "known_hosts", include_user=False)

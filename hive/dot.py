@@ -21,10 +21,11 @@ ALIKE = 6  # more instances alike than this in a wave become one node
 
 
 def quote(value: str) -> str:
-    """A DOT string: one printable line, `\\` and `"` escaped (a label's line breaks are
-    added by the caller as `\\n`)."""
+    """A DOT string: one printable line, `\\` and `"` escaped, and `&` (Graphviz reads
+    `&lt;` and the like in any label as the character they name). A label's line breaks are
+    added by the caller as `\\n`."""
     shown = text_.line(value, 200)
-    return '"' + shown.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + shown.replace("\\", "\\\\").replace('"', '\\"').replace("&", "&amp;") + '"'
 
 
 def _label(*lines: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import getpass
 import os
+import re
 import secrets
 import stat
 import sys
@@ -22,6 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from hive import text as text_
 from hive.errors import InputError
 from hive.model import Hive
 from hive.resources import host_script
@@ -63,8 +65,13 @@ class Password:
         raise TypeError("a password is not serialised")
 
 
+PASSWORD_BYTES = 4096  # the longest first line of a password file: no more of it is read
+
+
 def read_file(name: str, option: str = "--sudo-password-file") -> Password:
-    """The first line of a file only its owner may read (as ssh treats a private key)."""
+    """The first line of a file only its owner may read (as ssh treats a private key): at most
+    `PASSWORD_BYTES` of it are read, whatever the file holds after it (a 1 GB file is not
+    read whole); a longer first line is refused."""
     path = Path(name)
     try:
         st = path.stat()
@@ -73,12 +80,18 @@ def read_file(name: str, option: str = "--sudo-password-file") -> Password:
         if st.st_mode & 0o077:
             raise InputError(f"{option} {name}: readable by others (mode {stat.S_IMODE(st.st_mode):04o}): "
                              f"chmod 600 {name}")
-        text = path.read_text()
+        with path.open("rb") as fh:
+            head = fh.read(PASSWORD_BYTES + 1)
     except OSError as exc:
         raise InputError(f"{option} {name}: {exc.strerror}") from None
+    first, newline, _ = head.partition(b"\n")
+    if not newline and len(head) > PASSWORD_BYTES:
+        raise InputError(f"{option} {name}: its first line is longer than {PASSWORD_BYTES} bytes: not a password")
+    try:
+        text = first.decode()
     except UnicodeDecodeError:
         raise InputError(f"{option} {name}: not text") from None
-    return _checked(text.split("\n", 1)[0].removesuffix("\r"), f"{option} {name}")
+    return _checked(text.removesuffix("\r"), f"{option} {name}")
 
 
 def ask(file: str | None, *, ask_flag: str = "--ask-sudo-password", option: str = "--sudo-password-file") -> Password:
@@ -218,9 +231,23 @@ REBOOT_RULES: tuple[tuple[str, str], ...] = (
 RULES = ACTIVATION_RULES + ROLLBACK_RULES + KEYS_RULES + REBOOT_RULES
 
 
+# What a sudoers line can name as it is: a user (not ALL, a #uid, a %group or a +netgroup), a
+# command's full path; a command's arguments escape sudoers' own `,:=\` (sudoers(5)).
+_SUDOERS_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?\Z")
+_SUDOERS_PATH = re.compile(r"/[A-Za-z0-9_./+-]+\Z")
+
+
 def sudoers(user: str, where: dict[str, str], *, password: bool = True) -> str:
     """The sudoers lines allowing `user` nix-hive's commands (`RULES`) alone (`where`: command
-    -> its full path on the host; a path stands for itself)."""
+    -> its full path on the host; a path stands for itself). A user or a path that sudoers
+    would read as something else (`ALL`, a line break, a space, `#0`) is an `InputError`."""
+    if not _SUDOERS_USER.match(user) or user == "ALL":
+        raise InputError(f"sudoers: '{text_.line(user)}' is not a user name a rule can name as it is")
+    for cmd, _ in RULES:
+        path = where.get(cmd, cmd)
+        ours = path == cmd and cmd.startswith("/")  # a rule's own path (`*` in it stops at '/')
+        if not (ours or _SUDOERS_PATH.match(path)):
+            raise InputError(f"sudoers: {cmd}: '{text_.line(path)}' is not a full path a rule can name as it is")
     tag = "" if password else "NOPASSWD: "
-    escaped = ((cmd, "".join(f"\\{c}" if c in ",:=" else c for c in args)) for cmd, args in RULES)
+    escaped = ((cmd, "".join(f"\\{c}" if c in ",:=\\" else c for c in args)) for cmd, args in RULES)
     return "".join(f"{user} ALL=(root) {tag}{where.get(cmd, cmd)} {args}\n" for cmd, args in escaped)

@@ -3,9 +3,11 @@
 A key's content is read on the deployer at upload time (its file, its text, or its command's
 output), kept in memory for the run, and sent over ssh standard input only: never in an argv,
 never in a temporary file on the deployer, never in the state file, a report or a message.
-On the host, as root (keys.sh, below, run from a file: no root shell), a file is created in
+On the host, as root (hive/host/keys.sh, run from a file: no root shell), a file is created in
 the destination's directory, given its final owner and mode, and only then filled; it is
-renamed over the destination, so no reader ever sees a partial or a too readable key. Whether
+renamed over the destination, so no reader ever sees a partial or a too readable key. Nothing
+is written through a symbolic link or into a directory a user other than root could change
+(issue 27): such a destination fails its key, saying which directory. Whether
 a host's key is up to date is asked of the host (a SHA-256 of each destination), not recorded
 here.
 
@@ -35,40 +37,12 @@ from hive import elevate, process
 from hive.errors import HiveError, ProcessError, StepError, headline
 from hive.model import Hive, Key
 from hive.remote import Remote
+from hive.resources import host_script
 
-# What runs as root for keys, from a file (below): `keys.sh hashes DEST...` prints `SHA-256  DEST`
-# of each destination that exists; `keys.sh upload DEST USER GROUP MODE` installs one key from
-# stdin: a line "SHA-256 LENGTH", then the content (exactly; read(1) byte by byte takes the line
-# alone from a pipe). Exit 64/65: a user or group the host lacks; 66: the content arrived altered.
-KEYS_SH = r"""
-case $0 in /run/nix-hive/*/keys.sh) rm -f "$0"; rmdir "${0%/*}" 2>/dev/null || : ;; esac
-set -eu
-what=$1
-shift
-if [ "$what" = hashes ]; then
-  for f in "$@"; do sha256sum "$f" 2>/dev/null || :; done
-  exit 0
-fi
-[ "$what" = upload ] || { echo "keys.sh: unknown call $what" >&2; exit 2; }
-dest=$1; user=$2; group=$3; mode=$4
-if ! id -u "$user" >/dev/null 2>&1; then echo "no user $user" >&2; exit 64; fi
-if ! getent group "$group" >/dev/null 2>&1; then echo "no group $group" >&2; exit 65; fi
-dir=$(dirname "$dest")
-mkdir -p -m 0755 "$dir"
-tmp=$(mktemp "$dir/.nix-hive-key.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
-chown "$user:$group" "$tmp"
-chmod "$mode" "$tmp"
-if ! read -r want size; then echo "nothing arrived: not installed" >&2; exit 66; fi
-cat > "$tmp"
-got=$(sha256sum < "$tmp"); got=${got%% *}
-if [ "$got" != "$want" ]; then
-  echo "the content arrived altered ($(($(wc -c < "$tmp"))) of $size bytes, another SHA-256): not installed" >&2
-  exit 66
-fi
-mv -f "$tmp" "$dest"
-trap - EXIT
-"""
+# What runs as root for keys (hive/host/keys.sh): `hashes DEST...` and `upload DEST USER GROUP
+# MODE`, the key on stdin after its SHA-256 and length. It writes nothing through a symbolic
+# link, nor into a directory another user could change (exit 67, one line saying why).
+KEYS_SH = host_script("keys.sh")
 # As the ssh user, behind elevate.sh (`Remote.root_script`): keys.sh goes to /run/nix-hive/ID/
 # (a here-document: the call's standard input stays the key's) and runs as `as_root sh FILE
 # CALL ARGS`, a fixed argv shape a sudoers rule allows (hive/elevate.py), never `sh -c` as root.
@@ -90,6 +64,7 @@ def keys_argv(remote: Remote, call: str, *args: str) -> list[str]:
 
 
 ALTERED = 66
+REFUSED = 67
 
 
 @dataclass(frozen=True)
@@ -186,7 +161,7 @@ class Keys:
             refused = elevate.refusal(exc.returncode, exc.stderr)
             if refused is not None:
                 raise StepError(f"key {key.name} on {remote.name}: {refused}", log=exc.stderr) from None
-            if exc.returncode == ALTERED:
+            if exc.returncode in (ALTERED, REFUSED):
                 raise StepError(f"key {key.name} on {remote.name}: {headline(exc.stderr)}", log=exc.stderr) from None
             missing = exc.returncode in (64, 65)
             hint = (f"; if the new system creates it, upload the key after the switch: "

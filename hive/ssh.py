@@ -11,17 +11,22 @@ thousand lines, a fleet of N hosts, each reached by a few ssh processes, would c
 reading alone. So each instance also gets files of its own (`SshSetup.config_for`): its
 block and those of the instances it jumps through, with their known hosts, the same options.
 
-Values were validated by the schema (one line, no quotes, no leading '-'). The argv of ssh
-calls is remote.py's.
+Every value is written as ssh will read it back (`encode`), whatever the schema let through:
+quoted where ssh would split or end it, `%` doubled where ssh expands tokens, and refused (a
+`DeploymentError` naming the attribute) where no spelling would survive: a line break, or a
+`${` where ssh expands environment variables. The argv of ssh calls is remote.py's.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hive import text as text_
+from hive.errors import DeploymentError, InputError, attr_path
 from hive.model import Hive, Instance
 
 # Options nix-hive sets itself for every instance; the deployment may override them. A run's
@@ -74,10 +79,65 @@ class SshSetup:
         return {"NIX_SSHOPTS": f"-F {self.config_for(host)}"} if host else self.env
 
 
-# Options whose one value is a file name, which may hold spaces: written in double quotes
-# (the schema refuses quotes inside values). Other options keep ssh's own word splitting.
+# Options whose one value is a file name, which may hold spaces: one word, quoted when it must
+# be. Other options keep ssh's own word splitting (at spaces).
 QUOTED = frozenset(o.lower() for o in ("IdentityFile", "CertificateFile", "IdentityAgent", "ControlPath",
                                        "PKCS11Provider", "SecurityKeyProvider", "RevokedHostKeys", "XAuthLocation"))
+
+# How ssh reads a value (readconf.c, OpenSSH 8.7 and later): as words split at spaces, where
+# double or single quotes group, a backslash escapes a quote or a backslash, and a word that
+# starts with '#' ends the line; ProxyJump alone as the rest of the line, raw, later made into
+# a command that expands '%'. Options of TOKENS expand %-tokens (`%%` is a literal '%'), those
+# of VARIABLES `${NAME}` too (which has no literal spelling); OpenSSH 10 expands both in User,
+# 9 neither (ssh_config(5), TOKENS and ENVIRONMENT VARIABLES).
+TOKENS = frozenset(o.lower() for o in ("Hostname", "IdentityFile", "CertificateFile", "IdentityAgent",
+                                       "ControlPath", "RevokedHostKeys", "UserKnownHostsFile"))
+VARIABLES = frozenset(o.lower() for o in ("IdentityFile", "CertificateFile", "IdentityAgent", "ControlPath",
+                                          "UserKnownHostsFile"))
+_PLAIN = re.compile(r"[A-Za-z0-9_@%+,./:~\[\]*?!^-][A-Za-z0-9_@%+=,./:~\[\]*?!^-]*\Z")  # a word needing no quotes
+_RAW = re.compile(r"[A-Za-z0-9_@.:\[\],/-]+\Z")  # a ProxyJump: [user@]host[:port] or ssh:// hops, by commas
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # no line of a file can hold these (nor UTF-8)
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # a Host pattern or known_hosts name matching itself alone
+_HOST_KEY = re.compile(r"(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/]+={0,3}(?= |\Z)")
+
+
+def _word(word: str) -> str:
+    return word if _PLAIN.match(word) else '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def encode(key: str, value: str, *, one_word: bool | None = None, tokens: str = "") -> str:
+    """`value` of option `key` spelled so that ssh reads it back as it is: one word whatever
+    spaces it holds with `one_word` (by default, for the QUOTED options), else words split at
+    spaces as ssh splits them; `tokens` (ssh's own %-tokens) are added after it as they are.
+    A ValueError says why no spelling would do."""
+    low = key.lower()
+    if _CONTROL.search(value):
+        raise ValueError("a line break or another control character: no ssh_config line can hold it")
+    if low == "proxyjump":
+        if not _RAW.match(value):
+            raise ValueError("ssh takes ProxyJump as the rest of the line and expands '%' in it: only letters, "
+                             "digits and _@.:[],/- can be written there")
+        return value
+    if low == "user" and ("%" in value or "${" in value):
+        raise ValueError("OpenSSH 10 expands %-tokens and ${VARIABLES} in User, earlier versions do not: "
+                         "'%' and '${' cannot be written there")
+    if low in VARIABLES and "${" in value:
+        raise ValueError(f"ssh expands ${{VARIABLE}} in {key}, and has no way to write '${{' as it is")
+    if low in TOKENS:
+        value = value.replace("%", "%%")
+    value += tokens
+    if not value:
+        return value
+    whole = low in QUOTED if one_word is None else one_word
+    return " ".join(_word(w) for w in ([value] if whole else value.split(" ")) if w)
+
+
+def host_pattern(hive: Hive, name: str) -> str:
+    """An instance's name as a Host pattern or a known_hosts name that matches it alone."""
+    if not _NAME.match(name):
+        raise DeploymentError(hive.shown, "not a name ssh can match as it is (letters, digits, '_', '.' and '-', "
+                              "not starting with '.' or '-')", attr_path(["instances", name]))
+    return name
 
 
 # The ssh options a deployment file may set for an instance: instance data often comes from a
@@ -100,7 +160,8 @@ Origin = tuple[str, str]  # (instance, option) a generated line comes from
 
 
 class _Options:
-    """ssh_config options of one Host block: keywords are case-insensitive, as in ssh."""
+    """ssh_config options of one Host block: keywords are case-insensitive, as in ssh. The
+    deployment's values (`given`) are encoded when written, nix-hive's own come encoded (`_own`)."""
 
     def __init__(self) -> None:
         self._by_key: dict[str, tuple[str, str, bool]] = {}
@@ -109,30 +170,44 @@ class _Options:
         if override or key.lower() not in self._by_key:
             self._by_key[key.lower()] = (key, value, given)
 
-    def lines(self, instance: str) -> list[tuple[str, Origin | None]]:
+    def lines(self, hive: Hive, instance: str) -> list[tuple[str, Origin | None]]:
         out: list[tuple[str, Origin | None]] = []
-        for low, (key, value, given) in self._by_key.items():
-            if low in QUOTED and any(c.isspace() for c in value):
-                value = f'"{value}"'
-            out.append((f"  {key} {value}", (instance, key) if given else None))
+        for key, value, given in self._by_key.values():
+            if not given:
+                out.append((f"  {key} {value}", None))
+                continue
+            try:
+                out.append((f"  {key} {encode(key, value)}", (instance, key)))
+            except ValueError as exc:
+                raise DeploymentError(hive.shown, str(exc), attr_path(["instances", instance, "ssh", key])) from None
         return out
 
 
-def _block(instance: Instance, known_hosts: Path, control_dir: Path | None) -> list[tuple[str, Origin | None]]:
+def _own(key: str, value: str, tokens: str = "") -> str:
+    """One of nix-hive's own values (a file name: one word), encoded; an InputError (nothing
+    was started) when it cannot be, as a temporary directory whose name holds a line break."""
+    try:
+        return encode(key, value, one_word=True, tokens=tokens)
+    except ValueError as exc:
+        raise InputError(f"the generated ssh configuration cannot hold {key} {text_.line(value)}: {exc}") from None
+
+
+def _block(hive: Hive, instance: Instance, known_hosts: Path,
+           control_dir: Path | None) -> list[tuple[str, Origin | None]]:
     options = _Options()
     for key, value in _defaults().items():
-        options.set(key, value)
+        options.set(key, _own(key, value))
     for key, value in instance.ssh.items():
         options.set(key, value, given=True)
     if instance.host_key:
         for key, value in (("HostKeyAlias", instance.name), ("UserKnownHostsFile", str(known_hosts)),
                            ("GlobalKnownHostsFile", "/dev/null"), ("StrictHostKeyChecking", "yes"),
                            ("CheckHostIP", "no")):
-            options.set(key, value)
+            options.set(key, _own(key, value))
     if control_dir is not None:
         for key, value in _control(control_dir).items():
             options.set(key, value, override=False)
-    return [(f"Host {instance.name}", None), *options.lines(instance.name)]
+    return [(f"Host {host_pattern(hive, instance.name)}", None), *options.lines(hive, instance.name)]
 
 
 # What a shared connection's socket adds to the path of the directory holding the control
@@ -143,7 +218,9 @@ CONTROL_ROOM = len("/c/") + 40 + 17
 
 
 def _control(control_dir: Path) -> dict[str, str]:
-    return {"ControlMaster": "auto", "ControlPath": f"{control_dir}/%C", "ControlPersist": "60"}
+    """The options of shared connections, encoded: the directory's name as it is, then ssh's %C."""
+    return {"ControlMaster": "auto", "ControlPath": _own("ControlPath", f"{control_dir}/", tokens="%C"),
+            "ControlPersist": "60"}
 
 
 def jump_chain(hive: Hive, name: str) -> list[str]:
@@ -169,16 +246,16 @@ def render_lines(hive: Hive, known_hosts: Path, *, control_dir: Path | None = No
     instance option it comes from (None for nix-hive's own lines): an error ssh reports at
     line N names that option."""
     lines: list[tuple[str, Origin | None]] = [
-        (f"# Generated by nix-hive from {hive.shown}: a Host block per instance.", None), ("", None)]
+        (f"# Generated by nix-hive from {text_.line(hive.shown)}: a Host block per instance.", None), ("", None)]
     for name in sorted(hive.instances) if only is None else only:
-        lines += _block(hive.instances[name], known_hosts, control_dir)
+        lines += _block(hive, hive.instances[name], known_hosts, control_dir)
         lines.append(("", None))
     if control_dir is not None:
         # Jump hosts that are not instances share their connection too, and a run's every
         # connection is bounded (build hosts and relays of the user's configuration too).
         bounds = _defaults()
         lines += [("Host *", None), *((f"  {k} {v}", None) for k, v in _control(control_dir).items()),
-                  *((f"  {k} {bounds[k]}", None) for k in BOUNDS), ("", None)]
+                  *((f"  {k} {_own(k, bounds[k])}", None) for k in BOUNDS), ("", None)]
     if include_user:
         lines += [(text, None) for text in (
             "# The user's own configuration fills in what the deployment does not say.",
@@ -200,7 +277,11 @@ def render_known_hosts(hive: Hive, only: list[str] | None = None) -> str:
     for name in sorted(hive.instances) if only is None else only:
         key = hive.instances[name].host_key
         if key:
-            lines.append(f"{name} {' '.join(key.split()[:2])}")
+            found = _HOST_KEY.match(key)
+            if found is None:
+                raise DeploymentError(hive.shown, "not a public host key on one line (TYPE BASE64, then a comment if "
+                                      "any)", attr_path(["instances", name, "hostKey"]))
+            lines.append(f"{host_pattern(hive, name)} {found.group()}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

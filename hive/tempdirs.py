@@ -7,22 +7,29 @@ A directory that will hold unix sockets (`for_sockets`) must leave room for thei
 socket's path has at most 107 bytes (sun_path is 108, with its NUL), and a long `TMPDIR` (a
 macOS one is about 49 characters) would leave too little. Such a directory is then made in
 `$XDG_RUNTIME_DIR` (private to the user) or `/tmp` instead, the same way (mkdtemp: mode 0700,
-a new name), and swept there the same way."""
+a new name), and swept there the same way. So is one whose name holds white space, a quote, a
+backslash, a `$` or a control character: its ssh_config goes to Nix as `NIX_SSHOPTS="-F FILE"`,
+which Nix splits into words (a space there would make the rest of the name a word of ssh's)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from hive import text as text_
 from hive.errors import InputError
 
 PREFIX = "nix-hive-"
 SUN_PATH = 107  # bytes of a unix socket's path, at most
 _RANDOM = 8  # characters mkdtemp adds to the prefix
+# What NIX_SSHOPTS cannot carry in a file name: Nix splits it at white space (2.8) or as a shell
+# would (later releases: quotes, backslashes).
+_NOT_A_WORD = re.compile("[\\s\"'\\\\$`\x00-\x1f\x7f]")
 OWNER = ".owner"  # "PID START": START tells a live owner from a new process with a reused pid
 
 
@@ -90,7 +97,7 @@ def socket_base(kind: str, room: int) -> Path | None:
     usual = tempfile.gettempdir()
     candidates = [usual, os.environ.get("XDG_RUNTIME_DIR", ""), "/tmp"]
     for n, base in enumerate(candidates):
-        if not base or not os.path.isabs(base):
+        if not base or not os.path.isabs(base) or _NOT_A_WORD.search(base):
             continue
         if len(os.fsencode(base)) + len(f"/{PREFIX}{kind}-") + _RANDOM + room > SUN_PATH:
             continue
@@ -104,9 +111,13 @@ def socket_base(kind: str, room: int) -> Path | None:
             continue  # a runtime directory must be the user's own and private
         if os.access(base, os.W_OK | os.X_OK):
             return Path(base)
+    if _NOT_A_WORD.search(usual):
+        raise InputError(f"the temporary directory {text_.line(usual)} holds white space, a quote or a control "
+                         "character, which NIX_SSHOPTS cannot carry, and neither $XDG_RUNTIME_DIR nor /tmp can be "
+                         "used instead: set TMPDIR to another directory")
     raise InputError(f"the temporary directory {usual} ({len(os.fsencode(usual))} bytes) is too long for ssh's "
-                    f"control sockets (a unix socket's path has at most {SUN_PATH} bytes), and neither "
-                    "$XDG_RUNTIME_DIR nor /tmp can be used instead: set TMPDIR to a shorter directory")
+                     f"control sockets (a unix socket's path has at most {SUN_PATH} bytes), and neither "
+                     "$XDG_RUNTIME_DIR nor /tmp can be used instead: set TMPDIR to a shorter directory")
 
 
 def for_sockets(kind: str, room: int) -> Path:

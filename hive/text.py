@@ -7,7 +7,7 @@ clears it, a carriage return overwrites what was printed, and one 200 kB line bu
 What nix-hive prints about a host goes through `line` or `lines` (progress lines, the summary
 and other tables, error lines, a failed step's log); JSON strings through `bounded` (JSON
 escapes control characters itself). `nix-hive run` prints the user's own command's output as
-it is.
+it is. An SVG's text goes through `xml`: well-formed XML, whatever the text held.
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from typing import Any
 
 LIMIT = 2000  # characters of one printed line, before the "... (N more characters)" marker
 
-# C0 controls but tab and newline, DEL, C1 controls (`\x9b` is a one-byte CSI), and the
-# Unicode bidirectional controls, which reorder what a terminal shows.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_AND_TABS = re.compile("[\x00-\x08\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls but tab and newline, DEL, C1 controls (`\x9b` is a one-byte CSI), the Unicode
+# bidirectional controls, which reorder what a terminal shows, and what no UTF-8 text or XML
+# document can hold: lone surrogates (a file name's undecodable bytes, as Python reads them)
+# and the noncharacters U+FFFE and U+FFFF.
+_SHOWN = "\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff\ufffe\uffff"
+_CONTROL = re.compile(f"[\x00-\x08\x0b-\x1f{_SHOWN}]")
+_CONTROL_AND_TABS = re.compile(f"[\x00-\x08\x09\x0b-\x1f{_SHOWN}]")
+# What XML 1.0 forbids (its Char production): C0 controls but tab, line feed and carriage
+# return; surrogates; U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _escaped(match: re.Match[str]) -> str:
@@ -42,6 +48,15 @@ def line(text: str, limit: int = LIMIT, *, tabs: bool = False) -> str:
     kept = text[:limit]
     shown = (_CONTROL_AND_TABS if tabs else _CONTROL).sub(_escaped, kept).replace("\n", "\\n")
     return shown if len(text) <= limit else f"{shown}... ({len(text) - limit:,} more characters)"
+
+
+def xml(text: str, limit: int = LIMIT) -> str:
+    """One printable line (`line`) for an XML document's text or attribute value: `&<>"'`
+    escaped, and no character XML 1.0 forbids (`line` shows them as escapes already; any
+    left would be replaced)."""
+    shown = _NOT_XML.sub("\ufffd", line(text, limit))
+    return (shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+            .replace("'", "&#39;"))
 
 
 def lines(text: str, limit: int = LIMIT) -> list[str]:

@@ -9,8 +9,9 @@ a row per build group and per relay store's copy; a dashed line where each wave 
 Every bar has a `<title>` (hover: what, when, how long, why). A report of an older nix-hive
 has no start times: its steps are laid end to end from 0, and the picture says so.
 
-The SVG is built as text, every piece of text escaped (a host's reason may hold anything);
-no plotting dependency.
+The SVG is built as text, every piece of text escaped into well-formed XML (a host's reason
+may hold anything); no plotting dependency. A report read from a file is checked field by
+field: a malformed one is one error line naming the field.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from xml.sax.saxutils import escape
+from typing import Any, NoReturn
 
 from hive import text as text_
-from hive.errors import InputError
+from hive.errors import InputError, attr_path
 
 STEPS = ("build", "store", "push", "keys", "activate")
 PHASES = ("post-keys", "boot", "check", "confirm", "rollback")  # in the order they happen
@@ -94,6 +94,17 @@ class Timeline:
 
 
 # Reading a report --------------------------------------------------------------------------
+#
+# A report may have been edited by hand, or be anything named FILE.json: every field the
+# picture reads is checked for its type and range, and the first that is not what nix-hive
+# writes is one `InputError` naming the file and the field (exit 2), never a traceback.
+# Fields a report may lack (an older nix-hive's) take their defaults; unknown ones are left.
+
+MAX_SECONDS = 1e9  # about 31 years: no run lasts longer (a start plus a length stays finite)
+MAX_WAVE = 1_000_000
+NOT_A_REPORT = ("not a nix-hive report (expected what deploy --report writes: an object whose instances "
+                "each have an instance name and seconds)")
+
 
 def load(path: Path) -> Timeline:
     """The timeline of the report in `path`; an `InputError` (exit 2) when it cannot be read
@@ -106,19 +117,72 @@ def load(path: Path) -> Timeline:
         data = json.loads(raw)
     except ValueError:
         raise InputError(f"{path}: not a nix-hive report (not JSON)") from None
+    except RecursionError:
+        raise InputError(f"{path}: not a nix-hive report (JSON nested too deeply)") from None
     return parse(data, str(path))
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return max(0.0, float(value))
+class _Fields:
+    """The checked reading of one report: each getter returns the field's value or raises
+    the `InputError` that names it."""
+
+    def __init__(self, shown: str) -> None:
+        self.shown = shown
+
+    def fail(self, where: list[str | int], what: str) -> NoReturn:
+        raise InputError(f"{self.shown}: not a nix-hive report: {text_.line(attr_path(where), 200)}: {what}")
+
+    def mapping(self, value: Any, where: list[str | int]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(where, f"{_kind(value)} is not an object")
+        return value
+
+    def array(self, value: Any, where: list[str | int]) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(where, f"{_kind(value)} is not a list")
+        return value
+
+    def text(self, value: Any, where: list[str | int], default: str = "") -> str:
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.fail(where, f"{_kind(value)} is not a string")
+        return value
+
+    def texts(self, value: Any, where: list[str | int]) -> list[str]:
+        return [self.text(v, [*where, n]) for n, v in enumerate(self.array(value, where))]
+
+    def seconds(self, value: Any, where: list[str | int]) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(where, f"{_kind(value)} is not a number of seconds")
+        if not (isinstance(value, int) or math.isfinite(value)) or not 0 <= value <= MAX_SECONDS:
+            self.fail(where, f"{_kind(value)} is not a number of seconds from 0 to {MAX_SECONDS:.0e}")
+        return float(value)
+
+    def seconds_map(self, value: Any, where: list[str | int]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, v in self.mapping({} if value is None else value, where).items():
+            if (n := self.seconds(v, [*where, key])) is not None:
+                out[key] = n
+        return out
+
+    def wave(self, value: Any, where: list[str | int]) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WAVE:
+            self.fail(where, f"{_kind(value)} is not a wave number from 1 to {MAX_WAVE:,}")
+        return value
 
 
-def _seconds_map(value: Any) -> dict[str, float]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): n for k, v in value.items() if (n := _number(v)) is not None}
+def _kind(value: Any) -> str:
+    """A value as an error line names it: short, one line."""
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "a list"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10 ** 30:
+        return f"a number of {len(str(abs(value)))} digits"
+    return text_.line(json.dumps(value), 60)
 
 
 def parse(data: Any, shown: str) -> Timeline:
@@ -127,59 +191,74 @@ def parse(data: Any, shown: str) -> Timeline:
     if not isinstance(rows, list) or not all(
             isinstance(r, dict) and isinstance(r.get("instance"), str) and isinstance(r.get("seconds"), dict)
             for r in rows):
-        raise InputError(f"{shown}: not a nix-hive report (expected what deploy --report writes: "
-                         "an object whose instances each have an instance name and seconds)")
+        raise InputError(f"{shown}: {NOT_A_REPORT}")
     assert isinstance(data, dict)
+    f = _Fields(shown)
     estimated = any("started" not in r for r in rows)
-    lanes = [*_shared_lanes(data.get("builds"), "build"), *_shared_lanes(data.get("relays"), "relay")]
-    lanes += [_instance_lane(r, estimated) for r in rows]
+    lanes = [*_shared_lanes(f, data.get("builds"), "build"), *_shared_lanes(f, data.get("relays"), "relay")]
+    lanes += [_instance_lane(f, r, ["instances", n], estimated) for n, r in enumerate(rows)]
     lanes.sort(key=lambda lane: (lane.kind != "build", lane.kind != "relay", lane.wave))  # stable: order kept
     waves: list[tuple[int, float]] = []
-    for w in data.get("waves") or []:
-        if isinstance(w, dict) and isinstance(w.get("wave"), int) and (at := _number(w.get("started"))) is not None:
-            waves.append((w["wave"], at))
+    for n, w in enumerate(f.array(data.get("waves"), ["waves"])):
+        w = f.mapping(w, ["waves", n])
+        wave, at = f.wave(w.get("wave"), ["waves", n, "wave"]), f.seconds(w.get("started"), ["waves", n, "started"])
+        if at is not None:
+            waves.append((wave, at))
     ends = [b.end for lane in lanes for b in lane.bars]
-    length = max([*ends, _number(data.get("seconds")) or 0.0, 0.1])
+    length = max([*ends, f.seconds(data.get("seconds"), ["seconds"]) or 0.0, 0.1])
     counts: dict[str, int] = {}
-    for r in rows:
-        counts[str(r.get("outcome", "?"))] = counts.get(str(r.get("outcome", "?")), 0) + 1
+    for lane in lanes:
+        if lane.kind == "instance":
+            counts[lane.outcome] = counts.get(lane.outcome, 0) + 1
     tally = ", ".join(f"{n} {o}" for o, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    began = f" at {data['began']}" if isinstance(data.get("began"), str) else ""
-    title = (f"nix-hive deploy{began}: {len(rows)} instance{'s' if len(rows) != 1 else ''}"
+    began = f.text(data.get("began"), ["began"])
+    f.text(data.get("outcome"), ["outcome"])
+    title = (f"nix-hive deploy{' at ' + began if began else ''}: {len(rows)} instance{'s' if len(rows) != 1 else ''}"
              f"{' (' + tally + ')' if tally else ''}, {length:.1f} s")
     return Timeline(title, tuple(lanes), tuple(waves), length, estimated)
 
 
-def _shared_lanes(items: Any, kind: str) -> list[Lane]:
+def _shared_lanes(f: _Fields, items: Any, kind: str) -> list[Lane]:
     """The rows of the work instances share: build groups, relay stores' copies."""
     lanes: list[Lane] = []
-    for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict):
-            continue
+    field = "builds" if kind == "build" else "relays"
+    for n, item in enumerate(f.array(items, [field])):
+        at: list[str | int] = [field, n]
+        item = f.mapping(item, at)
+        systems = f.texts(item.get("systems"), [*at, "systems"])
         if kind == "build":
-            label = "build " + "+".join(str(s) for s in item.get("systems") or [])
-            if item.get("host"):
-                label += f" on {item['host']}"
+            label = "build " + "+".join(systems)
+            host = f.text(item.get("host"), [*at, "host"])
+            if host:
+                label += f" on {host}"
             about = ""
         else:
-            label = f"store {item.get('store', '?')}"
-            behind = [str(n) for n in item.get("instances") or []]
+            label = f"store {f.text(item.get('store'), [*at, 'store'], '?')}"
+            for extra in ("owner", "upstream"):
+                f.text(item.get(extra), [*at, extra])
+            behind = f.texts(item.get("instances"), [*at, "instances"])
             about = f"{len(behind)} instance(s) substitute from it: {text_.summary(behind, 'instances')}"
-        outcome = str(item.get("outcome") or "skipped")
-        start, seconds = _number(item.get("started")), _number(item.get("seconds"))
+        outcome = f.text(item.get("outcome"), [*at, "outcome"]) or "skipped"
+        start = f.seconds(item.get("started"), [*at, "started"])
+        seconds = f.seconds(item.get("seconds"), [*at, "seconds"])
         bars = (Bar(kind if kind == "build" else "store", start, seconds, outcome),) if (
             start is not None and seconds) else ()
-        reason = str(item.get("reason") or "")
+        reason = f.text(item.get("reason"), [*at, "reason"])
         lanes.append(Lane(label, kind, outcome, bars, "; ".join(x for x in (about, reason) if x)))
     return lanes
 
 
-def _instance_lane(row: Mapping[str, Any], estimated: bool) -> Lane:
-    seconds = _seconds_map(row.get("seconds"))
-    started = _seconds_map(row.get("started"))
-    outcome = str(row.get("outcome", "?"))
-    reason = str(row.get("reason") or "")
-    steps = row.get("steps") if isinstance(row.get("steps"), dict) else None
+def _instance_lane(f: _Fields, row: Mapping[str, Any], where: list[str | int], estimated: bool) -> Lane:
+    seconds = f.seconds_map(row.get("seconds"), [*where, "seconds"])
+    started = f.seconds_map(row.get("started"), [*where, "started"])
+    outcome = f.text(row.get("outcome"), [*where, "outcome"], "?")
+    reason = f.text(row.get("reason"), [*where, "reason"])
+    for extra in ("system", "path"):
+        f.text(row.get(extra), [*where, extra])
+    steps = None
+    if row.get("steps") is not None:
+        given = f.mapping(row["steps"], [*where, "steps"])
+        steps = {k: f.text(v, [*where, "steps", k]) for k, v in given.items()}
     failed_step = reason.split(":", 1)[0] if outcome != "ok" else ""
     bars: list[Bar] = []
     cursor = 0.0
@@ -187,7 +266,7 @@ def _instance_lane(row: Mapping[str, Any], estimated: bool) -> Lane:
         if step not in seconds and step not in started:  # a step that took no time has a start only
             continue
         # an older report has no steps: the step its reason names failed, those before it went well
-        result = str(steps.get(step, "ok")) if steps is not None else outcome if step == failed_step else "ok"
+        result = steps.get(step, "ok") if steps is not None else outcome if step == failed_step else "ok"
         start = cursor if estimated else started.get(step, cursor)
         bars.append(Bar(step, start, seconds.get(step, 0.0), result))
         cursor = start + seconds.get(step, 0.0)
@@ -199,9 +278,8 @@ def _instance_lane(row: Mapping[str, Any], estimated: bool) -> Lane:
             length = min(length, max(0.0, activation.end - at))
             bars.append(Bar(name, at, length, "rolled back" if name == "rollback" else "ok", phase=True))
             at += length
-    wave = row.get("wave")
-    return Lane(str(row["instance"]), "instance", outcome, tuple(bars), reason,
-                wave if isinstance(wave, int) and not isinstance(wave, bool) else 1)
+    wave = f.wave(row["wave"], [*where, "wave"]) if row.get("wave") is not None else 1
+    return Lane(row["instance"], "instance", outcome, tuple(bars), reason, wave)
 
 
 # Drawing -----------------------------------------------------------------------------------
@@ -209,8 +287,7 @@ def _instance_lane(row: Mapping[str, Any], estimated: bool) -> Lane:
 def _esc(value: Any, limit: int = 400) -> str:
     """Text for SVG: one printable line (control characters shown as escapes, as on a
     terminal, and invalid in XML anyway), bounded, XML-escaped (quotes too: attributes)."""
-    shown = text_.line(str(value), limit).encode("utf-8", "replace").decode("utf-8")
-    return escape(shown, {'"': "&quot;"})
+    return text_.xml(str(value), limit)
 
 
 def _tick(length: float) -> float:

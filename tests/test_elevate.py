@@ -12,6 +12,7 @@ import subprocess
 import termios
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +71,41 @@ def test_a_password_file_must_be_private(tmp_path: Path) -> None:
     f.write_text("\n")
     with pytest.raises(InputError, match="empty"):
         elevate.read_file(str(f))
+
+
+def test_a_password_file_is_read_no_further_than_its_first_line(tmp_path: Path) -> None:
+    """A 1 GB password file (sparse: no disk) is not read whole: its first line alone, at most
+    PASSWORD_BYTES of it; a longer first line is refused in one line."""
+    big = tmp_path / "pw"
+    with big.open("wb") as fh:
+        fh.write(b"hunter2\r\n")
+        fh.truncate(1 << 30)
+    big.chmod(0o600)
+    zeros = tmp_path / "zeros"
+    with zeros.open("wb") as fh:
+        fh.truncate(1 << 30)
+    zeros.chmod(0o600)
+    tracemalloc.start()
+    try:
+        assert elevate.read_file(str(big)).line() == "hunter2\n"
+        with pytest.raises(InputError) as caught:
+            elevate.read_file(str(zeros))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 1024 * 1024, f"{peak:,} bytes"
+    assert str(caught.value) == (f"--sudo-password-file {zeros}: its first line is longer than 4096 bytes: "
+                                 "not a password")
+    edge = tmp_path / "edge"
+    edge.write_bytes(b"x" * elevate.PASSWORD_BYTES + b"\nrest")
+    edge.chmod(0o600)
+    assert elevate.read_file(str(edge)).line() == "x" * elevate.PASSWORD_BYTES + "\n"
+    edge.write_bytes(b"x" * (elevate.PASSWORD_BYTES + 1))
+    with pytest.raises(InputError, match="longer than 4096 bytes"):
+        elevate.read_file(str(edge))
+    edge.write_bytes(b"\xff\xfe\n")
+    with pytest.raises(InputError, match="not text"):
+        elevate.read_file(str(edge))
 
 
 def test_refusals_are_one_clear_line() -> None:

@@ -7,6 +7,10 @@ the host installs nothing that arrived altered. A keyCommand that never ends fai
 its deadline, with the rest of the deployment going on, and no process of it outlives nix-hive,
 whether the deadline passes, nix-hive gets SIGTERM, or the run is interrupted (Ctrl-C).
 Processes are attributed to a test by a marker, unique to it, in their argv.
+
+Keys are written as root: none is written through a symbolic link or into a directory another
+user could change (issue 27), whether a user owns a directory of the destination's path and
+links a subdirectory of it to /etc, or /run/keys itself is a link.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from tests.fleet import Fleet
 TOPOLOGY = {"portico": ["pub"], "www-1": ["pub"]}
 SOURCE = REPO / "tests" / "hives" / "keys"
 HOSTILE = "hostile.nix"
+LINKS = "links.nix"
 BINARY = bytes(range(256)) + b"\xff\xfe\xc3\x28\xed\xa0\x80\x00"  # what keys.binary's command writes
 LARGE_BYTES = 32 * 1024 * 1024
 SEED = 1919
@@ -224,6 +229,61 @@ def test_the_host_installs_nothing_that_arrived_altered(tmp_path: Path) -> None:
     assert dest.read_bytes() == BINARY and sorted(p.name for p in dest.parent.iterdir()) == ["k"]
 
 
+def upload(dest: Path, data: bytes = b"key") -> subprocess.CompletedProcess[bytes]:
+    """keys.sh's upload, run here by a real sh as root runs it on a host."""
+    header = f"{sha256(data)} {len(data)}\n".encode()
+    return subprocess.run(["sh", "-c", KEYS_SH, "keys.sh", "upload", str(dest), "root", "root", "0600"],
+                          input=header + data, capture_output=True, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="keys.sh runs as root (it checks that root owns each directory)")
+def test_a_key_is_never_written_through_a_link_or_a_directory_another_user_owns(tmp_path: Path) -> None:
+    """Each refusal is one line naming the component at fault, exit 67, and nothing is written
+    anywhere (the link's target is a directory of the test's own, standing for /etc)."""
+    root = tmp_path / "keys"
+    root.mkdir()
+    tmp_path.chmod(0o755)
+    target = tmp_path / "etc"
+    target.mkdir()
+    nobody = 65534
+    (root / "app").mkdir()
+    os.chown(root / "app", nobody, nobody)  # a service user's own directory, in the key's path
+    (root / "app" / "sub").symlink_to(target)  # which it linked to a directory of root's
+    (root / "linked").symlink_to(target)
+    (root / "file").symlink_to(target / "passwd")
+    (root / "dir").mkdir()
+    (root / "open").mkdir(mode=0o777)
+    (root / "open").chmod(0o777)
+    refused = {
+        root / "app" / "sub" / "k": f"{root / 'app'} is owned by nobody, not root",
+        root / "linked" / "k": f"{root / 'linked'} is a symbolic link",
+        root / "linked" / "deeper" / "k": f"{root / 'linked'} is a symbolic link",
+        root / "file": f"{root / 'file'} is a symbolic link",
+        root / "dir": f"{root / 'dir'} is not a regular file",
+        root / "open" / "k": f"{root / 'open'} is writable by others than root and not sticky (mode 777)",
+        root / "dir" / "plain" / "k": None,  # made: root's, 0755
+    }
+    for dest, why in refused.items():
+        out = upload(dest)
+        if why is None:
+            assert out.returncode == 0, out.stderr
+            assert dest.read_bytes() == b"key" and dest.stat().st_mode & 0o777 == 0o600
+            assert (dest.parent.stat().st_uid, dest.parent.stat().st_mode & 0o7777) == (0, 0o755)
+            continue
+        assert (out.returncode, out.stderr.decode()) == (67, f"{why}: refused\n"), dest
+    assert list(target.iterdir()) == []  # nothing went through a link
+    assert sorted(p.name for p in (root / "app").iterdir()) == ["sub"]
+    # a sticky directory others may write (as /tmp) is fine: they cannot touch root's entries
+    (root / "open").chmod(0o1777)
+    assert upload(root / "open" / "k").returncode == 0
+    # `hashes` reports no destination an upload would refuse: the upload then says why
+    (target / "k").write_bytes(b"key")
+    hashes = subprocess.run(["sh", "-c", KEYS_SH, "keys.sh", "hashes", str(root / "linked" / "k"),
+                             str(root / "app" / "sub" / "k"), str(root / "dir" / "plain" / "k")],
+                            capture_output=True, text=True, check=True)
+    assert hashes.stdout == f"{sha256(b'key')}  {root / 'dir' / 'plain' / 'k'}\n"
+
+
 # --- the lab: real hosts over real ssh --------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -312,3 +372,47 @@ def test_no_key_command_outlives_nix_hive(fleet: Fleet, command: str, how: str |
         if runner.poll() is None:
             runner.kill()
             runner.communicate()
+
+
+@needs_lab
+@lab_group
+def test_keys_are_not_written_through_links_another_user_made(fleet: Fleet) -> None:
+    """On portico the deploy user (any user but root) owns /run/keys/app and links
+    /run/keys/app/sub to /etc; on www-1 /run/keys itself is a link to /etc. Each host's key is
+    refused with the component at fault, its instance fails, and nothing lands in /etc."""
+    token = f"escape-{secrets.token_hex(8)}"
+    prepare = {"portico": "mkdir -p /run/keys/app && chown deploy /run/keys/app && "
+                          "runuser -u deploy -- sh -c 'ln -s /etc /run/keys/app/sub && mkdir /run/keys/app/own'",
+               "www-1": "mkdir -p /run/keys && rm -rf /run/keys.moved && mv /run/keys /run/keys.moved && "
+                        "ln -s /etc /run/keys"}
+    undo = {"portico": "rm -rf /run/keys/app", "www-1": "rm -f /run/keys && mv /run/keys.moved /run/keys"}
+    switched = {host: len(fleet.lab.activations(host)) for host in prepare}
+    for host, script in prepare.items():
+        fleet.lab.run(host, ["sh", "-c", script])
+    try:
+        result = subprocess.run(fleet.nix_hive_argv("deploy", "-c", str(fleet.hive / LINKS), "-I", f"nixpkgs={STANDIN}",
+                                                    "--json", "*"),
+                                env=env(fleet, KEYTEST_LINKS_TOKEN=token, KEYTEST_LINKS_KEY="through-link"),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stdout + result.stderr
+        rows = {r["instance"]: r for r in json.loads(result.stdout)["instances"]}
+        assert {h: (r["outcome"], r["reason"]) for h, r in rows.items()} == {
+            "portico": ("failed", "keys: key through-link on portico: /run/keys/app is owned by deploy, not root: "
+                                  "refused"),
+            "www-1": ("failed", "keys: key run-keys on www-1: /run/keys is a symbolic link: refused")}
+        own = subprocess.run(fleet.nix_hive_argv("upload-keys", "-c", str(fleet.hive / LINKS), "--json", "portico"),
+                             env=env(fleet, KEYTEST_LINKS_TOKEN=token, KEYTEST_LINKS_KEY="in-own-dir"),
+                             capture_output=True, text=True, timeout=300)
+        assert own.returncode == 1, own.stdout + own.stderr
+        assert json.loads(own.stdout)["instances"][0]["reason"].endswith(
+            "key in-own-dir on portico: /run/keys/app is owned by deploy, not root: refused")
+        for host in prepare:
+            assert len(fleet.lab.activations(host)) == switched[host]  # a pre-activation key failed: no switch
+            found = fleet.lab.run(host, ["grep", "-rlF", token, "/etc", "/run"], check=False).stdout
+            assert found == "", (host, found)  # nowhere: not through the links, not left half-way
+            listed = "ls -a /etc /run/keys/app/own 2>/dev/null | grep -e nix-hive-escape -e .nix-hive-key"
+            left = fleet.lab.run(host, ["sh", "-c", listed], check=False).stdout
+            assert left == "", (host, left)
+    finally:
+        for host, script in undo.items():
+            fleet.lab.run(host, ["sh", "-c", script], check=False)

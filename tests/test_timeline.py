@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from hive import text as text_
 from hive import timeline
+from hive.errors import InputError
 from hive.outcome import Outcome, Outcomes, Status
 from hive.plan import Kind, TaskId
 from hive.report import Row
@@ -190,6 +194,165 @@ def test_outcomes_record_when_each_step_started() -> None:
     assert set(Row("a", "s", "", "ok", "").as_json()) == {"instance", "system", "path", "outcome", "reason", "seconds"}
     row = Row("a", "s", "", "ok", "", {"push": 1.0}, {"push": 2.0}, {"push": "ok"}, 1).as_json()
     assert row["started"] == {"push": 2.0} and row["steps"] == {"push": "ok"} and row["wave"] == 1
+
+
+# --- hostile input (issue 27): any text is well-formed XML, any report is drawn or refused ----
+
+# Every character, lone surrogates too (a file name's undecodable bytes, as Python reads them).
+ANY_CHARACTER = st.characters(codec=None, categories=None)
+XML_HOSTILE = ["<&>\"'", "".join(map(chr, range(32))), "\ufffe\uffff", "\ud800", "\udfff x \ud83d", "]]><!--",
+               "\x7f\x85\u2028\u202e"]
+
+
+def well_formed(svg: str) -> ET.Element:
+    """The SVG as an XML parser reads it (raises on a character XML 1.0 forbids, escaped or not)."""
+    return ET.fromstring(svg.encode("utf-8"))
+
+
+def hostile_report(value: str) -> dict[str, Any]:
+    """A report with `value` in every string it may hold."""
+    report = synthetic(3)
+    report["began"] = value
+    report["builds"][0].update(host=value, reason=value, systems=[value])
+    report["relays"][0].update(store=value, reason=value, instances=[value])
+    row = report["instances"][0]
+    row.update(instance=value, outcome=value, reason=value, steps={step: value for step in row["steps"]})
+    return report
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=st.one_of(st.text(ANY_CHARACTER, max_size=40), st.sampled_from(XML_HOSTILE)))
+def test_any_text_is_drawn_as_well_formed_xml(value: str) -> None:
+    svg = timeline.render(timeline.parse(hostile_report(value), "r.json"))
+    root = well_formed(svg)
+    assert root.find(f"{SVG}title") is not None
+    element = well_formed(f'<a b="{text_.xml(value)}">{text_.xml(value)}</a>')
+    assert (element.text or "") == text_.line(value)  # as printed on a terminal: the same escapes
+    assert element.get("b") == text_.line(value).replace("\t", " ")  # an XML parser makes a tab in a value a space
+
+
+def test_a_host_s_noncharacters_leave_the_run_s_own_timeline_well_formed() -> None:
+    """What `deploy --timeline` draws of its own run (cli._show): a check's output with U+FFFE
+    and U+FFFF, a lone surrogate, controls and markup in a row's reason."""
+    report = synthetic(3)
+    said = "activate: health check web failed: \ufffe\uffff \ud800 \x00\x1b[2J <svg onload=x> & ]]>"
+    report["instances"][1].update(outcome="rolled back", reason=said)
+    root = well_formed(timeline.render(timeline.parse(text_.bounded(report), "the run")))
+    titles = [t.text or "" for t in root.iter(f"{SVG}title")]
+    shown = [t for t in titles if "health check web failed" in t]
+    assert shown and all("\\ufffe\\uffff \\ud800 \\x00\\x1b[2J <svg onload=x> & ]]>" in t for t in shown), shown
+
+
+MALFORMED = {
+    '{"instances": [], "waves": 3}': "waves: 3 is not a list",
+    '{"instances": [], "builds": [{"systems": 5}]}': "builds[0].systems: 5 is not a list",
+    '{"instances": [], "relays": [{"store": "s", "instances": 7}]}': "relays[0].instances: 7 is not a list",
+    '{"instances": [], "relays": [7]}': "relays[0]: 7 is not an object",
+    '{"instances": [{"instance": "a", "seconds": {"build": 1e308}, "started": {"build": 1e308}}]}':
+        "instances[0].seconds.build: 1e+308 is not a number of seconds from 0 to 1e+09",
+    '{"instances": [{"instance": "a", "seconds": {"build": NaN}}]}':
+        "instances[0].seconds.build: NaN is not a number of seconds",
+    '{"instances": [{"instance": "a", "seconds": {"push": Infinity}}]}':
+        "instances[0].seconds.push: Infinity is not a number of seconds",
+    '{"instances": [{"instance": "a", "seconds": {"push": -1}}]}': "instances[0].seconds.push: -1 is not a number",
+    '{"instances": [{"instance": "a", "seconds": {"push": 1' + "0" * 400 + '}}]}':
+        "instances[0].seconds.push: a number of 401 digits is not a number of seconds",
+    '{"instances": [{"instance": "a", "seconds": {"push": "1"}}]}':
+        'instances[0].seconds.push: "1" is not a number of seconds',
+    '{"instances": [{"instance": "a", "seconds": {}, "started": [1]}]}': "instances[0].started: a list is not",
+    '{"instances": [{"instance": "a", "seconds": {}, "steps": {"push": 3}}]}':
+        "instances[0].steps.push: 3 is not a string",
+    '{"instances": [{"instance": "a", "seconds": {}, "wave": true}]}': "instances[0].wave: true is not a wave number",
+    '{"instances": [{"instance": "a", "seconds": {}, "wave": 1e9}]}': "instances[0].wave: 1000000000.0 is not",
+    '{"instances": [{"instance": "a", "seconds": {}, "reason": ["x"]}]}': "instances[0].reason: a list is not",
+    '{"instances": [], "waves": [{"wave": 2, "started": "soon"}]}': 'waves[0].started: "soon" is not a number',
+    '{"instances": [], "seconds": 1e999}': "seconds: Infinity is not a number of seconds",
+    '{"instances": [], "began": 5}': "began: 5 is not a string",
+    '{"instances": {"a": 1}}': "not a nix-hive report (expected",
+    "[" * 100_000 + "]" * 100_000: "not a nix-hive report (JSON nested too deeply)",
+    '{"instances": [' + "[" * 100_000 + "]" * 100_000 + "]}": "not a nix-hive report",
+}
+
+
+@pytest.mark.parametrize(("content", "said"), MALFORMED.items(), ids=range(len(MALFORMED)))
+def test_a_malformed_report_is_one_error_line_naming_the_field(tmp_path: Path, content: str, said: str) -> None:
+    bad = tmp_path / "r.json"
+    bad.write_text(content)
+    with pytest.raises(InputError) as caught:
+        timeline.load(bad)
+    assert str(caught.value).startswith(f"{bad}: ") and said in str(caught.value), str(caught.value)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
+
+
+def test_the_report_command_says_one_line_and_exits_2(tmp_path: Path) -> None:
+    """The two tracebacks of issue 27 (a wave list that is a number; steps that end at infinity)."""
+    for content in ('{"instances": [], "waves": 3}',
+                    '{"instances": [{"instance": "a", "seconds": {"build": 1e308}, "started": {"build": 1e308}}]}'):
+        bad = tmp_path / "r.json"
+        bad.write_text(content)
+        out = nix_hive("report", str(bad), "--svg", str(tmp_path / "o.svg"))
+        assert out.returncode == 2 and out.stderr.startswith(f"error: {bad}: not a nix-hive report: "), out.stderr
+        assert len(out.stderr.splitlines()) == 1 and not (tmp_path / "o.svg").exists()
+
+
+# Any JSON value, NaN, infinities and numbers too large for a float among them.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from([10 ** 400, -(10 ** 30), 1e308, -0.0])
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(ANY_CHARACTER, max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+
+
+def maybe(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly what nix-hive writes, sometimes anything (so that about half the reports are drawn)."""
+    return st.sampled_from(range(12)).flatmap(lambda n: JSON if n == 0 else valid)
+
+
+NUMBERS = maybe(st.one_of(st.floats(0, 5000), st.integers(0, 5000)))
+STEP_NAMES = st.sampled_from([*timeline.STEPS, *timeline.PHASES, "connect"]) | st.text(max_size=4)
+TEXT = st.text(ANY_CHARACTER, max_size=12)
+ROW = st.fixed_dictionaries(
+    {"instance": maybe(TEXT), "seconds": maybe(st.dictionaries(STEP_NAMES, NUMBERS, max_size=6))},
+    optional={"started": maybe(st.dictionaries(STEP_NAMES, NUMBERS, max_size=6)),
+              "steps": maybe(st.dictionaries(STEP_NAMES, maybe(TEXT), max_size=6)),
+              "wave": maybe(st.integers(1, 5)), "outcome": maybe(TEXT), "reason": maybe(TEXT | st.none()),
+              "system": maybe(TEXT), "path": maybe(TEXT)})
+SHARED = st.fixed_dictionaries({}, optional={
+    "systems": maybe(st.lists(TEXT, max_size=3)), "host": maybe(TEXT | st.none()), "store": maybe(TEXT),
+    "instances": maybe(st.lists(TEXT, max_size=3)), "outcome": maybe(TEXT | st.none()),
+    "started": maybe(NUMBERS | st.none()), "seconds": maybe(NUMBERS | st.none()), "reason": maybe(TEXT)})
+REPORT = st.fixed_dictionaries(
+    {"instances": maybe(st.lists(maybe(ROW), max_size=4))},
+    optional={"builds": maybe(st.lists(maybe(SHARED), max_size=2)),
+              "relays": maybe(st.lists(maybe(SHARED), max_size=2)),
+              "waves": maybe(st.lists(maybe(st.fixed_dictionaries({"wave": maybe(st.integers(1, 4)),
+                                                                   "started": maybe(NUMBERS)})), max_size=3)),
+              "seconds": NUMBERS, "began": maybe(TEXT), "outcome": maybe(TEXT)})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(report=st.one_of(REPORT, JSON))
+def test_any_report_shape_is_drawn_well_formed_or_refused_in_one_line(report: Any) -> None:
+    try:
+        drawn = timeline.parse(report, "r.json")
+    except InputError as exc:
+        assert str(exc).startswith("r.json: not a nix-hive report") and "\n" not in str(exc), str(exc)
+        return
+    well_formed(timeline.render(drawn))
+
+
+@settings(max_examples=100, deadline=None)
+@given(report=REPORT)
+def test_any_report_file_loads_or_is_refused_in_one_line(tmp_path_factory: pytest.TempPathFactory,
+                                                           report: Any) -> None:
+    path = tmp_path_factory.mktemp("report") / "r.json"
+    path.write_bytes(json.dumps(report).encode("utf-8", "surrogatepass"))  # NaN, Infinity, bad UTF-8 and all
+    try:
+        drawn = timeline.load(path)
+    except InputError as exc:
+        assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc), str(exc)
+        return
+    well_formed(timeline.render(drawn))
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
