@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hive import nix
-from hive.errors import HiveError, TimedOutError
+from hive.errors import HiveError, ProcessError, StepError, TimedOutError, undownloaded
+from hive.evaluate import nix_message
 from hive.model import Step
 from hive.plan import BuildGroup
 from hive.process import ProcessTimeoutError
@@ -61,6 +62,8 @@ class Builds:
         def one(name: str) -> tuple[str, str | HiveError]:
             try:
                 return name, nix.instantiate(source, s.hive.directory, name, paths)
+            except ProcessError as exc:
+                return name, self._unevaluated(name, paths, exc)
             except HiveError as exc:
                 return name, exc
 
@@ -74,6 +77,24 @@ class Builds:
             else:
                 out[name] = found
         return out
+
+    def _unevaluated(self, system: str, paths: Mapping[str, str], exc: ProcessError) -> HiveError:
+        """A system whose evaluation failed, in one line naming what the user wrote: the entry
+        of `paths` Nix could not download (offline, a wrong URL), else the system's
+        configuration and Nix's message with its place in the user's files. Nix's whole output
+        follows it only with --show-trace (its trace through nix-hive's own nix/build.nix is no
+        help otherwise)."""
+        shown = self.session.hive.shown
+        log = exc.stderr if nix.show_trace() else ""
+        unfetched = undownloaded(exc.stderr)
+        if unfetched is not None:
+            url, why = unfetched
+            entry = next((k for k, v in sorted(paths.items()) if v == url), None)
+            named = f"paths.{entry}" if entry is not None else f"the Nix search path entry {url}"
+            return StepError(f"{shown}: {named}: cannot evaluate: cannot download {url}: {why}", log=log)
+        hint = "" if nix.show_trace() else " (--show-trace: Nix's whole trace)"
+        return StepError(f"{shown}: systems.{system}.configuration: cannot evaluate: {nix_message(exc.stderr)}{hint}",
+                         log=log)
 
     def _local_build(self, derivations: dict[str, str]) -> dict[str, str]:
         """Build here, with a GC root beside the state file for each result."""

@@ -21,6 +21,7 @@ from hive import (
     dot,
     fleet,
     live,
+    nix,
     options,
     orchestrate,
     plan,
@@ -382,6 +383,8 @@ def _shared() -> tuple[Parser, Parser, Parser]:
     common.add_argument("--state", metavar="FILE",
                         help="state file (default: .hive.state beside the deployment file)")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("--show-trace", action="store_true",
+                        help="when a system's evaluation fails, print Nix's whole trace (passed to it)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     common.add_argument("-v", "--verbose", action="store_true", help="print every command as it starts")
     no = Parser(add_help=False)
@@ -576,6 +579,7 @@ def _main(args_in: list[str], debug: bool) -> int:
         if args_in[:1] == ["run"]:
             args.command = tail
         process.set_verbose(sys.stderr if getattr(args, "verbose", False) else None)
+        nix.set_show_trace(getattr(args, "show_trace", False))
         return int(args.func(args))
     except HiveError as exc:
         if debug:

@@ -105,6 +105,20 @@ def headline(stderr: str) -> str:
     return last
 
 
+_UNDOWNLOADED = re.compile(r"Nix search path entry '([^']+)' cannot be downloaded")
+_DOWNLOAD = re.compile(r"unable to download '([^']+)': (.+?)(?:; retrying in \d+ ms)?$", re.M)
+
+
+def undownloaded(stderr: str) -> tuple[str, str] | None:
+    """A search path entry (`paths.nixpkgs = "https://…"`) Nix could not download, and why
+    (its last try's error), from any Nix version's output; None if there was none."""
+    entry = _UNDOWNLOADED.search(stderr)
+    if entry is None:
+        return None
+    why = [m.group(2).strip() for m in _DOWNLOAD.finditer(stderr) if m.group(1) == entry.group(1)]
+    return entry.group(1), why[-1] if why else "cannot be downloaded"
+
+
 _OFFERED = re.compile(r"The fingerprint for the (\S+) key sent by the remote host is\s+(\S+?)\.?$", re.M)
 
 

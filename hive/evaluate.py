@@ -105,7 +105,7 @@ def _path_entry(stderr: str) -> str | None:
         return None
 
 
-def _nix_message(stderr: str) -> str:
+def nix_message(stderr: str) -> str:
     """Nix's error message and where in the user's files it points, on one line."""
     message, where = nix_error(stderr, skip=str(nix_file("eval.nix").parent) + "/")
     return f"{message or 'nix eval failed'} (at {where})" if where else message or "nix eval failed"
@@ -297,7 +297,7 @@ def evaluate(config: str | None, overrides: Mapping[str, str] | None = None, bui
     try:
         raw = nix.eval_inventory(env, where.file.parent)
     except ProcessError as exc:
-        raise DeploymentError(shown, f"cannot evaluate: {_nix_message(exc.stderr)}",
+        raise DeploymentError(shown, f"cannot evaluate: {nix_message(exc.stderr)}",
                               _path_entry(exc.stderr)) from exc
     validate(raw, shown)
     hive = build_model(raw, where.file, shown, overrides, build_host, paths=paths)
@@ -344,7 +344,7 @@ def flake_inputs(where: Located) -> dict[str, Any]:
     try:
         found = nix.flake_metadata(where.flake)
     except ProcessError as exc:
-        raise DeploymentError(where.shown, f"cannot read the flake: {_nix_message(exc.stderr)}") from exc
+        raise DeploymentError(where.shown, f"cannot read the flake: {nix_message(exc.stderr)}") from exc
     nodes = found.get("locks", {}).get("nodes", {})
     return {"source": found.get("path"),
             "locked": {name: node.get("locked") for name, node in sorted(nodes.items()) if "locked" in node}}

@@ -111,13 +111,26 @@ def eval_inventory(source: Mapping[str, str], directory: Path) -> Any:
     return json.loads(out.stdout)
 
 
+_show_trace = False  # --show-trace: Nix's whole trace of a system's evaluation that fails
+
+
+def set_show_trace(on: bool) -> None:
+    global _show_trace
+    _show_trace = on
+
+
+def show_trace() -> bool:
+    return _show_trace
+
+
 def instantiate(source: Mapping[str, str], directory: Path, system: str, paths: Mapping[str, str]) -> str:
     """Evaluate one system of the deployment into its derivation (written to the store, as
     `nix-instantiate` does). Each system is evaluated by a process of its own, so several can
     be evaluated at once (one core and its memory each)."""
     include = {"deployment": str(directory), **paths}
-    argv = [*NIX, "eval", "--impure", "--raw", *_include_flags(include), "--file", str(nix_file("build.nix")),
-            f"{system}.drvPath"]
+    trace = ["--show-trace"] if _show_trace else []
+    argv = [*NIX, "eval", "--impure", "--raw", *trace, *_include_flags(include), "--file",
+            str(nix_file("build.nix")), f"{system}.drvPath"]
     return process.run(argv, env=source).stdout.strip()
 
 

@@ -319,3 +319,33 @@ def test_a_system_that_fails_to_evaluate_fails_alone(tmp_path: Path, build_log: 
     assert "bad is broken on purpose" in result.stderr
     bad = nix_hive("build", "--eval-jobs", "0", "-c", str(hive))
     assert bad.returncode == 2 and "--eval-jobs '0'" in bad.stderr
+
+
+def test_a_system_that_cannot_be_evaluated_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A module file that is not there: one line naming systems.b.configuration, not Nix's
+    trace through nix-hive's own nix/build.nix, printed once (issue 28); --show-trace prints
+    Nix's whole output under it."""
+    hive = write_hive(tmp_path / "fleet", FLEET)  # b.nix is missing
+    result = nix_hive("build", "-c", str(hive))
+    assert result.returncode == 1
+    said = [ln for ln in result.stderr.splitlines() if " b " in f" {ln} " or "b.nix" in ln]
+    assert len(said) == 1, result.stderr
+    assert "hive.nix: systems.b.configuration: cannot evaluate: " in said[0] and "b.nix" in said[0]
+    assert "build.nix" not in result.stderr and "--show-trace: Nix's whole trace" in said[0]
+    traced = nix_hive("build", "--show-trace", "-c", str(hive))
+    assert traced.returncode == 1 and "    | " in traced.stderr and "b.nix" in traced.stderr
+
+
+def test_a_paths_entry_that_cannot_be_downloaded_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Offline (here: a port nothing listens on), `paths.nixpkgs = "http://…"`: one line per
+    system naming paths.nixpkgs, the URL and why, not Nix's retries and trace."""
+    url = "http://127.0.0.1:9/nixexprs.tar.xz"
+    hive = write_hive(tmp_path / "fleet", FLEET.replace(f"paths.nixpkgs = {STANDIN};", f'paths.nixpkgs = "{url}";'))
+    (hive.parent / "b.nix").write_text('{ networking.hostName = "b"; }\n')
+    result = nix_hive("build", "-c", str(hive))
+    assert result.returncode == 1
+    lines = [ln for ln in result.stderr.splitlines() if "failed" in ln]
+    assert len(lines) == 2 and len(result.stderr.splitlines()) <= 4, result.stderr  # a, b (and the group's line)
+    for line in lines:
+        assert f"hive.nix: paths.nixpkgs: cannot evaluate: cannot download {url}: " in line, line
+    assert "retrying" not in result.stderr and "warning" not in result.stderr
