@@ -300,14 +300,16 @@ class Activation:
                             "stays on the new system)", log=self._read("log") or "", seconds=self.seconds)
         reason = self._why(why if word != "timed-out" else "timed-out")
         log = self._read("log") or ""
-        if word == "rolled-back":
-            raise RolledBackError(f"rolled back: {reason}", log=log, seconds=self.seconds)
+        if word == "rolled-back":  # the outcome says "rolled back": the reason says why, once
+            raise RolledBackError(reason, log=log, seconds=self.seconds)
         if word == "timed-out":
             raise TimedOutError(reason, log=log, seconds=self.seconds)
         if word == "failed-no-previous":
             raise StepError(f"{reason}; no previous system to roll back to", log=log, seconds=self.seconds)
         if word.startswith("failed-") and word[7:].isdigit():
             raise StepError(f"activation failed (exit {word[7:]})", log=log, seconds=self.seconds)
+        if word == "failed-rollback":
+            raise StepError(f"{reason}; the rollback to the previous system failed too", log=log, seconds=self.seconds)
         raise StepError(f"{word} ({reason})" if why else word, log=log, seconds=self.seconds)
 
     def _why(self, code: str) -> str:

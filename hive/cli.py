@@ -274,7 +274,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise InputError(f"nix-hive init: cannot write {target}: {exc.strerror}") from None
     print(f"wrote {target}: edit it, then `nix-hive list{' -c ' + str(directory) if args.config else ''}`")
+    if args.flake and _in_git_tree(directory):  # Nix reads a flake in a git tree as the files git tracks
+        print(f"this is a git work tree: `git add {target}` (and every file it imports), or Nix will not see it")
     return 0
+
+
+def _in_git_tree(directory: Path) -> bool:
+    return any((d / ".git").exists() for d in (directory.resolve(), *directory.resolve().parents))
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:

@@ -54,6 +54,9 @@ def locate(config: str | None) -> Located:
     if config is None:
         if not Path(DEFAULT_CONFIG).is_file() and Path("flake.nix").is_file():
             return _local_flake(Path("."), DEFAULT_ATTR, "flake.nix")
+        if not Path(DEFAULT_CONFIG).exists():
+            raise DeploymentError(DEFAULT_CONFIG, "no such file here (`nix-hive init` writes a starting one; "
+                                  "-c FILE|DIR names another)")
         config = DEFAULT_CONFIG
     ref, hash_, attr = config.partition("#")
     if hash_:
@@ -191,10 +194,21 @@ def validate(raw: Any, shown: str) -> None:
         names = {"a list": "a list", "a str": "a string", "a int": "an integer", "a NoneType": "null"}
         raise DeploymentError(shown, f"must evaluate to an attribute set with systems and instances, "
                               f"not {names.get(got, got)}")
+    if "systems" not in raw and "instances" not in raw and _colmena_like(raw):
+        raise DeploymentError(shown, "this looks like a Colmena hive (meta, a module per node): a nix-hive "
+                              "deployment names its systems once (systems.<s>.configuration, a NixOS module) and "
+                              "the instances that run them (instances.<i> = { system = \"<s>\"; ... }); "
+                              "see docs/deployment.md, or `nix-hive init` for an example")
     errors = sorted(_validator().iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         path, message = _describe(_first_error(errors))
         raise DeploymentError(shown, message, attr_path(path) or None)
+
+
+def _colmena_like(raw: Mapping[str, Any]) -> bool:
+    """A Colmena hive: `meta` (or `defaults`) beside nodes that are modules (functions)."""
+    functions = [k for k, v in raw.items() if isinstance(v, dict) and v.get("__nixType") == "function"]
+    return "meta" in raw or ("defaults" in raw and bool(functions))
 
 
 def _str_map(values: Mapping[str, Any]) -> dict[str, str]:

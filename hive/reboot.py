@@ -339,7 +339,7 @@ class Reboot:
             if booted != said.rest.strip():
                 raise StepError(f"{why}; rebooted into {last}, it booted {booted or 'no system'}",
                                 seconds=self.seconds)
-        raise RolledBackError(f"rolled back: {why}", seconds=self.seconds)
+        raise RolledBackError(why, seconds=self.seconds)  # the outcome says "rolled back"
 
 
 def _why(out: process.Result) -> str:

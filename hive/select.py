@@ -1,6 +1,7 @@
 """Which instances a command acts on, and in what order.
 
-Patterns are shell globs matched against instance names, system names and tags. The result
+Patterns are shell globs matched against instance names, system names and tags; `@GLOB`
+matches tags alone (as Colmena's `--on @tag` does). The result
 is a list of waves, one per pattern: the first pattern's matches first, each pattern's
 matches sorted by name, each instance once. `deploy portico '*'` yields [[portico], [www-1, ...]].
 """
@@ -31,8 +32,10 @@ def split_patterns(patterns: Iterable[str]) -> list[str]:
 
 def matches(hive: Hive, instance: Instance, pattern: str) -> bool:
     system = hive.systems[instance.system]
-    names = (instance.name, instance.system, *instance.tags, *system.tags)
-    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+    tags = (*instance.tags, *system.tags)
+    if pattern.startswith("@"):
+        return any(fnmatch.fnmatchcase(tag, pattern[1:]) for tag in tags)
+    return any(fnmatch.fnmatchcase(name, pattern) for name in (instance.name, instance.system, *tags))
 
 
 def select(hive: Hive, patterns: Sequence[str]) -> list[Wave]:
@@ -45,7 +48,8 @@ def select(hive: Hive, patterns: Sequence[str]) -> list[Wave]:
     for pattern in pats:
         found = [i for n, i in sorted(hive.instances.items()) if matches(hive, i, pattern)]
         if not found:
-            raise SelectionError(f"pattern {pattern!r} matches no instance, system or tag of {hive.shown}")
+            what = "tag" if pattern.startswith("@") else "instance, system or tag"
+            raise SelectionError(f"pattern {pattern!r} matches no {what} of {hive.shown}")
         wave = tuple(i for i in found if i.name not in seen)
         seen.update(i.name for i in wave)
         if wave:

@@ -81,3 +81,11 @@ def test_systems_in_selection_order() -> None:
     hive = make_hive()
     assert systems_of(hive, select(hive, ["portico", "*"])) == ["portico", "db", "www"]
     assert systems_of(hive, select(hive, ["www-2", "db-a"])) == ["www", "db"]
+
+
+def test_at_tag_matches_tags_alone_as_colmena_users_type_it() -> None:
+    h = make_hive()
+    assert [[i.name for i in w] for w in select(h, ["@canary"])] == [["db-a", "www-2"]]
+    assert [[i.name for i in w] for w in select(h, ["@web"])] == [["www-1", "www-10", "www-2"]]  # a system's tag
+    with pytest.raises(SelectionError, match=r"pattern '@www' matches no tag of hive.nix"):
+        select(h, ["@www"])  # a system's name, not a tag
