@@ -272,6 +272,8 @@ def deploy(session: Session) -> tuple[int, list[Row]]:
     found = rows(session)
     if session.terminated:
         return TERMINATED, found
+    if session.interrupted:  # Ctrl-C: exit 1, even when the steps it let finish were the last ones
+        return 1, found
     return (0 if all(settled_well(session, r) for r in found) else 1), found
 
 
@@ -324,7 +326,7 @@ def build(session: Session) -> int:
     code = execute(session, [TaskId(Kind.BUILD, s) for s in session.plan.systems])
     if session.terminated:
         return TERMINATED
-    return 0 if code == 0 else 1
+    return 0 if code == 0 and not session.interrupted else 1
 
 
 def rows(session: Session) -> list[Row]:

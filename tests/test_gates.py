@@ -214,3 +214,21 @@ def test_an_unreachable_host_behind_a_jump_host_names_the_hop(tmp_path: Path, mo
     monkeypatch.setattr(down.remotes, "probe_all", _probes({"www-1", "portico"}))
     down.connect_all()
     assert down.blocked["www-1"] == "unreachable: its jump host portico is unreachable: Connection refused"
+
+
+def test_a_run_interrupted_by_ctrl_c_exits_1_even_when_every_step_was_done(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/running.md: Ctrl-C exits 1 (it exited 0 when the steps it let finish were the last)."""
+    session = fleet(tmp_path)
+    monkeypatch.setattr(session.remotes, "probe_all", _probes(set()))
+
+    def everything_done(s: Session, targets: object) -> int:
+        for i in s.plan.instances:
+            for task in s.plan.instance_tasks(i):
+                s.outcomes.set(task, Outcome(Status.OK))
+        s.interrupt()  # Ctrl-C while the last activation ran: it finished
+        return 0
+
+    monkeypatch.setattr(orchestrate, "execute", everything_done)
+    code, found = orchestrate.deploy(session)
+    assert all(r.result == "ok" for r in found) and code == 1
