@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from hive import (
     timeline,
 )
 from hive import elevate as elevation
-from hive.errors import HiveError, InputError
+from hive.errors import BusyError, HiveError, InputError
 from hive.evaluate import evaluate
 from hive.model import Goal, Hive, Step
 from hive.options import Options
@@ -361,11 +362,32 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     return _show(args, rows, 0 if all(orchestrate.settled_well(session, r) for r in rows) else 1, report)
 
 
+@contextlib.contextmanager
+def _reading(session: Session) -> Iterator[None]:
+    """The state file for a command that only reads hosts (`status`): held, as by any run;
+    when another run holds it (a deploy under way), a private copy instead, thrown away after:
+    `status` never waits for a deploy, and never writes what it built into that run's file."""
+    try:
+        held = state.Lock(session.state_file)
+    except BusyError:
+        with tempdirs.private("status") as directory:
+            copy = directory / "state"
+            if session.state_file.is_file():
+                shutil.copyfile(session.state_file, copy)
+            session.state_file, session.gcroots = copy, directory / "gcroots"
+            yield
+        return
+    try:
+        yield
+    finally:
+        held.release()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     hive = _load(args)
     waves = select(hive, args.patterns)
     session = _session(args, hive, waves, build_only=True)
-    with state.locked(session.state_file):
+    with _reading(session):
         code, rows = orchestrate.status(session)
     if args.json:
         dump_json(rows, hosts=True)

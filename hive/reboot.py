@@ -445,6 +445,8 @@ def reboot_needed(session: Session, targets: dict[str, str | None]) -> dict[str,
             changed = needs(session.remotes[name], path)
         except HiveError:
             return name, "-"
+        if changed == ("unknown",):  # no /run/booted-system: nix-hive cannot tell (deploy --reboot=auto reboots)
+            return name, "-"
         return name, f"yes ({', '.join(changed)})" if changed else "no"
 
     run: Callable[[tuple[str, str | None]], tuple[str, str]] = one

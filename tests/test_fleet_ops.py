@@ -196,8 +196,14 @@ def test_status_compares_hosts_with_the_deployment(fleet_factory: Start) -> None
     states = {row["instance"]: row["state"] for row in json.loads(result.stdout)}
     assert states == {"portico": "up to date", "www-1": "differs", "www-2": "unreachable",
                       "www-3": "not activated"}
+    reasons = {row["instance"]: row["reason"] for row in json.loads(result.stdout)}
+    assert reasons["www-2"].startswith("Connection timed out") or "No route to host" in reasons["www-2"], reasons
+    assert reasons["www-1"] == reasons["portico"] == ""  # reached
     table = fleet.run("status", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "portico")
     assert table.returncode == 0 and "up to date" in table.stdout and "www-2" not in table.stdout
+    # a host that differs is information: exit 0 when every host could be asked
+    differs = fleet.run("status", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "portico", "www-1")
+    assert differs.returncode == 0 and "differs" in differs.stdout, differs.stderr
 
 
 def test_each_host_authenticates_once_per_deploy_and_once_more_to_confirm(fleet_factory: Start) -> None:
