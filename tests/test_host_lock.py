@@ -194,14 +194,18 @@ def test_no_cleanup_removes_the_lock_another_run_holds(fleet_factory: Start) -> 
     fleet, _ = start(fleet_factory)
     v2 = paths(fleet, "v2")["web"]
     hold = 8
-    fleet.lab.run("www-1", ["sh", "-c", f"setsid -f flock /run/nix-hive sleep {hold} > /dev/null 2>&1 < /dev/null"])
-    held = host(fleet, "sh", "-c", "flock -n /run/nix-hive true || echo held")
-    assert held == "held"
+    fleet.lab.run("www-1", ["sh", "-c", "setsid -f flock /run/nix-hive sh -c 'touch /run/held; sleep $0' "
+                            f"{hold} > /dev/null 2>&1 < /dev/null"])
+    deadline = time.monotonic() + 10
+    while host(fleet, "sh", "-c", "test -e /run/held && echo held") != "held":  # the holder has it
+        assert time.monotonic() < deadline, "the lock was never taken"
+        time.sleep(0.05)
+    assert host(fleet, "sh", "-c", "flock -n /run/nix-hive true || echo held") == "held"
     fleet.lab.run("www-1", ["sh", "-c", "touch -d '3 days ago' /run/nix-hive /run/nix-hive/*"])
     began = time.monotonic()
     result = deploy(fleet, "v2", "www-1")
     assert rows(result)["www-1"]["outcome"] == "ok", result.stderr
-    assert time.monotonic() - began >= hold - 2  # it waited for the holder
+    assert time.monotonic() - began >= hold - 3  # it waited for the holder
     assert fleet.lab.current_system("www-1") == v2
 
 
