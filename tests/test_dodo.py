@@ -6,11 +6,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hive import state
+from hive import nix, orchestrate, plan, state, tasks
+from hive.errors import ProcessError
+from hive.model import Hive, Instance, System, frozen_map
+from hive.options import Options
+from hive.report import Progress
+from hive.session import Session
 from tests.conftest import REPO, STANDIN, builds, needs_lab, needs_nix, write_hive
 from tests.fleet import Fleet, nix_env
 
@@ -29,6 +36,40 @@ HIVE = f"""
 def doit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_through_doit_a_failed_host_is_status_1_and_a_task_that_raised_2(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """doit says 2 ("error") as soon as a task is not started because one it waits for failed
+    (a failed build: its pushes; a failed host: `deploy`): the doit door says 1, as nix-hive
+    does, and 2 only when a task raised (nix-hive's fault). Real doit, Nix faked."""
+    def fake_instantiate(source: Any, directory: Path, system: str, paths: Any) -> str:
+        return f"/nix/store/{system}.drv"
+
+    def fake_realise(drvs: Sequence[str], **_: Any) -> list[str]:
+        systems = [d.removeprefix("/nix/store/").removesuffix(".drv") for d in drvs]
+        if "broken" in systems:
+            raise ProcessError(["nix-store"], 1, "error: broken is broken")
+        if "buggy" in systems:
+            raise RuntimeError("a bug")
+        return [f"/nix/store/{s}" for s in systems]
+
+    monkeypatch.setattr(nix, "instantiate", fake_instantiate)
+    monkeypatch.setattr(nix, "realise", fake_realise)
+    monkeypatch.setattr(nix, "add_root", lambda path, link: None)
+
+    def status(system: str) -> tuple[int, int]:
+        h = Hive(file=tmp_path / "hive.nix", shown="hive.nix", paths=frozen_map(),
+                 systems={system: System(system, frozen_map())}, instances={"h": Instance("h", system)})
+        session = Session(h, plan.make_plan(h, [(h.instances["h"],)]), Options(state_file=tmp_path / system),
+                          progress=Progress(quiet=True))
+        raised: list[bool] = []
+        code = tasks.run(session, tasks.namespace(session, on_complete=raised.append), ["push:h"])
+        session.close()
+        return code, orchestrate.doit_status(session, *raised)
+
+    assert status("broken") == (2, 1)  # doit's own status, the door's
+    assert status("buggy") == (2, 2)
 
 
 @needs_nix
