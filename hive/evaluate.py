@@ -47,14 +47,18 @@ class Located:
     attr: str = DEFAULT_ATTR
 
 
+def default_config(directory: Path = Path(".")) -> str:
+    """The deployment that no `-c` names, in `directory` (the current one; through doit, the
+    dodo file's): its hive.nix, else its flake.nix (the flake's `nixHive` output)."""
+    hive, flake = directory / DEFAULT_CONFIG, directory / "flake.nix"
+    return str(flake if not hive.is_file() and flake.is_file() else hive)
+
+
 def locate(config: str | None) -> Located:
     """The deployment named by `-c`: a file; a directory holding flake.nix (its `nixHive`
-    output), default.nix or hive.nix; or FLAKEREF#ATTR. Without `-c`: ./hive.nix, else
-    ./flake.nix."""
+    output), default.nix or hive.nix; or FLAKEREF#ATTR. Without `-c`: `default_config()`."""
     if config is None:
-        if not Path(DEFAULT_CONFIG).is_file() and Path("flake.nix").is_file():
-            return _local_flake(Path("."), DEFAULT_ATTR, "flake.nix")
-        config = DEFAULT_CONFIG
+        config = default_config()
     ref, hash_, attr = config.partition("#")
     if hash_:
         if not attr or not ATTR.match(attr):
