@@ -259,8 +259,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# The dodo file `init` writes beside the deployment: doit's door into it (hive/dodo.py).
+INIT_DODO = '''"""doit's door into nix-hive, for the deployment beside this file.
+
+Run `doit list`, `doit deploy targets='portico,*'` or `doit deploy no=build`.
+"""
+
+from hive.dodo import *  # noqa: F403
+'''
+
+
 def cmd_init(args: argparse.Namespace) -> int:
-    """Write a starting deployment (hive.nix, or flake.nix with --flake); never overwrite."""
+    """Write a starting deployment (hive.nix, or flake.nix with --flake) and a dodo.py beside
+    it (doit's door); never overwrite: an existing dodo.py is left as it is."""
     directory = Path(args.config or ".")
     if not directory.is_dir():
         raise InputError(f"nix-hive init: {directory} is not a directory")
@@ -268,16 +279,30 @@ def cmd_init(args: argparse.Namespace) -> int:
     target = directory / name
     text = nix_file("init-flake.nix" if args.flake else "init-hive.nix").read_text()
     try:
-        with target.open("x") as out:  # exclusive: an existing file is never replaced
-            out.write(text)
+        _write_new(target, text)
     except FileExistsError:
         raise InputError(f"nix-hive init: {target} already exists (init overwrites nothing)") from None
-    except OSError as exc:
-        raise InputError(f"nix-hive init: cannot write {target}: {exc.strerror}") from None
-    print(f"wrote {target}: edit it, then `nix-hive list{' -c ' + str(directory) if args.config else ''}`")
+    dodo = directory / "dodo.py"
+    try:
+        _write_new(dodo, INIT_DODO)
+        wrote = f"wrote {target} and {dodo} (doit's door)"
+    except FileExistsError:
+        wrote = f"wrote {target} ({dodo} exists: left as it is)"
+    print(f"{wrote}: edit {name}, then `nix-hive list{' -c ' + str(directory) if args.config else ''}`")
     if args.flake and _in_git_tree(directory):  # Nix reads a flake in a git tree as the files git tracks
         print(f"this is a git work tree: `git add {target}` (and every file it imports), or Nix will not see it")
     return 0
+
+
+def _write_new(target: Path, text: str) -> None:
+    """Write a file that does not exist yet (FileExistsError if it does)."""
+    try:
+        with target.open("x") as out:  # exclusive: an existing file is never replaced
+            out.write(text)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise InputError(f"nix-hive init: cannot write {target}: {exc.strerror}") from None
 
 
 def _in_git_tree(directory: Path) -> bool:

@@ -47,17 +47,22 @@ class Located:
     attr: str = DEFAULT_ATTR
 
 
+def default_config(directory: Path = Path(".")) -> str:
+    """The deployment that no `-c` names, in `directory` (the current one; through doit, the
+    dodo file's): its hive.nix, else its flake.nix (the flake's `nixHive` output). Neither
+    there: an error that says how to make one."""
+    hive, flake = directory / DEFAULT_CONFIG, directory / "flake.nix"
+    if not hive.exists() and not flake.is_file():
+        raise DeploymentError(str(hive), "no such file here (`nix-hive init` writes a starting one; "
+                              "-c FILE|DIR names another)")
+    return str(flake if not hive.is_file() and flake.is_file() else hive)
+
+
 def locate(config: str | None) -> Located:
     """The deployment named by `-c`: a file; a directory holding flake.nix (its `nixHive`
-    output), default.nix or hive.nix; or FLAKEREF#ATTR. Without `-c`: ./hive.nix, else
-    ./flake.nix."""
+    output), default.nix or hive.nix; or FLAKEREF#ATTR. Without `-c`: `default_config()`."""
     if config is None:
-        if not Path(DEFAULT_CONFIG).is_file() and Path("flake.nix").is_file():
-            return _local_flake(Path("."), DEFAULT_ATTR, "flake.nix")
-        if not Path(DEFAULT_CONFIG).exists():
-            raise DeploymentError(DEFAULT_CONFIG, "no such file here (`nix-hive init` writes a starting one; "
-                                  "-c FILE|DIR names another)")
-        config = DEFAULT_CONFIG
+        config = default_config()
     ref, hash_, attr = config.partition("#")
     if hash_:
         if not attr or not ATTR.match(attr):

@@ -2,8 +2,8 @@
 through doit with Ctrl-C and SIGTERM handled (stop starting work, wait for the running steps,
 report), close it, and read the summary from the outcomes. Also `status` and `run`.
 
-`nix-hive` calls `execute`; `dodo.py` builds the same session (`from_doit`) and lets doit run
-it, with `finish` as the reporter's last call.
+`nix-hive` calls `execute`; the doit door (hive/dodo.py) builds the same session (`from_doit`)
+and lets doit run it, with `finish` as the reporter's last call.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from hive import activate, elevate, options, process, reboot, state, tasks
-from hive.evaluate import evaluate
+from hive.evaluate import default_config, evaluate
 from hive.model import Goal, Instance, Step
 from hive.options import Options
 from hive.outcome import Outcome, Status
@@ -165,13 +166,18 @@ def doit_reaches_hosts(argv: Sequence[str]) -> bool:
     return any((t := TaskId.parse(w)) is not None and t.kind in HOST_KINDS for w in words)
 
 
-def from_doit(variables: Mapping[str, str], *, connect: bool = True) -> dict[str, Any]:
+def from_doit(variables: Mapping[str, str], *, connect: bool = True, home: Path | None = None) -> dict[str, Any]:
     """The doit door: the session that `doit` variables describe (as `nix-hive deploy`'s
     options), locked and with Ctrl-C handled, as task creators for doit's loader; with
     `connect` (a command line that reaches hosts: `doit_reaches_hosts`), every selected
-    instance's connection opened first, as `nix-hive deploy` does. The summary is printed,
-    and everything closed, by the reporter's last call."""
-    hive = evaluate(variables.get("config"), options.overrides(
+    instance's connection opened first, as `nix-hive deploy` does. Without `config`, the
+    deployment is the one in `home` (the dodo file's directory), else in the current
+    directory. The summary is printed, and everything closed, by the reporter's last call,
+    which then ends the process with nix-hive's exit status (`doit_status`)."""
+    config = variables.get("config")
+    if config is None and home is not None:
+        config = default_config(_shown(home))
+    hive = evaluate(config, options.overrides(
         [v for v in variables.get("I", "").split(",") if v], option="I="),
         options.build_host(variables.get("build_host"), "build_host="))
     targets = variables.get("targets")
@@ -207,7 +213,7 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True) -> dict[str
     if connect:  # before doit builds anything (as `nix-hive deploy`)
         session.connect_all()
 
-    def complete() -> None:
+    def complete(raised: bool) -> None:
         signals.over()
         try:
             finish(session)
@@ -217,8 +223,35 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True) -> dict[str
             lock.release()
         if session.terminated:
             raise Terminated()  # exit status 143, after the summary (doit's own would say 0 or 1)
+        # doit's own status would be 2 ("error") for any failed host: the tasks that wait for a
+        # failed one (its activation, `deploy`) are not started, and doit counts that an error.
+        # Not on the way out of a second Ctrl-C (KeyboardInterrupt: it ends the process, 130).
+        if sys.exc_info()[1] is None:
+            raise SystemExit(doit_status(session, raised))
 
     return tasks.namespace(session, on_complete=complete)
+
+
+DOIT_ERROR = 2  # doit's status when a task raised (rather than failed): nix-hive's fault, not a host's
+
+
+def doit_status(session: Session, raised: bool) -> int:
+    """The exit status of a doit run, by `nix-hive deploy`'s rule (`settled_well`): 1 if a task
+    doit ran failed or an instance whose last step it ran did not settle well (a failed host,
+    one a gate or Ctrl-C stopped), else 0 (an instance skipped by skip_unreachable=1 included);
+    2, doit's "error", if a task raised (`raised`: the reporter saw it)."""
+    if raised:
+        return DOIT_ERROR
+    expected = session.expected if session.expected is not None else frozenset(t.id for t in session.plan.tasks)
+    failed = any((o := session.outcomes.get(t)) is not None and o.status.is_failure for t in expected)
+    finals = [row(session, i) for i in session.plan.instances if session.plan.final_id(i.name) in expected]
+    return 1 if failed or session.interrupted or not all(settled_well(session, r) for r in finals) else 0
+
+
+def _shown(directory: Path) -> Path:
+    """`directory` as messages name it: relative to the current one when inside it."""
+    here, directory = Path.cwd().resolve(), directory.resolve()
+    return directory.relative_to(here) if directory.is_relative_to(here) else directory
 
 
 def execute(session: Session, targets: Sequence[str | TaskId]) -> int:

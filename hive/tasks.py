@@ -12,7 +12,7 @@ from typing import Any
 
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
-from doit.exceptions import UnmetDependency
+from doit.exceptions import TaskFailed, UnmetDependency
 from doit.tools import config_changed
 
 from hive.activate import activate, is_active, upload_keys
@@ -99,7 +99,7 @@ class Steps:
         return out
 
 
-def namespace(session: Session, *, on_complete: Callable[[], None] | None = None) -> dict[str, Any]:
+def namespace(session: Session, *, on_complete: Callable[[bool], None] | None = None) -> dict[str, Any]:
     """The session's plan as a module namespace for doit's loader: a `task_<kind>` creator
     per kind, yielding a sub-task per target (`deploy` is a task of its own)."""
     steps = Steps(session)
@@ -148,7 +148,7 @@ def _single(task: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     return create
 
 
-def doit_config(session: Session, steps: Steps, on_complete: Callable[[], None] | None = None) -> dict[str, Any]:
+def doit_config(session: Session, steps: Steps, on_complete: Callable[[bool], None] | None = None) -> dict[str, Any]:
     return {
         "backend": "hive",
         "dep_file": str(session.state_file),
@@ -163,14 +163,19 @@ def doit_config(session: Session, steps: Steps, on_complete: Callable[[], None] 
 
 class Reporter:
     """A doit reporter (doit's protocol): records what doit decides itself (up to date, not
-    started because a dependency failed); the steps record their own outcomes."""
+    started because a dependency failed); the steps record their own outcomes. `on_complete`
+    is its last call, told whether a task raised (`raised`)."""
 
     desc = "nix-hive progress"
 
-    def __init__(self, session: Session, steps: Steps, on_complete: Callable[[], None] | None = None) -> None:
+    def __init__(self, session: Session, steps: Steps, on_complete: Callable[[bool], None] | None = None) -> None:
         self.session = session
         self.steps = steps
         self.on_complete = on_complete
+        # a task's action or up-to-date check raised (doit's "error"), rather than failed:
+        # nix-hive's own fault; not a task doit did not start because one it waits for failed
+        # (doit counts that an error too: UnmetDependency)
+        self.raised = False
 
     def initialize(self, tasks: Any, selected_tasks: Any) -> None:
         """The tasks doit will run: the selected ones and what they wait for."""
@@ -207,6 +212,7 @@ class Reporter:
             if task.actions and task_id.kind is not Kind.WAVE:
                 self.session.progress.step(task_id.kind.shown, task_id.target, str(Status.SKIPPED), reason)
             return
+        self.raised = self.raised or not isinstance(exception, TaskFailed)
         message = str(exception.get_msg()).strip() if hasattr(exception, "get_msg") else str(exception)
         self.session.outcomes.set(task_id, Outcome(Status.FAILED, message.splitlines()[0] if message else ""))
         self.session.progress.step(task_id.kind.shown, task_id.target, str(Status.FAILED), message)
@@ -250,7 +256,7 @@ class Reporter:
 
     def complete_run(self) -> None:
         if self.on_complete is not None:
-            self.on_complete()
+            self.on_complete(self.raised)
 
 
 def run(session: Session, ns: dict[str, Any], targets: Sequence[str]) -> int:

@@ -182,7 +182,7 @@ def test_a_relay_that_takes_no_new_connection_fails_its_hosts_within_the_deadlin
         if pid is not None:
             fleet.lab.run("portico", ["kill", "-CONT", pid], check=False)
     print(f"\nfrozen relay: deploy {ended - began:.1f} s, after the freeze {ended - frozen:.1f} s")
-    assert proc.returncode in (1, 2), err  # doit's status for failed tasks
+    assert proc.returncode == 1, err  # a failed host: 1 under doit as under nix-hive
     assert "Traceback" not in err, err
     rows = summary(out)
     assert " ok " in rows["portico"], out  # the relay itself deploys
@@ -369,7 +369,7 @@ def test_doit_deadline_variables_are_checked(variable: str, message: str, tmp_pa
     """)
     bad = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "list", f"config={hive}",
                           variable], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2, bad.stderr
+    assert bad.returncode == 3, bad.stderr  # doit's status for an error before any task runs
     assert bad.stderr.strip() == f"error: {message}", bad.stderr
 
 

@@ -113,6 +113,7 @@ def test_init_writes_a_deployment_that_validates_and_overwrites_nothing(tmp_path
     before = (tmp_path / "hive.nix").read_text()
     # a NixOS release still supported (26.11, released at the end of November 2026; 26.05 ends in December)
     assert "nixos-26.11/nixexprs.tar.xz" in before
+    assert "from hive.dodo import *" in (tmp_path / "dodo.py").read_text()  # doit's door, beside it
     again = nix_hive("init", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
     assert (tmp_path / "hive.nix").read_text() == before
@@ -125,6 +126,13 @@ def test_init_writes_a_deployment_that_validates_and_overwrites_nothing(tmp_path
     (flake_dir / "flake.nix").write_text(text.replace("github:NixOS/nixpkgs/nixos-26.11", f"path:{STANDIN}"))
     result = built(nix_hive("build", "-c", str(flake_dir), "www-1"))
     assert result["www"].startswith("/nix/store/")
+    # the dodo.py beside it: doit there takes the flake's deployment (no hive.nix beside it)
+    assert (flake_dir / "dodo.py").read_text() == (tmp_path / "dodo.py").read_text()
+    listed = subprocess.run([sys.executable, "-m", "doit", "list", "--all", "targets=www-1"], cwd=flake_dir,
+                            env={**nix_env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines()]
+    assert "push:www-1" in names and "push:portico" not in names, listed.stdout
     assert nix_hive("init", "--flake", "-c", str(flake_dir)).returncode == 2
     assert NIX_CONFIG  # the stand-in builds with the settings tests share
 
