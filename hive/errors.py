@@ -127,6 +127,7 @@ def ssh_reason(stderr: str, pinned: str | None = None) -> str:
     banners and advice left out), else its last line. A host key that is not the expected one
     says which key the host offered, and `pinned`, the attribute that holds the expected one
     (`instances.www-1.hostKey`), if the deployment pins it."""
+    stderr = stderr.replace("\r\n", "\n")  # ssh ends these lines with \r\n
     offered = _OFFERED.search(stderr)
     if offered is not None and "Host key verification failed" in stderr:
         key = f"{offered.group(1)} {offered.group(2)}"

@@ -194,6 +194,7 @@ def test_a_host_key_that_is_not_the_pinned_one_is_named_in_one_line() -> None:
     pinned = "instances.www-1.hostKey"
     assert ssh_reason(HOST_KEY_CHANGED, pinned) == f"its host key is not instances.www-1.hostKey ({offered})"
     assert ssh_reason(HOST_KEY_CHANGED) == f"its host key is not the one your known_hosts has for it ({offered})"
+    assert ssh_reason(HOST_KEY_CHANGED.replace("\n", "\r\n"), pinned) == ssh_reason(HOST_KEY_CHANGED, pinned)
     assert ssh_reason("ssh: connect to host 10.0.0.1 port 22: Connection refused\n") == (
         "ssh: connect to host 10.0.0.1 port 22: Connection refused")
     assert ssh_reason("") == "ssh failed and said nothing"
