@@ -1,4 +1,4 @@
-# The seed's example: a jump host that is also the relay store, and web servers behind it.
+# The example fleet: a jump host that is also the relay store, and web servers behind it.
 #
 #   nix-hive deploy -c example portico '*'
 #

@@ -6,7 +6,11 @@ let
 in
 {
   imports = [ ./common.nix ];
-  networking.hostName = "www";
+  # Every www host runs this one closure (built once, copied once): nothing here is one host's.
+  # Each gets its own name from DHCP or its cloud's metadata (an empty hostName lets it), its
+  # address from DHCP too, its secrets as keys (docs/deployment.md: per-host values).
+  networking.hostName = "";
+  system.name = "www"; # the closure's name: nixos-system-www
   services.nginx.enable = true;
   nix.settings = {
     # Root on the www host reaches portico with its own ssh configuration (a Host block

@@ -260,7 +260,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # The dodo file `init` writes beside the deployment: doit's door into it (hive/dodo.py).
-INIT_DODO = '''"""doit's door into nix-hive, for the deployment beside this file.
+INIT_DODO = '''"""The doit tasks of the nix-hive deployment beside this file.
 
 Run `doit list`, `doit deploy targets='portico,*'` or `doit deploy no=build`.
 """
@@ -271,7 +271,7 @@ from hive.dodo import *  # noqa: F403
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Write a starting deployment (hive.nix, or flake.nix with --flake) and a dodo.py beside
-    it (doit's door); never overwrite: an existing dodo.py is left as it is."""
+    it (its doit tasks); never overwrite: an existing dodo.py is left as it is."""
     directory = Path(args.config or ".")
     if not directory.is_dir():
         raise InputError(f"nix-hive init: {directory} is not a directory")
@@ -285,7 +285,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     dodo = directory / "dodo.py"
     try:
         _write_new(dodo, INIT_DODO)
-        wrote = f"wrote {target} and {dodo} (doit's door)"
+        wrote = f"wrote {target} and {dodo} (for doit)"
     except FileExistsError:
         wrote = f"wrote {target} ({dodo} exists: left as it is)"
     print(f"{wrote}: edit {name}, then `nix-hive list{' -c ' + str(directory) if args.config else ''}`")

@@ -29,7 +29,8 @@
           inherit nixpkgs;
           specialArgs = { inherit inputs; }; # modules may take `inputs`
           configuration = { inputs, ... }: {
-            networking.hostName = "www";
+            networking.hostName = "";  # each www host names itself (DHCP, cloud metadata)
+            system.name = "www";  # the one closure all of them run: nixos-system-www
             services.openssh.enable = true;
             services.nginx.enable = true;
             # Substitute from the relay, trusting the deployment's key.
@@ -48,7 +49,7 @@
         www-1 = {
           system = "www";
           store = "ssh://portico"; # substitute from portico: the deployer sends it once
-          ssh = { Hostname = "10.0.0.11"; ProxyJump = "portico"; };
+          ssh = { Hostname = "10.0.0.11"; ProxyJump = "portico"; User = "root"; };
         };
       };
     };

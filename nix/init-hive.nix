@@ -21,7 +21,8 @@
       services.openssh.enable = true;
     };
     www.configuration = { ... }: {
-      networking.hostName = "www";
+      networking.hostName = "";  # each www host names itself (DHCP, cloud metadata)
+      system.name = "www";  # the one closure all of them run: nixos-system-www
       services.openssh.enable = true;
       services.nginx.enable = true;
       # Substitute from the relay, trusting the deployment's key (secrets/hive.pub).
@@ -39,7 +40,7 @@
     www-1 = {
       system = "www";
       store = "ssh://portico";            # substitute from portico: the deployer sends it once
-      ssh = { Hostname = "10.0.0.11"; ProxyJump = "portico"; };
+      ssh = { Hostname = "10.0.0.11"; ProxyJump = "portico"; User = "root"; };
     };
   };
 }

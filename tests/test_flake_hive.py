@@ -59,8 +59,9 @@ def test_a_flake_deployment_builds_and_no_build_follows_its_files_and_lock(flake
 
     # a module edited: built again (whatever Nix then finds to do)
     text = (flake / "flake.nix").read_text()
-    (flake / "flake.nix").write_text(text.replace('networking.hostName = "www";',
-                                                  'networking.hostName = "www"; standin.payloadBytes = 5000;'))
+    edit = 'system.name = "www";'
+    assert edit in text
+    (flake / "flake.nix").write_text(text.replace(edit, f"{edit} standin.payloadBytes = 5000;"))
     edited = nix_hive("build", "--no", "build", "-c", str(flake))
     assert unchanged(edited) == set() and built(edited)["www"] != first["www"]
     assert unchanged(nix_hive("build", "--no", "build", "-c", str(flake))) == {"portico", "www"}

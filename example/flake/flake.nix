@@ -42,7 +42,8 @@
             tags = [ "web" ];
             configuration = { lib, inputs, ... }: {
               imports = [ common ];
-              networking.hostName = "www";
+              networking.hostName = "";  # each www host names itself (DHCP, cloud metadata)
+              system.name = "www";  # the one closure all of them run: nixos-system-www
               services.nginx.enable = true;
               nix.settings = {
                 # Root on a www host reaches portico with its own ssh configuration.

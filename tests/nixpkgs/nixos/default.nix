@@ -95,7 +95,9 @@ let
   # standin.evalCost: hashes chained in batches of 1000 (small lists, so the cost is CPU, not memory)
   evalWork = n: builtins.foldl' (acc: _: builtins.foldl' (a: _: builtins.hashString "sha256" a) acc
     (builtins.genList (x: x) 1000)) "x" (builtins.genList (x: x) (n / 1000));
-  name = config.networking.hostName or "nixos";
+  # as NixOS: system.name, else the host name, else "unnamed" (an empty hostName: DHCP sets it)
+  hostName = config.networking.hostName or "nixos";
+  name = (config.system or { }).name or (if hostName == "" then "unnamed" else hostName);
   envBytes = builtins.getEnv "STANDIN_PAYLOAD_BYTES";
   payloadBytes = toString (std.payloadBytes or (if envBytes != "" then envBytes else "4096"));
   buildLog = builtins.getEnv "STANDIN_BUILD_LOG";
