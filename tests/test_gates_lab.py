@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import builds, needs_lab
+from tests.constants import STANDIN
 from tests.fleet import Fleet
 from tests.test_rollouts import WWW, deploy, paths, rows, start
 
@@ -45,6 +46,14 @@ def test_a_canary_with_a_wrong_host_key_stops_the_run_before_anything_is_built(f
         assert len(fleet.lab.activations(host)) == 1  # v1's alone
     assert builds(build_log) == built  # v2 was never built: no wave could use it
     assert json.loads(result.stdout)["outcome"] == "failed"
+    # nix-hive run and status say the same, in one line
+    ran = fleet.run("run", "-c", str(fleet.hive), "www-1", "--", "true")
+    said = r"^failed: www-1: ssh could not connect: its host key is not instances\.www-1\.hostKey \(it offered "
+    assert ran.returncode == 1 and re.search(said, ran.stderr, re.M), ran.stderr
+    status = fleet.run("status", "--json", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "www-1")
+    row = json.loads(status.stdout)[0]
+    assert (row["state"], row["reason"].split(" (it offered")[0]) == (
+        "unreachable", "its host key is not instances.www-1.hostKey"), row
 
 
 def test_an_unreachable_canary_is_known_within_the_connect_timeout_and_can_be_skipped(fleet_factory: Start,
