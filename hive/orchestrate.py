@@ -26,7 +26,7 @@ from hive.outcome import Outcome, Status
 from hive.plan import Kind, TaskId, make_plan
 from hive.report import Progress, Row, summary_table
 from hive.select import select
-from hive.session import OWN_STEPS, Session
+from hive.session import OWN_STEPS, Session, listed
 
 TERMINATED = 128 + signal.SIGTERM  # the exit status of a run ended by SIGTERM (143, as the shell shows it)
 ABANDON_WAIT = 2.0  # seconds a run that stops its steps waits for them to notice, before it reports
@@ -323,7 +323,7 @@ def run_failed(session: Session) -> str | None:
     if session.halted is not None:
         return session.halted.removeprefix("not started: ")
     failed = [i.name for i in session.plan.instances if session.instance_failure(i.name) is not None]
-    return f"{', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''} failed" if failed else None
+    return f"{listed(failed)} failed" if failed else None
 
 
 def put_back(session: Session) -> None:

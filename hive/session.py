@@ -213,10 +213,11 @@ class Session:
                 if probe.current is not None:
                     self.before[name] = probe.current
                 continue
-            why = f"unreachable: {self._hop(name, found)}"
+            hop = self._hop(name, found)
+            why = f"unreachable: {hop}"
             status = Status.SKIPPED if options.skip_unreachable else Status.FAILED
             self.outcomes.set(task, Outcome(status, why, seconds, Failure(task, why) if status.is_failure else None))
-            self.progress.step("connect", name, str(status), probe.reason)
+            self.progress.step("connect", name, str(status), hop)
         failures = len(self.failed_instances())
         stopped = gate(None, [], failures, options)
         for number, wave in enumerate(plan.waves, 1):
@@ -369,6 +370,8 @@ class Session:
 
 
 KEPT_CONNECTIONS = 100  # connect_all's connections left open for the steps that follow (at least -j)
+
+
 def _jumps(instance: Instance) -> list[str]:
     """The jump hosts an instance is reached through (its ProxyJump), in order."""
     jump = instance.ssh.get("ProxyJump")
@@ -387,8 +390,13 @@ def gate(wave: int | None, failed: list[str], failures: int, options: Options) -
     if limit is not None and failures > limit:
         return f"not started: more than {limit} instance(s) failed"
     if wave is not None and failed and not options.keep_going:
-        return f"not started: wave {wave} failed ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''})"
+        return f"not started: wave {wave} failed ({listed(failed)})"
     return None
+
+
+def listed(names: list[str]) -> str:
+    """Instances named in a reason: the first three, then `...`."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def open_wave(session: Session, number: int) -> dict[str, Any] | NotStarted:
