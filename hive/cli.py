@@ -40,10 +40,12 @@ from hive.model import Goal, Hive, Step
 from hive.options import Options
 from hive.plan import Kind
 from hive.report import (
+    Fit,
     Progress,
     Row,
     dump_json,
     emit,
+    fitting,
     instance_rows,
     inventory_json,
     plan_rows,
@@ -179,7 +181,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(plan.as_json(the_plan, hive))
         return 0
-    emit(table(plan_rows(the_plan), ["task", "waits for", "--no", "what"]) + "\n")
+    emit(table(plan_rows(the_plan), ["task", "waits for", "--no", "what"], width=_width(args),
+               fit=(Fit.KEEP, Fit.CUT, Fit.KEEP, Fit.CUT)) + "\n")
     return 0
 
 
@@ -190,8 +193,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(data)
         return 0
-    emit(table(instance_rows(hive, chosen), ["instance", "system", "store", "tags", "address"]) + "\n\n"
-         + table(system_rows(hive, chosen), ["system", "instances", "tags", "paths"]) + "\n")
+    width = _width(args)
+    emit(table(instance_rows(hive, chosen), ["instance", "system", "store", "tags", "address"], width=width,
+               fit=(Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.CUT, Fit.KEEP)) + "\n\n"
+         + table(system_rows(hive, chosen), ["system", "instances", "tags", "paths"], width=width,
+                 fit=(Fit.KEEP, Fit.KEEP, Fit.CUT, Fit.CUT)) + "\n")
     return 0
 
 
@@ -228,8 +234,13 @@ def _show(args: argparse.Namespace, rows: list[Row], code: int | None = None, re
     if args.json:
         dump_json(outcome, hosts=True)
     else:
-        emit(summary_table(rows) + "\n")
+        emit(summary_table(rows, _width(args)) + "\n")
     return code
+
+
+def _width(args: argparse.Namespace) -> int | None:
+    """The width a table fits: the terminal's, when stdout is one, unless `-v` (report.fitting)."""
+    return fitting(sys.stdout, verbose=getattr(args, "verbose", False))
 
 
 def _write_report(report: Path, outcome: dict[str, Any]) -> None:
@@ -322,7 +333,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         shown = {True: "healthy", False: "FAILED", None: "-"}
         emit(table([(r["instance"], r["check"] or "-", shown[r["healthy"]], r["tries"], f"{r['seconds']:.1f}",
-                     r["detail"]) for r in rows], ["instance", "check", "result", "tries", "seconds", "detail"]) + "\n")
+                     r["detail"]) for r in rows], ["instance", "check", "result", "tries", "seconds", "detail"],
+                   width=_width(args), fit=(Fit.KEEP,) * 5 + (Fit.CUT,)) + "\n")
     return 1 if any(r["healthy"] is False for r in rows) else 0
 
 
@@ -365,7 +377,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         emit(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-", r["state"],
                      r.get("reboot", "-")) for r in rows],
-                   ["instance", "system", "expected path", "current path", "state", "reboot"]) + "\n")
+                   ["instance", "system", "expected path", "current path", "state", "reboot"], width=_width(args),
+                   fit=(Fit.KEEP, Fit.KEEP, Fit.PATH, Fit.PATH, Fit.KEEP, Fit.CUT)) + "\n")
     return code
 
 

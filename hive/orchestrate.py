@@ -23,7 +23,7 @@ from hive.model import Goal, Instance, Step
 from hive.options import Options
 from hive.outcome import Outcome, Status
 from hive.plan import Kind, TaskId, make_plan
-from hive.report import Progress, Row, summary_table
+from hive.report import Progress, Row, fitting, summary_table
 from hive.select import select
 from hive.session import OWN_STEPS, Session
 
@@ -196,7 +196,8 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True) -> dict[str
     final = Kind.PUSH if options.flag(variables.get("push_only", "0"), "push_only") else Kind.ACTIVATE
     the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final,
                          keys=options.flag(variables.get("keys", "1"), "keys"))
-    process.set_verbose(sys.stderr if options.flag(variables.get("verbose", "0"), "verbose") else None)
+    verbose = options.flag(variables.get("verbose", "0"), "verbose")
+    process.set_verbose(sys.stderr if verbose else None)
     # the sudo password is asked last: every input was checked, nothing has run yet
     hive = elevate.apply(hive, variables.get("elevate"), options.flag(variables.get("ask_sudo_password", "0"),
                          "ask_sudo_password"), variables.get("sudo_password_file"), doit=True)
@@ -212,7 +213,7 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True) -> dict[str
         try:
             finish(session)
             if any(t.kind in (Kind.PUSH, Kind.ACTIVATE) for t in session.expected or ()):
-                print(summary_table(rows(session)), flush=True)
+                print(summary_table(rows(session), fitting(sys.stdout, verbose=verbose)), flush=True)
         finally:
             lock.release()
         if session.terminated:
