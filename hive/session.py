@@ -307,7 +307,8 @@ class Session:
                 self.progress.step(task.kind.shown, task.target, str(Status.SKIPPED), reason)
                 return NotStarted(reason)
             start = time.monotonic()
-            self.progress.started(task.kind.shown, task.target)
+            if task.kind is not Kind.BUILD:  # a system's result: its group's build was the work
+                self.progress.started(task.kind.shown, task.target)
             if task.kind in (Kind.NIX_BUILD, Kind.STORE):
                 self.progress.step(task.kind.shown, task.target, "...")
             try:
@@ -333,7 +334,9 @@ class Session:
             note = str(values.pop("note", ""))
             parts = values.pop("seconds", {})
             self.outcomes.set(task, Outcome(Status.OK, note, seconds, parts=parts))
-            if task.kind is not Kind.NIX_BUILD:  # each system's build says ok (or failed) itself
+            # A build group says ok once, with its time (`build a+b ok 0.4s`), and a system of it
+            # only if it failed (above): recording a system's result takes no time worth a line.
+            if task.kind is not Kind.BUILD:
                 self.progress.step(task.kind.shown, task.target, str(Status.OK), f"{seconds:.1f}s {note}".rstrip())
             return values
 

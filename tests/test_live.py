@@ -140,6 +140,63 @@ def test_a_redraw_goes_back_over_the_previous_frame_as_wide_as_it_is_now() -> No
     assert all(len(ln) <= 39 for ln in view._frame)
 
 
+def test_a_build_group_is_one_label_with_one_outcome_and_its_time(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two systems built by one nix build: `build portico+www` at work, Nix's lines under that
+    label, then one `ok` with the build's own seconds; nothing left at work, no 0.0 s."""
+    from hive import nix, plan
+    from hive.model import Hive, Instance, System, frozen_map
+    from hive.options import Options
+    from hive.plan import Kind, TaskId
+    from hive.report import Progress
+    from hive.session import Session
+    from hive.tasks import Steps
+
+    h = Hive(file=tmp_path / "hive.nix", shown="hive.nix", paths=frozen_map(),
+             systems={"portico": System("portico", frozen_map()), "www": System("www", frozen_map())},
+             instances={"portico": Instance("portico", "portico"), "www-1": Instance("www-1", "www")})
+
+    def realise(derivations: list[str], *, on_line: object = None) -> list[str]:
+        assert callable(on_line)
+        for drv in derivations:
+            on_line(f"building '{drv}'...")
+        time.sleep(0.3)
+        return [drv.removesuffix(".drv") for drv in derivations]
+
+    monkeypatch.setattr(nix, "instantiate", lambda source, directory, system, paths:
+                        f"/nix/store/{'d' * 32}-nixos-system-{system}.drv")
+    monkeypatch.setattr(nix, "realise", realise)
+    monkeypatch.setattr(nix, "add_root", lambda path, link: None)
+
+    def build(progress: Progress) -> None:
+        session = Session(h, plan.make_plan(h, [tuple(h.instances.values())]),
+                          Options(state_file=tmp_path / "state"), progress=progress)
+        try:
+            [group] = session.plan.groups
+            steps = Steps(session)
+            for task in (group.id, *(TaskId(Kind.BUILD, s) for s in group.systems)):
+                action = steps.action(task)
+                assert action is not None
+                action()
+            assert sorted(session.results) == ["portico", "www"]
+        finally:
+            session.close()
+
+    log = io.StringIO()
+    build(Progress(log))
+    said = [ln.split("] ", 1)[1].split() for ln in log.getvalue().splitlines()]
+    assert said[:3] == [["build", "portico+www", "..."],
+                        ["build", "portico+www", "building", "nixos-system-portico"],
+                        ["build", "portico+www", "building", "nixos-system-www"]], said
+    assert said[3][:3] == ["build", "portico+www", "ok"] and float(said[3][3].removesuffix("s")) >= 0.3, said
+    assert len(said) == 4, said  # one outcome: no line per system (0.0 s each)
+    view = Live(Tty(), size=lambda: (80, 24))
+    view._on = True
+    build(view)
+    snap = view.snapshot()
+    assert snap.working == () and snap.counts == (("build", (("ok", 1),)),), snap
+
+
 # A real deployment on a pseudo-terminal ------------------------------------------------------
 
 class Screen:
