@@ -35,7 +35,7 @@ from hive import (
 )
 from hive import elevate as elevation
 from hive.errors import HiveError, InputError
-from hive.evaluate import evaluate
+from hive.evaluate import evaluate, locate
 from hive.model import Goal, Hive, Step
 from hive.options import Options
 from hive.plan import Kind
@@ -73,15 +73,30 @@ def _load(args: argparse.Namespace, *, paths: bool = True) -> Hive:
 
 
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
-             build_only: bool = False, shown_live: bool = False) -> Session:
-    """The run's session; `shown_live`: its progress may be the live view, then entered by the
-    caller around the run (`with session.progress:`), which ends it before the summary."""
+             build_only: bool = False, progress: Progress | None = None) -> Session:
+    """The run's session; `progress`: the live view (`_evaluated`) or the line log, then
+    entered by the caller around the run (`with session.progress:`), which ends it before the
+    summary; without it, the line log."""
     given = _options(args, hive, len(flatten(waves)))
     hive = _elevated(args, hive)
     _sockets_fit()
     the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only,
                               keys=getattr(args, "keys", True))
-    return Session(hive, the_plan, given, _progress(args) if shown_live else Progress(quiet=args.quiet))
+    return Session(hive, the_plan, given, progress or Progress(quiet=args.quiet))
+
+
+def _evaluated(args: argparse.Namespace) -> tuple[Hive, Progress]:
+    """The deployment of a run shown live (deploy, push, reboot), and the run's progress: on a
+    terminal, the live view says what it waits for while the deployment is evaluated (seconds,
+    for NixOS systems), then gives its line back to what follows (a password prompt, the run's
+    frame, an error)."""
+    progress = _progress(args)
+    try:
+        name = locate(args.config).shown
+    except HiveError:
+        name = args.config or "the deployment"  # _load says what is wrong with it
+    with progress.waiting(f"evaluating {name}{text.MORE}"):
+        return _load(args), progress
 
 
 def _progress(args: argparse.Namespace) -> Progress:
@@ -202,7 +217,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
-    hive = _load(args)
+    hive, progress = _evaluated(args)
     waves = select(hive, args.patterns)
     report = Path(args.report) if args.report else None
     if report is not None and not options.writable(report):
@@ -210,7 +225,7 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     svg = Path(args.timeline) if args.timeline else None
     if svg is not None and not options.writable(svg):
         raise InputError(f"--timeline {args.timeline}: cannot write there")
-    session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE, shown_live=True)
+    session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE, progress=progress)
     if session.options.reboot and session.options.goal is not Goal.SWITCH:
         raise InputError(f"--reboot boots each new system: it takes no --goal {session.options.goal.value}")
     with state.locked(session.state_file), session.progress:
@@ -356,11 +371,11 @@ def cmd_upload_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive, progress = _evaluated(args)
     report = Path(args.report) if args.report else None
     if report is not None and not options.writable(report):
         raise InputError(f"--report {args.report}: cannot write there")
-    session = _session(args, hive, select(hive, args.patterns), build_only=True, shown_live=True)
+    session = _session(args, hive, select(hive, args.patterns), build_only=True, progress=progress)
     with state.locked(session.state_file), session.progress:
         rows = reboot.reboot_all(session)
     return _show(args, rows, 0 if all(orchestrate.settled_well(session, r) for r in rows) else 1, report)

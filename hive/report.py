@@ -6,13 +6,14 @@ summary is read from the run's outcomes (outcome.py) by orchestrate.py.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TextIO
@@ -65,6 +66,12 @@ class Progress:
         if self.quiet or not text.strip():
             return
         self._write(f"{indent}{ln}" for ln in text_.lines(text.rstrip()))
+
+    @contextlib.contextmanager
+    def waiting(self, what: str) -> Iterator[None]:
+        """Before the run starts (its deployment evaluated): a live view says `what` it waits
+        for; the line log says nothing."""
+        yield
 
     # A run's progress is entered while the run goes (`with session.progress:`): the line log
     # has nothing to start or end, a live view (hive/live.py) has its frame and the cursor.
