@@ -616,7 +616,9 @@ def _main(args_in: list[str], debug: bool) -> int:
             raise
         _say(f"error: {exc}")
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second Ctrl-C during a run (orchestrate.Signals), or one before it
+        for line in exc.lines() if isinstance(exc, orchestrate.Aborted) else []:
+            _say(line)
         _say("error: interrupted")
         return 130
 

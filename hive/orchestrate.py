@@ -40,13 +40,31 @@ class Terminated(SystemExit):
         super().__init__(TERMINATED)
 
 
+class Aborted(KeyboardInterrupt):
+    """A second Ctrl-C: the run stopped following its running steps and ends without a
+    summary (exit 130). Raised by `execute` once the run is closed, so that the CLI can name
+    the hosts left mid-activation and what each does by itself (`Session.left_alone`)."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    def lines(self) -> list[str]:
+        left = self.session.left_alone()
+        if not left:
+            return []
+        return [f"interrupted again: nix-hive stopped following {len(left)} activation(s), which go on on "
+                "their hosts:", *(f"  {name}: {what or 'it keeps whatever the activation leaves'}"
+                                  for name, what in left)]
+
+
 class Signals:
     """Ctrl-C and SIGTERM during a run. The first stops starting new work and lets the running
     steps finish: their children are in process groups of their own, out of the terminal's
     reach; after SIGTERM (CI cancelling, systemd stopping), for at most --stop-timeout seconds.
     A second signal, or that bound, stops them: their commands are terminated, the steps that
     do not end at once are reported as stopped, and the run reports (a second Ctrl-C aborts
-    without a summary, exit 130, as before)."""
+    without a summary, exit 130, naming the hosts it left mid-activation: `Aborted`)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -234,6 +252,8 @@ def execute(session: Session, targets: Sequence[str | TaskId]) -> int:
             signals.over()  # (a signal may still come before this line: it is caught below)
     except Terminated:
         return TERMINATED
+    except KeyboardInterrupt:  # a second Ctrl-C: which hosts it left is known once `finish` below ran
+        raise Aborted(session) from None
     finally:
         signals.over()
         try:
