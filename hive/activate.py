@@ -53,6 +53,7 @@ from typing import Any
 from hive import elevate, health, process
 from hive.errors import HiveError, ProcessError, RolledBackError, StepError, TimedOutError
 from hive.model import Goal, Instance, Step
+from hive.plan import Kind, TaskId
 from hive.process import ProcessKilledError, ProcessTimeoutError
 from hive.remote import SYSTEM_PROFILE, Remote
 from hive.resources import host_script
@@ -133,6 +134,9 @@ class Activation:
 
     def run(self) -> dict[str, Any]:
         path = self.back_to or self.session.need_path(self.instance.system)
+        # should the run stop following it (a second Ctrl-C, SIGTERM), what the host does then
+        task = TaskId(Kind.ACTIVATE if self.back_to is None else Kind.UNDO, self.instance.name)
+        self.session.on_its_own(task, lambda: self._on_its_own(self._state))
         args = host_args(path, self.goal, self.directory, timeout=self.timeout, rollback=self.rollback,
                          confirm=self.confirm, lock_wait=self.lock_wait, who=who())
         self.remote.forget()

@@ -16,7 +16,7 @@ import hashlib
 import platform
 import shlex
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,12 +44,14 @@ class Builds:
         `--eval-jobs` at once: with real NixOS each evaluation costs seconds and about a
         gigabyte), then built by one `nix-store --realise`, so Nix builds them in parallel. A
         system whose evaluation fails fails alone; when the build fails, each system is built
-        alone, so a broken one fails alone too."""
+        alone, so a broken one fails alone too. What Nix says shows under the group's own
+        label (`a+b`), whichever of its systems is being built."""
         derivations = self._evaluate(list(group.systems))
+        label = group.id.target
         if derivations and group.host is not None:
-            self._realise_on(group.host, derivations)
+            self._realise_on(group.host, derivations, label)
         elif derivations:
-            self._realise(derivations)
+            self._realise(derivations, build=lambda some: self._local_build(some, label))
         failed = [s for s in group.systems if s in self._failures]
         return {"note": f"({', '.join(failed)} failed)" if failed else ""}
 
@@ -96,10 +98,9 @@ class Builds:
         return StepError(f"{shown}: systems.{system}.configuration: cannot evaluate: {nix_message(exc.stderr)}{hint}",
                          log=log)
 
-    def _local_build(self, derivations: dict[str, str]) -> dict[str, str]:
+    def _local_build(self, derivations: dict[str, str], label: str) -> dict[str, str]:
         """Build here, with a GC root beside the state file for each result."""
         s = self.session
-        label = ",".join(derivations)
 
         def show(line: str) -> None:  # Nix's own progress: what it builds or fetches
             text = line.strip()
@@ -111,12 +112,13 @@ class Builds:
             nix.add_root(path, s.gcroots / name)
         return built
 
-    def _realise(self, derivations: dict[str, str], *, build: Any = None, where: str = "") -> None:
-        """Build `derivations` in one call (`build`: here by default); when that fails, each
-        alone, so a broken system fails alone."""
+    def _realise(self, derivations: dict[str, str], *, build: Callable[[dict[str, str]], dict[str, str]],
+                 where: str = "") -> None:
+        """Build `derivations` in one call (`build`: here, or on a build host); when that fails,
+        each alone, so a broken system fails alone."""
         s = self.session
         try:
-            built = (build or self._local_build)(derivations)
+            built = build(derivations)
         except (HiveError, ValueError, KeyError) as exc:
             if len(derivations) == 1:
                 with self._lock:
@@ -128,13 +130,12 @@ class Builds:
         with self._lock:
             s.results.update(built)
 
-    def _realise_on(self, host: str, derivations: dict[str, str]) -> None:
+    def _realise_on(self, host: str, derivations: dict[str, str], label: str) -> None:
         """Build on `host`: the derivations copied there once (a host that cannot be reached
         fails the group at once), then built as `_realise` builds here, with GC roots there."""
         s = self.session
         store = f"ssh-ng://{host}"
         env = s.remotes.setup.env
-        label = ",".join(derivations)
         s.progress.step("build", label, f"asking build host {host} for its Nix version")
         try:
             version = nix.checked_version(s.remotes[host].run_script(shlex.join(nix.version_argv())).stdout,

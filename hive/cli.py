@@ -37,15 +37,17 @@ from hive import (
 )
 from hive import elevate as elevation
 from hive.errors import BusyError, HiveError, InputError
-from hive.evaluate import evaluate
+from hive.evaluate import evaluate, locate
 from hive.model import Goal, Hive, Step
 from hive.options import Options
 from hive.plan import Kind
 from hive.report import (
+    Fit,
     Progress,
     Row,
     dump_json,
     emit,
+    fitting,
     instance_rows,
     inventory_json,
     plan_rows,
@@ -73,15 +75,30 @@ def _load(args: argparse.Namespace, *, paths: bool = True) -> Hive:
 
 
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
-             build_only: bool = False, shown_live: bool = False) -> Session:
-    """The run's session; `shown_live`: its progress may be the live view, then entered by the
-    caller around the run (`with session.progress:`), which ends it before the summary."""
+             build_only: bool = False, progress: Progress | None = None) -> Session:
+    """The run's session; `progress`: the live view (`_evaluated`) or the line log, then
+    entered by the caller around the run (`with session.progress:`), which ends it before the
+    summary; without it, the line log."""
     given = _options(args, hive, len(flatten(waves)))
     hive = _elevated(args, hive)
     _sockets_fit()
     the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only,
                               keys=getattr(args, "keys", True))
-    return Session(hive, the_plan, given, _progress(args) if shown_live else Progress(quiet=args.quiet))
+    return Session(hive, the_plan, given, progress or Progress(quiet=args.quiet))
+
+
+def _evaluated(args: argparse.Namespace) -> tuple[Hive, Progress]:
+    """The deployment of a run shown live (deploy, push, reboot), and the run's progress: on a
+    terminal, the live view says what it waits for while the deployment is evaluated (seconds,
+    for NixOS systems), then gives its line back to what follows (a password prompt, the run's
+    frame, an error)."""
+    progress = _progress(args)
+    try:
+        name = locate(args.config).shown
+    except HiveError:
+        name = args.config or "the deployment"  # _load says what is wrong with it
+    with progress.waiting(f"evaluating {name}{text.MORE}"):
+        return _load(args), progress
 
 
 def _progress(args: argparse.Namespace) -> Progress:
@@ -181,7 +198,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(plan.as_json(the_plan, hive))
         return 0
-    emit(table(plan_rows(the_plan), ["task", "waits for", "--no", "what"]) + "\n")
+    emit(table(plan_rows(the_plan), ["task", "waits for", "--no", "what"], width=_width(args),
+               fit=(Fit.KEEP, Fit.CUT, Fit.KEEP, Fit.CUT)) + "\n")
     return 0
 
 
@@ -192,13 +210,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(data)
         return 0
-    emit(table(instance_rows(hive, chosen), ["instance", "system", "store", "tags", "address"]) + "\n\n"
-         + table(system_rows(hive, chosen), ["system", "instances", "tags", "paths"]) + "\n")
+    width = _width(args)
+    emit(table(instance_rows(hive, chosen), ["instance", "system", "store", "tags", "address"], width=width,
+               fit=(Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.CUT, Fit.KEEP)) + "\n\n"
+         + table(system_rows(hive, chosen), ["system", "instances", "tags", "paths"], width=width,
+                 fit=(Fit.KEEP, Fit.KEEP, Fit.CUT, Fit.CUT)) + "\n")
     return 0
 
 
 def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
-    hive = _load(args)
+    hive, progress = _evaluated(args)
     waves = select(hive, args.patterns)
     report = Path(args.report) if args.report else None
     if report is not None and not options.writable(report):
@@ -206,7 +227,7 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     svg = Path(args.timeline) if args.timeline else None
     if svg is not None and not options.writable(svg):
         raise InputError(f"--timeline {args.timeline}: cannot write there")
-    session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE, shown_live=True)
+    session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE, progress=progress)
     if session.options.reboot and session.options.goal is not Goal.SWITCH:
         raise InputError(f"--reboot boots each new system: it takes no --goal {session.options.goal.value}")
     with state.locked(session.state_file), session.progress:
@@ -230,8 +251,13 @@ def _show(args: argparse.Namespace, rows: list[Row], code: int | None = None, re
     if args.json:
         dump_json(outcome, hosts=True)
     else:
-        emit(summary_table(rows) + "\n")
+        emit(summary_table(rows, _width(args)) + "\n")
     return code
+
+
+def _width(args: argparse.Namespace) -> int | None:
+    """The width a table fits: the terminal's, when stdout is one, unless `-v` (report.fitting)."""
+    return fitting(sys.stdout, verbose=getattr(args, "verbose", False))
 
 
 def _write_report(report: Path, outcome: dict[str, Any]) -> None:
@@ -355,7 +381,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         shown = {True: "healthy", False: "FAILED", None: "-"}
         emit(table([(r["instance"], r["check"] or "-", shown[r["healthy"]], r["tries"], f"{r['seconds']:.1f}",
-                     r["detail"]) for r in rows], ["instance", "check", "result", "tries", "seconds", "detail"]) + "\n")
+                     r["detail"]) for r in rows], ["instance", "check", "result", "tries", "seconds", "detail"],
+                   width=_width(args), fit=(Fit.KEEP,) * 5 + (Fit.CUT,)) + "\n")
     return 1 if any(r["healthy"] is False for r in rows) else 0
 
 
@@ -377,11 +404,11 @@ def cmd_upload_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
-    hive = _load(args)
+    hive, progress = _evaluated(args)
     report = Path(args.report) if args.report else None
     if report is not None and not options.writable(report):
         raise InputError(f"--report {args.report}: cannot write there")
-    session = _session(args, hive, select(hive, args.patterns), build_only=True, shown_live=True)
+    session = _session(args, hive, select(hive, args.patterns), build_only=True, progress=progress)
     with state.locked(session.state_file), session.progress:
         rows = reboot.reboot_all(session)
     return _show(args, rows, 0 if all(orchestrate.settled_well(session, r) for r in rows) else 1, report)
@@ -420,7 +447,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         emit(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-",
                      f"{r['state']}: {r['reason']}" if r["reason"] else r["state"], r.get("reboot", "-"))
                     for r in rows],
-                   ["instance", "system", "expected path", "current path", "state", "reboot"]) + "\n")
+                   ["instance", "system", "expected path", "current path", "state", "reboot"], width=_width(args),
+                   fit=(Fit.KEEP, Fit.KEEP, Fit.PATH, Fit.PATH, Fit.CUT, Fit.KEEP)) + "\n")
     return code
 
 
@@ -646,7 +674,9 @@ def _main(args_in: list[str], debug: bool) -> int:
             raise
         _say(f"error: {exc}")
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second Ctrl-C during a run (orchestrate.Signals), or one before it
+        for line in exc.lines() if isinstance(exc, orchestrate.Aborted) else []:
+            _say(line)
         _say("error: interrupted")
         return 130
 

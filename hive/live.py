@@ -7,13 +7,17 @@ table follows when the view ends, as after the line log.
 It is another `Progress` (report.py) behind the same calls, chosen by the CLI when stderr is a
 terminal (`wanted`): pipes, `-q`, `-v`, CI and `TERM=dumb` keep the line log. Plain VT100
 escapes, no dependency: the frame is drawn from its first line again (cursor up, each line
-rewritten and erased to its end, the rest of the screen erased), at most a few times a second,
-cut to the terminal's size as it is at each redraw (a resize needs no signal). The cursor is
-hidden while the view runs and shown again when it ends, whatever ends it (`__exit__`: the
-run's end, Ctrl-C, SIGTERM, a crash), and whenever it stops: Ctrl-Z (SIGTSTP) shows it before
-the process stops and hides it again, with a whole new frame, on `fg` (SIGCONT); Ctrl-\
-(SIGQUIT) shows it before the process dies of it. `render` is a pure function of a
-`Snapshot` and a size.
+rewritten and erased to its end, the rest of the screen erased) as soon as something changes,
+at most 4 times a second, and once a second when nothing does (the clocks go on); cut to the
+terminal's size, in its columns (a wide character takes two), as it is at each redraw, and
+drawn again at once when the terminal is resized (SIGWINCH). Before the run, while the
+deployment is evaluated, it is one line saying so (`waiting`), erased when the wait ends. The
+cursor is hidden while the view runs and shown again when it ends, whatever ends it
+(`__exit__`: the run's end, Ctrl-C, SIGTERM, a crash), and whenever it stops: Ctrl-Z
+(SIGTSTP) shows it before the process stops and hides it again, with a whole new frame, on
+`fg` (SIGCONT); Ctrl-\\ (SIGQUIT) shows it before the process dies of it. A signal handler
+takes no lock (the thread it interrupted may hold it): it writes to the descriptor itself or
+sets a flag the drawing thread reads. `render` is a pure function of a `Snapshot` and a size.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, TextIO
@@ -40,7 +44,7 @@ MESSAGES = 2  # the run's last messages shown (waves opened, warnings, "interrup
 OUTCOMES = frozenset(str(s) for s in Status)  # a step's status that ends it; any other says it runs
 FAILURES = frozenset(str(s) for s in Status if s.is_failure)
 HIDE, SHOW, ERASE_LINE, ERASE_BELOW = "\x1b[?25l", "\x1b[?25h", "\x1b[K", "\x1b[J"
-MORE = "…"
+MORE = text_.MORE
 # Signals that stop the process or end it with a core dump, which would leave the cursor hidden
 STOPS = (signal.SIGTSTP, signal.SIGCONT, signal.SIGQUIT)
 
@@ -92,13 +96,13 @@ class Snapshot:
     failed: tuple[Failed, ...] = ()
     messages: tuple[str, ...] = ()
     done: bool = False
+    waiting: str = ""  # what the run waits for before its steps start (`evaluating hive.nix…`)
 
 
 def fit(line: str, width: int) -> str:
-    """`line` in `width` columns, less one (a character in the last column leaves some
-    terminals waiting to wrap), cut with an ellipsis."""
-    room = max(width - 1, 1)
-    return line if len(line) <= room else line[:room - 1] + MORE
+    """`line` in `width` terminal columns, less one (a character in the last column leaves
+    some terminals waiting to wrap), cut with an ellipsis."""
+    return text_.cut(line, max(width - 1, 1))
 
 
 def clock(seconds: float) -> str:
@@ -122,7 +126,7 @@ def _counts(snap: Snapshot, width: int) -> list[str]:
         groups.append(f"{step}: {', '.join(parts)}")
     lines: list[str] = []
     for group in groups:
-        if lines and len(lines[-1]) + 3 + len(group) <= width - 1:
+        if lines and text_.columns(lines[-1]) + 3 + text_.columns(group) <= width - 1:
             lines[-1] += f" | {group}"
         else:
             lines.append(group)
@@ -141,21 +145,23 @@ def _section(title: str, entries: list[str], room: int) -> list[str]:
 
 def render(snap: Snapshot, width: int, height: int) -> list[str]:
     """The frame for a terminal of `width` columns and `height` rows: at most `height - 1`
-    lines (the cursor's line stays free) of at most `width - 1` characters. The header and
+    lines (the cursor's line stays free) of at most `width - 1` columns. The header and
     the counts first; then the failed hosts (at least half the room left, more if the hosts
     at work need less) and the hosts at work, longest first, each list capped."""
     width, height = max(width, 8), max(height, 2)
     working = sorted(snap.working, key=lambda w: (-w.seconds, w.target))
-    state = "done" if snap.done else f"{len(working)} at work"
+    state = "done" if snap.done else snap.waiting or f"{len(working)} at work"
     failed = f", {len(snap.failed)} failed" if snap.failed else ""
     head = [f"nix-hive  {clock(snap.elapsed)}  {state}{failed}", *_counts(snap, width),
             *(f"  {m}" for m in snap.messages[-MESSAGES:])]
     room = height - 1
     head = head[:room]
     room -= len(head)
-    name = min(max([len(w.target) for w in working] + [len(f.target) for f in snap.failed], default=0), 24)
-    failures = [f"  {f.target:<{name}}  {f.step:<9} {_why(f)}" for f in snap.failed]
-    work = [f"  {w.target:<{name}}  {w.step:<9} {clock(w.seconds):>7}  {w.last}".rstrip() for w in working]
+    name = min(max([text_.columns(t) for t in [*(w.target for w in working), *(f.target for f in snap.failed)]],
+                   default=0), 24)
+    failures = [f"  {text_.pad(f.target, name)}  {f.step:<9} {_why(f)}" for f in snap.failed]
+    work = [f"  {text_.pad(w.target, name)}  {w.step:<9} {clock(w.seconds):>7}  {w.last}".rstrip()
+            for w in working]
     need_failed = len(failures) + 1 if failures else 0
     need_work = len(work) + 1 if work else 0
     for_failed = min(need_failed, max(room // 2 + room % 2, room - need_work))
@@ -188,7 +194,9 @@ class Live(Progress):
         self._thread: threading.Thread | None = None
         self._frame: list[str] = []  # the lines drawn last
         self._sigterm: Any = None
-        self._previous: dict[int, Any] = {}  # the handlers of STOPS before the view
+        self._previous: dict[int, Any] = {}  # the handlers of STOPS and SIGWINCH before the view
+        self._now = False  # a new frame at once: set by SIGWINCH's and SIGCONT's handlers (a flag, no lock)
+        self._waiting = ""  # what the view says it waits for, while it is one line (`waiting`)
 
     # -- Progress's calls ------------------------------------------------------------------
 
@@ -215,8 +223,8 @@ class Live(Progress):
                 self._counts.setdefault(step, collections.Counter())[status] += 1
                 if status in FAILURES:
                     reason = text_.lines(detail)[0] if detail else ""
-                    self._failed[target] = Failed(target, step, status, reason)
-                    self._last_failed.line = f"{step:<9}{target:<28}{status}{'  ' + reason if reason else ''}"
+                    failed = self._failed[target] = Failed(target, step, status, reason)
+                    self._last_failed.line = f"{step} {target}: {_why(failed)}"  # its log's heading
             else:  # still at work: "..." and what it is doing, or what a build is doing now
                 said = " ".join(p for p in (status if status != "..." else "", detail) if p)
                 current = self._working.get(target)
@@ -244,7 +252,8 @@ class Live(Progress):
                 working=tuple(Work(t, s, now - since, last) for t, (s, since, last) in self._working.items()),
                 failed=tuple(self._failed.values()),
                 messages=tuple(self._messages),
-                done=done)
+                done=done,
+                waiting=self._waiting)
 
     def _terminal_size(self) -> tuple[int, int]:
         try:
@@ -256,12 +265,17 @@ class Live(Progress):
     def _draw(self, *, done: bool = False) -> None:
         width, height = self._size()
         lines = render(self.snapshot(done=done), width, height)
-        # Back to the previous frame's first line: as many rows as it takes at the width now
-        # (narrowed, a terminal that reflows wraps its longer lines).
-        up = sum(max(1, math.ceil(len(ln) / max(width, 1))) for ln in self._frame)
-        out = "\r" + (f"\x1b[{up}A" if up else "") + "".join(f"{ln}{ERASE_LINE}\n" for ln in lines) + ERASE_BELOW
+        if self._waiting:  # one line, redrawn where it is: what else is printed meanwhile stays
+            self._put(f"\r{lines[0]}{ERASE_LINE}")
+            return
+        self._put(self._back(width) + "".join(f"{ln}{ERASE_LINE}\n" for ln in lines) + ERASE_BELOW)
         self._frame = lines
-        self._put(out)
+
+    def _back(self, width: int) -> str:
+        """Back to the previous frame's first line: as many rows as it takes at the width now
+        (narrowed, a terminal that reflows wraps its longer lines), in terminal columns."""
+        up = sum(max(1, math.ceil(text_.columns(ln) / max(width, 1))) for ln in self._frame)
+        return "\r" + (f"\x1b[{up}A" if up else "")
 
     def _put(self, data: str) -> None:
         with self._lock:
@@ -274,13 +288,22 @@ class Live(Progress):
                 self.quiet = True
 
     def _loop(self) -> None:
+        """Draw a frame as soon as something changed or the terminal was resized, but never
+        two within REDRAW; else one every TICK."""
+        drawn = -math.inf
         while not self._stop.is_set():
-            self._dirty.wait(TICK)
-            if self._stop.is_set():
-                break
+            changed = self._dirty.is_set() or self._now
+            wait = drawn + (REDRAW if changed else TICK) - time.monotonic()
+            if wait > 0:
+                if changed:
+                    self._stop.wait(wait)
+                else:  # a change wakes it at once; a resize (a flag: see _resize) within REDRAW
+                    self._dirty.wait(min(wait, REDRAW))
+                continue
             self._dirty.clear()
+            self._now = False
             self._draw()
-            self._stop.wait(REDRAW)
+            drawn = time.monotonic()
 
     # -- on and off --------------------------------------------------------------------------
 
@@ -294,7 +317,10 @@ class Live(Progress):
                 self._sigterm = signal.signal(signal.SIGTERM, _terminated)
             for signum in STOPS:  # the terminal as it was, whenever the process stops or quits
                 self._previous[signum] = signal.signal(signum, self._stopping)
+            self._previous[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, self._resize)
         self._on = True
+        self._stop.clear()
+        self._frame = []
         self._put(HIDE)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="nix-hive live view")
         self._thread.start()
@@ -309,7 +335,10 @@ class Live(Progress):
             self._dirty.set()
             if self._thread is not None:
                 self._thread.join(timeout=2)
-            self._draw(done=True)
+            if self._waiting:  # nothing of the wait stays: what follows has the line
+                self._put(f"\r{ERASE_LINE}")
+            else:
+                self._draw(done=True)
         finally:
             self._on = False
             self._put(SHOW)
@@ -321,11 +350,23 @@ class Live(Progress):
             self._previous = {}
         with self._state:
             logs = list(self._logs)
-        for line, log in logs:  # the failed steps' logs, as the line log prints them
+        for line, log in logs:  # the failed steps' logs, each under a line saying whose and why
             if line:
-                super().line(line)
+                self._write([line])
             super().block(log)
 
+    @contextlib.contextmanager
+    def waiting(self, what: str) -> Iterator[None]:
+        """Before the run (its deployment evaluated): the view is one line saying `what`, with
+        the elapsed time, redrawn where it is (a warning printed meanwhile stays whole), and
+        erased when the wait ends, however it ends (the run's frame, a password prompt or an
+        error line follow in its place)."""
+        self._waiting = what
+        try:
+            with self:
+                yield
+        finally:
+            self._waiting = ""
 
     def _raw(self, escape: str) -> None:
         """Write an escape from a signal handler: straight to the descriptor, taking no lock
@@ -333,13 +374,19 @@ class Live(Progress):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             os.write(self.stream.fileno(), escape.encode())
 
+    def _resize(self, signum: int, frame: FrameType | None) -> None:
+        """SIGWINCH: the drawing thread draws a new frame, at the new size, within REDRAW. A
+        flag, nothing more: the handler may have interrupted a thread holding the view's locks."""
+        self._now = True
+
     def _stopping(self, signum: int, frame: FrameType | None) -> None:
         """Ctrl-Z, `fg`, Ctrl-\\: the cursor shown before the process stops (or dies of
         SIGQUIT, its default action then taken), hidden again and a new frame drawn below
         whatever the shell printed meanwhile when it goes on."""
         if signum == signal.SIGCONT:
             if self._on:
-                self._frame = []  # the next redraw (within TICK) starts a frame below the prompt
+                self._frame = []  # the next redraw (within REDRAW) starts a frame below the prompt
+                self._now = True
                 self._raw(HIDE)
             return
         self._raw(SHOW)

@@ -24,7 +24,7 @@ from hive.model import Goal, Instance, Step
 from hive.options import Options
 from hive.outcome import Outcome, Status
 from hive.plan import Kind, TaskId, make_plan
-from hive.report import Progress, Row, summary_table
+from hive.report import Progress, Row, fitting, summary_table
 from hive.select import select
 from hive.session import OWN_STEPS, Session, listed
 
@@ -41,13 +41,31 @@ class Terminated(SystemExit):
         super().__init__(TERMINATED)
 
 
+class Aborted(KeyboardInterrupt):
+    """A second Ctrl-C: the run stopped following its running steps and ends without a
+    summary (exit 130). Raised by `execute` once the run is closed, so that the CLI can name
+    the hosts left mid-activation and what each does by itself (`Session.left_alone`)."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    def lines(self) -> list[str]:
+        left = self.session.left_alone()
+        if not left:
+            return []
+        return [f"interrupted again: nix-hive stopped following {len(left)} activation(s), which go on on "
+                "their hosts:", *(f"  {name}: {what or 'it keeps whatever the activation leaves'}"
+                                  for name, what in left)]
+
+
 class Signals:
     """Ctrl-C and SIGTERM during a run. The first stops starting new work and lets the running
     steps finish: their children are in process groups of their own, out of the terminal's
     reach; after SIGTERM (CI cancelling, systemd stopping), for at most --stop-timeout seconds.
     A second signal, or that bound, stops them: their commands are terminated, the steps that
     do not end at once are reported as stopped, and the run reports (a second Ctrl-C aborts
-    without a summary, exit 130, as before)."""
+    without a summary, exit 130, naming the hosts it left mid-activation: `Aborted`)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -202,7 +220,8 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True, home: Path 
     final = Kind.PUSH if options.flag(variables.get("push_only", "0"), "push_only") else Kind.ACTIVATE
     the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final,
                          keys=options.flag(variables.get("keys", "1"), "keys"))
-    process.set_verbose(sys.stderr if options.flag(variables.get("verbose", "0"), "verbose") else None)
+    verbose = options.flag(variables.get("verbose", "0"), "verbose")
+    process.set_verbose(sys.stderr if verbose else None)
     # the sudo password is asked last: every input was checked, nothing has run yet
     hive = elevate.apply(hive, variables.get("elevate"), options.flag(variables.get("ask_sudo_password", "0"),
                          "ask_sudo_password"), variables.get("sudo_password_file"), doit=True)
@@ -218,7 +237,7 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True, home: Path 
         try:
             finish(session)
             if any(t.kind in (Kind.PUSH, Kind.ACTIVATE) for t in session.expected or ()):
-                print(summary_table(rows(session)), flush=True)
+                print(summary_table(rows(session), fitting(sys.stdout, verbose=verbose)), flush=True)
         finally:
             lock.release()
         if session.terminated:
@@ -266,6 +285,8 @@ def execute(session: Session, targets: Sequence[str | TaskId]) -> int:
             signals.over()  # (a signal may still come before this line: it is caught below)
     except Terminated:
         return TERMINATED
+    except KeyboardInterrupt:  # a second Ctrl-C: which hosts it left is known once `finish` below ran
+        raise Aborted(session) from None
     finally:
         signals.over()
         try:

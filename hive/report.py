@@ -6,11 +6,14 @@ summary is read from the run's outcomes (outcome.py) by orchestrate.py.
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import json
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TextIO
@@ -64,6 +67,12 @@ class Progress:
             return
         self._write(f"{indent}{ln}" for ln in text_.lines(text.rstrip()))
 
+    @contextlib.contextmanager
+    def waiting(self, what: str) -> Iterator[None]:
+        """Before the run starts (its deployment evaluated): a live view says `what` it waits
+        for; the line log says nothing."""
+        yield
+
     # A run's progress is entered while the run goes (`with session.progress:`): the line log
     # has nothing to start or end, a live view (hive/live.py) has its frame and the cursor.
     def __enter__(self) -> Progress:
@@ -76,11 +85,102 @@ class Progress:
 
 # Tables -------------------------------------------------------------------------------------
 
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, limit: int = text_.LIMIT) -> str:
+class Fit(enum.Enum):
+    """How a table's column gives way when the table is wider than the terminal (`table`)."""
+
+    KEEP = "keep"  # names, outcomes, numbers: cut only when nothing else is left to cut
+    CUT = "cut"  # free text (a reason, a check's output): cut with an ellipsis to what the others leave
+    PATH = "path"  # a store path: shown short (`nixos-system-www (lg1j8zk…)`), moved last, dropped first
+
+
+FREE = 30  # columns of free text a table keeps before it drops its store paths
+GAP = "  "  # between two columns, as tabulate's "simple" format
+NARROWEST = 4  # columns a column keeps, at the least, in a terminal too narrow for its header
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, limit: int = text_.LIMIT,
+          width: int | None = None, fit: Sequence[Fit] = ()) -> str:
     """A table whose every cell is one printable line of at most `limit` characters (and the
-    marker): a host's answer (a reason, a path it reports) cannot reach the terminal raw."""
-    return tabulate([[text_.cell(c, limit) for c in row] for row in rows], headers=list(headers),
-                    tablefmt="simple", disable_numparse=True)
+    marker): a host's answer (a reason, a path it reports) cannot reach the terminal raw.
+
+    `width`: the terminal's columns (`fitting`); each row then stays one line of the terminal,
+    the columns giving way as `fit` says (KEEP by default). None (piped, `-v`): the whole
+    table, every cell whole."""
+    cells = [[text_.cell(c, limit) for c in row] for row in rows]
+    if width is None:
+        return tabulate(cells, headers=list(headers), tablefmt="simple", disable_numparse=True)
+    kinds = [fit[i] if i < len(fit) else Fit.KEEP for i in range(len(headers))]
+    return _fitted([text_.cell(h) for h in headers], cells, kinds, max(width - 1, 1))
+
+
+def fitting(stream: TextIO | None = None, *, verbose: bool = False) -> int | None:
+    """The width a table printed on `stream` (stdout) fits: the terminal's columns; None (the
+    whole table) when it is no terminal (a pipe, a file: what a program reads) or with `-v`."""
+    out = stream if stream is not None else sys.stdout
+    if verbose:
+        return None
+    try:
+        if not out.isatty():
+            return None
+        return os.get_terminal_size(out.fileno()).columns or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _fitted(headers: list[str], cells: list[list[str]], kinds: list[Fit], room: int) -> str:
+    """The table in `room` columns, in this order, stopping as soon as it fits: as it is; its
+    store paths short and last (a column of none dropped); its paths dropped, the first first,
+    while they would leave the free text fewer than FREE columns (or fewer than it needs); the
+    free text cut, widest column first; then the other columns, down to their headers' width,
+    then to NARROWEST. A row that still does not fit (a terminal a few columns wide) is as
+    narrow as it can be."""
+    order = list(range(len(headers)))
+
+    def natural(col: int) -> int:
+        return max([text_.columns(headers[col]), *(text_.columns(r[col]) for r in cells)])
+
+    def total(widths: Mapping[int, int]) -> int:
+        return sum(widths.values()) + len(GAP) * (len(widths) - 1)
+
+    widths = {c: natural(c) for c in order}
+    paths = [c for c in order if kinds[c] is Fit.PATH]
+    if total(widths) > room and paths:
+        for row in cells:
+            for c in paths:
+                row[c] = text_.short_path(row[c])
+        paths = [c for c in paths if any(row[c] not in ("", "-") for row in cells)]  # a column of "-" goes
+        order = [c for c in order if kinds[c] is not Fit.PATH] + paths
+        widths = {c: natural(c) for c in order}
+        free = [c for c in order if kinds[c] is Fit.CUT]
+        while paths and total({c: min(w, FREE) if c in free else w for c, w in widths.items()}) > room:
+            dropped = paths.pop(0)
+            order.remove(dropped)
+            del widths[dropped]
+    widths = {c: widths[c] for c in order}
+    headed = {c: min(widths[c], text_.columns(headers[c])) for c in order}
+    for cuttable, floors in (([c for c in order if kinds[c] is Fit.CUT], headed), (order, headed),
+                             (order, {c: min(widths[c], NARROWEST) for c in order})):
+        _shrink(widths, cuttable, floors, total(widths) - room)
+    lines = [[headers[c] for c in order], ["-" * widths[c] for c in order],
+             *([row[c] for c in order] for row in cells)]
+    return "\n".join(GAP.join(text_.pad(text_.cut(ln[i], widths[c]), widths[c]) for i, c in enumerate(order)).rstrip()
+                     for ln in lines)
+
+
+def _shrink(widths: dict[int, int], columns: Sequence[int], floors: Mapping[int, int], excess: int) -> None:
+    """Take `excess` columns from `columns` (of `widths`), the widest first, none below its
+    floor: the cap `c` is the largest width at which cutting every column above it frees enough."""
+    if excess <= 0 or not columns:
+        return
+
+    def freed(cap: int) -> int:
+        return sum(widths[c] - max(cap, floors[c]) for c in columns if widths[c] > max(cap, floors[c]))
+
+    cap = max(widths[c] for c in columns)
+    while cap > 0 and freed(cap) < excess:
+        cap -= 1
+    for c in columns:
+        widths[c] = min(widths[c], max(cap, floors[c]))
 
 
 def emit(text: str, stream: TextIO | None = None) -> None:
@@ -152,10 +252,13 @@ def total_seconds(seconds: Mapping[str, float]) -> float:
     return sum(v for k, v in seconds.items() if k not in phases)
 
 
-def summary_table(rows: Sequence[Row]) -> str:
+def summary_table(rows: Sequence[Row], width: int | None = None) -> str:
+    """The summary of a command over instances (deploy, push, reboot, rollback, upload-keys);
+    `width`: fitted to a terminal (`table`), a line per instance."""
     return table([(r.instance, r.system, r.path or "-", r.result,
                    f"{total_seconds(r.seconds):.1f}", r.reason) for r in rows],
-                 ["instance", "system", "store path", "result", "seconds", "reason"])
+                 ["instance", "system", "store path", "result", "seconds", "reason"], width=width,
+                 fit=(Fit.KEEP, Fit.KEEP, Fit.PATH, Fit.KEEP, Fit.KEEP, Fit.CUT))
 
 
 # The inventory ------------------------------------------------------------------------------

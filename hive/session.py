@@ -59,6 +59,10 @@ class Session:
         self.blocked: dict[str, str] = {}  # instance -> why none of its steps starts (connect_all)
         self.before: dict[str, str] = {}  # instance -> the system it ran when the run began (connect_all)
         self.halted: str | None = None  # why the run stopped starting waves (a gate closed, --max-failures)
+        # each activation's word on what its host does by itself (`on_its_own`), and the
+        # activations the run stopped following, with the reason that says so (`left_alone`)
+        self._on_its_own: dict[TaskId, Callable[[], str]] = {}
+        self._left: dict[TaskId, str] = {}
 
     # -- results ---------------------------------------------------------------------------
 
@@ -145,15 +149,47 @@ class Session:
         for task in active:
             self._stopped(task)
 
-    def _stopped(self, task: TaskId) -> None:
-        """Record that `task` was stopped while it ran (unless it ended meanwhile)."""
+    def _stopped(self, task: TaskId, outcome: Outcome | None = None) -> None:
+        """Record that `task` was stopped while it ran: as `outcome`, else (unless it ended
+        meanwhile) as failed, and why (`_stopped_why`). An activation so stopped goes on on its
+        host: `left_alone` names it."""
+        if outcome is None:
+            outcome = Outcome(Status.FAILED, self._stopped_why(task))
+            self.outcomes.set_default(task, outcome)
+        else:
+            self.outcomes.set(task, outcome)
+        if task.kind is Kind.ACTIVATE:
+            self._left[task] = outcome.reason
+
+    def _stopped_why(self, task: TaskId, detail: str = "") -> str:
+        """Why `task` failed, stopped while it ran: an activation says what its host does by
+        itself (it goes on there), another step what stopped it (`detail`)."""
         why = f"{self._cause}: stopped while it ran"
         if task.kind is Kind.ACTIVATE:
-            goes_on = "the activation goes on on the host"
-            if self.options.rollback and self.options.goal in (Goal.SWITCH, Goal.TEST):
-                goes_on += ", which rolls back by itself without nix-hive's confirmation"
-            why += f" ({goes_on})"
-        self.outcomes.set_default(task, Outcome(Status.FAILED, why))
+            alone = self.by_itself(task)
+            detail = f"the activation goes on on the host{': ' + alone if alone else ''}"
+        return f"{why} ({detail})" if detail else why
+
+    def on_its_own(self, task: TaskId, says: Callable[[], str]) -> None:
+        """Activation `task` tells what its host does by itself, from the host's last word
+        (activate.py), should the run stop following it."""
+        self._on_its_own[task] = says
+
+    def by_itself(self, task: TaskId) -> str:
+        """What the host of activation `task` does by itself, the run no longer following it."""
+        says = self._on_its_own.get(task)
+        if says is not None:
+            return says()
+        if self.options.rollback and self.options.goal in (Goal.SWITCH, Goal.TEST):
+            return "it rolls back by itself without nix-hive's confirmation"
+        return ""
+
+    def left_alone(self) -> list[tuple[str, str]]:
+        """The activations this run stopped following while they ran (a second Ctrl-C or
+        SIGTERM, --stop-timeout), which go on on their hosts: each instance, and what its host
+        does by itself."""
+        return [(task.target, self.by_itself(task)) for task, reason in list(self._left.items())
+                if (found := self.outcomes.get(task)) is not None and found.reason == reason]
 
     # The one rule of every gate (the wave gate, --max-failures, the summary, --json, the exit
     # status): an instance failed when a task it needs failed (Plan.instance_tasks: its
@@ -322,7 +358,8 @@ class Session:
                 self.progress.step(task.kind.shown, task.target, str(Status.SKIPPED), reason)
                 return NotStarted(reason)
             start = time.monotonic()
-            self.progress.started(task.kind.shown, task.target)
+            if task.kind is not Kind.BUILD:  # a system's result: its group's build was the work
+                self.progress.started(task.kind.shown, task.target)
             if task.kind in (Kind.NIX_BUILD, Kind.STORE):
                 self.progress.step(task.kind.shown, task.target, "...")
             try:
@@ -333,10 +370,14 @@ class Session:
                 status = Status(exc.status) if isinstance(exc, StepError) else Status.FAILED
                 parts = exc.seconds if isinstance(exc, StepError) else {}
                 stopped = self._abandoned and isinstance(exc, ProcessKilledError)  # by terminate_children
-                cause = f"{self._cause}: stopped while it ran ({exc})" if stopped else str(exc)
+                cause = self._stopped_why(task, str(exc)) if stopped else str(exc)
                 failure = Failure(task, cause, output)
                 seconds = round(time.monotonic() - start, 2)
-                self.outcomes.set(task, Outcome(status, cause, seconds, failure, parts))
+                outcome = Outcome(status, cause, seconds, failure, parts)
+                if stopped:
+                    self._stopped(task, outcome)
+                else:
+                    self.outcomes.set(task, outcome)
                 self.progress.step(task.kind.shown, task.target, str(status), cause)
                 self.progress.block(output)
                 return StepFailed(failure)
@@ -348,7 +389,9 @@ class Session:
             note = str(values.pop("note", ""))
             parts = values.pop("seconds", {})
             self.outcomes.set(task, Outcome(Status.OK, note, seconds, parts=parts))
-            if task.kind is not Kind.NIX_BUILD:  # each system's build says ok (or failed) itself
+            # A build group says ok once, with its time (`build a+b ok 0.4s`), and a system of it
+            # only if it failed (above): recording a system's result takes no time worth a line.
+            if task.kind is not Kind.BUILD:
                 self.progress.step(task.kind.shown, task.target, str(Status.OK), f"{seconds:.1f}s {note}".rstrip())
             return values
 

@@ -8,11 +8,17 @@ What nix-hive prints about a host goes through `line` or `lines` (progress lines
 and other tables, error lines, a failed step's log); JSON strings through `bounded` (JSON
 escapes control characters itself). `nix-hive run` prints the user's own command's output as
 it is. An SVG's text goes through `xml`: well-formed XML, whatever the text held.
+
+What is cut to fit a terminal (the live view's lines, a table's cells) is measured in the
+terminal's columns, not in characters: a wide character (CJK, `east_asian_width` W or F) takes
+two, a combining mark none (`columns`, `cut`, `pad`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,6 +98,54 @@ def summary(items: Sequence[str], what: str, limit: int = 200) -> str:
             break
         shown.append(item)
     return f"{len(items):,} {what} ({', '.join([*shown, '...', last])})"
+
+
+MORE = "…"  # what a line cut to fit ends with
+
+
+@functools.lru_cache(maxsize=4096)
+def _char_columns(char: str) -> int:
+    if unicodedata.category(char) in ("Mn", "Me", "Cf"):  # combining marks, zero-width joiners
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def columns(text: str) -> int:
+    """How many terminal columns `text` (one printable line) takes."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_columns(c) for c in text)
+
+
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` columns: whole if it fits, else cut with an ellipsis (a wide
+    character that would cross the edge is left out whole)."""
+    if columns(text) <= width:
+        return text
+    if width <= 0:
+        return ""
+    room, used = width - len(MORE), 0
+    for i, char in enumerate(text):
+        used += _char_columns(char)
+        if used > room:
+            return text[:i] + MORE
+    return text  # not reached: the text did not fit
+
+
+def pad(text: str, width: int) -> str:
+    """`text` padded with spaces to `width` columns."""
+    return text + " " * max(width - columns(text), 0)
+
+
+_STORE_PATH = re.compile(r"/nix/store/([0-9a-z]{32})-([^/\s]+)")
+HASH_SHOWN = 7  # characters of a store path's hash in its short form
+
+
+def short_path(text: str) -> str:
+    """A store path as a person tells it apart: its name and the start of its hash
+    (`nixos-system-www (lg1j8zk…)`); any other text as it is."""
+    found = _STORE_PATH.fullmatch(text)
+    return f"{found.group(2)} ({found.group(1)[:HASH_SHOWN]}{MORE})" if found else text
 
 
 def bounded(data: Any, limit: int = LIMIT) -> Any:

@@ -206,9 +206,11 @@ def start(fleet_factory: Start) -> Fleet:
     return fleet
 
 
-def terminate_mid_activation(fleet: Fleet, argv: list[str], marker: Path) -> tuple[int, str, str, float]:
-    """Run argv (a deployment of the "hang" variant to www-1), SIGTERM it once www-1's
-    activation started; its exit status, output, and the seconds from SIGTERM to its end."""
+def terminate_mid_activation(fleet: Fleet, argv: list[str], marker: Path,
+                             signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) -> tuple[int, str, str, float]:
+    """Run argv (a deployment of the "hang" variant to www-1), SIGTERM it (or send it
+    `signals`, a second apart) once www-1's activation started; its exit status, output, and
+    the seconds from the first signal to its end."""
     before = len(fleet.lab.activation_starts("www-1"))
     proc = subprocess.Popen(argv, env=run_env(fleet, "hang", marker), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -217,7 +219,9 @@ def terminate_mid_activation(fleet: Fleet, argv: list[str], marker: Path) -> tup
         wait_for(lambda: len(fleet.lab.activation_starts("www-1")) > before, 90, "www-1's activation starts")
         time.sleep(0.5)
         sent = time.monotonic()
-        os.kill(proc.pid, signal.SIGTERM)  # nix-hive alone, as CI does
+        for n, signum in enumerate(signals):
+            time.sleep(1 if n else 0)
+            os.kill(proc.pid, signum)  # nix-hive alone, as CI does (and Ctrl-C: nix and ssh are in groups of their own)
         out, err = proc.communicate(timeout=90)
         took = time.monotonic() - sent
     finally:
@@ -260,6 +264,23 @@ def test_sigterm_past_the_stop_timeout_stops_following(fleet_factory: Start, mar
     row = summary(out)["www-1"]  # doit's door prints the same summary
     assert "failed" in row and "terminated: stopped while it ran" in row and "rolls back by itself" in row, out
     assert took < 3 + 15, took
+
+
+@needs_lab
+def test_a_second_ctrl_c_names_the_host_left_mid_activation(fleet_factory: Start, marker: Path) -> None:
+    fleet = start(fleet_factory)
+    code, out, err, took = terminate_mid_activation(
+        fleet, nix_hive_argv(fleet, "--activation-timeout", "300", "--confirm-timeout", "20", "www-1"), marker,
+        (signal.SIGINT, signal.SIGINT))
+    print(f"\nthe second Ctrl-C to exit: {took - 1:.1f} s\n{err}")
+    assert code == 130, err
+    assert "interrupted: waiting for the running steps (Ctrl-C again to abort)" in err, err
+    assert out == "" and "Traceback" not in err, (out, err)  # no summary, as before
+    said = err[err.index("interrupted again: "):].splitlines()
+    assert said[0] == "interrupted again: nix-hive stopped following 1 activation(s), which go on on their hosts:"
+    assert said[1] == ("  www-1: it finishes the activation (at most 300 s), then rolls back by itself unless a "
+                       "confirmation comes within 20 s"), said
+    assert said[2] == "error: interrupted", said
 
 
 # -- options, ssh configuration, sizes -------------------------------------------------------
@@ -406,7 +427,7 @@ def test_an_abandoned_run_reports_the_steps_it_stopped(tmp_path: Path) -> None:
         session.settle(0.1)
         w1 = session.outcomes.get(TaskId(Kind.ACTIVATE, "w1"))
         assert w1 is not None and w1.status is Status.FAILED
-        assert w1.reason == ("terminated: stopped while it ran (the activation goes on on the host, which rolls "
+        assert w1.reason == ("terminated: stopped while it ran (the activation goes on on the host: it rolls "
                              "back by itself without nix-hive's confirmation)")
         w2 = session.outcomes.get(TaskId(Kind.PUSH, "w2"))
         assert w2 is not None and w2.reason == "terminated: stopped while it ran (nix killed by SIGTERM)"
@@ -416,5 +437,60 @@ def test_an_abandoned_run_reports_the_steps_it_stopped(tmp_path: Path) -> None:
         assert session.outcomes.status(group) is Status.SKIPPED
         release.set()
         follower.join(10)
+    finally:
+        session.close()
+
+
+def test_a_second_ctrl_c_says_what_each_host_left_mid_activation_does_by_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from hive import cli, orchestrate, plan
+    from hive.plan import Kind, TaskId
+    from hive.report import Progress
+    from hive.session import Session
+
+    h = _hive(w1=Instance("w1", "s"), w2=Instance("w2", "s"), w3=Instance("w3", "s"))
+    session = Session(h, plan.make_plan(h, [tuple(h.instances.values())]), Options(state_file=tmp_path / "state"),
+                      progress=Progress(quiet=True))
+    try:
+        session.interrupt()
+        started, release = threading.Event(), threading.Event()
+
+        def activation(name: str, state: str) -> Callable[[], dict[str, object]]:
+            def run() -> dict[str, object]:
+                # as activate.Activation does: the host's own course, from its last word
+                session.on_its_own(TaskId(Kind.ACTIVATE, name), lambda: f"it rolls back by itself ({state})")
+                started.set()
+                release.wait(10)
+                return {}
+            return run
+
+        followers = [threading.Thread(target=session.perform, args=(TaskId(Kind.ACTIVATE, n), activation(n, s)))
+                     for n, s in (("w1", "waiting"), ("w2", "switching"))]
+        for follower in followers:
+            follower.start()
+        wait_for(lambda: len(session._active) == 2 and started.is_set(), 10, "both activations run")
+        session.perform(TaskId(Kind.ACTIVATE, "w3"), lambda: {})  # done before the second Ctrl-C
+        session.abandon()  # the second Ctrl-C
+        session.settle(0.1)
+        assert sorted(session.left_alone()) == [("w1", "it rolls back by itself (waiting)"),
+                                                ("w2", "it rolls back by itself (switching)")]
+        w1 = session.outcomes.get(TaskId(Kind.ACTIVATE, "w1"))
+        assert w1 is not None and w1.reason == ("interrupted: stopped while it ran (the activation goes on on the "
+                                                "host: it rolls back by itself (waiting))")
+        aborted = orchestrate.Aborted(session)
+
+        def deploy(args: object) -> int:
+            raise aborted
+
+        monkeypatch.setattr(cli, "cmd_deploy", deploy)
+        assert cli.main(["deploy"]) == 130
+        err = capsys.readouterr().err.splitlines()
+        assert err[0] == "interrupted again: nix-hive stopped following 2 activation(s), which go on on their hosts:"
+        assert sorted(err[1:3]) == ["  w1: it rolls back by itself (waiting)",
+                                    "  w2: it rolls back by itself (switching)"]
+        assert err[3:] == ["error: interrupted"]
+        release.set()
+        for follower in followers:
+            follower.join(10)
     finally:
         session.close()

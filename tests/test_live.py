@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import itertools
 import os
 import pty
 import re
@@ -17,14 +18,23 @@ import subprocess
 import sys
 import termios
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
 
 from hive import cli, live
 from hive.live import Failed, Live, Snapshot, Work, render
-from tests.conftest import REPO, needs_lab
+from tests.conftest import REPO, needs_lab, needs_nix, write_hive
 from tests.constants import STANDIN, nix_env
+
+MORE = "…"
+
+
+def columns(line: str) -> int:
+    """The terminal columns a line takes, measured here apart from hive/text.py: a wide
+    character (east Asian width W or F) two, a combining mark none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
 
 
 def snapshot(working: int = 3, failed: int = 1, *, last: str = "checking health") -> Snapshot:
@@ -87,6 +97,23 @@ def test_a_finished_view_says_done_and_counts_without_work() -> None:
     assert lines == ["nix-hive  5.0s  done", "push: 2 ok"]
 
 
+def test_wide_characters_are_cut_by_the_columns_they_take() -> None:
+    said = "ホストが応答しません" * 20
+    snap = Snapshot(elapsed=1.0, working=(Work("www-1", "activate", 1.0, said),),
+                    failed=(Failed("ウェブ-2", "activate", "rolled back", said),))
+    lines = render(snap, 60, 10)
+    assert all(columns(ln) <= 59 for ln in lines), lines
+    assert lines[-1].endswith(MORE) and columns(lines[-1]) >= 58  # cut at the edge, not before
+    failed = lines.index("failed (1):")
+    assert lines[failed + 1].startswith("  ウェブ-2  activate  rolled back: ホスト")
+    assert lines[-1].startswith("  www-1     activate ")  # names padded to the same columns
+
+
+def test_before_the_run_the_view_says_what_it_waits_for() -> None:
+    lines = render(Snapshot(elapsed=2.5, waiting="evaluating hive.nix…"), 80, 24)
+    assert lines == ["nix-hive  2.5s  evaluating hive.nix…"]
+
+
 # The view on a stream -----------------------------------------------------------------------
 
 class Tty(io.StringIO):
@@ -120,7 +147,7 @@ def test_the_view_hides_the_cursor_and_shows_it_again_even_after_a_crash() -> No
     assert text.startswith(live.HIDE) and live.SHOW in text
     frame, after = text.rsplit(live.SHOW, 1)
     assert "nix-hive  " in frame and "done, 1 failed" in frame and "www-1  push      failed: copy refused" in frame
-    assert "push     www-1                       failed  copy refused" in after  # the log after the view
+    assert after.startswith("push www-1: failed: copy refused\n")  # the log after the view, under whose it is
     assert "    | last line" in after
     view.line("after the view")  # a line log again
     assert out.getvalue().endswith("after the view\n")
@@ -140,13 +167,133 @@ def test_a_redraw_goes_back_over_the_previous_frame_as_wide_as_it_is_now() -> No
     assert all(len(ln) <= 39 for ln in view._frame)
 
 
+def test_a_frame_with_wide_characters_is_drawn_over_itself() -> None:
+    """Cut by characters, a line of wide characters took two rows and the next frame went up
+    one: the frame drifted down, a header left behind at each redraw."""
+    out = Tty()
+    view = Live(out, size=lambda: (40, 12))
+    view._on = True
+    view.step("activate", "www-1", "...", "ホストが応答しません" * 10)
+    for _ in range(13):
+        view._draw()
+    screen = Screen(40, 12)
+    screen.feed(out.getvalue().replace("\n", "\r\n"))  # as a terminal's line discipline sends it
+    assert screen.text().count("nix-hive") == 1, screen.text()
+    assert all(columns(r) <= 39 for r in screen.text().splitlines())
+
+
+class Clocked(Tty):
+    """A terminal that notes when each frame ends (its erase below)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[float] = []
+
+    def write(self, s: str) -> int:
+        if live.ERASE_BELOW in s:
+            self.frames.append(time.monotonic())
+        return super().write(s)
+
+
+def test_a_change_is_drawn_at_once_4_frames_a_second_at_most_and_the_clock_every_second() -> None:
+    out = Clocked()
+    view = Live(out, size=lambda: (80, 24))
+    with view:
+        time.sleep(2.3)  # nothing changes: the clocks go on, once a second
+        idle = list(out.frames)
+        changed = time.monotonic()
+        view.step("activate", "www-1", "...", "switching")
+        time.sleep(0.1)
+        assert out.frames[-1] >= changed, "a change after a quiet second is drawn at once"
+        for n in range(40):  # a change every 25 ms for a second
+            view.step("activate", "www-1", "...", f"line {n}")
+            time.sleep(0.025)
+        busy = [t for t in out.frames if t >= changed]
+    assert len(idle) == 3 and all(0.95 <= b - a <= 1.1 for a, b in itertools.pairwise(idle)), idle
+    assert 4 <= len(busy) <= 6 and all(b - a >= live.REDRAW - 0.01 for a, b in itertools.pairwise(busy)), busy
+
+
+def test_the_wait_before_the_run_is_one_line_that_leaves_nothing_behind() -> None:
+    out = Tty()
+    view = Live(out, size=lambda: (60, 20))
+    with view.waiting("evaluating hive.nix…"):
+        time.sleep(0.2)
+    wait = out.getvalue()
+    assert "\rnix-hive  0.0s  evaluating hive.nix…\x1b[K" in wait or "\rnix-hive  0.1s  evaluating" in wait, wait
+    assert "\n" not in wait and wait.endswith(f"\r{live.ERASE_LINE}{live.SHOW}")
+    with view:
+        view.started("push", "www-1")
+    screen = Screen(60, 20)
+    screen.feed(out.getvalue().replace("\n", "\r\n"))
+    assert screen.text().startswith("nix-hive  ") and "evaluating" not in screen.text(), screen.text()
+    assert "done" in screen.text().splitlines()[0] and screen.cursor
+
+
+def test_a_build_group_is_one_label_with_one_outcome_and_its_time(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two systems built by one nix build: `build portico+www` at work, Nix's lines under that
+    label, then one `ok` with the build's own seconds; nothing left at work, no 0.0 s."""
+    from hive import nix, plan
+    from hive.model import Hive, Instance, System, frozen_map
+    from hive.options import Options
+    from hive.plan import Kind, TaskId
+    from hive.report import Progress
+    from hive.session import Session
+    from hive.tasks import Steps
+
+    h = Hive(file=tmp_path / "hive.nix", shown="hive.nix", paths=frozen_map(),
+             systems={"portico": System("portico", frozen_map()), "www": System("www", frozen_map())},
+             instances={"portico": Instance("portico", "portico"), "www-1": Instance("www-1", "www")})
+
+    def realise(derivations: list[str], *, on_line: object = None) -> list[str]:
+        assert callable(on_line)
+        for drv in derivations:
+            on_line(f"building '{drv}'...")
+        time.sleep(0.3)
+        return [drv.removesuffix(".drv") for drv in derivations]
+
+    monkeypatch.setattr(nix, "instantiate", lambda source, directory, system, paths:
+                        f"/nix/store/{'d' * 32}-nixos-system-{system}.drv")
+    monkeypatch.setattr(nix, "realise", realise)
+    monkeypatch.setattr(nix, "add_root", lambda path, link: None)
+
+    def build(progress: Progress) -> None:
+        session = Session(h, plan.make_plan(h, [tuple(h.instances.values())]),
+                          Options(state_file=tmp_path / "state"), progress=progress)
+        try:
+            [group] = session.plan.groups
+            steps = Steps(session)
+            for task in (group.id, *(TaskId(Kind.BUILD, s) for s in group.systems)):
+                action = steps.action(task)
+                assert action is not None
+                action()
+            assert sorted(session.results) == ["portico", "www"]
+        finally:
+            session.close()
+
+    log = io.StringIO()
+    build(Progress(log))
+    said = [ln.split("] ", 1)[1].split() for ln in log.getvalue().splitlines()]
+    assert said[:3] == [["build", "portico+www", "..."],
+                        ["build", "portico+www", "building", "nixos-system-portico"],
+                        ["build", "portico+www", "building", "nixos-system-www"]], said
+    assert said[3][:3] == ["build", "portico+www", "ok"] and float(said[3][3].removesuffix("s")) >= 0.3, said
+    assert len(said) == 4, said  # one outcome: no line per system (0.0 s each)
+    view = Live(Tty(), size=lambda: (80, 24))
+    view._on = True
+    build(view)
+    snap = view.snapshot()
+    assert snap.working == () and snap.counts == (("build", (("ok", 1),)),), snap
+
+
 # A real deployment on a pseudo-terminal ------------------------------------------------------
 
 class Screen:
-    """Enough of a VT100 for what nix-hive writes: printable characters with wrapping, CR, LF,
-    cursor up (CSI n A, bounded by the screen's top row), erase to the end of the line (CSI K)
-    and below (CSI J), the cursor shown or hidden (CSI ? 25 h/l). The screen's rows scroll into
-    a history above it, which cursor-up cannot reach."""
+    """Enough of a VT100 for what nix-hive writes: printable characters with wrapping (a wide
+    character takes two columns, a combining mark none), CR, LF, cursor up (CSI n A, bounded
+    by the screen's top row), erase to the end of the line (CSI K) and below (CSI J), the
+    cursor shown or hidden (CSI ? 25 h/l), a resize that reflows the rows (as most terminals
+    do). The screen's rows scroll into a history above it, which cursor-up cannot reach."""
 
     CSI = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z])")
 
@@ -170,15 +317,25 @@ class Screen:
                 self.x = 0
             elif c == "\n":
                 self._down()
-            elif c >= " ":
-                if self.x >= self.width:
+            elif c >= " " and (wide := columns(c)):
+                if self.x + wide > self.width:
                     self.x = 0
                     self._down()
                 row = self.rows[self.y]
-                row.extend(" " * (self.x + 1 - len(row)))
-                row[self.x] = c
-                self.x += 1
+                row.extend(" " * (self.x + wide - len(row)))
+                row[self.x:self.x + wide] = [c, *[""] * (wide - 1)]  # a wide character's second cell is empty
+                self.x += wide
             i += 1
+
+    def resize(self, width: int, height: int) -> None:
+        """A terminal that reflows: each row wider than the new width wraps onto more rows."""
+        rows: list[list[str]] = []
+        for y, row in enumerate(self.rows):
+            if y == self.y:
+                self.y, self.x = len(rows) + self.x // width, self.x % width
+            rows += [row[i:i + width] for i in range(0, max(len(row), 1), width)]
+        self.rows, self.width, self.height = rows, width, height
+        self.rows += [[] for _ in range(self.y + 1 - len(self.rows))]
 
     def _down(self) -> None:
         self.y += 1
@@ -207,13 +364,26 @@ def test_screen_emulation() -> None:
     assert s.text() == "aaaaaaaaaa\naa\n" and not s.cursor
 
 
-def run_on_pty(argv: list[str], env: dict[str, str], width: int, height: int, timeout: float) -> tuple[int, str]:
-    """Run argv with a pseudo-terminal of width x height as its stdin, stdout and stderr;
-    return its exit status and everything it wrote there."""
+def start_on_pty(argv: list[str], env: dict[str, str], width: int, height: int) -> tuple[subprocess.Popen[bytes], int]:
+    """Start argv with a pseudo-terminal of width x height as its stdin, stdout and stderr;
+    the process, and the terminal's master side (to read, resize, close)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
     os.close(slave)
+    return proc, master
+
+
+def view_on_pty(script: str, width: int, height: int) -> tuple[subprocess.Popen[bytes], int]:
+    """A Python script (that shows a live view) started on a pseudo-terminal (`start_on_pty`)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm"}
+    return start_on_pty([sys.executable, "-c", script], env, width, height)
+
+
+def run_on_pty(argv: list[str], env: dict[str, str], width: int, height: int, timeout: float) -> tuple[int, str]:
+    """Run argv on a pseudo-terminal of width x height (`start_on_pty`); return its exit
+    status and everything it wrote there."""
+    proc, master = start_on_pty(argv, env, width, height)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
@@ -238,6 +408,13 @@ def run_on_pty(argv: list[str], env: dict[str, str], width: int, height: int, ti
     return code, b"".join(chunks).decode("utf-8", "replace")
 
 
+def summary_lines(raw: str) -> list[str]:
+    """The summary's lines as written, after the view and the failed steps' logs (which are
+    whole, as the line log has them: the full reason and the host's own lines)."""
+    after = raw.rsplit(live.SHOW, 1)[1].replace("\r", "").split("\n")
+    return after[next(i for i, ln in enumerate(after) if ln.startswith("instance ")):]
+
+
 @needs_lab
 def test_a_deployment_on_a_terminal_shows_the_live_view(fleet_factory: object, tmp_path: Path) -> None:
     from tests.test_rollouts import start  # the lab fleet of the rollout tests, deployed once (v1)
@@ -246,7 +423,7 @@ def test_a_deployment_on_a_terminal_shows_the_live_view(fleet_factory: object, t
     env = {k: v for k, v in {**nix_env(), **fleet.env}.items() if k != "CI"}
     env.update(PYTHONPATH=str(REPO), ROLLOUT_VARIANT="unhealthy", TERM="xterm")
     argv = fleet.nix_hive_argv("deploy", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "www-1", "www-*")
-    width, height = 200, 40  # the summary table is as wide as today: about 170 columns here
+    width, height = 80, 24  # the summary (about 170 columns whole here) fits the terminal
     code, raw = run_on_pty(argv, env, width, height, timeout=400)
     screen = Screen(width, height)
     screen.feed(raw)
@@ -254,17 +431,25 @@ def test_a_deployment_on_a_terminal_shows_the_live_view(fleet_factory: object, t
     (tmp_path / "screen.txt").write_text(shown)
     print(shown)  # the screenshot: pytest -s shows it
     assert code == 1, shown
-    assert raw.count(live.HIDE) == 1 and raw.rindex(live.SHOW) > raw.rindex(live.HIDE)
+    # hidden while the deployment is evaluated, then while the run goes; shown again after each
+    assert raw.count(live.HIDE) == 2 and raw.count(live.SHOW) == 2 and raw.rindex(live.SHOW) > raw.rindex(live.HIDE)
     assert screen.cursor, "the cursor is visible again"
+    assert "evaluating " in raw and "evaluating " not in shown, "said while it lasted, then erased"
     assert "at work (" in raw, "hosts were shown at work while the run went"
+    assert shown.count("nix-hive  ") == 1, shown  # one frame, redrawn over itself
     assert re.search(r"^nix-hive  \S+  done, 1 failed$", shown, re.M), shown
-    assert re.search(r"^build: 1 ok.*activate: .*1 rolled back$", shown, re.M), shown
+    assert re.search(r"^build: 1 ok \| .*^activate: .*1 rolled back$", shown, re.M | re.S), shown
+    assert "at work" not in shown[:shown.index("instance ")], "nothing left at work when the run is done"
     failure = r"^failed \(1\):\n  www-1 +activate +rolled back: check (health|http) failed"
     assert re.search(failure, shown, re.M), shown
-    summary = shown[shown.index("instance "):]
-    assert re.search(r"^www-1 .* rolled back .*check (health|http) failed", summary, re.M), shown
-    assert re.search(r"^www-2 .* skipped .*wave 1 failed \(www-1\)", summary, re.M), shown
-    assert all(len(r) < width for r in shown.splitlines()[:-1] if not r.startswith(("www-", "instance", "----")))
+    summary = shown[shown.index("instance "):].splitlines()
+    assert summary[0].split() == ["instance", "system", "result", "seconds", "reason"], summary
+    assert [r.split()[0] for r in summary[2:] if r] == ["www-1", "www-2", "www-3"], summary  # a line each
+    assert re.match(r"www-1 .* rolled back +\S+ +activate: rolled back: check .*…$", summary[2]), summary  # cut
+    assert re.match(r"www-2 .* skipped .*wave 1 failed \(www-1\)", summary[3]), summary
+    assert all(columns(ln) < width for ln in summary_lines(raw)), summary_lines(raw)
+    frame = shown[:shown.index("\nactivate www-1: rolled back: check")]  # the last frame, before the step's log
+    assert all(columns(ln) < width for ln in frame.splitlines()), frame
 
 
 CHILD = """
@@ -286,12 +471,7 @@ with Live(sys.stderr, size=lambda: (60, 10)) as view:
 def test_the_cursor_is_shown_whenever_the_view_stops_or_quits() -> None:
     """Ctrl-Z: the cursor comes back before the process stops, and goes away again (a new
     frame) on `fg`; Ctrl-\\\\: it comes back before the process dies of SIGQUIT."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 10, 60, 0, 0))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm"}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=slave, stdout=slave, stderr=slave, env=env,
-                            start_new_session=True)
-    os.close(slave)
+    proc, master = view_on_pty(CHILD, 60, 10)
     seen = b""
 
     def read_until(wanted: bytes, after: int = 0, timeout: float = 20) -> None:
@@ -335,3 +515,89 @@ def test_the_cursor_is_shown_whenever_the_view_stops_or_quits() -> None:
         with contextlib.suppress(ProcessLookupError, ValueError, NameError):
             os.kill(view, signal.SIGKILL)
         os.close(master)
+
+
+RESIZED = """
+import sys, time
+from hive.live import Live
+with Live(sys.stderr) as view:
+    view.started("activate", "www-1")
+    view.step("activate", "www-1", "...", "w" * 200)
+    time.sleep(3)
+"""
+
+
+def test_a_resize_draws_a_new_frame_at_once_and_the_last_frame_is_clean() -> None:
+    proc, master = view_on_pty(RESIZED, 80, 24)
+    seen = b""
+
+    def read(timeout: float) -> bool:
+        nonlocal seen
+        if not select.select([master], [], [], timeout)[0]:
+            return False
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the view's process has ended
+            return False
+        seen += data
+        return bool(data)
+
+    try:
+        deadline = time.monotonic() + 20
+        while b"w" + MORE.encode() not in seen or read(0.4):  # its frame drawn, then a quiet moment
+            assert time.monotonic() < deadline, seen
+            read(0.5)
+        mark = len(seen)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 50, 0, 0))
+        resized = time.monotonic()
+        os.kill(proc.pid, signal.SIGWINCH)  # what the kernel sends the terminal's foreground group
+        while live.ERASE_BELOW.encode() not in seen[mark:]:
+            assert time.monotonic() - resized < 0.5, "a new frame at once, not at the next second's redraw"
+            read(0.05)
+        while read(5):
+            pass
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    screen = Screen(80, 24)
+    screen.feed(seen[:mark].decode(errors="replace"))
+    screen.resize(50, 24)  # the terminal reflowed the frame drawn at 80 columns
+    screen.feed(seen[mark:].decode(errors="replace"))
+    shown = screen.text()
+    assert shown.count("nix-hive") == 1 and "www-1" in shown, shown
+    assert all(columns(r) <= 49 for r in shown.splitlines()), shown
+
+
+@needs_nix
+def test_a_deploy_on_a_terminal_says_it_evaluates_then_fits_its_summary(tmp_path: Path) -> None:
+    """Without a lab: hosts that refuse the connection (127.0.0.1, port 1) fail at once, after
+    the deployment's evaluation (said while it lasts) and before anything is built."""
+    hive = write_hive(tmp_path / "fleet", f"""
+        {{
+          paths.nixpkgs = {STANDIN};
+          systems.web.configuration = {{ networking.hostName = "web"; }};
+          instances = builtins.listToAttrs (map (n: {{
+            name = "www-${{toString n}}";
+            value = {{ system = "web"; ssh = {{ Hostname = "127.0.0.1"; Port = "1"; }}; }};
+          }}) [ 1 2 3 ]);
+        }}
+    """)
+    env = {k: v for k, v in nix_env().items() if k != "CI"}
+    env.update(PYTHONPATH=str(REPO), TERM="xterm")
+    argv = [sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())", "deploy", "-c", str(hive)]
+    width, height = 80, 24
+    code, raw = run_on_pty(argv, env, width, height, timeout=120)
+    screen = Screen(width, height)
+    screen.feed(raw)
+    shown = screen.text()
+    print(shown)
+    assert code == 1, shown
+    evaluating = raw.index(f"\rnix-hive  0.0s  evaluating {str(hive)[:40]}")  # (cut at the terminal's width)
+    assert evaluating < raw.index("nix-hive  ", evaluating + 1) and "evaluating" not in shown, raw
+    assert shown.startswith("nix-hive  ") and "done, 3 failed" in shown.splitlines()[0], shown
+    summary = shown[shown.index("instance "):].splitlines()
+    assert [r.split()[0] for r in summary[2:] if r] == ["www-1", "www-2", "www-3"], summary  # a line each
+    assert summary[2].endswith(MORE) and "unreachable: ssh: connect to host 127.0.0.1" in summary[2], summary
+    assert all(columns(ln) < width for ln in summary_lines(raw)), summary_lines(raw)

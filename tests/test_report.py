@@ -1,0 +1,105 @@
+"""Tables that fit (issue 28): on a terminal, a table is as wide as the terminal, a line per
+row, whatever its paths and reasons; piped (or with -v), it is the whole table, as before.
+Widths are terminal columns (hive/text.py): a wide character takes two, a combining mark none."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import pty
+import struct
+import termios
+
+from tabulate import tabulate
+
+from hive import text
+from hive.report import Fit, Row, fitting, summary_table, table
+
+WWW = "/nix/store/lg1j8zkq0v6xw3mlsd7rxhj0q2pzr3ab-nixos-system-www"
+PORTICO = "/nix/store/0a9x8zkq0v6xw3mlsd7rxhj0q2pzr3ab-nixos-system-portico"
+REASON = ("activate: rolled back: check http failed: curl: (7) Failed to connect to 127.0.0.1 port 80 after "
+          "0 ms: Connection refused; the host rolled back to its previous system")
+ROWS = [Row("portico", "portico", PORTICO, "ok", "", {"push": 0.4, "activate": 1.2}),
+        Row("www-1", "www", WWW, "rolled back", REASON, {"activate": 3.2}),
+        Row("www-2", "www", "", "skipped", "not started: wave 1 failed (www-1)")]
+
+
+def lines_of(shown: str) -> list[str]:
+    return shown.splitlines()
+
+
+def test_piped_the_summary_is_the_whole_table_as_before() -> None:
+    whole = summary_table(ROWS)
+    assert whole == tabulate([(r.instance, r.system, r.path or "-", r.result, f"{sum(r.seconds.values()):.1f}",
+                               r.reason) for r in ROWS],
+                             headers=["instance", "system", "store path", "result", "seconds", "reason"],
+                             tablefmt="simple", disable_numparse=True)
+    assert WWW in whole and REASON in whole
+
+
+def test_on_80_columns_the_summary_is_a_line_per_instance() -> None:
+    shown = lines_of(summary_table(ROWS, 80))
+    assert len(shown) == 2 + len(ROWS)
+    assert all(text.columns(ln) <= 79 for ln in shown), shown
+    assert shown[0].split() == ["instance", "system", "result", "seconds", "reason"]  # no room for the paths
+    www = shown[3]
+    assert www.startswith("www-1 ") and "rolled back" in www and www.endswith(text.MORE)
+    assert www.split("rolled back", 1)[1].split()[1:4] == ["activate:", "rolled", "back:"]  # its start, then cut
+    assert shown[4].endswith("not started: wave 1 failed (www-1)")  # a short reason whole
+
+
+def test_a_wider_terminal_shows_short_store_paths_last() -> None:
+    shown = lines_of(summary_table(ROWS, 130))
+    assert all(text.columns(ln) <= 129 for ln in shown), shown
+    assert shown[0].split()[-2:] == ["store", "path"]
+    assert shown[2].endswith("nixos-system-portico (0a9x8zk…)")
+    assert shown[3].endswith("nixos-system-www (lg1j8zk…)")
+    assert f"{text.MORE}  nixos-system-www" in shown[3]  # the reason cut before it
+    assert shown[4].endswith("  -")
+
+
+def test_a_table_that_fits_is_left_whole() -> None:
+    rows = [Row("www-1", "www", WWW, "ok", "", {"activate": 1.0})]
+    shown = lines_of(summary_table(rows, 200))
+    assert WWW in shown[2] and shown[0].split()[2:4] == ["store", "path"]  # as it is, in its order
+
+
+def test_status_drops_the_expected_path_before_the_current_one() -> None:
+    headers = ["instance", "system", "expected path", "current path", "state", "reboot"]
+    fit = (Fit.KEEP, Fit.KEEP, Fit.PATH, Fit.PATH, Fit.KEEP, Fit.CUT)
+    rows = [("www-1", "www", WWW, PORTICO, "differs", "yes (kernel)"),
+            ("www-2", "www", WWW, None, "not activated", "-")]
+    shown = lines_of(table(rows, headers, width=80, fit=fit))
+    assert all(text.columns(ln) <= 79 for ln in shown), shown
+    assert shown[0].split() == ["instance", "system", "state", "reboot", "current", "path"]
+    assert shown[2].endswith("yes (kernel)  nixos-system-portico (0a9x8zk…)")
+    assert lines_of(table(rows, headers))[2].split()[2:4] == [WWW, PORTICO]  # piped: whole
+
+
+def test_wide_characters_are_measured_in_columns() -> None:
+    assert text.columns("www-1") == 5 and text.columns("漢字") == 4 and text.columns("e\u0301") == 1
+    assert text.cut("漢字漢字漢字", 7) == "漢字漢…" and text.columns(text.cut("漢字漢字漢字", 6)) <= 6
+    assert text.cut("short", 7) == "short" and text.pad("漢字", 6) == "漢字  "
+    shown = lines_of(table([("www-1", "ホストが応答しません" * 10), ("www-22", "ok")], ["instance", "detail"],
+                           width=40, fit=(Fit.KEEP, Fit.CUT)))
+    assert all(text.columns(ln) <= 39 for ln in shown), shown
+    assert shown[3].index("ok") == shown[2].index("ホ")  # the columns line up
+
+
+def test_a_terminal_too_narrow_for_the_headers_still_gets_a_line_per_row() -> None:
+    shown = lines_of(summary_table(ROWS, 34))
+    assert len(shown) == 2 + len(ROWS) and all(text.columns(ln) <= 33 for ln in shown), shown
+
+
+def test_a_table_fits_a_terminal_only() -> None:
+    assert fitting(io.StringIO()) is None  # a pipe, a file
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        with os.fdopen(slave, "w", closefd=False) as terminal:
+            assert fitting(terminal) == 80
+            assert fitting(terminal, verbose=True) is None  # -v: every path whole
+    finally:
+        os.close(master)
+        os.close(slave)
