@@ -106,7 +106,7 @@ def headline(stderr: str) -> str:
 
 
 _UNDOWNLOADED = re.compile(r"Nix search path entry '([^']+)' cannot be downloaded")
-_DOWNLOAD = re.compile(r"unable to download '([^']+)': (.+?)(?:; retrying in \d+ ms)?$", re.M)
+_DOWNLOAD = re.compile(r"unable to download '([^']+)': (.+?)(?:; retrying in \d+ ms.*)?$", re.M)  # 2.34: (attempt N/M)
 
 
 def undownloaded(stderr: str) -> tuple[str, str] | None:

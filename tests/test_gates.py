@@ -233,3 +233,18 @@ def test_a_run_interrupted_by_ctrl_c_exits_1_even_when_every_step_was_done(tmp_p
     monkeypatch.setattr(orchestrate, "execute", everything_done)
     code, found = orchestrate.deploy(session)
     assert all(r.result == "ok" for r in found) and code == 1
+
+
+def test_a_search_path_entry_that_cannot_be_downloaded_is_read_from_every_nix() -> None:
+    from hive.errors import undownloaded
+
+    url = "http://127.0.0.1:9/nixexprs.tar.xz"
+    nix28 = (f"warning: error: unable to download '{url}': Couldn't connect to server (7); retrying in 276 ms\n"
+             f"warning: Nix search path entry '{url}' cannot be downloaded, ignoring\n")
+    nix234 = (f"warning: error: unable to download '{url}': Could not connect to server (7) Failed to connect to "
+              f"127.0.0.1:9 after 0 ms: Could not connect to server; retrying in 2611 ms (attempt 4/5)\n"
+              f"warning: Nix search path entry '{url}' cannot be downloaded, ignoring\n")
+    assert undownloaded(nix28) == (url, "Couldn't connect to server (7)")
+    assert undownloaded(nix234) == (url, "Could not connect to server (7) Failed to connect to 127.0.0.1:9 after 0 ms: "
+                                         "Could not connect to server")
+    assert undownloaded("error: undefined variable 'x'") is None
