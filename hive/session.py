@@ -6,7 +6,6 @@ orchestrate.py opens and closes it."""
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -402,13 +401,7 @@ class Session:
         (it would outlive the run by ControlPersist): the configuration says so first."""
         if self._abandoned:
             with contextlib.suppress(OSError, HiveError):
-                setup = self.remotes.setup
-                for config in [setup.config, *setup.directory.glob("h/*.config")]:
-                    text = config.read_text()
-                    tmp = config.with_name(config.name + ".closing")
-                    tmp.write_text("# The run is closing: no new shared connection.\nHost *\n  ControlMaster no\n\n"
-                                   + text)
-                    os.replace(tmp, config)
+                self.remotes.setup.stop_sharing()
         self.remotes.close()
 
 

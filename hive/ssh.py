@@ -10,6 +10,9 @@ Every ssh process reads its whole configuration and known_hosts: at a few millis
 thousand lines, a fleet of N hosts, each reached by a few ssh processes, would cost N² in
 reading alone. So each instance also gets files of its own (`SshSetup.config_for`): its
 block and those of the instances it jumps through, with their known hosts, the same options.
+They are written when an ssh to the instance is first about to start, never up front: a
+command that connects to nothing (`list`, `plan`, `build`, `ssh-config`) writes none of
+them, one that connects to 3 hosts of 5,000 writes 3 pairs (issue 29).
 
 Every value is written as ssh will read it back (`encode`), whatever the schema let through:
 quoted where ssh would split or end it, `%` doubled where ssh expands tokens, and refused (a
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hive import text as text_
@@ -55,14 +60,20 @@ def _defaults() -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class SshSetup:
-    """The generated files of one run."""
+    """The generated files of one run: the whole configuration and known_hosts, written by
+    `prepare`, and each instance's own, written on first use (`config_for`)."""
 
     directory: Path
     config: Path
     known_hosts: Path
     control_dir: Path | None = None  # sockets of shared connections, when the run shares them
+    hive: Hive | None = None  # whose instances get files of their own
+    defaults: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULTS))  # nix-hive's options, as written
+    _own: dict[str, Path] = field(default_factory=dict, init=False, repr=False)  # instance -> its config
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _closing: bool = field(default=False, init=False, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -70,13 +81,34 @@ class SshSetup:
         return {"NIX_SSHOPTS": f"-F {self.config}"}
 
     def config_for(self, host: str) -> Path:
-        """The configuration an ssh to `host` reads: the instance's own file, else the whole one."""
-        own = self.directory / "h" / f"{host}.config"
-        return own if own.is_file() else self.config
+        """The configuration an ssh to `host` reads: the instance's own file (written now if it
+        is not yet: many threads ask at once, each file is written once), else the whole one."""
+        if self.hive is None or host not in self.hive.instances:
+            return self.config
+        with self._lock:
+            own = self._own.get(host)
+            if own is None:
+                own = self._own[host] = _write_own(self, self.hive, host, CLOSING if self._closing else "")
+            return own
 
     def env_for(self, host: str | None) -> dict[str, str]:
         """`env` for a Nix that talks to `host` (and to the hosts it jumps through) alone."""
         return {"NIX_SSHOPTS": f"-F {self.config_for(host)}"} if host else self.env
+
+    def stop_sharing(self) -> None:
+        """No ssh process started from now on opens a shared connection of its own (one would
+        outlive the run by ControlPersist): every file written says so first, and so do those
+        written later."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            for config in [self.config, *self._own.values()]:
+                _write(config, CLOSING + config.read_text())
+
+
+# What a configuration says first once its run is closing (`SshSetup.stop_sharing`)
+CLOSING = "# The run is closing: no new shared connection.\nHost *\n  ControlMaster no\n\n"
 
 
 # Options whose one value is a file name, which may hold spaces: one word, quoted when it must
@@ -192,10 +224,10 @@ def _own(key: str, value: str, tokens: str = "") -> str:
         raise InputError(f"the generated ssh configuration cannot hold {key} {text_.line(value)}: {exc}") from None
 
 
-def _block(hive: Hive, instance: Instance, known_hosts: Path,
-           control_dir: Path | None) -> list[tuple[str, Origin | None]]:
+def _block(hive: Hive, instance: Instance, known_hosts: Path, control_dir: Path | None,
+           defaults: Mapping[str, str]) -> list[tuple[str, Origin | None]]:
     options = _Options()
-    for key, value in _defaults().items():
+    for key, value in defaults.items():
         options.set(key, _own(key, value))
     for key, value in instance.ssh.items():
         options.set(key, value, given=True)
@@ -240,20 +272,22 @@ def jump_chain(hive: Hive, name: str) -> list[str]:
     return chain
 
 
-def render_lines(hive: Hive, known_hosts: Path, *, control_dir: Path | None = None,
-                 include_user: bool = True, only: list[str] | None = None) -> list[tuple[str, Origin | None]]:
+def render_lines(hive: Hive, known_hosts: Path, *, control_dir: Path | None = None, include_user: bool = True,
+                 only: list[str] | None = None,
+                 defaults: Mapping[str, str] | None = None) -> list[tuple[str, Origin | None]]:
     """The ssh_config lines for every instance (or those named in `only`), each with the
     instance option it comes from (None for nix-hive's own lines): an error ssh reports at
-    line N names that option."""
+    line N names that option. `defaults`: nix-hive's own options (by default, DEFAULTS with
+    the run's --connect-timeout)."""
+    bounds = _defaults() if defaults is None else defaults
     lines: list[tuple[str, Origin | None]] = [
         (f"# Generated by nix-hive from {text_.line(hive.shown)}: a Host block per instance.", None), ("", None)]
     for name in sorted(hive.instances) if only is None else only:
-        lines += _block(hive, hive.instances[name], known_hosts, control_dir)
+        lines += _block(hive, hive.instances[name], known_hosts, control_dir, bounds)
         lines.append(("", None))
     if control_dir is not None:
         # Jump hosts that are not instances share their connection too, and a run's every
         # connection is bounded (build hosts and relays of the user's configuration too).
-        bounds = _defaults()
         lines += [("Host *", None), *((f"  {k} {v}", None) for k, v in _control(control_dir).items()),
                   *((f"  {k} {_own(k, bounds[k])}", None) for k in BOUNDS), ("", None)]
     if include_user:
@@ -263,10 +297,12 @@ def render_lines(hive: Hive, known_hosts: Path, *, control_dir: Path | None = No
     return lines
 
 
-def render_config(hive: Hive, known_hosts: Path, *, control_dir: Path | None = None,
-                  include_user: bool = True) -> str:
-    """The ssh_config text for every instance of the deployment."""
-    lines = render_lines(hive, known_hosts, control_dir=control_dir, include_user=include_user)
+def render_config(hive: Hive, known_hosts: Path, *, control_dir: Path | None = None, include_user: bool = True,
+                  only: list[str] | None = None, defaults: Mapping[str, str] | None = None) -> str:
+    """The ssh_config text for every instance of the deployment (or those of `only`; see
+    `render_lines`)."""
+    lines = render_lines(hive, known_hosts, control_dir=control_dir, include_user=include_user, only=only,
+                         defaults=defaults)
     return "\n".join(text for text, _ in lines) + "\n"
 
 
@@ -286,7 +322,8 @@ def render_known_hosts(hive: Hive, only: list[str] | None = None) -> str:
 
 
 def prepare(hive: Hive, directory: Path, *, control: bool = False) -> SshSetup:
-    """Write the generated ssh_config and known_hosts into `directory` (private to the user)."""
+    """Write the generated ssh_config and known_hosts into `directory` (private to the user);
+    each instance's own files come when first asked for (`SshSetup.config_for`)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     known = directory / "known_hosts"
     config = directory / "ssh_config"
@@ -294,15 +331,25 @@ def prepare(hive: Hive, directory: Path, *, control: bool = False) -> SshSetup:
     if control_dir is not None:
         control_dir.mkdir(exist_ok=True, mode=0o700)
     _write(known, render_known_hosts(hive))
-    _write(config, render_config(hive, known, control_dir=control_dir))
-    own = directory / "h"
+    defaults = _defaults()  # the own files, written later, say what this one says
+    _write(config, render_config(hive, known, control_dir=control_dir, defaults=defaults))
+    # Own files left there by an earlier release, which wrote them for every command: stale.
+    shutil.rmtree(directory / "h", ignore_errors=True)
+    return SshSetup(directory=directory, config=config, known_hosts=known, control_dir=control_dir, hive=hive,
+                    defaults=defaults)
+
+
+def _write_own(setup: SshSetup, hive: Hive, name: str, header: str) -> Path:
+    """Instance `name`'s own files in the setup's h/ (see the module's docstring); its config."""
+    own = setup.directory / "h"
     own.mkdir(exist_ok=True, mode=0o700)
-    for name in hive.instances:  # each instance's own files (see the module's docstring)
-        hosts = [name, *jump_chain(hive, name)]
-        _write(own / f"{name}.known", render_known_hosts(hive, hosts))
-        lines = render_lines(hive, own / f"{name}.known", control_dir=control_dir, only=hosts)
-        _write(own / f"{name}.config", "\n".join(text for text, _ in lines) + "\n")
-    return SshSetup(directory=directory, config=config, known_hosts=known, control_dir=control_dir)
+    hosts = [name, *jump_chain(hive, name)]
+    known = own / f"{name}.known"
+    _write(known, render_known_hosts(hive, hosts))
+    config = own / f"{name}.config"
+    _write(config, header + render_config(hive, known, control_dir=setup.control_dir, only=hosts,
+                                          defaults=setup.defaults))
+    return config
 
 
 def _write(path: Path, text: str) -> None:

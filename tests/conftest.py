@@ -40,6 +40,22 @@ def nix_hive(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
 
 
 @pytest.fixture
+def ssh_writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every file hive/ssh.py writes from now on, in order (they are written all the same)."""
+    from hive import ssh
+
+    written: list[Path] = []
+    real = ssh._write
+
+    def spy(path: Path, text: str) -> None:
+        written.append(path)
+        real(path, text)
+
+    monkeypatch.setattr(ssh, "_write", spy)
+    return written
+
+
+@pytest.fixture
 def build_log() -> Iterator[Path]:
     """A file the stand-in nixpkgs' builder appends the system name to, once per real build
     (under STANDIN_LOGS, which Nix's sandbox lets builds write to)."""

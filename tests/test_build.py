@@ -12,12 +12,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from hive import state
+from hive import cli, state
 from tests.conftest import STANDIN, builds, needs_nix, nix_hive, write_hive
 
 pytestmark = needs_nix
@@ -216,6 +217,29 @@ def test_list_tables_and_json(fleet: Path) -> None:
     data = json.loads(as_json.stdout)
     assert data["instances"]["host-1"]["selected"] and not data["instances"]["host-2"]["selected"]
     assert data["systems"]["a"]["result"] is None  # list builds nothing
+
+
+def test_commands_that_connect_to_nothing_write_no_ssh_files_of_instances(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        ssh_writes: list[Path]) -> None:
+    """Issue 29: list, plan, build (--no build) and ssh-config of 1,000 instances write the
+    whole ssh_config and known_hosts where they need them, never an instance's own files
+    (hive/ssh.py: those come with a connection to the instance)."""
+    hive = write_hive(tmp_path / "big", FLEET.replace("500);", "1000);").replace(
+        "ssh.Hostname =", 'ssh.ProxyJump = "jump"; ssh.Hostname ='))
+    (hive.parent / "b.nix").write_text('{ networking.hostName = "b"; }\n')
+    assert nix_hive("build", "-q", "-c", str(hive)).returncode == 0
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    generated = hive.parent / ".hive.state.d" / "ssh"
+    for argv, files in ((["list"], []), (["plan"], []), (["build", "--no", "build"], ["known_hosts", "ssh_config"]),
+                        (["ssh-config"], ["known_hosts", "ssh_config"])):
+        ssh_writes.clear()
+        assert cli.main([*argv, "-q", "-c", str(hive)]) == 0, capsys.readouterr().err
+        assert sorted(p.name for p in ssh_writes) == files, argv
+        assert all(p.parent == generated for p in ssh_writes), argv
+        assert not (generated / "h").exists() and list((tmp_path / "tmp").iterdir()) == [], argv
+    assert "Host host-999\n" in capsys.readouterr().out  # ssh-config printed every block
 
 
 def test_deployment_path_and_platform_reach_the_build(tmp_path: Path, build_log: Path) -> None:

@@ -330,9 +330,10 @@ def test_every_connection_of_a_run_is_bounded(tmp_path: Path) -> None:
               b=Instance("b", "s", ssh=frozen_map({"Hostname": "192.0.2.2", "ConnectTimeout": "30"})))
     try:
         ssh.set_connect_timeout(4)
-        config = ssh.prepare(h, tmp_path, control=True).config
+        setup = ssh.prepare(h, tmp_path, control=True)
     finally:
         ssh.set_connect_timeout(None)
+    config = setup.config
 
     def effective(host: str) -> dict[str, str]:
         out = subprocess.run(["ssh", "-G", "-F", str(config), host], capture_output=True, text=True, check=True)
@@ -343,6 +344,8 @@ def test_every_connection_of_a_run_is_bounded(tmp_path: Path) -> None:
     assert jump["connecttimeout"] == "4"  # a jump or build host of the user's own configuration too
     for found in (a, b, jump):
         assert (found["serveraliveinterval"], found["serveralivecountmax"]) == ("15", "3")
+    config = setup.config_for("a")  # written now, as the run's configuration says
+    assert config != setup.config and effective("a")["connecttimeout"] == "4"
     default = ssh.render_config(h, tmp_path / "k", control_dir=tmp_path / "c")
     assert "  ConnectTimeout 10\n" in default.split("\nHost b\n")[0]  # without --connect-timeout
 

@@ -8,7 +8,9 @@ import os
 import re
 import shlex
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,77 @@ def test_each_instance_has_ssh_files_of_its_own_that_ssh_reads_as_the_whole(tmp_
     assert (tmp_path / "h" / "deep.known").read_text() == f"inner {key}\ngate {key}\n"
     assert setup.env_for("deep") == {"NIX_SSHOPTS": f"-F {setup.config_for('deep')}"}
     assert setup.config_for("not-an-instance") == setup.config and setup.env_for(None) == setup.env
+
+
+def fleet_hive(count: int) -> Hive:
+    """`count` instances behind a jump host that is one too (`gate`)."""
+    behind = {f"host-{n}": Instance(f"host-{n}", "s", ssh=frozen_map({"Hostname": f"10.0.{n // 250}.{n % 250 + 1}",
+                                                                        "ProxyJump": "gate"}))
+              for n in range(count)}
+    return hive(gate=Instance("gate", "s", ssh=frozen_map({"Hostname": "203.0.113.1"})), **behind)
+
+
+def own_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in (directory / "h").iterdir()) if (directory / "h").is_dir() else []
+
+
+def test_an_instance_s_own_ssh_files_are_written_on_first_use_once_whatever_the_threads(
+        tmp_path: Path, ssh_writes: list[Path]) -> None:
+    """Issue 29: `prepare` writes the whole files only; an instance's own come when an ssh to
+    it is about to start, once, though many threads ask for them at once."""
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "gone.config").write_text("an earlier release's\n")
+    h = fleet_hive(300)
+    setup = ssh.prepare(h, tmp_path, control=True)
+    assert own_files(tmp_path) == [] and setup.config.is_file() and setup.known_hosts.is_file()
+    assert setup.config_for("host-7") == tmp_path / "h" / "host-7.config"
+    assert own_files(tmp_path) == ["host-7.config", "host-7.known"]  # its jump host's block is in it, no file
+    assert "Host gate" in setup.config_for("host-7").read_text()
+    ssh_writes.clear()
+    names = sorted(h.instances)
+    start = threading.Barrier(16)
+
+    def ask(seed: int) -> dict[str, Path]:
+        start.wait()
+        order = names[seed:] + names[:seed]
+        return {name: setup.config_for(name) for name in order}
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(ask, range(0, 16 * 17, 17)))
+    assert all(a == answers[0] for a in answers)
+    assert answers[0] == {name: tmp_path / "h" / f"{name}.config" for name in names}
+    assert len(ssh_writes) == 2 * (len(names) - 1) == len(set(ssh_writes))  # host-7's were written before
+    assert len(own_files(tmp_path)) == 2 * len(names)
+    assert setup.config_for("not-an-instance") == setup.config
+
+
+def test_a_closing_run_s_files_share_no_new_connection_those_written_later_too(tmp_path: Path) -> None:
+    h = fleet_hive(3)
+    setup = ssh.prepare(h, tmp_path, control=True)
+    before = setup.config_for("host-0")
+    setup.stop_sharing()
+    setup.stop_sharing()  # once is enough
+    for config in (setup.config, before, setup.config_for("host-1")):
+        text = config.read_text()
+        assert text.startswith(ssh.CLOSING) and text.count(ssh.CLOSING) == 1, config
+        resolved = subprocess.run(["ssh", "-G", "-F", str(config), "host-1"], capture_output=True, text=True)
+        assert "controlmaster false" in resolved.stdout.splitlines(), resolved.stderr
+
+
+def test_a_run_writes_the_ssh_files_of_the_hosts_it_connects_to_only(tmp_path: Path, calls: Calls) -> None:
+    calls.stdout = "current=/nix/store/x-sys\n"
+    h = fleet_hive(1000)
+    with remote.Remotes(h, hubs=["gate"]) as remotes:
+        directory = remotes.setup.directory
+        assert own_files(directory) == []
+        found = remotes.probe_all({"host-3": frozenset(), "host-998": frozenset(), "gate": frozenset()})
+        assert {name: p.current for name, p in found.items()} == dict.fromkeys(["gate", "host-3", "host-998"],
+                                                                                 "/nix/store/x-sys")
+        assert own_files(directory) == ["gate.config", "gate.known", "host-3.config", "host-3.known",
+                                        "host-998.config", "host-998.known"]
+        assert sorted(argv[2] for argv in calls.argv) == [str(directory / "h" / f"{n}.config")
+                                                          for n in ("gate", "host-3", "host-998")]
+    assert not directory.exists()
 
 
 def test_remote_commands_are_quoted_and_use_sudo_only_when_not_root(tmp_path: Path) -> None:
