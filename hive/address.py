@@ -5,10 +5,14 @@ a baffling Nix or ssh error on one host in the middle of a run. Parsing them up 
 into a `ValueError` that names the text and what is wrong with it (the caller words it as a
 deployment error), and gives the rest of nix-hive the parts it needs (which host a store's ssh
 connects to, which hosts a jump chain crosses) without string surgery. No I/O here.
+
+Both parsers remember what they parsed (their results are immutable): a fleet names a few
+relays and jump hosts, thousands of times over (issue 29).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import string
@@ -48,6 +52,10 @@ class StoreUrl:
     @classmethod
     def parse(cls, text: str) -> StoreUrl:
         """Parse `text`, or raise ValueError saying what is wrong with it."""
+        return _parse_store_url(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> StoreUrl:
         if not text:
             raise ValueError("empty store URL")
         if any(c.isspace() or not c.isprintable() for c in text):
@@ -139,6 +147,12 @@ class JumpHop:
         return f"{user}{host}{port}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_store_url(text: str) -> StoreUrl:
+    return StoreUrl._parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
 def parse_proxy_jump(text: str) -> tuple[JumpHop, ...]:
     """Parse a ProxyJump value as ssh_config(5) defines it: hops separated by commas, each
     `[user@]host[:port]` or `ssh://[user@]host[:port]`, visited in order; `none` (any case)
