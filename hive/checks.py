@@ -30,15 +30,15 @@ PROGRAM_PARAMETERS = frozenset({"remote-program"})
 def addresses(shown: str, name: str, store: str | None, options: Mapping[str, str]) -> None:
     """A store URL and a ProxyJump that nix-hive (and Nix, and ssh) can read."""
     if store is not None:
-        where = attr_path(["instances", name, "store"])
+        where = ["instances", name, "store"]  # made into an attribute path for an error only (issue 29)
         try:
             url = StoreUrl.parse(store)
         except ValueError as exc:
-            raise DeploymentError(shown, str(exc), where) from None
+            raise DeploymentError(shown, str(exc), attr_path(where)) from None
         for key, _ in url.params:
             if key in PROGRAM_PARAMETERS:
                 raise DeploymentError(shown, f"the store URL parameter {key} runs a program: not taken from a "
-                                      "deployment file (set it in nix.conf or ~/.ssh/config)", where)
+                                      "deployment file (set it in nix.conf or ~/.ssh/config)", attr_path(where))
     jump = next((k for k in options if k.lower() == "proxyjump"), None)
     if jump is not None:
         try:
