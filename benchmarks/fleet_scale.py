@@ -1,8 +1,8 @@
 """What a deployment costs as the fleet grows: hosts behind relays, then behind an HTTP cache.
 
-    make bench-scale [ARGS="--sizes 30,100,300 --relays 3 --mb 5"]     (or, from the repository
+    make bench-scale [ARGS="--sizes 30,300,1000 --relays 10 --mb 5"]     (or, from the repository
         root: .venv/bin/python -m benchmarks.fleet_scale [--sizes ...] [--relays R] [--mb MB]
-        [--jobs J] [--init plain|systemd] [--only relays,cache])
+        [--jobs J] [--push-jobs P] [--init plain|systemd] [--only relays,cache])
 
 Needs root (the lab). For each N, a fresh lab: R relays on the deployer's segment, each with
 N/R hosts behind it on a segment of its own (reachable only through their relay, which is
@@ -43,9 +43,11 @@ MEASUREMENTS = ("relays", "cache")
 
 
 def topology(n: int, relays: int, cache: bool) -> dict[str, list[str]]:
-    """Relays r1..rR on the deployer's segment and their own; hosts h001.. spread over them."""
+    """Relays r1..rR on the deployer's segment and their own; hosts h0001.. behind them in
+    blocks, as racks are named (h0001..h0100 behind r1, and so on): a relay's hosts come
+    one after the other in the plan."""
     out: dict[str, list[str]] = {f"r{r}": ["pub", f"s{r}"] for r in range(1, relays + 1)}
-    out |= {f"h{k:03d}": [f"s{(k - 1) % relays + 1}"] for k in range(1, n + 1)}
+    out |= {f"h{k:04d}": [f"s{(k - 1) * relays // n + 1}"] for k in range(1, n + 1)}
     if cache:
         out["cache"] = [f"s{r}" for r in range(1, relays + 1)]
     return out
@@ -82,7 +84,8 @@ def auths(fleet: Fleet) -> int:
                for name in fleet.lab.hosts for line in fleet.lab.sshd_log(name).splitlines())
 
 
-def one(workdir: Path, n: int, relays: int, mb: float, jobs: int, *, cache: bool, init: Init) -> dict[str, float]:
+def one(workdir: Path, n: int, relays: int, mb: float, jobs: int, push_jobs: int | None, *, cache: bool,
+        init: Init) -> dict[str, float]:
     t0 = time.perf_counter()
     fleet = start(workdir, n, relays, mb, cache=cache, init=init)
     up = time.perf_counter() - t0
@@ -90,7 +93,8 @@ def one(workdir: Path, n: int, relays: int, mb: float, jobs: int, *, cache: bool
         if cache:
             serve_cache(fleet)
         build(fleet)
-        common = ("-q", "--json", "-j", str(jobs), "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
+        common = ("-q", "--json", "-j", str(jobs), *(("--push-jobs", str(push_jobs)) if push_jobs else ()),
+                  "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
         first = measured(fleet, "deploy", *common)
         row = {**first, "auths": auths(fleet), "up": up, "memory": host_memory(fleet)}
         switched = sum(fleet.lab.current_system(h) is not None for h in fleet.lab.hosts if h.startswith("h"))
@@ -123,10 +127,11 @@ def report(name: str, rows: dict[int, dict[str, float]], relays: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="30,100,300")
-    parser.add_argument("--relays", type=int, default=3)
+    parser.add_argument("--sizes", default="30,300,1000")
+    parser.add_argument("--relays", type=int, default=10)
     parser.add_argument("--mb", type=float, default=5.0, help="closure size in MB (default 5)")
     parser.add_argument("--jobs", type=int, default=10, help="nix-hive's -j (default 10)")
+    parser.add_argument("--push-jobs", type=int, help="nix-hive's --push-jobs (default: its own default)")
     parser.add_argument("--init", default="plain", choices=("plain", "systemd"),
                         help="lab hosts (default plain: systemd hosts take 4 inotify instances each, of "
                              "fs.inotify.max_user_instances)")
@@ -140,7 +145,8 @@ def main() -> None:
         rows: dict[int, dict[str, float]] = {}
         for n in sizes:
             with tempfile.TemporaryDirectory(prefix="hive-scale-") as tmp:
-                rows[n] = one(Path(tmp), n, args.relays, args.mb, args.jobs, cache=name == "cache", init=args.init)
+                rows[n] = one(Path(tmp), n, args.relays, args.mb, args.jobs, args.push_jobs, cache=name == "cache",
+                              init=args.init)
             print(f"  ({name} N={n}: {rows[n]['wall']:.1f} s)", flush=True)
         report(name, rows, args.relays)
 

@@ -151,6 +151,7 @@ def _persistent_ssh(args: argparse.Namespace, hive: Hive) -> ssh.SshSetup:
 def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
     return Options(skip=Step.parse_list(getattr(args, "no", None)), state_file=options.state_file(args.state, hive),
                    jobs=options.positive(str(getattr(args, "jobs", 1)), "-j/--jobs"),
+                   push_jobs=_seconds(args, "push_jobs", "--push-jobs"),
                    goal=options.goal(getattr(args, "goal", "switch")),
                    keep_going=getattr(args, "keep_going", False),
                    max_failures=options.max_failures(getattr(args, "max_failures", None), selected),
@@ -510,6 +511,9 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
         d.add_argument("--no-live", action="store_true",
                        help="progress lines, not the live view a terminal shows by default")
         d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
+        d.add_argument("--push-jobs", metavar="N",
+                       help="copies at once from each source: each relay store, each build host, this machine "
+                            "(default: 10, what an sshd lets authenticate at once)")
         _skip_unreachable_argument(d)
         options.add_deadline_arguments(d)
         d.set_defaults(func=func)

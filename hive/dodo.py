@@ -14,7 +14,8 @@ is imported, for the deployment in the dodo file's directory unless `config=` na
 Variables (as `nix-hive deploy`'s options): config (file or directory, default: the dodo
 file's directory's hive.nix, else its flake.nix), targets (comma-separated patterns, default
 every instance), no (steps to skip when done: build,push,activate), state (file), goal
-(switch|boot|test|dry-activate), jobs (instances at once, default 10), keep_going (1/true),
+(switch|boot|test|dry-activate), jobs (instances activated at once, default 10), push_jobs
+(copies at once from each source, default 10), keep_going (1/true),
 max_failures (N or N%), I (name=path,… overriding NIX_PATH entries), push_only (1: the plan of
 `nix-hive push`), verbose (1: print every command), rollback (0: as --no-rollback),
 activation_timeout, confirm_timeout (seconds), keys (0: as --no-keys), eval_jobs (systems
@@ -40,9 +41,10 @@ from doit import get_var
 
 from hive import errors, options, orchestrate
 
-VARIABLES = ("config", "targets", "no", "state", "goal", "jobs", "keep_going", "max_failures", "I", "push_only",
-             "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys", "eval_jobs", "build_host",
-             "elevate", "ask_sudo_password", "sudo_password_file", "skip_unreachable", "rollback_on_failure",
+VARIABLES = ("config", "targets", "no", "state", "goal", "jobs", "push_jobs", "keep_going", "max_failures", "I",
+             "push_only", "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys", "eval_jobs",
+             "build_host", "elevate", "ask_sudo_password", "sudo_password_file", "skip_unreachable",
+             "rollback_on_failure",
              *(name for name, *_ in options.DEADLINES))
 BAD_INPUT = 3  # doit's status for an error before any task runs (its own: an unknown task, a bad dodo file)
 

@@ -26,6 +26,7 @@ class Options:
     skip: frozenset[Step] = frozenset()
     state_file: Path | None = None  # default: .hive.state beside the deployment file
     jobs: int = 10
+    push_jobs: int | None = None  # copies at once from each source (hive/lanes.py); None: its default
     goal: Goal = Goal.SWITCH
     keep_going: bool = False
     max_failures: int | None = None  # absolute number, computed from N or N%

@@ -204,6 +204,7 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True, home: Path 
     given = Options(skip=Step.parse_list(variables.get("no")),
                     state_file=options.state_file(variables.get("state"), hive, option="state=FILE"),
                     jobs=options.positive(variables.get("jobs", "10"), "jobs="),
+                    push_jobs=_positive_or_none(variables.get("push_jobs"), "push_jobs="),
                     goal=options.goal(variables.get("goal", "switch"), "goal="),
                     keep_going=options.flag(variables.get("keep_going", "0"), "keep_going"),
                     max_failures=options.max_failures(variables.get("max_failures"), selected, "max_failures="),

@@ -48,6 +48,7 @@ import atexit
 import io
 import os
 import queue
+import resource
 import select
 import shlex
 import signal
@@ -123,6 +124,22 @@ def _message(argv: list[str], status: str, stderr: str) -> str:
 
 _verbose: TextIO | None = None
 _verbose_lock = threading.Lock()
+
+
+def allow_open_files(wanted: int = 65536) -> int:
+    """Raise this process's limit of open files to `wanted` (at most its hard limit), as a
+    run over many hosts holds the pipes of a hundred commands or more at once (a copy: `nix`
+    and its `ssh`, 3 pipes each) and the sockets of their shared connections, where a login
+    session's default soft limit is often 1,024. The limit in force afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    return soft
 
 
 def set_verbose(stream: TextIO | None) -> None:

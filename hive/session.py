@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from hive import ssh
+from hive import process, ssh
 from hive.address import parse_proxy_jump
 from hive.errors import HiveError, ProcessError, StepError
 from hive.keys import Keys
+from hive.lanes import Lanes
 from hive.model import Goal, Hive, Instance, Step
 from hive.options import Options, default_state_file
 from hive.outcome import Failure, NotStarted, Outcome, Outcomes, Status, StepFailed
@@ -36,8 +37,10 @@ class Session:
         self.state_file = options.state_file or default_state_file(hive)
         self.gcroots = self.state_file.with_name(self.state_file.name + ".d") / "gcroots"
         ssh.set_connect_timeout(options.connect_timeout)  # before the run's ssh_config is written
+        process.allow_open_files()
         self.remotes = Remotes(hive, plan.hubs, jobs=options.jobs)
         self.keys = Keys(hive)
+        self.lanes = Lanes(options.jobs, options.push_jobs)
         self.results: dict[str, str] = {}  # system -> store path (built, or recorded under --no build)
         self.expected: frozenset[TaskId] | None = None  # the tasks doit will run (None: all)
         self._idle = threading.Condition()
@@ -110,6 +113,7 @@ class Session:
             self._cause = cause
         self._interrupted = True
         self.outcomes.poke()
+        self.lanes.wake()
 
     @property
     def interrupted(self) -> bool:
@@ -134,6 +138,7 @@ class Session:
         self._interrupted = True
         self._abandoned = True
         self.outcomes.poke()
+        self.lanes.wake()
 
     @property
     def abandoned(self) -> bool:
@@ -344,11 +349,12 @@ class Session:
             self._idle.wait_for(lambda: self._running == 0, timeout=timeout)
 
     def perform(self, task: TaskId, action: Callable[[], dict[str, Any]], *,
-                gated: bool = False) -> dict[str, Any] | StepFailed | NotStarted:
+                gated: bool = False, lane: str | None = None) -> dict[str, Any] | StepFailed | NotStarted:
         """Run one step's action and record its outcome: ok with its seconds, or a failure
-        that keeps its structure. A gated step (push, activation) starts only if the policy
-        allows it; no build starts once the run is interrupted."""
-        with self.running(task):
+        that keeps its structure. The step first waits for a slot of its `lane` (hive/lanes.py).
+        A gated step (push, activation) starts only if the policy allows it; no build starts
+        once the run is interrupted."""
+        with self.lanes.slot(lane, lambda: self._interrupted), self.running(task):
             reason = self.stop_reason() if gated else None
             if task.kind is Kind.NIX_BUILD and self._interrupted:
                 reason = self._cause

@@ -18,6 +18,7 @@ from doit.tools import config_changed
 from hive.activate import activate, is_active, upload_keys
 from hive.build import Builds
 from hive.evaluate import input_files
+from hive.lanes import lane_of
 from hive.model import Step
 from hive.outcome import NotStarted, Outcome, Status, StepFailed
 from hive.plan import Kind, PlannedTask, TaskId
@@ -44,19 +45,25 @@ class Steps:
         s, t = self.session, task.target
         if task.kind is Kind.NIX_BUILD:
             group = next(g for g in s.plan.groups if g.id == task)
-            return lambda: s.perform(task, lambda: self.builds.build_group(group))
+            return lambda: s.perform(task, lambda: self.builds.build_group(group), lane=lane_of(task.kind))
         if task.kind is Kind.BUILD:
             return lambda: s.perform(task, lambda: self.builds.result(t))
         if task.kind is Kind.STORE:
             relay = next(r for r in s.plan.relays if r.id == task)
-            return lambda: s.perform(task, lambda: self.pushes.relay(relay), gated=True)
-        if task.kind is Kind.PUSH:
-            return lambda: s.perform(task, lambda: self.pushes.instance(self.instances[t]), gated=True)
-        if task.kind is Kind.KEYS:
-            return lambda: s.perform(task, lambda: upload_keys(s, self.instances[t]), gated=True)
-        if task.kind is Kind.ACTIVATE:
-            act = reboot_into if s.options.reboot else activate
-            return lambda: s.perform(task, lambda: act(s, self.instances[t]), gated=True)
+            hosts = {s.hive.systems[n].build_host for n in relay.systems}
+            lane = lane_of(task.kind, relay=relay, build_host=hosts.pop() if len(hosts) == 1 else None)
+            return lambda: s.perform(task, lambda: self.pushes.relay(relay), gated=True, lane=lane)
+        if task.kind in (Kind.PUSH, Kind.KEYS, Kind.ACTIVATE):
+            instance = self.instances[t]
+            lane = lane_of(task.kind, instance=instance, build_host=s.hive.systems[instance.system].build_host)
+            if task.kind is Kind.PUSH:
+                work: Callable[[], dict[str, Any]] = lambda: self.pushes.instance(instance)  # noqa: E731
+            elif task.kind is Kind.KEYS:
+                work = lambda: upload_keys(s, instance)  # noqa: E731
+            else:
+                act = reboot_into if s.options.reboot else activate
+                work = lambda: act(s, instance)  # noqa: E731
+            return lambda: s.perform(task, work, gated=True, lane=lane)
         if task.kind is Kind.WAVE:
             return lambda: open_wave(s, int(t))
         return None
@@ -155,7 +162,7 @@ def doit_config(session: Session, steps: Steps, on_complete: Callable[[bool], No
         "reporter": Reporter(session, steps, on_complete),
         "verbosity": 0,
         "par_type": "thread",
-        "num_process": session.options.jobs if session.options.jobs > 1 else 0,
+        "num_process": session.lanes.threads(len(session.plan.tasks)),
         "continue": True,
         "default_tasks": ["build"],
     }

@@ -295,3 +295,13 @@ def test_starts_from_threads_do_not_warn(recwarn: pytest.WarningsRecorder) -> No
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(lambda n: process.run(["echo", str(n)]).stdout, range(8))) == [f"{n}\n" for n in range(8)]
     assert [str(w.message) for w in recwarn] == []
+
+
+def test_a_run_raises_its_limit_of_open_files_as_far_as_it_may() -> None:
+    """A login session's soft limit (often 1,024) is raised to the hard one, up to 65,536."""
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, {hard})); from hive import process; "
+            "print(process.allow_open_files(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    for hard, expected in ((4096, "4096 4096"), (1024, "1024 1024")):
+        out = subprocess.run([sys.executable, "-c", code.format(hard=hard)], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+        assert out.stdout.split() == expected.split()

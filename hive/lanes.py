@@ -1,0 +1,98 @@
+"""How many steps of each kind run at once: a run's lanes.
+
+- Activations and key uploads: `-j/--jobs` at once (10 by default), the instances at work.
+- Builds: `-j` groups at once, each evaluating up to `--eval-jobs` systems.
+- Copies: a lane per source, the store the paths come from: each relay store feeds
+  `--push-jobs` instances at once, and so does this machine (its copies to relay stores, and
+  to instances behind none) and each build host. By default 10 per source: an instance behind
+  an ssh relay opens an ssh connection to it to substitute, and sshd's defaults let 10
+  connections authenticate at once (MaxStartups 10:30:100; beyond that it refuses some, and
+  the instance then takes the closure from the deployer instead, over the deployer's link).
+  A fleet behind 10 relays thus copies to 100 instances at once.
+
+Copies and activations no longer share one width: instances are copied to while earlier ones
+switch. A step waits for its lane before it counts as running (the live view shows it
+waiting), and stops waiting when the run is interrupted (it then starts nothing).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from hive.model import Instance
+from hive.plan import Kind, Relay
+
+DEFAULT_PUSH_JOBS = 10
+HERE = "this machine"
+# doit runs each waiting step in a thread of its own, so that a lane full of waiting copies
+# (a relay's 100 instances) never keeps another lane's steps from starting; past this many
+# threads the steps wait for a thread as well.
+MAX_THREADS = 1024
+
+
+def source(store: str | None, build_host: str | None) -> str:
+    """The lane of a copy: the relay store it substitutes from, else the build host that
+    holds the paths, else this machine."""
+    if store:
+        return store
+    if build_host:
+        return f"build host {build_host}"
+    return HERE
+
+
+def lane_of(kind: Kind, *, instance: Instance | None = None, relay: Relay | None = None,
+            build_host: str | None = None) -> str | None:
+    """The lane a step of `kind` waits for (None: it takes no slot)."""
+    if kind in (Kind.KEYS, Kind.ACTIVATE):
+        return "activate"
+    if kind is Kind.NIX_BUILD:
+        return "build"
+    if kind is Kind.PUSH and instance is not None:
+        return "push: " + source(instance.store, build_host)
+    if kind is Kind.STORE and relay is not None:
+        return "push: " + source(relay.upstream, build_host)
+    return None
+
+
+class Lanes:
+    """Slots per lane, `width(lane)` of them each."""
+
+    def __init__(self, jobs: int, push_jobs: int | None) -> None:
+        self.jobs = jobs
+        self.push_jobs = push_jobs or DEFAULT_PUSH_JOBS
+        self._busy: dict[str, int] = {}
+        self._changed = threading.Condition()
+
+    def width(self, lane: str) -> int:
+        return self.push_jobs if lane.startswith("push: ") else self.jobs
+
+    @contextmanager
+    def slot(self, lane: str | None, stop: Callable[[], bool]) -> Iterator[None]:
+        """Hold a slot of `lane` for the duration (none when `lane` is None); waiting ends as
+        soon as `stop()` is true, and the step then runs without one (to say it was skipped)."""
+        if lane is None:
+            yield
+            return
+        with self._changed:
+            self._changed.wait_for(lambda: stop() or self._busy.get(lane, 0) < self.width(lane))
+            self._busy[lane] = self._busy.get(lane, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy[lane] -= 1
+                self._changed.notify_all()
+
+    def wake(self) -> None:
+        """Something `stop()` reads changed (the run was interrupted): waiting steps look again."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def threads(self, tasks: int) -> int:
+        """doit's workers for a plan of `tasks` tasks: 0 (in turn, in doit's own thread) when
+        every lane is one wide, else a thread per task, up to MAX_THREADS."""
+        if self.jobs == 1 and self.push_jobs == 1:
+            return 0
+        return max(2, min(tasks, MAX_THREADS))

@@ -1,0 +1,153 @@
+"""Copies and activations have widths of their own (hive/lanes.py): `--push-jobs` copies at once
+from each source, `-j` activations at once, neither taking the other's slots."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from hive.lanes import DEFAULT_PUSH_JOBS, MAX_THREADS, Lanes, lane_of, source
+from hive.model import Instance
+from hive.plan import Kind, Relay
+from tests.conftest import REPO, needs_lab
+from tests.fleet import Fleet
+
+TOPOLOGY = {"portico": ["pub", "int"], "www-1": ["int"], "www-2": ["int"], "www-3": ["int"]}
+SOURCE = REPO / "tests" / "hives" / "rollouts"
+
+
+def most_at_once(lanes: Lanes, lane: str, workers: int, stop: Callable[[], bool] = lambda: False) -> int:
+    """Run `workers` threads that each hold a slot of `lane` for a moment: the most at once."""
+    busy, most, lock = 0, 0, threading.Lock()
+
+    def work() -> None:
+        nonlocal busy, most
+        with lanes.slot(lane, stop):
+            with lock:
+                busy += 1
+                most = max(most, busy)
+            time.sleep(0.05)
+            with lock:
+                busy -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return most
+
+
+def test_a_lane_runs_as_many_steps_at_once_as_its_width() -> None:
+    lanes = Lanes(jobs=2, push_jobs=3)
+    assert most_at_once(lanes, "activate", 6) == 2
+    assert most_at_once(lanes, "push: ssh://relay", 6) == 3
+    assert Lanes(jobs=4, push_jobs=None).width("push: x") == DEFAULT_PUSH_JOBS
+
+
+def test_a_full_lane_does_not_hold_up_another() -> None:
+    lanes = Lanes(jobs=1, push_jobs=1)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with lanes.slot("push: ssh://a", lambda: False):
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(10)
+    done = threading.Event()
+
+    def other() -> None:
+        with lanes.slot("push: ssh://b", lambda: False):
+            done.set()
+
+    threading.Thread(target=other).start()
+    assert done.wait(5), "a step of another source waited for the full lane"
+    release.set()
+    holder.join(10)
+
+
+def test_an_interrupted_run_stops_waiting_for_a_slot() -> None:
+    lanes = Lanes(jobs=1, push_jobs=1)
+    stopped = threading.Event()
+    release = threading.Event()
+    waited = threading.Event()
+
+    def hold() -> None:
+        with lanes.slot("activate", stopped.is_set):
+            release.wait(10)
+
+    def wait() -> None:
+        with lanes.slot("activate", stopped.is_set):
+            waited.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.05)
+    threading.Thread(target=wait).start()
+    assert not waited.wait(0.2)
+    stopped.set()
+    lanes.wake()
+    assert waited.wait(5), "a waiting step did not see the run's interruption"
+    release.set()
+    holder.join(10)
+
+
+def test_each_step_waits_in_the_lane_of_its_source() -> None:
+    behind = Instance(name="www-1", system="web", store="ssh://portico")
+    alone = Instance(name="db", system="db")
+    assert lane_of(Kind.PUSH, instance=behind) == "push: ssh://portico"
+    assert lane_of(Kind.PUSH, instance=alone) == "push: this machine"
+    assert lane_of(Kind.PUSH, instance=alone, build_host="builder") == "push: build host builder"
+    # an instance behind a relay substitutes from it, whoever built its system
+    assert lane_of(Kind.PUSH, instance=behind, build_host="builder") == "push: ssh://portico"
+    assert lane_of(Kind.STORE, relay=Relay("ssh://portico", ("web",))) == "push: this machine"
+    assert lane_of(Kind.STORE, relay=Relay("ssh://b", ("web",), upstream="ssh://a")) == "push: ssh://a"
+    assert lane_of(Kind.KEYS, instance=behind) == lane_of(Kind.ACTIVATE, instance=behind) == "activate"
+    assert lane_of(Kind.WAVE) is None
+    assert source(None, None) == "this machine"
+
+
+@pytest.mark.parametrize(("jobs", "push_jobs", "tasks", "threads"),
+                         [(1, 1, 50, 0), (1, None, 50, 50), (10, 1, 3, 3), (10, None, 5000, MAX_THREADS)])
+def test_doit_gets_a_thread_per_task_unless_every_lane_is_one_wide(jobs: int, push_jobs: int | None, tasks: int,
+                                                                  threads: int) -> None:
+    assert Lanes(jobs, push_jobs).threads(tasks) == threads
+
+
+def at_once(steps: list[tuple[float, float]]) -> int:
+    """The most steps running at the same moment, of (start, end) pairs."""
+    edges = sorted([(s, 1) for s, _ in steps] + [(e, -1) for _, e in steps], key=lambda x: (x[0], x[1]))
+    busy = most = 0
+    for _, delta in edges:
+        busy += delta
+        most = max(most, busy)
+    return most
+
+
+@needs_lab
+def test_copies_run_push_jobs_wide_while_activations_run_j_wide(fleet_factory: Callable[..., Fleet]) -> None:
+    """-j 1 --push-jobs 2, three instances behind one relay: two copies at once from the relay
+    (never three), one activation at a time; today's one `-j` for both would copy one at a time."""
+    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, payload_bytes=2_000_000)
+    fleet.env["ROLLOUT_VARIANT"] = "v1"
+    out = fleet.deploy("--json", "-j", "1", "--push-jobs", "2", "portico", "www-*")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    steps: dict[str, list[tuple[float, float]]] = {"push": [], "activate": []}
+    for row in report["instances"]:
+        if row["instance"] == "portico":
+            continue
+        for step, spans in steps.items():
+            assert row["steps"][step] == "ok", row
+            spans.append((row["started"][step], row["started"][step] + row["seconds"][step]))
+    assert len(steps["push"]) == 3 and len(steps["activate"]) == 3, report
+    assert at_once(steps["push"]) == 2, steps
+    assert at_once(steps["activate"]) == 1, steps
