@@ -45,6 +45,7 @@ host-tree: apt
 	python3 -m tests.lab.tree
 
 pytest: setup host-tree
+	$(VENV)/bin/python -m compileall -q hive >/dev/null  # every nix-hive the tests start reads it (even under PYTHONDONTWRITEBYTECODE)
 	$(WITH_NIX) $(VENV)/bin/pytest -q -n 3 $(PYTEST_ARGS)  # three at once: the lab tests mostly wait on hosts
 
 test: lint typecheck pytest

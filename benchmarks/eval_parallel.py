@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import as_installed
 from tests.constants import REPO, STANDIN, nix_env
 
 HIVE = """{{
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--systems", type=int, default=8)
     parser.add_argument("--cost", type=int, default=6_000_000, help="SHA-256 hashes each evaluation computes")
     args = parser.parse_args()
-    env = {**nix_env(), "PYTHONPATH": str(REPO)}
+    env = {**nix_env(), **as_installed(REPO), "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory(prefix="hive-eval-") as tmp:
         hive = Path(tmp, "hive.nix")
         hive.write_text(HIVE.format(standin=STANDIN, cost=args.cost, k=args.systems))

@@ -66,6 +66,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks import as_installed
 from tests.constants import REPO, STANDIN, nix_env
 from tests.fleet import Fleet
 
@@ -156,7 +157,7 @@ def measured(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO)
         argv = fleet.lab.deployer_argv([sys.executable, str(REPO / "benchmarks" / "reaper.py"), out.name,
                                         sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())",
                                         args[0], "-v", *args[1:]])
-        env = {**nix_env(), **fleet.env, "PYTHONPATH": str(code)}
+        env = {**nix_env(), **as_installed(code), **fleet.env, "PYTHONPATH": str(code)}
         before, t0 = fleet.lab.tx_bytes(), time.perf_counter()
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=code)
         wall, sent = time.perf_counter() - t0, fleet.lab.tx_bytes() - before

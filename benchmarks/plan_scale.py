@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import build_no_build
+from benchmarks import as_installed, build_no_build
 from tests.constants import NIX_CONFIG, REPO, STANDIN
 
 # Two systems, a relay store per 100 instances behind one jump host, tags, two waves (by
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=REPO, help="the nix-hive checkout to run (default: this one)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
-    env = {**os.environ, "PYTHONPATH": str(args.source.resolve())}
+    env = {**as_installed(args.source), "PYTHONPATH": str(args.source.resolve())}
     env.setdefault("NIX_CONFIG", NIX_CONFIG)
     command = [sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())"]
     print(f"nix-hive plan from {args.source.resolve()}")
