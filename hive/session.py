@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from hive import process, ssh
+from hive import process, ssh, state
 from hive.address import parse_proxy_jump
 from hive.errors import HiveError, ProcessError, StepError
 from hive.keys import Keys
@@ -85,19 +85,25 @@ class Session:
     def probe(self, host: str, paths: Iterable[str] = ()) -> Probe:
         """What `host` has and runs (`--no push/activate`). A question about a host not asked
         yet asks every such host of the run at once (those whose system is built, and the
-        relays), one ssh call each, jump hosts first, about every path built so far; later
-        questions are answered from that, unless they name a path a host was not asked
+        relays), one ssh call each, jump hosts first, about the paths it should hold (`_wants`);
+        later questions are answered from that, unless they name a path a host was not asked
         about. doit asks its questions one at a time: without this, a fleet's hosts would be
         asked in turn."""
         with self._probe_lock:
             if host not in self._prefetched:
-                known = frozenset(self.results.values())
                 hosts = {i.name for i in self.plan.instances if i.system in self.results}
                 hosts |= {r.owner for r in self.plan.relays if r.owner is not None}
                 hosts = (hosts | {host}) - self._prefetched
                 self._prefetched |= hosts
-                self.remotes.probe_all({h: known for h in sorted(hosts)})
+                self.remotes.probe_all({h: self._wants(h, self.results) for h in sorted(hosts)})
         return self.remotes[host].probe(paths)
+
+    def _wants(self, host: str, results: dict[str, str]) -> frozenset[str]:
+        """The paths of `results` (system -> path) that `host` should hold: its own system's,
+        and, for a relay store's host, those of the systems the relay serves."""
+        systems = {self._instances[host].system} if host in self._instances else set()
+        systems |= {name for r in self.plan.relays if r.owner == host for name in r.systems}
+        return frozenset(results[name] for name in systems if name in results)
 
     # -- policy ----------------------------------------------------------------------------
 
@@ -243,8 +249,12 @@ class Session:
         # ssh's ConnectTimeout bounds each hop's connection; this bounds the whole question
         bound = 2 * (options.connect_timeout or int(ssh.DEFAULTS["ConnectTimeout"])) + 5
         started = time.monotonic()
-        found = self.remotes.probe_all({n: frozenset() for n in names}, keep=keep, width=max(options.jobs, 32),
-                                       timeout=bound)
+        # under --no build, the results the state file holds are most likely this run's: asked
+        # about now, the `--no push/activate` questions are answered without asking again
+        likely = (state.recorded_results(self.state_file, {i.system for i in plan.instances})
+                  if self.skips(Step.BUILD) else {})
+        found = self.remotes.probe_all({n: self._wants(n, likely) for n in names}, keep=keep,
+                                       width=max(options.jobs, 32), timeout=bound)
         seconds = round(time.monotonic() - started, 2)
         for name in names:
             probe, task = found[name], TaskId(Kind.CONNECT, name)

@@ -34,7 +34,7 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -239,6 +239,22 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
     if loaded.dropped:
         print(warning(path, loaded.dropped), file=sys.stderr, flush=True)
     return loaded.data
+
+
+def recorded_results(path: Path, systems: Iterable[str]) -> dict[str, str]:
+    """The build results the state file holds for `systems` (system -> store path), read
+    without the lock; what cannot be read is absent (a hint, never relied on)."""
+    try:
+        data = read(path).data
+    except (OSError, HiveError):
+        return {}
+    out: dict[str, str] = {}
+    for system in systems:
+        values = data.get(f"build:{system}", {}).get("_values_:")
+        result = values.get("result") if isinstance(values, dict) else None
+        if isinstance(result, str):
+            out[system] = result
+    return out
 
 
 # The private directory and the lock ---------------------------------------------------------

@@ -151,3 +151,22 @@ def test_copies_run_push_jobs_wide_while_activations_run_j_wide(fleet_factory: C
     assert len(steps["push"]) == 3 and len(steps["activate"]) == 3, report
     assert at_once(steps["push"]) == 2, steps
     assert at_once(steps["activate"]) == 1, steps
+
+
+@needs_lab
+def test_a_no_change_redeploy_asks_each_host_once(fleet_factory: Callable[..., Fleet]) -> None:
+    """`--no build,push,activate` with nothing changed: the first question to each host (is it
+    up, what does it run) also asks whether it holds the recorded result, so the `--no`
+    questions need no second login round. Before, every host was asked twice."""
+    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, payload_bytes=4096)
+    fleet.env["ROLLOUT_VARIANT"] = "v1"
+    first = fleet.deploy("--json", "portico", "www-*")
+    assert first.returncode == 0, first.stderr
+    again = fleet.deploy("-v", "--no-live", "--no", "build,push,activate", "portico", "www-*")
+    assert again.returncode == 0, again.stderr
+    asked: dict[str, int] = {}
+    for command in again.stderr.split("\n$ ")[1:]:
+        if "readlink /run/current-system" in command and command.startswith("ssh "):
+            host = command.split(" -- ", 1)[1].split(" ", 1)[0]
+            asked[host] = asked.get(host, 0) + 1
+    assert asked == {"portico": 1, "www-1": 1, "www-2": 1, "www-3": 1}, again.stderr
