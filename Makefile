@@ -14,7 +14,7 @@ APT_BROWSER := chromium
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
 WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 
-.PHONY: setup apt venv host-tree test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-scale bench-eval test-matrix clean
+.PHONY: setup apt venv host-tree test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-scale bench-keys bench-eval test-matrix clean
 
 setup: apt venv
 
@@ -72,6 +72,9 @@ bench-fleet: setup  # a subset, e.g.: make bench-fleet ARGS="--only targets"
 
 bench-scale: setup  # other sizes, e.g.: make bench-scale ARGS="--sizes 30,100 --relays 2 --only relays"
 	$(WITH_NIX) $(PY) -m benchmarks.fleet_scale $(ARGS)
+
+bench-keys: setup  # e.g. against main's nix-hive too: make bench-keys ARGS="--baseline main"
+	$(WITH_NIX) $(PY) -m benchmarks.keys_scale $(ARGS)
 
 bench-eval: setup
 	$(WITH_NIX) $(PY) -m benchmarks.eval_parallel

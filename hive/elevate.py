@@ -213,8 +213,9 @@ ROLLBACK_RULES: tuple[tuple[str, str], ...] = (
     ("/nix/store/*/bin/switch-to-configuration", r"^(switch|boot|test|dry-activate)$"),
 )
 
-# keys (hive/keys.py): the hashes of the destinations, the upload of one key (its bytes on
-# stdin), from keys.sh as reboot.sh runs (a destination with white space is more words).
+# keys (hive/keys.py): the hashes of the destinations, the upload of a host's keys (`upload
+# COUNT`, the keys on stdin), from keys.sh as reboot.sh runs (a destination with white space
+# is more words).
 KEYS_RULES: tuple[tuple[str, str], ...] = (
     ("sh", rf"^{_ID}/keys[.]sh (hashes|upload)( [^ ]+)+$"),
 )

@@ -4,12 +4,24 @@ A key's content is read on the deployer at upload time (its file, its text, or i
 output), kept in memory for the run, and sent over ssh standard input only: never in an argv,
 never in a temporary file on the deployer, never in the state file, a report or a message.
 On the host, as root (hive/host/keys.sh, run from a file: no root shell), a file is created in
-the destination's directory, given its final owner and mode, and only then filled; it is
-renamed over the destination, so no reader ever sees a partial or a too readable key. Nothing
-is written through a symbolic link or into a directory a user other than root could change
-(issue 27): such a destination fails its key, saying which directory. Whether
-a host's key is up to date is asked of the host (a SHA-256 of each destination), not recorded
-here.
+a private directory of root's inside the destination's directory, given its final owner and
+mode, and only then filled; it is renamed over the destination, so no reader ever sees a
+partial or a too readable key. Nothing is written through a symbolic link or into a directory
+a user other than root could change (issue 27): such a destination fails its key, saying
+which directory. Whether a host's key is up to date is asked of the host (a SHA-256 of each
+destination, one call), not recorded here.
+
+All the keys of one upload to a host (an instance's keys step, its post-activation keys, its
+keys after a reboot, `upload-keys`) travel together, in one ssh call (issue 29: 200 keys had
+been 200 round trips, each with its own elevation and its own copy of keys.sh): a line per
+key (its SHA-256, length, mode, user, group and destination), then the contents back to back.
+The keys of a host stand or fall each on its own: a key that fails (its user missing, its
+directory refused, its content altered on the way, or its content unreadable here) is not
+installed, the others are, each atomically as above, and then the step fails naming every
+key that failed (the first few with why, the others by name): a careful operator wants the
+good keys in place and the whole list of bad ones, not a host left with whichever keys came
+before the first bad one. A call that fails as a whole (the host unreachable, root refused)
+fails all the keys it carried; keys already installed stay installed.
 
 Content is bytes from source to host, never text: a keyCommand's output is taken as written
 (decoding it turned invalid UTF-8 into replacement characters: 10 bytes arrived as 16, 50 MB
@@ -39,12 +51,13 @@ from hive.model import Hive, Key
 from hive.remote import Remote
 from hive.resources import host_script
 
-# What runs as root for keys (hive/host/keys.sh): `hashes DEST...` and `upload DEST USER GROUP
-# MODE`, the key on stdin after its SHA-256 and length. It writes nothing through a symbolic
-# link, nor into a directory another user could change (exit 67, one line saying why).
+# What runs as root for keys (hive/host/keys.sh): `hashes DEST...` and `upload COUNT`, a host's
+# keys on stdin (`upload_stream`), those it did not install on stdout (`parse_failures`). It
+# writes nothing through a symbolic link, nor into a directory another user could change (67,
+# one line saying why).
 KEYS_SH = host_script("keys.sh")
 # As the ssh user, behind elevate.sh (`Remote.root_script`): keys.sh goes to /run/nix-hive/ID/
-# (a here-document: the call's standard input stays the key's) and runs as `as_root sh FILE
+# (a here-document: the call's standard input stays the keys') and runs as `as_root sh FILE
 # CALL ARGS`, a fixed argv shape a sudoers rule allows (hive/elevate.py), never `sh -c` as root.
 # keys.sh removes itself (it runs from its open file).
 KEYS_CALL = f"""d=/run/nix-hive/$1
@@ -63,8 +76,10 @@ def keys_argv(remote: Remote, call: str, *args: str) -> list[str]:
     return remote.shell_argv(remote.root_script(KEYS_CALL), args=[elevate.call_id(), call, *args])
 
 
-ALTERED = 66
-REFUSED = 67
+MISSING = (64, 65)  # a user or group the host lacks
+ALTERED = 66  # the content (or, for the whole call, the key lines) arrived altered
+REFUSED = 67  # a destination keys.sh will not write through
+SOME_FAILED = 68  # keys.sh upload: some keys were not installed (each told on stdout)
 
 
 @dataclass(frozen=True)
@@ -138,34 +153,94 @@ class Keys:
         return found
 
     def upload(self, remote: Remote, keys: Sequence[Key], *, only_changed: bool) -> Uploaded:
-        """Send `keys` to the host; with `only_changed`, those whose content differs there."""
+        """Send `keys` to the host, all in one ssh call; with `only_changed`, those whose
+        content differs there. A key that fails (unreadable here, refused or altered there)
+        leaves the others be; then a `StepError` names every key that failed."""
         if not keys:
             return Uploaded()
-        there = self.on_host(remote, keys) if only_changed else {}
-        sent, same = [], []
+        contents: dict[str, bytes] = {}
+        failed: list[Failure] = []
         for key in keys:
-            data = self.content(key)
-            if there.get(key.destination) == hashlib.sha256(data).hexdigest():
-                same.append(key.name)
-                continue
-            self._send(remote, key, data)
-            sent.append(key.name)
-        return Uploaded(tuple(sent), tuple(same))
+            try:
+                contents[key.name] = self.content(key)
+            except StepError as exc:
+                failed.append(((key.name,), str(exc)))
+        readable = [k for k in keys if k.name in contents]
+        there = self.on_host(remote, readable) if only_changed and readable else {}
+        same = [k for k in readable if there.get(k.destination) == hashlib.sha256(contents[k.name]).hexdigest()]
+        unchanged = {k.name for k in same}
+        sending = [k for k in readable if k.name not in unchanged]
+        log = self._send(remote, [(k, contents[k.name]) for k in sending], failed) if sending else ""
+        if failed:
+            raise StepError(failures(failed), log=log)
+        return Uploaded(tuple(k.name for k in sending), tuple(k.name for k in same))
 
-    def _send(self, remote: Remote, key: Key, data: bytes) -> None:
-        header = f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode()
+    def _send(self, remote: Remote, keys: Sequence[tuple[Key, bytes]], failed: list[Failure]) -> str:
+        """Install `keys` on the host in one call (`keys.sh upload COUNT`, `upload_stream` on
+        its standard input); add each key it did not install to `failed`, with why (all of
+        them at once when the call failed as a whole). Returns what the host said on stderr."""
+        argv = keys_argv(remote, "upload", str(len(keys)))
         try:
-            process.run(keys_argv(remote, "upload", key.destination, key.user, key.group, key.permissions),
-                        input=remote.root_input(header + data))
-        except ProcessError as exc:
-            refused = elevate.refusal(exc.returncode, exc.stderr)
-            if refused is not None:
-                raise StepError(f"key {key.name} on {remote.name}: {refused}", log=exc.stderr) from None
-            if exc.returncode in (ALTERED, REFUSED):
-                raise StepError(f"key {key.name} on {remote.name}: {headline(exc.stderr)}", log=exc.stderr) from None
-            missing = exc.returncode in (64, 65)
-            hint = (f"; if the new system creates it, upload the key after the switch: "
-                    f"keys.{key.name}.uploadAt = \"post-activation\"") if missing and not key.post_activation else ""
-            raise StepError(f"key {key.name} on {remote.name}: {exc}{hint}", log=exc.stderr) from None
+            result = process.run(argv, input=remote.root_input(upload_stream(keys)), check=False)
         except HiveError as exc:
-            raise StepError(f"key {key.name} on {remote.name}: {exc}") from None
+            failed.append((tuple(k.name for k, _ in keys), f"{named(keys)} on {remote.name}: {exc}"))
+            return ""
+        reported = parse_failures(result.stdout, len(keys)) if result.exit_code == SOME_FAILED else {}
+        for index, (code, why) in sorted(reported.items()):
+            key = keys[index][0]
+            missing = code in MISSING and not key.post_activation
+            hint = (f"; if the new system creates it, upload the key after the switch: "
+                    f"keys.{key.name}.uploadAt = \"post-activation\"") if missing else ""
+            failed.append(((key.name,), f"key {key.name} on {remote.name}: {why}{hint}"))
+        if result.exit_code != 0 and not reported:  # the call failed as a whole
+            said = headline(result.stderr) if result.exit_code == ALTERED else None
+            why = elevate.refusal(result.exit_code, result.stderr) or said or str(
+                ProcessError(argv, result.exit_code, result.stderr))
+            failed.append((tuple(k.name for k, _ in keys), f"{named(keys)} on {remote.name}: {why}"))
+        return result.stderr
+
+
+Failure = tuple[tuple[str, ...], str]  # the keys a failure is about, and the line that says why
+
+
+def upload_stream(keys: Sequence[tuple[Key, bytes]]) -> bytes:
+    """What `keys.sh upload COUNT` reads: a line per key, "SHA-256 LENGTH MODE USER GROUP
+    DEST" (the destination last, as it is: the schema lets it hold spaces, never a control
+    character), then the contents back to back."""
+    lines = [f"{hashlib.sha256(data).hexdigest()} {len(data)} {key.permissions} {key.user} {key.group} "
+             f"{key.destination}\n" for key, data in keys]
+    return "".join(lines).encode("utf-8", "surrogateescape") + b"".join(data for _, data in keys)
+
+
+def parse_failures(stdout: str, count: int) -> dict[int, tuple[int, str]]:
+    """keys.sh upload's lines `N CODE WHY` (N from 1): key index (from 0) -> (code, why)."""
+    found: dict[int, tuple[int, str]] = {}
+    for line in stdout.splitlines():
+        number, _, rest = line.partition(" ")
+        code, _, why = rest.partition(" ")
+        if number.isdigit() and code.isdigit() and 1 <= int(number) <= count:
+            found[int(number) - 1] = (int(code), why)
+    return found
+
+
+SHOWN = 5  # failures told in full in a step's reason; the others by name
+
+
+def named(keys: Sequence[tuple[Key, bytes]]) -> str:
+    """`key a`, `keys a, b and c`; past `SHOWN` keys, `keys a, b, c, d, e and 195 more`."""
+    names = [k.name for k, _ in keys]
+    if len(names) == 1:
+        return f"key {names[0]}"
+    if len(names) <= SHOWN:
+        return f"keys {', '.join(names[:-1])} and {names[-1]}"
+    return f"keys {', '.join(names[:SHOWN])} and {len(names) - SHOWN} more"
+
+
+def failures(failed: Sequence[Failure]) -> str:
+    """One line for a host's failed keys: the first `SHOWN` reasons in full, then the keys of
+    the others by name."""
+    text = "; ".join(why for _, why in failed[:SHOWN])
+    rest = [name for names, _ in failed[SHOWN:] for name in names]
+    if rest:
+        text += f"; and {len(rest)} more failed: {', '.join(rest)}"
+    return text

@@ -35,7 +35,7 @@ import pytest
 from hive import process
 from hive.errors import DeploymentError, ProcessError, StepError
 from hive.evaluate import build_model, validate
-from hive.keys import KEYS_SH, Keys
+from hive.keys import KEYS_SH, Keys, upload_stream
 from hive.model import DEFAULT_KEY_COMMAND_TIMEOUT, Hive, Key
 from tests.conftest import REPO, lab_unavailable
 from tests.constants import STANDIN, nix_env
@@ -214,26 +214,25 @@ def test_the_host_installs_nothing_that_arrived_altered(tmp_path: Path) -> None:
     """The upload script itself, run here by a real sh as root would run it on a host."""
     dest = tmp_path / "keys" / "k"
     user, group = process.run(["id", "-un"]).stdout.strip(), process.run(["id", "-gn"]).stdout.strip()
-    script = ["sh", "-c", KEYS_SH, "keys.sh", "upload", str(dest), user, group, "0600"]
-    header = f"{sha256(BINARY)} {len(BINARY)}\n".encode()
-    process.run(script, input=header + BINARY)
+    script = ["sh", "-c", KEYS_SH, "keys.sh", "upload", "1"]
+    stream = upload_stream([(Key("k", str(dest), user=user, group=group), BINARY)])
+    process.run(script, input=stream)
     assert dest.read_bytes() == BINARY and dest.stat().st_mode & 0o777 == 0o600
     assert process.run(["sh", "-c", KEYS_SH, "keys.sh", "hashes", str(dest), str(tmp_path / "none")]).stdout == \
         f"{sha256(BINARY)}  {dest}\n"
-    cut = process.run(script, input=header + BINARY[:-5], check=False)
-    assert cut.exit_code == 66
-    assert cut.stderr == f"the content arrived altered ({len(BINARY) - 5} of {len(BINARY)} bytes, " \
+    cut = process.run(script, input=stream[:-5], check=False)
+    assert cut.exit_code == 68
+    assert cut.stdout == f"1 66 the content arrived altered ({len(BINARY) - 5} of {len(BINARY)} bytes, " \
                          "another SHA-256): not installed\n"
     empty = process.run(script, input=b"", check=False)
-    assert (empty.exit_code, empty.stderr) == (66, "nothing arrived: not installed\n")
+    assert (empty.exit_code, empty.stderr) == (66, "the key list arrived cut short (0 of 1 lines): nothing installed\n")
     assert dest.read_bytes() == BINARY and sorted(p.name for p in dest.parent.iterdir()) == ["k"]
 
 
 def upload(dest: Path, data: bytes = b"key") -> subprocess.CompletedProcess[bytes]:
-    """keys.sh's upload, run here by a real sh as root runs it on a host."""
-    header = f"{sha256(data)} {len(data)}\n".encode()
-    return subprocess.run(["sh", "-c", KEYS_SH, "keys.sh", "upload", str(dest), "root", "root", "0600"],
-                          input=header + data, capture_output=True, timeout=30)
+    """keys.sh's upload of one key, run here by a real sh as root runs it on a host."""
+    return subprocess.run(["sh", "-c", KEYS_SH, "keys.sh", "upload", "1"],
+                          input=upload_stream([(Key("k", str(dest)), data)]), capture_output=True, timeout=30)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="keys.sh runs as root (it checks that root owns each directory)")
@@ -270,7 +269,7 @@ def test_a_key_is_never_written_through_a_link_or_a_directory_another_user_owns(
             assert dest.read_bytes() == b"key" and dest.stat().st_mode & 0o777 == 0o600
             assert (dest.parent.stat().st_uid, dest.parent.stat().st_mode & 0o7777) == (0, 0o755)
             continue
-        assert (out.returncode, out.stderr.decode()) == (67, f"{why}: refused\n"), dest
+        assert (out.returncode, out.stdout.decode()) == (68, f"1 67 {why}: refused\n"), dest
     assert list(target.iterdir()) == []  # nothing went through a link
     assert sorted(p.name for p in (root / "app").iterdir()) == ["sub"]
     # a sticky directory others may write (as /tmp) is fine: they cannot touch root's entries
