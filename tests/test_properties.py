@@ -19,8 +19,9 @@ from hive.errors import DeploymentError, SelectionError
 from hive.evaluate import build_model, validate
 from hive.model import Hive, Instance, System, frozen_map
 from hive.select import flatten, select
+from tests.conftest import needs
 
-needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh is not installed")
+needs_ssh = needs("ssh", None if shutil.which("ssh") else "ssh is not installed")
 
 OPTION_NAMES = st.one_of(
     st.sampled_from(["User", "Port", "IdentityFile", "SendEnv", "SetEnv", "Ciphers", "ConnectTimeout",
