@@ -1,5 +1,7 @@
 # make demo: deploy the example to a local lab fleet.  make test: lint, type-check, test.
 # Both install what they need first (as root on Debian: apt packages, then .venv).
+# A test that needs what is missing fails; to skip those instead, name what they need:
+# make pytest NIX_HIVE_ALLOW_SKIP=chromium (tests/conftest.py: needs; docs/development.md).
 
 SHELL := /bin/bash
 VENV := .venv
@@ -46,7 +48,7 @@ host-tree: apt
 
 pytest: setup host-tree
 	$(VENV)/bin/python -m compileall -q hive >/dev/null  # every nix-hive the tests start reads it (even under PYTHONDONTWRITEBYTECODE)
-	$(WITH_NIX) $(VENV)/bin/pytest -q -n 3 $(PYTEST_ARGS)  # three at once: the lab tests mostly wait on hosts
+	$(WITH_NIX) $(VENV)/bin/pytest -q -n 3 $(PYTEST_ARGS)  # three at once (--dist loadgroup: pyproject.toml): the lab tests mostly wait on hosts
 
 test: lint typecheck pytest
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,64 @@ from tests.constants import STANDIN as STANDIN
 # Every nix call in the tests: no binary cache (there is no network), single-user as root.
 os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
 
-needs_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed")
+# A test that needs something this machine may lack (nix, the lab, Chromium, ...) says so with
+# needs(NAME, why it is missing or None).  Without it the test fails, saying why: a run that
+# skipped it would pass without testing it.  NIX_HIVE_ALLOW_SKIP names what may be missing
+# instead (NIX_HIVE_ALLOW_SKIP=lab: a developer without root; tests/matrix.py: chromium), and
+# the tests that need it are then skipped, saying why.  A skip that names no need always fails.
+ALLOW_SKIP = "NIX_HIVE_ALLOW_SKIP"
+NEED = re.compile(r"\[([a-z][a-z0-9-]*)\] ")
+
+
+def allowed_skips(env: Mapping[str, str] = os.environ) -> frozenset[str]:
+    return frozenset(re.split(r"[\s,]+", env.get(ALLOW_SKIP, "").strip())) - {""}
+
+
+def needs(name: str, missing: str | None) -> pytest.MarkDecorator:
+    """Mark a test that needs `name`, which is missing for the reason `missing` (None: here)."""
+    return pytest.mark.skipif(missing is not None, reason=f"[{name}] {missing}")
+
+
+def skip_unless(name: str, missing: str | None) -> None:
+    """Inside a test: needs(), for what the test learns while it runs."""
+    if missing is not None:
+        pytest.skip(f"[{name}] {missing}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A skip fails the test unless NIX_HIVE_ALLOW_SKIP names what it needs (as pytest's own
+    strict xfail turns an unexpected pass into a failure)."""
+    report: pytest.TestReport = yield
+    if report.skipped and not hasattr(report, "wasxfail") and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        need = NEED.match(reason)
+        if need is None:
+            report.outcome = "failed"
+            report.longrepr = f"skipped without naming what it needs (tests/conftest.py: needs): {reason}"
+        elif need[1] not in allowed_skips():
+            report.outcome = "failed"
+            report.longrepr = f"{reason} (to skip the tests that need it instead: {ALLOW_SKIP}={need[1]})"
+    return report
+
+
+needs_nix = needs("nix", None if shutil.which("nix") else "nix is not installed")
+
+
+def poll_until(what: Callable[[], object], seconds: float) -> bool:
+    """Whether what() came true within seconds (asked every 50 ms, and once more at the end)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.05)
+    return bool(what())
+
+
+def wait_until(what: Callable[[], object], seconds: float, why: str) -> None:
+    """Wait for what() to come true; fail the test, saying why it waited, at the bound."""
+    assert poll_until(what, seconds), f"{why}: not within {seconds:g} s"
 
 
 def write_hive(directory: Path, text: str, name: str = "hive.nix") -> Path:
@@ -89,7 +148,7 @@ def lab_unavailable() -> str | None:
     return None
 
 
-needs_lab = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))
+needs_lab = needs("lab", lab_unavailable())
 
 
 @pytest.fixture

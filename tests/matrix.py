@@ -25,7 +25,9 @@ For each release:
   namespaces, which end with this process.
 
 Prints each release's pytest output as it runs, a line per release, a table, and exits non-zero
-if any release failed.  --run runs one command in a tree instead (made and provisioned first),
+if any release failed.  A release whose run skipped a test for any need but ALLOWED_SKIPS
+(chromium: tests/conftest.py's needs, read from pytest's SKIPPED lines) failed, whatever
+pytest's status.  --run runs one command in a tree instead (made and provisioned first),
 from the checkout, with this terminal: e.g. `--release sid --run -- nix --version`.
 """
 
@@ -63,6 +65,9 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # sid's Release file may be past its Valid-Until.
 APT = "apt-get -q -o Acquire::Check-Valid-Until=false -o Dpkg::Use-Pty=0"
 # Passed from this environment into the tree's, when set.
+# What the suite may skip in a tree (tests/conftest.py: needs), passed as NIX_HIVE_ALLOW_SKIP:
+# any other skip fails the release, whatever pytest's status.
+ALLOWED_SKIPS = ("chromium",)
 PASS_ENV = ("TERM", "CI", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_DEFAULT_TIMEOUT", "NIX_HIVE_TREES")
 
 # Run by the host's sh as PID 1 of new mount and PID namespaces: makes the tree the root of the
@@ -314,10 +319,11 @@ class Result:
     times: dict[str, float] = field(default_factory=dict)
     returncode: int | None = None
     error: str = ""
+    unexpected_skips: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.error
+        return self.returncode == 0 and not self.error and not self.unexpected_skips
 
     def count(self, *words: str) -> int:
         return sum(self.counts.get(w, 0) for w in words)
@@ -329,7 +335,8 @@ class Result:
                 if self.counts else f"pytest exit {self.returncode}" if self.returncode is not None
                 else "not run")
         status = "ok" if self.ok else "FAILED"
-        error = f" -- {self.error.splitlines()[0]}" if self.error else ""
+        error = (f" -- {self.error.splitlines()[0]}" if self.error else
+                 f" -- skipped what it should run: {self.unexpected_skips[0]}" if self.unexpected_skips else "")
         return f"{self.release}: Nix {self.nix}, Python {self.python}: {what} [{steps}] {status}{error}"
 
 
@@ -383,14 +390,39 @@ def pytest_counts(lines: Sequence[str]) -> dict[str, int]:
     return {}
 
 
+# One line per skip reason in pytest's short summary (-ra, pyproject.toml), e.g.
+# "SKIPPED [2] tests/test_timeline.py:380: [chromium] chromium is not installed ...": what the
+# tests needed is the name in brackets (tests/conftest.py: needs).
+SKIPPED = re.compile(r"SKIPPED \[(\d+)\] \S+: (?:\[([a-z][a-z0-9-]*)\] )?")
+
+
+def unexpected_skips(lines: Sequence[str], counts: dict[str, int], allowed: Sequence[str]) -> list[str]:
+    """The skips of a run it should not have made: the summary's SKIPPED lines that name no
+    allowed need, and skips that no SKIPPED line lists (the summary was cut, or -r changed)."""
+    unexpected, listed = [], 0
+    for line in lines:
+        m = SKIPPED.match(line)
+        if m is None:
+            continue
+        listed += int(m[1])
+        if m[2] not in allowed:
+            unexpected.append(line)
+    if counts.get("skipped", 0) > listed:
+        unexpected.append(f"{counts['skipped'] - listed} skipped that no SKIPPED line lists")
+    return unexpected
+
+
 def run_suite(release: str, tree: Path, pytest_args: Sequence[str], result: Result) -> None:
-    # APT_BROWSER (chromium) is the main run's alone: the tree has no room to install it (/usr is read-only)
-    argv = ["make", "-C", str(REPO), "pytest", f"VENV={VENV}", "APT_BROWSER="]
+    # APT_BROWSER (chromium) is the main run's alone: the tree has no room to install it (/usr is
+    # read-only), and the tests that need it are the only ones it may skip
+    argv = ["make", "-C", str(REPO), "pytest", f"VENV={VENV}", "APT_BROWSER=",
+            f"NIX_HIVE_ALLOW_SKIP={','.join(ALLOWED_SKIPS)}"]
     if pytest_args:
         argv.append(f"PYTEST_ARGS={shlex.join(pytest_args)}")
     print(f"\n===== {release} (Nix {result.nix}, Python {result.python}): {shlex.join(argv)}",
           flush=True)
     tail: list[str] = []
+    skips: list[str] = []
     with timed(result, "suite"):
         proc = subprocess.Popen(enter_argv(tree, argv, str(REPO)), env=tree_env(), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1,
@@ -401,12 +433,17 @@ def run_suite(release: str, tree: Path, pytest_args: Sequence[str], result: Resu
                 sys.stdout.write(line)
                 sys.stdout.flush()
                 tail = [*tail[-49:], line.rstrip("\n")]
+                if SKIPPED.match(line):
+                    skips.append(line.rstrip("\n"))
             result.returncode = proc.wait()
         finally:
             if proc.poll() is None:  # interrupted: the namespace ends with its PID 1
                 proc.kill()
                 proc.wait()
     result.counts = pytest_counts(tail)
+    result.unexpected_skips = unexpected_skips(skips, result.counts, ALLOWED_SKIPS)
+    for line in result.unexpected_skips:
+        log(f"{release}: skipped what it should run: {line}")
 
 
 def table(results: Sequence[Result]) -> str:

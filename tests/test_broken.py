@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs_nix
 from tests.constants import NIX_CONFIG, REPO
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +32,7 @@ KNOWN_BUGS: dict[str, str] = {}
 # fetchTarball), so these are refused by `build`, and `list` passes them by.
 PATH_VALUES = {"paths-newline.nix", "paths-nixpkgs-number.nix"}
 
-pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="nix not installed")
+pytestmark = needs_nix
 
 
 def expectations(file: Path) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hive import cli, state
-from tests.conftest import STANDIN, builds, needs_nix, nix_hive, write_hive
+from tests.conftest import STANDIN, builds, needs_nix, nix_hive, wait_until, write_hive
 
 pytestmark = needs_nix
 
@@ -184,11 +184,8 @@ def test_state_file_survives_kill_9_in_the_middle_of_a_build(tmp_path: Path, bui
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "SLOW": "60"})
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if {"build:one", "build:two"} <= set(state.load(state_file)):
-                break
-            time.sleep(0.05)
+        wait_until(lambda: {"build:one", "build:two"} <= set(state.load(state_file)), 60,
+                   "the builds of one and two are recorded")
         time.sleep(0.5)  # well inside the 60 s build of `slow`
         assert proc.poll() is None, "the slow build should still be running"
         os.killpg(proc.pid, signal.SIGKILL)

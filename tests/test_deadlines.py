@@ -31,7 +31,7 @@ from hive import nix, options, ssh
 from hive.errors import HiveError, InputError
 from hive.model import Hive, Instance, System, frozen_map
 from hive.options import Options
-from tests.conftest import REPO, STANDIN, needs_lab, needs_nix, nix_hive, write_hive
+from tests.conftest import REPO, STANDIN, needs_lab, needs_nix, nix_hive, wait_until, write_hive
 from tests.constants import nix_env
 from tests.fleet import Fleet
 
@@ -141,13 +141,6 @@ def summary(stdout: str) -> dict[str, str]:
     return {line.split()[0]: line for line in stdout.splitlines() if line.split()[:1] and line[0].isalpha()}
 
 
-def wait_for(what: Callable[[], bool], seconds: float, why: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not what():
-        assert time.monotonic() < deadline, why
-        time.sleep(0.05)
-
-
 def freeze_sshd(fleet: Fleet, host: str) -> str:
     """Stop host's listening sshd (the process that accepts connections; the connections it
     accepted have processes of their own and go on); its pid in the host."""
@@ -171,7 +164,7 @@ def test_a_relay_that_takes_no_new_connection_fails_its_hosts_within_the_deadlin
     try:
         # portico's activation runs over the deployer's connection to it: freeze its sshd now,
         # before the hosts behind it substitute from it
-        wait_for(lambda: bool(fleet.lab.activation_starts("portico")), 60, "portico's activation starts")
+        wait_until(lambda: bool(fleet.lab.activation_starts("portico")), 60, "portico's activation starts")
         pid = freeze_sshd(fleet, "portico")
         frozen = time.monotonic()
         out, err = proc.communicate(timeout=120)
@@ -216,7 +209,7 @@ def terminate_mid_activation(fleet: Fleet, argv: list[str], marker: Path,
                             stderr=subprocess.PIPE, text=True)
     tree = Descendants(proc.pid)
     try:
-        wait_for(lambda: len(fleet.lab.activation_starts("www-1")) > before, 90, "www-1's activation starts")
+        wait_until(lambda: len(fleet.lab.activation_starts("www-1")) > before, 90, "www-1's activation starts")
         time.sleep(0.5)
         sent = time.monotonic()
         for n, signum in enumerate(signals):
@@ -471,7 +464,7 @@ def test_a_second_ctrl_c_says_what_each_host_left_mid_activation_does_by_itself(
                      for n, s in (("w1", "waiting"), ("w2", "switching"))]
         for follower in followers:
             follower.start()
-        wait_for(lambda: len(session._active) == 2 and started.is_set(), 10, "both activations run")
+        wait_until(lambda: len(session._active) == 2 and started.is_set(), 10, "both activations run")
         session.perform(TaskId(Kind.ACTIVATE, "w3"), lambda: {})  # done before the second Ctrl-C
         session.abandon()  # the second Ctrl-C
         session.settle(0.1)

@@ -13,10 +13,10 @@ import pytest
 from hive import dot
 from hive.model import Hive, Instance, System, frozen_map
 from hive.plan import make_plan
-from tests.conftest import REPO, needs_nix, nix_hive
+from tests.conftest import REPO, needs, needs_nix, nix_hive
 
 DOT = shutil.which("dot")
-needs_dot = pytest.mark.skipif(DOT is None, reason="Graphviz's dot is not installed (apt-get install -y graphviz)")
+needs_dot = needs("dot", None if DOT else "Graphviz's dot is not installed (apt-get install -y graphviz)")
 
 
 def rendered(source: str) -> ET.Element:

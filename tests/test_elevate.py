@@ -8,6 +8,8 @@ import fcntl
 import json
 import os
 import pty
+import select
+import signal
 import subprocess
 import termios
 import threading
@@ -149,11 +151,19 @@ def on_a_terminal(fleet: Fleet, *args: str, answer: str) -> tuple[int, str, str]
                             stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=controlling)
     os.close(slave)
     seen = b""
-    while b"password" not in seen:
-        seen += os.read(master, 1024)
-    os.write(master, answer.encode() + b"\n")
-    out, err = proc.communicate(timeout=300)
-    os.close(master)
+    deadline = time.monotonic() + 300
+    try:
+        while b"password" not in seen:  # (an EIO once nix-hive ended without asking)
+            assert time.monotonic() < deadline, f"no password prompt within 300 s: {seen!r}"
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 1024)
+        os.write(master, answer.encode() + b"\n")
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        os.close(master)
     return proc.returncode, out, err
 
 

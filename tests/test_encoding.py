@@ -25,9 +25,9 @@ from hive import text as text_
 from hive.errors import DeploymentError, InputError
 from hive.model import Hive, Instance, System, frozen_map
 from hive.plan import make_plan
-from tests.conftest import needs_nix, nix_hive, write_hive
+from tests.conftest import needs, needs_nix, nix_hive, write_hive
 
-needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh is not installed")
+needs_ssh = needs("ssh", None if shutil.which("ssh") else "ssh is not installed")
 DOT = shutil.which("dot")
 
 # What no line of a file can hold, and what ends or splits one.
@@ -212,8 +212,8 @@ def where(path: str = "/usr/bin") -> dict[str, str]:
     return {cmd: f"{path}/{cmd}" for cmd, _ in elevate.RULES if not cmd.startswith("/")}
 
 
-@pytest.mark.skipif(shutil.which("visudo") is None or shutil.which("cvtsudoers") is None,
-                    reason="sudo's visudo and cvtsudoers are not installed")
+@needs("sudo", None if shutil.which("visudo") and shutil.which("cvtsudoers") else
+       "sudo's visudo and cvtsudoers are not installed")
 def test_sudoers_rules_parse_as_their_regular_expressions_and_hostile_names_are_refused(tmp_path: Path) -> None:
     rules = tmp_path / "nix-hive"
     rules.write_text(elevate.sudoers("deploy", where(), password=False))
@@ -243,7 +243,7 @@ NAMES = ['my "fleet"\\hive.nix', "a\\", "<b>&lt;x</b>", "line\nbreak\rcr", "nul\
          "\\N \\G \\l", "odd \ufffe\uffff", "{ } [ ] ; -> --"]
 
 
-@pytest.mark.skipif(DOT is None, reason="Graphviz's dot is not installed (apt-get install -y graphviz)")
+@needs("dot", None if DOT else "Graphviz's dot is not installed (apt-get install -y graphviz)")
 @pytest.mark.parametrize("shown", NAMES)
 def test_dot_reads_every_name_as_a_label(shown: str) -> None:
     systems = {"s": System("s", frozen_map(), build_host="b\"<x>\\")}

@@ -52,6 +52,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import needs, skip_unless
 from tests.constants import NIX_CONFIG
 from tests.constants import REPO as ROOT
 
@@ -63,8 +64,8 @@ COPY = ("flake.nix", "default.nix", "pyproject.toml", "README.md", "LICENSE", "h
 JUNK = (".venv/bin/python", "hive/__pycache__/cli.cpython-311.pyc", "hive/stray.pyc", "hive/cli.py~",
         "tests/test_x.py", "nix_hive.egg-info/PKG-INFO", ".mypy_cache/x.json")
 
-pytestmark = pytest.mark.skipif(shutil.which("nix") is None or shutil.which("nix-instantiate") is None,
-                                reason="nix is not installed (needs nix and nix-instantiate on PATH)")
+pytestmark = needs("nix", None if shutil.which("nix") and shutil.which("nix-instantiate") else
+                   "nix is not installed (needs nix and nix-instantiate on PATH)")
 
 
 class Flake:
@@ -246,11 +247,10 @@ def test_default_nix_is_the_same_package(flake: Flake, packages: Any) -> None:
 
 def test_build_and_nix_run(flake: Flake, packages: Any) -> None:
     system = current_system(flake)
-    if system not in SYSTEMS:
-        pytest.skip(f"{system} is not one of the flake's systems")
+    skip_unless("flake-system", None if system in SYSTEMS else f"{system} is not one of the flake's systems")
     deps = subprocess.run([sys.executable, "-c", "import doit, sh, jsonschema, tabulate"], check=False)
-    if deps.returncode != 0:
-        pytest.skip(f"{sys.executable} lacks nix-hive's dependencies, the stand-in build runs with it")
+    skip_unless("python-deps", None if deps.returncode == 0 else
+                f"{sys.executable} lacks nix-hive's dependencies, the stand-in build runs with it")
     built = json.loads(flake.nix("build", "--no-link", "--json", *flake.override, flake.ref("nix-hive")))
     out = Path(built[0]["outputs"]["out"])
     assert str(out) == packages[system]["nix-hive"]["out"]

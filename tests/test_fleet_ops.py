@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hive import state
-from tests.conftest import STANDIN, needs_lab
+from tests.conftest import STANDIN, needs_lab, wait_until
 from tests.fleet import Fleet, nix_env
 
 pytestmark = needs_lab
@@ -132,12 +132,15 @@ def test_ctrl_c_stops_new_work_saves_state_and_prints_the_summary(fleet_factory:
         "deploy", "--json", "-j", "2", "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}", "portico", "*")[4:]]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline = time.monotonic() + 60
-    # the first activation of wave 2 (which host doit starts with is its own choice)
-    while time.monotonic() < deadline and not any(fleet.lab.activations(h) for h in WWW):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
-    out, err = proc.communicate(timeout=60)
+    try:
+        # the first activation of wave 2 (which host doit starts with is its own choice)
+        wait_until(lambda: any(fleet.lab.activations(h) for h in WWW), 60, "an activation of wave 2 starts")
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     assert proc.returncode == 1, err
     assert "interrupted" in err and "Traceback" not in err, err
     assert out, err

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import tests.lab as labmod
+from tests.conftest import needs
 from tests.constants import REPO, nix_env
 from tests.lab import Lab
 from tests.lab.procs import is_alive
@@ -37,7 +38,7 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+pytestmark = needs("lab", _missing())
 
 
 def sh(argv: list[str], *, env: dict[str, str] | None = None, check: bool = True,

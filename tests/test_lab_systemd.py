@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 import tests.lab as labmod
+from tests.conftest import needs
 from tests.constants import REPO, nix_env
 from tests.lab import Lab, boot
 from tests.lab.procs import is_alive
 from tests.test_lab import _missing, netns_names, sh
 
-pytestmark = [pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
+pytestmark = [needs("lab", _missing()),
               # with xdist's --dist loadgroup, one worker runs the module and starts its lab once;
               # otherwise each worker running some of its tests starts one (tests run in file order
               # on each, and do not depend on one another)

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from hive import nix, process
 from hive.errors import HiveError, headline, nix_error
+from tests.conftest import needs_nix
 from tests.constants import REPO
 
 OUT = Path(__file__).resolve().parent / "nixout"
 VERSIONS = ("2.8.0", "2.26.3", "2.34.8")
 OWN = f"{REPO}/nix/"
 
-needs_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed")
 
 
 def recorded(name: str) -> str:

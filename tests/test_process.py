@@ -21,6 +21,7 @@ import pytest
 
 from hive import process
 from hive.errors import HiveError, ProcessError
+from tests.conftest import poll_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -185,20 +186,26 @@ def test_stdout_as_it_comes_and_a_silent_command_killed(tmp_path: Path) -> None:
     assert process.run(["sh", "-c", "for i in 1 2 3 4; do echo $i; sleep 0.4; done"], idle_timeout=1).exit_code == 0
 
 
-def test_input_from_a_queue_as_it_is_filled() -> None:
+def test_input_from_a_queue_as_it_is_filled(tmp_path: Path) -> None:
     """A queue is written to stdin as it is filled (the word that confirms an activation,
     sent once the checks passed); None closes it."""
     go: queue.Queue[str | None] = queue.Queue()
-    sent: list[float] = []
+    started = tmp_path / "started"
+    running_before_the_word: list[bool] = []
 
     def send() -> None:
-        sent.append(time.monotonic())
+        # the word comes once the command runs (as a confirmation comes once the host answered):
+        # a run that waited for the whole input before starting it never sees the file
+        running_before_the_word.append(poll_until(started.exists, 10))
         go.put("confirm\n")
         go.put(None)
 
-    threading.Timer(0.3, send).start()
-    out = process.run(["sh", "-c", "read -r w; echo \"got $w\"; cat"], input=go)
-    assert out.stdout == "got confirm\n" and sent and time.monotonic() >= sent[0]  # it waited for the word
+    sender = threading.Thread(target=send)
+    sender.start()
+    out = process.run(["sh", "-c", 'touch "$1"; read -r w; echo "got $w"; cat', "sh", str(started)], input=go)
+    sender.join()
+    assert running_before_the_word == [True], "the command started only once the whole input was there"
+    assert out.stdout == "got confirm\n"  # it waited for the word
     closed: queue.Queue[str | None] = queue.Queue()
     closed.put(None)
     assert process.run(["sh", "-c", "read -r w || echo eof"], input=closed).stdout == "eof\n"
