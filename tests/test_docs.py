@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from tests.constants import REPO, STANDIN, nix_env
@@ -62,3 +64,22 @@ def test_the_first_deployment_of_the_readme_builds(tmp_path: Path) -> None:
     out = json.loads(built.stdout)
     assert sorted(out["instances"]) == ["portico", "www-1"] and out["instances"]["www-1"]["store"] == "ssh://portico"
     assert all(s["result"].startswith("/nix/store/") for s in out["systems"].values())
+
+
+def test_the_package_builds_quietly_and_ships_its_host_scripts(tmp_path: Path) -> None:
+    """`make setup` installs the package: setuptools says nothing (no banner about a package
+    missing from its configuration), and the wheel carries every host script."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("hive", "nix", "schemas"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "wheel"),
+                          str(source)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    said = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip() and "is ignored" not in ln]
+    assert said == [], "\n".join(said)
+    [wheel] = (tmp_path / "wheel").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"hive/host/{p.name}" for p in (REPO / "hive" / "host").glob("*.sh")} <= names
