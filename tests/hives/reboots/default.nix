@@ -6,6 +6,9 @@
 #   unhealthy   kernel k2, its checks fail
 #   hang        kernel k2, its boot hangs before systemd (standin.boot = "hang")
 #   nossh       kernel k2, stops sshd once booted
+# REBOOT_GRUB_FIRST: web hosts (by name, comma-separated) whose GRUB boots its first entry
+# (boot.loader.grub.default = 0); the others' is "saved". Only a host with /boot/grub and no
+# stand-in boot loader (tests/test_reboot.py makes one) reads it.
 # See tests/nixpkgs/nixos/default.nix for the stand-in's options.
 let
   discovered = builtins.fromJSON (builtins.readFile ./instances.json);
@@ -23,7 +26,9 @@ let
     standin.healthy = variant != "unhealthy";
     standin.boot = if variant == "hang" then "hang" else "ok";
     services.openssh.enable = variant != "nossh";
+    boot.loader.grub.default = if builtins.elem name grubFirst then 0 else "saved";
   };
+  grubFirst = builtins.filter builtins.isString (builtins.split "," (builtins.getEnv "REBOOT_GRUB_FIRST"));
   www = builtins.filter (n: builtins.match "www-.*" n != null) (builtins.attrNames discovered);
 in
 {
