@@ -206,12 +206,14 @@ def grubenv(fleet: Fleet, host: str) -> list[str]:
 
 
 @needs_lab
-def test_grub_boots_the_new_system_once_and_refuses_without_a_saved_default(fleet_factory: Start) -> None:
+def test_grub_boots_the_new_system_once_by_grub_reboot_and_a_grub_cfg_without_grubenv_is_refused(
+        fleet_factory: Start) -> None:
     """Hosts booting with GRUB (no stand-in; a /boot/grub/grub.cfg as NixOS's install-grub.pl
     writes it): nix-hive's one-shot entry is grubenv's next_entry as the real grub-reboot writes
     it, naming the new system's entry of the submenu; the lab's boot reads grubenv as that
-    grub.cfg does (next_entry once, else saved_entry). A host whose GRUB boots its first entry
-    (boot.loader.grub.default = 0) is refused with the documented sentence, and not rebooted."""
+    grub.cfg does (next_entry once, else its default). It works with boot.loader.grub.default =
+    "saved" (www-1) and 0 (www-2): NixOS's grub.cfg takes next_entry whatever its default. A
+    grub.cfg that never reads next_entry is refused in one line, and the host is not rebooted."""
     fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, payload_bytes=4096)
     for h in ("www-1", "www-2"):
         fleet.lab.run(h, ["sh", "-c", "rm -rf /boot/standin && mkdir -p /boot/grub"])
@@ -220,22 +222,25 @@ def test_grub_boots_the_new_system_once_and_refuses_without_a_saved_default(flee
     assert first.returncode == 0, first.stderr
     v1 = paths(fleet, "v1")
     cfg = fleet.lab.read("www-1", "/boot/grub/grub.cfg") or ""
-    assert '  set default="${saved_entry}"' in cfg and f" init={v1['www-1']}/init " in cfg, cfg
-    assert "set default=0" in (fleet.lab.read("www-2", "/boot/grub/grub.cfg") or "")
+    assert '\n  set default="${saved_entry}"\n  set timeout=5' in cfg and f" init={v1['www-1']}/init " in cfg, cfg
+    assert "\n  set default=0\n" in (fleet.lab.read("www-2", "/boot/grub/grub.cfg") or "")
 
-    result = run(fleet, "v2", "deploy", "--json", "--reboot", "www-1")
-    assert result.returncode == 0 and rows(result)["www-1"]["outcome"] == "ok", result.stdout + result.stderr
+    result = run(fleet, "v2", "deploy", "--json", "--reboot", "www-*")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for h in ("www-1", "www-2"):
+        assert rows(result)[h]["outcome"] == "ok", result.stdout + result.stderr
+        v2 = str(rows(result)[h]["path"])
+        cfg = fleet.lab.read(h, "/boot/grub/grub.cfg") or ""
+        # the boot took grubenv's next_entry (grub-reboot's), the new system's entry, once
+        assert fleet.lab.grub_boots(h)[-1] == ("oneshot", grub_title(cfg, v2))
+        assert (fleet.lab.boots(h)[-1].entry, fleet.lab.boots(h)[-1].system) == ("oneshot", v2)
+        assert fleet.lab.current_system(h) == v2
+        env = grubenv(fleet, h)
+        assert "saved_entry=0" in env and not any(e.startswith("next_entry=") for e in env), env  # kept: entry 0
+        assert f" init={v2}/init " in cfg.split("submenu")[0], cfg  # "NixOS - Default" is v2 now
+        fleet.lab.reboot(h)
+        assert fleet.lab.grub_boots(h)[-1] == ("default", "0") and fleet.lab.current_system(h) == v2
     v2 = str(rows(result)["www-1"]["path"])
-    cfg = fleet.lab.read("www-1", "/boot/grub/grub.cfg") or ""
-    # the boot took grubenv's next_entry (grub-reboot's), the new system's entry, once
-    assert fleet.lab.grub_boots("www-1")[-1] == ("oneshot", grub_title(cfg, v2))
-    assert (fleet.lab.boots("www-1")[-1].entry, fleet.lab.boots("www-1")[-1].system) == ("oneshot", v2)
-    assert fleet.lab.current_system("www-1") == v2
-    env = grubenv(fleet, "www-1")
-    assert "saved_entry=0" in env and not any(e.startswith("next_entry=") for e in env), env  # kept: entry 0
-    assert f" init={v2}/init " in cfg.split("submenu")[0], cfg  # "NixOS - Default" is v2 now
-    fleet.lab.reboot("www-1")
-    assert fleet.lab.grub_boots("www-1")[-1] == ("default", "0") and fleet.lab.current_system("www-1") == v2
 
     # an unhealthy system: booted once by its entry, then back to the default one (v2)
     result = run(fleet, "unhealthy", "deploy", "--json", "--reboot", "www-1")
@@ -245,13 +250,19 @@ def test_grub_boots_the_new_system_once_and_refuses_without_a_saved_default(flee
     assert fleet.lab.grub_boots("www-1")[-2:] == [("oneshot", grub_title(cfg, bad)), ("default", "0")]
     assert fleet.lab.current_system("www-1") == v2
 
-    # GRUB that boots its first entry whatever grubenv says: refused, no reboot, no next_entry
+    # a grub.cfg that never reads grubenv (installed by the system it runs, kept after a reboot
+    # into it): refused, not rebooted
+    fleet.env["REBOOT_GRUB_NOENV"] = "www-2"
+    noenv = run(fleet, "v2", "deploy", "--json", "--reboot", "www-2")
+    assert noenv.returncode == 0, noenv.stdout + noenv.stderr
+    on = fleet.lab.current_system("www-2")
+    assert "next_entry" not in (fleet.lab.read("www-2", "/boot/grub/grub.cfg") or "next_entry")
     before = len(fleet.lab.boots("www-2"))
-    result = run(fleet, "v2", "deploy", "--json", "--reboot", "www-2")
+    result = run(fleet, "v1", "deploy", "--json", "--reboot", "www-2")
     row = rows(result)["www-2"]
     assert result.returncode == 1 and row["outcome"] == "failed", result.stdout + result.stderr
-    assert 'GRUB boots its first entry: set boot.loader.grub.default = "saved"' in str(row["reason"]), row
-    assert len(fleet.lab.boots("www-2")) == before and fleet.lab.current_system("www-2") == v1["www-2"]
+    assert "GRUB's grub.cfg never reads grubenv's next_entry: it would ignore grub-reboot" in str(row["reason"]), row
+    assert len(fleet.lab.boots("www-2")) == before and fleet.lab.current_system("www-2") == on
     assert not any(e.startswith("next_entry=") for e in grubenv(fleet, "www-2"))
 
 

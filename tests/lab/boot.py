@@ -185,11 +185,12 @@ if [ -f /boot/standin/oneshot ]; then
 elif [ -f /boot/standin/default ]; then
   entry=default; read -r want < /boot/standin/default || true
 elif [ -f /boot/grub/grub.cfg ]; then
-  # GRUB, as NixOS's grub.cfg has it choose: grub-reboot's next_entry once (grub.cfg's save_env
-  # unsets it), else its `set default=`: grubenv's saved_entry where that says "${saved_entry}",
+  # GRUB, as NixOS's grub.cfg has it choose: grub-reboot's next_entry once, if grub.cfg reads it
+  # (its save_env unsets it), else its `set default=`: grubenv's saved_entry where that says "${saved_entry}",
   # else the number. The entry (a number, a title or SUBMENU>TITLE) boots the system of its init=.
   genv() { grub-editenv /boot/grub/grubenv list 2>/dev/null | sed -n "s/^$1=//p"; }
-  pick=$(genv next_entry)
+  pick=
+  if grep -q '^ *set default="${next_entry}"$' /boot/grub/grub.cfg; then pick=$(genv next_entry); fi
   if [ -n "$pick" ]; then
     entry=oneshot; grub-editenv /boot/grub/grubenv unset next_entry
   else
