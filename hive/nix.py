@@ -234,13 +234,17 @@ def sign(key_file: Path, paths: Sequence[str], *, store: str | None = None,
               timeout=timeout)
 
 
-def copy_argv(to: str, paths: Sequence[str], *, substitute: bool, source: str | None = None) -> list[str]:
+def copy_argv(to: str, paths: Sequence[str], *, substitute: bool, source: str | None = None,
+              check_sigs: bool = True) -> list[str]:
     """`nix copy` of the closures of `paths` to the store `to` (from `source`, default the
     local store); with `substitute`, the destination first tries its own substituters (a relay
-    store) and receives only what they lack."""
+    store) and receives only what they lack; without `check_sigs`, `--no-check-sigs` (the
+    destination adds them without checking their signatures, when it trusts the sender)."""
     argv = [*NIX, "copy", *(["--from", source] if source else []), "--to", to]
     if substitute:
         argv.append("--substitute-on-destination")
+    if not check_sigs:
+        argv.append("--no-check-sigs")
     return [*argv, *paths]
 
 
@@ -253,10 +257,11 @@ def copy(
     on_line: Callable[[str], None] | None = None,
     source: str | None = None,
     timeout: float | None = None,
+    check_sigs: bool = True,
 ) -> None:
     """Run `copy_argv` here; after `timeout` seconds it is killed (`ProcessTimeoutError`)."""
-    _over_ssh(copy_argv(to, paths, substitute=substitute, source=source), env=env, on_stderr=on_line,
-              timeout=timeout)
+    _over_ssh(copy_argv(to, paths, substitute=substitute, source=source, check_sigs=check_sigs), env=env,
+              on_stderr=on_line, timeout=timeout)
 
 
 def closure_argv(paths: Sequence[str], store: str | None = None, *, derivation: bool = False) -> list[str]:

@@ -87,7 +87,7 @@ class Pushes:
         return by_host
 
     def _copy(self, host: str | None, to: str, paths: list[str], *, substitute: bool, relayed: bool = False,
-              upstream: str | None = None) -> str:
+              upstream: str | None = None, check_sigs: bool = True) -> str:
         """Copy `paths` (held by build host `host`, or here) to the store `to`, within its
         deadline; what it did, for the report when not the plain copy. `relayed`: `to`
         substitutes from a relay that already holds them, so only references cross this
@@ -103,7 +103,7 @@ class Pushes:
         if host is None or relayed or url.scheme in LOCAL_SCHEMES:
             try:
                 nix.copy(to, paths, substitute=substitute, env=env, source=f"ssh-ng://{host}" if host else None,
-                         timeout=deadline)
+                         timeout=deadline, check_sigs=check_sigs)
             except ProcessTimeoutError as exc:
                 raise self._late(to, size, upstream, exc.stderr) from exc
             return ""
@@ -111,7 +111,8 @@ class Pushes:
         # the session, and the copy with it (at its next write, at the latest).
         remote = s.remotes[host]
         try:
-            process.run(remote.shell_argv(shlex.join(nix.copy_argv(to, paths, substitute=substitute))),
+            process.run(remote.shell_argv(shlex.join(nix.copy_argv(to, paths, substitute=substitute,
+                                                                   check_sigs=check_sigs))),
                         timeout=deadline)
         except ProcessTimeoutError as exc:
             raise self._late(to, size, upstream, exc.stderr, host=host) from exc
@@ -171,7 +172,13 @@ class Pushes:
         if relay.owner is not None:
             s.remotes[relay.owner].forget()
         by_host = self._signed_paths(relay.systems)
-        notes = [self._copy(host, relay.target, paths, substitute=relay.upstream is not None, upstream=relay.upstream)
+        # An ssh-ng:// relay's nix-daemon checks the signatures of what it is given against its
+        # own trusted keys (an ssh:// one, `nix-store --serve --write`, never does): the relay only
+        # holds the paths, the hosts behind it check them when they substitute, so it takes them
+        # unchecked from a sender it trusts (its ssh user in trusted-users; root is).
+        check = StoreUrl.parse(relay.target).scheme != "ssh-ng"
+        notes = [self._copy(host, relay.target, paths, substitute=relay.upstream is not None, upstream=relay.upstream,
+                            check_sigs=check)
                  for host, paths in by_host.items()]
         return {"paths": [p for paths in by_host.values() for p in paths],
                 "note": " ".join(n for n in dict.fromkeys(notes) if n)}

@@ -297,7 +297,8 @@ def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_o
                            input=PASSWORD + "\n")
     assert denied.returncode == 1 and "not allowed" in denied.stderr  # no root shell
 
-    # run0 without polkit (the lab's hosts have none), and none for a user who is not root
+    # run0 where polkit has no rule for the deploy user (it asks an administrator's password:
+    # refused), and none for a user who is not root
     fleet.env["ELEVATE_VARIANT"] = ""
     run0 = fleet.run("deploy", "--json", "--elevate", "run0", *base)
     assert run0.returncode == 1, run0.stderr
@@ -310,6 +311,69 @@ def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_o
     assert none.returncode == 1
     for row in rows(none.stdout).values():
         assert "elevate none: the ssh user is not root" in str(row["reason"]), row
+
+
+# As a NixOS host's `security.polkit.extraConfig` would say it: RESULT for the deploy user's
+# units (run0 starts each command as a transient unit of systemd's)
+RUN0_RULE = """polkit.addRule(function(action, subject) {
+  if (action.id == "org.freedesktop.systemd1.manage-units" && subject.user == "deploy") {
+    return polkit.Result.%s;
+  }
+});
+"""
+
+
+@needs_lab
+def test_run0_deploys_where_polkit_lets_the_deploy_user_and_is_refused_where_it_asks(
+        fleet_factory: Start, tmp_path: Path) -> None:
+    """`--elevate run0` for real: systemd's run0 and polkitd on the hosts, the deploy user without
+    any sudo rule. A polkit rule that lets it manage units (YES): deploy (a key, activation, a
+    check), a failed check rolled back, `rollback`, all as root through run0. A rule that asks
+    for an administrator's password (AUTH_ADMIN): refused in one line, nothing switched; and a
+    password is not taken with run0 (polkit would ask on a terminal these calls do not have)."""
+    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, user="deploy")
+    prepare(fleet, "")  # no sudo at all
+    for host in TOPOLOGY:
+        fleet.lab.run(host, ["sh", "-c", "cat > /etc/polkit-1/rules.d/50-nix-hive.rules"], input=RUN0_RULE % "YES")
+        assert fleet.lab.run(host, ["sudo", "-n", "true"], user="deploy", check=False).returncode == 1
+    fleet.env["ELEVATE_TOKEN"] = "token-run0"
+    base = ("-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
+    result = fleet.run("deploy", "--json", "--elevate", "run0", *base)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert all(r["outcome"] == "ok" for r in rows(result.stdout).values()), result.stdout
+    v1 = fleet.lab.current_system("www-1")
+    for host in TOPOLOGY:
+        assert fleet.lab.activations(host)[-1].split()[-1] == "root"  # switch-to-configuration ran as root
+    assert fleet.lab.read("www-1", "/run/keys/token") == "token-run0"
+    journal = fleet.lab.run("www-1", ["journalctl", "--no-pager", "-q", "-o", "cat"]).stdout
+    assert "Started run-" in journal, journal[-2000:]  # run0's transient units
+
+    fleet.env["ELEVATE_VARIANT"] = "v2"
+    v2 = fleet.run("deploy", "--json", "--elevate", "run0", *base, "www-1")
+    assert v2.returncode == 0 and fleet.lab.current_system("www-1") != v1, v2.stdout + v2.stderr
+    on_v2 = fleet.lab.current_system("www-1")
+    fleet.env["ELEVATE_VARIANT"] = "unhealthy"  # a failed check: the abort, through run0
+    unhealthy = fleet.run("deploy", "--json", "--elevate", "run0", *base, "www-1")
+    assert rows(unhealthy.stdout)["www-1"]["outcome"] == "rolled back", unhealthy.stdout + unhealthy.stderr
+    assert fleet.lab.current_system("www-1") == on_v2
+    back = fleet.run("rollback", "--json", "--elevate", "run0", *base, "www-1")
+    assert back.returncode == 0 and fleet.lab.current_system("www-1") == v1, back.stdout + back.stderr
+
+    # polkit asks for a password (auth_admin): run0 --no-ask-password is refused, one line per host
+    for host in TOPOLOGY:
+        fleet.lab.run(host, ["sh", "-c", "cat > /etc/polkit-1/rules.d/50-nix-hive.rules"],
+                      input=RUN0_RULE % "AUTH_ADMIN")
+    fleet.env["ELEVATE_VARIANT"] = "v3"
+    asks = fleet.run("deploy", "--json", "--elevate", "run0", *base)
+    assert asks.returncode == 1, asks.stdout + asks.stderr
+    for row in rows(asks.stdout).values():
+        assert "run0 was refused: polkit does not let the ssh user" in str(row["reason"]), row
+    assert fleet.lab.current_system("www-1") == v1
+    good = tmp_path / "good"
+    good.write_text(PASSWORD + "\n")
+    good.chmod(0o600)
+    both = fleet.run("deploy", "--elevate", "run0", "--sudo-password-file", str(good), *base)
+    assert both.returncode == 2 and "only sudo takes a password" in both.stderr, both.stderr
 
 
 @needs_lab

@@ -190,6 +190,82 @@ def test_a_good_reboot_keeps_the_new_system_and_an_unhealthy_one_rolls_back(flee
     assert fleet.lab.boots("www-2")[-1].entry == "default"
 
 
+def grub_title(cfg: str, system: str) -> str:
+    """`SUBMENU>TITLE` of the submenu entry of grub.cfg whose kernel line boots `system` (read
+    here, apart from reboot.sh's own lookup)."""
+    submenu = re.search(r'^submenu "([^"]*)"', cfg, re.M)
+    assert submenu, cfg
+    for m in re.finditer(r'^menuentry "([^"]*)"[^\n]*\{\n([^}]*)\}', cfg[submenu.end():], re.M):
+        if f" init={system}/init " in m.group(2):
+            return f"{submenu.group(1)}>{m.group(1)}"
+    raise AssertionError(f"no entry boots {system}:\n{cfg}")
+
+
+def grubenv(fleet: Fleet, host: str) -> list[str]:
+    return fleet.lab.run(host, ["grub-editenv", "/boot/grub/grubenv", "list"]).stdout.splitlines()
+
+
+@needs_lab
+def test_grub_boots_the_new_system_once_by_grub_reboot_and_a_grub_cfg_without_grubenv_is_refused(
+        fleet_factory: Start) -> None:
+    """Hosts booting with GRUB (no stand-in; a /boot/grub/grub.cfg as NixOS's install-grub.pl
+    writes it): nix-hive's one-shot entry is grubenv's next_entry as the real grub-reboot writes
+    it, naming the new system's entry of the submenu; the lab's boot reads grubenv as that
+    grub.cfg does (next_entry once, else its default). It works with boot.loader.grub.default =
+    "saved" (www-1) and 0 (www-2): NixOS's grub.cfg takes next_entry whatever its default. A
+    grub.cfg that never reads next_entry is refused in one line, and the host is not rebooted."""
+    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, payload_bytes=4096)
+    for h in ("www-1", "www-2"):
+        fleet.lab.run(h, ["sh", "-c", "rm -rf /boot/standin && mkdir -p /boot/grub"])
+    fleet.env["REBOOT_GRUB_FIRST"] = "www-2"
+    first = run(fleet, "v1", "deploy", "--json")
+    assert first.returncode == 0, first.stderr
+    v1 = paths(fleet, "v1")
+    cfg = fleet.lab.read("www-1", "/boot/grub/grub.cfg") or ""
+    assert '\n  set default="${saved_entry}"\n  set timeout=5' in cfg and f" init={v1['www-1']}/init " in cfg, cfg
+    assert "\n  set default=0\n" in (fleet.lab.read("www-2", "/boot/grub/grub.cfg") or "")
+
+    result = run(fleet, "v2", "deploy", "--json", "--reboot", "www-*")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for h in ("www-1", "www-2"):
+        assert rows(result)[h]["outcome"] == "ok", result.stdout + result.stderr
+        v2 = str(rows(result)[h]["path"])
+        cfg = fleet.lab.read(h, "/boot/grub/grub.cfg") or ""
+        # the boot took grubenv's next_entry (grub-reboot's), the new system's entry, once
+        assert fleet.lab.grub_boots(h)[-1] == ("oneshot", grub_title(cfg, v2))
+        assert (fleet.lab.boots(h)[-1].entry, fleet.lab.boots(h)[-1].system) == ("oneshot", v2)
+        assert fleet.lab.current_system(h) == v2
+        env = grubenv(fleet, h)
+        assert "saved_entry=0" in env and not any(e.startswith("next_entry=") for e in env), env  # kept: entry 0
+        assert f" init={v2}/init " in cfg.split("submenu")[0], cfg  # "NixOS - Default" is v2 now
+        fleet.lab.reboot(h)
+        assert fleet.lab.grub_boots(h)[-1] == ("default", "0") and fleet.lab.current_system(h) == v2
+    v2 = str(rows(result)["www-1"]["path"])
+
+    # an unhealthy system: booted once by its entry, then back to the default one (v2)
+    result = run(fleet, "unhealthy", "deploy", "--json", "--reboot", "www-1")
+    assert result.returncode == 1 and rows(result)["www-1"]["outcome"] == "rolled back", result.stderr
+    bad = str(rows(result)["www-1"]["path"])
+    cfg = fleet.lab.read("www-1", "/boot/grub/grub.cfg") or ""
+    assert fleet.lab.grub_boots("www-1")[-2:] == [("oneshot", grub_title(cfg, bad)), ("default", "0")]
+    assert fleet.lab.current_system("www-1") == v2
+
+    # a grub.cfg that never reads grubenv (installed by the system it runs, kept after a reboot
+    # into it): refused, not rebooted
+    fleet.env["REBOOT_GRUB_NOENV"] = "www-2"
+    noenv = run(fleet, "v2", "deploy", "--json", "--reboot", "www-2")
+    assert noenv.returncode == 0, noenv.stdout + noenv.stderr
+    on = fleet.lab.current_system("www-2")
+    assert "next_entry" not in (fleet.lab.read("www-2", "/boot/grub/grub.cfg") or "next_entry")
+    before = len(fleet.lab.boots("www-2"))
+    result = run(fleet, "v1", "deploy", "--json", "--reboot", "www-2")
+    row = rows(result)["www-2"]
+    assert result.returncode == 1 and row["outcome"] == "failed", result.stdout + result.stderr
+    assert "GRUB's grub.cfg never reads grubenv's next_entry: it would ignore grub-reboot" in str(row["reason"]), row
+    assert len(fleet.lab.boots("www-2")) == before and fleet.lab.current_system("www-2") == on
+    assert not any(e.startswith("next_entry=") for e in grubenv(fleet, "www-2"))
+
+
 def power_cycle(fleet: Fleet, host: str) -> Boot:
     """Pull the plug and switch on again (as someone at the console would); the boot it made."""
     fleet.lab.power_off(host)

@@ -451,6 +451,27 @@ def test_copies_from_a_build_host_go_host_to_host_or_carry_references_only(calls
         session.remotes.close()
 
 
+def test_an_ssh_ng_relay_takes_the_closure_without_checking_its_signatures(calls: Calls, tmp_path: Path) -> None:
+    """An ssh-ng:// relay's nix-daemon would check the signatures against its own trusted keys
+    (an ssh:// one never does): it is copied to with --no-check-sigs; other stores are not."""
+    from hive.push import Pushes
+
+    web = System("web", frozen_map())
+    instances = {"w1": Instance("w1", "web", store="ssh-ng://portico"), "w2": Instance("w2", "web", store="ssh://portico")}
+    h = Hive(file=tmp_path / "hive.nix", shown="hive.nix", paths=frozen_map(), systems={"web": web},
+             instances=instances)
+    the_plan = plan.make_plan(h, [tuple(h.instances.values())])
+    session = Session(h, the_plan, Options(state_file=tmp_path / "state"), progress=Progress(quiet=True))
+    session.results["web"] = "/nix/store/p-web"
+    pushes = Pushes(session)
+    try:
+        for url, extra in (("ssh-ng://portico", ["--no-check-sigs"]), ("ssh://portico", [])):
+            pushes.relay(plan.Relay(url, ("web",)))
+            assert calls.argv[-1][3:] == ["copy", "--to", url, *extra, "/nix/store/p-web"]
+    finally:
+        session.remotes.close()
+
+
 def test_host_scripts_are_sent_without_comments_and_still_parse(tmp_path: Path) -> None:
     """What goes to every host, once or twice per host: the scripts without comment and blank
     lines, which `sh -n` and shellcheck still accept; none has a here-document whose lines the

@@ -40,9 +40,11 @@
 # default is the last good one), and sets NEW's entry as the boot loader's one-shot entry:
 #
 #   systemd-boot   bootctl set-oneshot nixos-generation-N.conf
-#   GRUB           grub-reboot 'SUBMENU>ENTRY' (NEW's entry of grub.cfg, found by its init=NEW/init);
-#                  needs boot.loader.grub.default = "saved" (the default is the saved entry,
-#                  which `keep` and `start` set to the first one, the profile's)
+#   GRUB           grub-reboot 'SUBMENU>ENTRY' (NEW's entry of grub.cfg, found by its init=NEW/init):
+#                  grubenv's next_entry, which NixOS's grub.cfg takes once whatever its default;
+#                  a grub.cfg that never reads next_entry is refused. `keep` and `start` set the
+#                  saved entry to the first one, the profile's (the default with
+#                  boot.loader.grub.default = "saved"; 0 is that entry anyway)
 #   the lab's      /boot/standin/oneshot (tests/lab/boot.py)
 #
 # A host that does not come back healthy therefore boots its last good system at its next
@@ -115,8 +117,8 @@ oneshot() {  # LOADER NEW GEN: boot NEW once, at the next boot only
     standin) echo "$2" > /boot/standin/oneshot.tmp && mv -f /boot/standin/oneshot.tmp /boot/standin/oneshot ;;
     systemd-boot) bootctl set-oneshot "nixos-generation-$3.conf" ;;
     grub)
-      grep -q saved_entry /boot/grub/grub.cfg ||
-        fail 'GRUB boots its first entry: set boot.loader.grub.default = "saved"'
+      grep -q 'next_entry' /boot/grub/grub.cfg ||
+        fail "GRUB's grub.cfg never reads grubenv's next_entry: it would ignore grub-reboot"
       entry=$(grub_entry "$2" /boot/grub/grub.cfg)
       [ -n "$entry" ] || fail "no GRUB entry boots $2"
       grub-set-default 0 && grub-reboot "$entry" ;;

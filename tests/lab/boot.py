@@ -26,6 +26,11 @@ Boot entries (the stand-in boot loader): HOSTDIR/boot/standin/default holds the 
 booted by default (the stand-in's `switch-to-configuration switch|boot` writes it; the directory
 exists on systemd hosts only: a plain host's /boot is the machine's own);
 HOSTDIR/boot/standin/oneshot, if present, is taken instead and deleted (next boot only).  If
+a host has no /boot/standin but a /boot/grub/grub.cfg (tests/nixpkgs/nixos/default.nix writes
+it as NixOS's install-grub.pl does), the entry is GRUB's choice, read with the tree's
+grub-editenv: grubenv's next_entry (grub-reboot's) once, unset as grub.cfg's save_env does
+(ENTRY oneshot), else the default (saved_entry, or grub.cfg's number); HOSTDIR/grub.log gets
+"ENTRY GRUBENTRY" (what GRUB was told to boot: a number, a title or SUBMENU>TITLE).  If
 the entry taken names a path that is not valid in the host's store (or there is no entry), the
 host boots without /run/current-system; else /run/current-system and /run/booted-system name it
 (as NixOS's stage 2), and a system with $out/standin-boot-hangs (standin.boot = "hang") boots in
@@ -179,6 +184,34 @@ if [ -f /boot/standin/oneshot ]; then
   entry=oneshot; read -r want < /boot/standin/oneshot || true; rm -f /boot/standin/oneshot
 elif [ -f /boot/standin/default ]; then
   entry=default; read -r want < /boot/standin/default || true
+elif [ -f /boot/grub/grub.cfg ]; then
+  # GRUB, as NixOS's grub.cfg has it choose: grub-reboot's next_entry once, if grub.cfg reads it
+  # (its save_env unsets it), else its `set default=`: grubenv's saved_entry where that says "${saved_entry}",
+  # else the number. The entry (a number, a title or SUBMENU>TITLE) boots the system of its init=.
+  genv() { grub-editenv /boot/grub/grubenv list 2>/dev/null | sed -n "s/^$1=//p"; }
+  pick=
+  if grep -q '^ *set default="${next_entry}"$' /boot/grub/grub.cfg; then pick=$(genv next_entry); fi
+  if [ -n "$pick" ]; then
+    entry=oneshot; grub-editenv /boot/grub/grubenv unset next_entry
+  else
+    entry=default
+    if grep -q '^ *set default="${saved_entry}"$' /boot/grub/grub.cfg; then pick=$(genv saved_entry)
+    else pick=$(sed -n 's/^ *set default=\([0-9]*\)$/\1/p' /boot/grub/grub.cfg | head -n 1)
+    fi
+  fi
+  want=$(awk -v pick="${pick:-0}" '
+    function title() { match($0, /"[^"]*"/); return substr($0, RSTART + 1, RLENGTH - 2) }
+    /^[ \t]*submenu / { sub_ = title(); insub = 1; n++; next }
+    /^[ \t]*menuentry / {
+      t = title(); inentry = 1
+      if (insub) found = (sub_ ">" t == pick)
+      else { found = (t == pick || pick == (n + 0) ""); n++ }
+      next
+    }
+    found && match($0, / init=[^ ]*/) { s = substr($0, RSTART + 6, RLENGTH - 6); sub(/\/init$/, "", s); print s; exit }
+    /^[ \t]*}[ \t]*$/ { if (inentry) { inentry = 0; found = 0 } else insub = 0 }
+  ' /boot/grub/grub.cfg)
+  echo "$entry ${pick:-0}" >> "/mnt$d/grub.log"
 fi
 system=
 case "$want" in
@@ -297,6 +330,9 @@ MASKED = (
     # password prompts on a console this host does not have; each holds an inotify instance, of
     # which the machine's root has max_user_instances (128 here) for all hosts (see INOTIFY_PER_HOST)
     "systemd-ask-password-console.path", "systemd-ask-password-wall.path",
+    # Debian's record of a good boot in GRUB's grubenv (NixOS has none; a lab host's GRUB is
+    # what its /boot/grub says, read by the starter)
+    "grub-common.service",
 )
 # inotify instances a booted host holds: PID 1's cgroup, /etc/localtime and /run/mount watches,
 # dbus-daemon's configuration watch.  They are counted for the machine's root user, all hosts

@@ -251,6 +251,15 @@ class Lab(Records):
         """host's boots, oldest first (see boot.py: entry taken, system booted)."""
         return boot.boots(self._systemd_host(host).dir)
 
+    def grub_boots(self, host: str) -> list[tuple[str, str]]:
+        """(ENTRY, GRUB's entry) of each boot a host's /boot/grub chose (boot.py): ENTRY oneshot
+        (grubenv's next_entry) or default."""
+        try:
+            lines = (self._host(host).dir / "grub.log").read_text().splitlines()
+        except OSError:
+            return []
+        return [(entry, pick) for entry, _, pick in (line.partition(" ") for line in lines)]
+
     def systemctl(self, host: str, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """`systemctl ARGS` inside host."""
         self._systemd_host(host)

@@ -26,10 +26,13 @@ RELEASE = "trixie"
 NAME = "host-trixie"
 # What a host runs: systemd as PID 1 (dbus for systemctl's and systemd-run's clients, as on
 # NixOS), sshd, Nix (single-user as root; nix-daemon for the deploy user), python3 (the
-# stand-in's health server), sudo, and the tools the tests call inside hosts.  Recommends are
-# left out: a lean tree boots faster and has fewer units to mask.
-HOST_PACKAGES = ("ca-certificates", "dbus", "iproute2", "nix-bin", "openssh-client",
-                 "openssh-server", "procps", "python3", "sudo", "systemd", "util-linux")
+# stand-in's health server), sudo, and the tools the tests call inside hosts; GRUB's grubenv
+# tools (grub-common: grub-editenv; grub2-common: grub-reboot, grub-set-default; no boot
+# loader is installed: the lab boots a host by what a test's /boot/grub says, tests/lab/boot.py)
+# and polkit (polkitd: what systemd's run0 asks).
+# Recommends are left out: a lean tree boots faster and has fewer units to mask.
+HOST_PACKAGES = ("ca-certificates", "dbus", "grub-common", "grub2-common", "iproute2", "nix-bin", "openssh-client",
+                 "openssh-server", "polkitd", "procps", "python3", "sudo", "systemd", "util-linux")
 # Bump when the provisioning below changes: the tree is made anew.
 RECIPE = "2"
 STAMP = "var/lib/nix-hive-lab/host-tree"
@@ -116,6 +119,8 @@ def check(tree: Path) -> None:
     """LabError unless the tree holds what a host needs."""
     for needed in ("lib/systemd/systemd", "usr/sbin/sshd", "usr/bin/nix-store", "usr/bin/nix-daemon",
                    "usr/bin/python3", "usr/bin/sudo", "usr/bin/systemctl", "usr/bin/dbus-daemon",
+                   "usr/bin/grub-editenv", "usr/sbin/grub-reboot", "usr/sbin/grub-set-default",
+                   "usr/bin/run0", "usr/lib/polkit-1/polkitd",
                    *MOUNT_POINTS, *MOUNT_FILES):
         if not (tree / needed).exists():
             raise LabError(f"host tree {tree}: no /{needed}")

@@ -6,6 +6,10 @@
 #   unhealthy   kernel k2, its checks fail
 #   hang        kernel k2, its boot hangs before systemd (standin.boot = "hang")
 #   nossh       kernel k2, stops sshd once booted
+# REBOOT_GRUB_FIRST: web hosts (by name, comma-separated) whose GRUB boots its first entry by
+# default (boot.loader.grub.default = 0); the others' is "saved". REBOOT_GRUB_NOENV: web hosts
+# whose grub.cfg has no grubenv block (standin.grubEnv = false). Only a host with /boot/grub and
+# no stand-in boot loader (tests/test_reboot.py makes one) reads them.
 # See tests/nixpkgs/nixos/default.nix for the stand-in's options.
 let
   discovered = builtins.fromJSON (builtins.readFile ./instances.json);
@@ -23,7 +27,10 @@ let
     standin.healthy = variant != "unhealthy";
     standin.boot = if variant == "hang" then "hang" else "ok";
     services.openssh.enable = variant != "nossh";
+    boot.loader.grub.default = if builtins.elem name (named "REBOOT_GRUB_FIRST") then 0 else "saved";
+    standin.grubEnv = !(builtins.elem name (named "REBOOT_GRUB_NOENV"));
   };
+  named = var: builtins.filter builtins.isString (builtins.split "," (builtins.getEnv var));
   www = builtins.filter (n: builtins.match "www-.*" n != null) (builtins.attrNames discovered);
 in
 {
