@@ -5,7 +5,7 @@ build --no build` on 1,000 and 10,000 instances, `list`, `plan` and `ssh-config`
                        [--runs N] [--source DIR]...)
 
 The hives (2 systems, a relay store per 100 instances, one jump host) are written and built
-once first. Then every (command, size) is timed once per round, N rounds (the sizes of a
+first. Then every (command, size) is timed once per round, N rounds (the sizes of a
 command next to each other, so that a change in the machine's load falls on both), and the
 best and median wall times are printed with each size's ratio to 2 instances (medians).
 Nothing is asserted: the numbers are for the reader (targets: `build --no build` on 1,000 at
@@ -102,23 +102,23 @@ def main() -> None:
             where = subprocess.run([sys.executable, "-c", "import hive; print(hive.__file__)"], env=envs[source],
                                    cwd=source, capture_output=True, text=True, check=True).stdout.strip()
             print(f"nix-hive from {Path(where).parent}")
-        hives = {}
-        for count in sorted({n for s in sizes.values() for n in s}):
-            d = hives[count] = Path(tmp, f"n{count}")
-            d.mkdir()
-            (d / "hive.nix").write_text(HIVE.format(standin=STANDIN, count=count, half=max(1, count // 2)))
-            if count in sizes["build_sizes"]:  # built once; every source then finds it built
-                subprocess.run(nix_hive("build", "-q", "-c", str(d)), check=True, env=envs[sources[0]],
-                               cwd=sources[0], stdout=subprocess.DEVNULL)
-        for source in sources:  # a first run of each: bytecode compiled, Nix's evaluation cache warm
-            for _, argv, which in COMMANDS:
-                run(nix_hive(*argv, "-c", str(hives[sizes[which][0]])), envs[source], source)
+        hives: dict[tuple[Path, int], Path] = {}  # each source's own (its state file, its ssh files)
+        for n, source in enumerate(sources):
+            for count in sorted({c for s in sizes.values() for c in s}):
+                d = hives[source, count] = Path(tmp, f"s{n}", f"n{count}")
+                d.mkdir(parents=True)
+                (d / "hive.nix").write_text(HIVE.format(standin=STANDIN, count=count, half=max(1, count // 2)))
+                if count in sizes["build_sizes"]:
+                    subprocess.run(nix_hive("build", "-q", "-c", str(d)), check=True, env=envs[source], cwd=source,
+                                   stdout=subprocess.DEVNULL)
+            for _, argv, which in COMMANDS:  # a first run of each: bytecode compiled, files in place
+                run(nix_hive(*argv, "-c", str(hives[source, sizes[which][0]])), envs[source], source)
         times: dict[tuple[Path, str, int], list[float]] = {}
         for _ in range(args.runs):
             for shown, argv, which in COMMANDS:
                 for source in sources:
                     for count in sizes[which]:
-                        seconds = run(nix_hive(*argv, "-c", str(hives[count])), envs[source], source)
+                        seconds = run(nix_hive(*argv, "-c", str(hives[source, count])), envs[source], source)
                         times.setdefault((source, shown, count), []).append(seconds)
         print(f"after {args.runs} rounds: {load()}")
         print(f"{'command':<17} {'instances':>9}  {'best':>7}  {'median':>7}  ratio (medians, to {sizes['sizes'][0]})")
