@@ -5,19 +5,24 @@ pattern selection. The state file's codec has its own in test_state.py."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import shutil
 import string
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hive import checks, ssh
 from hive.errors import DeploymentError, SelectionError
-from hive.evaluate import build_model, validate
+from hive.evaluate import _validator, build_model, validate
 from hive.model import Hive, Instance, System, frozen_map
+from hive.resources import schema_file
 from hive.select import flatten, select
 
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh is not installed")
@@ -104,3 +109,41 @@ def test_selection_takes_each_instance_once_in_pattern_order(names: list[str], t
     for wave in waves:  # each wave is the first pattern that matches its instances
         firsts = {next(p for p in patterns if matches(i, p)) for i in wave}
         assert len(firsts) == 1
+
+
+# Values an instance may give, valid or not, of every JSON type, few enough to repeat: the
+# deployment's validator remembers the values it found valid (issue 29), per subschema.
+REPEATED = st.sampled_from(["web", "db", "-web", "ssh://relay", "ssh://-x", "file:///c", "22", "a b", "", "\n",
+                            1, 22, 0, 70000, -1, 1.0, 1.5, True, False, None, [], ["a"], ["a", "a"], [1], [True],
+                            {}, {"a": 1}])
+INSTANCE = st.fixed_dictionaries({}, optional={
+    "system": REPEATED, "store": REPEATED, "tags": st.one_of(REPEATED, st.lists(REPEATED, max_size=3)),
+    "ssh": st.dictionaries(st.sampled_from(["Hostname", "HostName", "Port", "User", "ProxyJump", "Compression",
+                                            "ProxyCommand", "port", "x y"]), REPEATED, max_size=3),
+    "elevate": REPEATED, "activationTimeout": REPEATED, "keys": st.one_of(REPEATED, st.lists(REPEATED, max_size=2)),
+    "bogus": REPEATED})
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances=st.lists(INSTANCE, min_size=1, max_size=6))
+def test_the_validator_reports_what_jsonschema_itself_reports(instances: list[dict[str, object]]) -> None:
+    """The deployment's validator (hive/evaluate.py), which validates a value against a
+    subschema once and reuses the validators it descends with, finds the errors a plain
+    jsonschema validator of the same schema finds, whatever values repeat (in one hive, and
+    across the hives before it)."""
+    schema = json.loads(schema_file().read_text())
+    plain = jsonschema.validators.validator_for(schema)(schema)
+    raw: dict[str, Any] = {"systems": {"web": {"configuration": "set"}, "db": {"configuration": "set"}},
+           "instances": {f"i{n}": i for n, i in enumerate(instances)}}
+
+    def found(errors: Iterable[jsonschema.ValidationError]) -> list[tuple[str, ...]]:
+        return sorted((json.dumps(list(e.absolute_path)), json.dumps(list(e.absolute_schema_path)[-1:]), e.message)
+                      for e in errors)
+
+    assert found(_validator().iter_errors(raw)) == found(plain.iter_errors(raw))
+    try:
+        validate(raw, "hive.nix")
+    except DeploymentError:
+        assert found(plain.iter_errors(raw))
+    else:
+        assert not found(plain.iter_errors(raw))
