@@ -190,8 +190,10 @@ def key_sources(shown: str, keys: Mapping[str, Key], raw: Mapping[str, Any]) -> 
 
 
 def _key_users(raw: Mapping[str, Any]) -> list[tuple[list[str], list[str]]]:
-    users = [(["systems", n], list(s.get("keys", ()))) for n, s in sorted(raw.get("systems", {}).items())]
-    return users + [(["instances", n], list(i.get("keys", ()))) for n, i in sorted(raw.get("instances", {}).items())]
+    """Where key names are given (["systems", NAME] and ["instances", NAME], in this order,
+    those that give any), and the names given there."""
+    return [([level, n], list(given["keys"])) for level in ("systems", "instances")
+            for n, given in sorted(raw.get(level, {}).items()) if given.get("keys")]
 
 
 def _readable_key_file(shown: str, path: Path, where: str) -> None:

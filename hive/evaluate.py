@@ -298,6 +298,15 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
                                unevaluated=frozen_map(lazy))
     instances: dict[str, Instance] = {}
     known = ", ".join(sorted(systems)) or "none"
+    # what an instance takes from its system and the deployment when it says nothing itself:
+    # found once a system, not once an instance (issue 29)
+    inherited = {name: Instance(name="", system=name, checks=_checks(s.get("checks", {})),
+                                activation_timeout=_first(DEFAULT_ACTIVATION_TIMEOUT, "activationTimeout", s, raw),
+                                confirm_timeout=_first(DEFAULT_CONFIRM_TIMEOUT, "confirmTimeout", s, raw),
+                                reboot_timeout=_first(DEFAULT_REBOOT_TIMEOUT, "rebootTimeout", s, raw),
+                                elevate=next((str(level["elevate"]) for level in (s, raw)
+                                              if level.get("elevate") is not None), "sudo"))
+                 for name, s in raw["systems"].items()}
     for name, i in sorted(raw["instances"].items()):
         if i["system"] not in systems:
             raise DeploymentError(shown, f"{json.dumps(i['system'])} is not a system of {shown} (systems: {known})",
@@ -310,17 +319,15 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
             ssh["Hostname"] = ssh.pop("HostName")
         checks.addresses(shown, name, i.get("store"), ssh)
         checks.allowed_options(shown, name, ssh)
-        s = raw["systems"][i["system"]]
-        checks_ = {**s.get("checks", {}), **i.get("checks", {})}
+        s, up = raw["systems"][i["system"]], inherited[i["system"]]
         instances[name] = Instance(
             name=name, system=i["system"], store=i.get("store"), tags=tuple(i.get("tags", ())),
             ssh=frozen_map(ssh), host_key=i.get("hostKey"),
-            checks=tuple(_check(n, c) for n, c in sorted(checks_.items())),
-            activation_timeout=_first(DEFAULT_ACTIVATION_TIMEOUT, "activationTimeout", i, s, raw),
-            confirm_timeout=_first(DEFAULT_CONFIRM_TIMEOUT, "confirmTimeout", i, s, raw),
-            reboot_timeout=_first(DEFAULT_REBOOT_TIMEOUT, "rebootTimeout", i, s, raw),
-            elevate=next((str(level["elevate"]) for level in (i, s, raw) if level.get("elevate") is not None),
-                         "sudo"),
+            checks=_checks({**s.get("checks", {}), **i["checks"]}) if "checks" in i else up.checks,
+            activation_timeout=_first(up.activation_timeout, "activationTimeout", i),
+            confirm_timeout=_first(up.confirm_timeout, "confirmTimeout", i),
+            reboot_timeout=_first(up.reboot_timeout, "rebootTimeout", i),
+            elevate=str(i["elevate"]) if i.get("elevate") is not None else up.elevate,
             keys=tuple(dict.fromkeys([*s.get("keys", ()), *i.get("keys", ())])))
     key: Path | None = None
     if raw.get("signingKey") is not None:
@@ -338,6 +345,10 @@ def build_model(raw: Mapping[str, Any], file: Path, shown: str,
                 instances=instances, signing_key=key, keys=keys, uploads=uploads, unevaluated=frozen_map(top_lazy))
 
 
+def _checks(given: Mapping[str, Any]) -> tuple[Check, ...]:
+    return tuple(_check(n, c) for n, c in sorted(given.items()))
+
+
 def _check(name: str, c: Mapping[str, Any]) -> Check:
     return Check(name=name, command=c.get("command"), http=c.get("http"), timeout=c.get("timeout", 10),
                  retries=c.get("retries", 5), interval=c.get("interval", 2), status=tuple(c.get("status", ())))
@@ -353,7 +364,11 @@ def _key(name: str, k: Mapping[str, Any]) -> Key:
 
 def _first(default: int, key: str, *levels: Mapping[str, Any]) -> int:
     """The most specific level's value of `key` (instance, system, deployment)."""
-    return next((int(level[key]) for level in levels if level.get(key) is not None), default)
+    for level in levels:
+        value = level.get(key)
+        if value is not None:
+            return int(value)
+    return default
 
 
 def evaluate(config: str | None, overrides: Mapping[str, str] | None = None, build_host: str | None = None,
