@@ -22,8 +22,10 @@ instance (and relay host) gets before anything is built (Session.connect_all), a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -137,7 +139,13 @@ class Plan:
         return next(t for t in self.tasks if t.id == task_id)
 
     def relay(self, url: str) -> Relay | None:
-        return next((r for r in self.relays if r.url == url), None)
+        return self._relay_of.get(url)
+
+    @functools.cached_property
+    def _relay_of(self) -> dict[str, Relay]:
+        """The relays by URL: an instance's is looked up once per instance (issue 29: a relay
+        per 100 instances made a scan of them grow as the square of the instances)."""
+        return {r.url: r for r in reversed(self.relays)}  # the first of a URL, as a scan finds it
 
     def final_id(self, instance: str) -> TaskId:
         return TaskId(self.final, instance)
@@ -298,7 +306,7 @@ def make_plan(hive: Hive, waves: Sequence[Sequence[Instance]], *, goal: Goal = G
 
 
 def _build_tasks(plan: Plan, hive: Hive) -> list[PlannedTask]:
-    users = {s: sum(1 for i in plan.instances if i.system == s) for s in plan.systems}
+    users = collections.Counter(i.system for i in plan.instances)
     out: list[PlannedTask] = []
     for group in plan.groups:
         on = f" on build host {group.host}" if group.host else ""
