@@ -6,6 +6,7 @@ summary is read from the run's outcomes (outcome.py) by orchestrate.py.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import json
@@ -268,8 +269,11 @@ def inventory_json(hive: Any, selected: set[str], result_of: Callable[[str], str
     """The inventory as `nix-hive build` prints it: the original tool's shape (top-level
     `paths`, `systems.<s>.result`, `ssh`, `instances.<i>` with system, store, tags), plus more."""
     systems: dict[str, Any] = {}
+    users_of: dict[str, list[str]] = {}  # in one pass: a scan per system grows as systems times instances
+    for i in sorted(hive.instances.values(), key=lambda i: i.name):
+        users_of.setdefault(i.system, []).append(i.name)
     for name, s in sorted(hive.systems.items()):
-        users = sorted(i.name for i in hive.instances.values() if i.system == name)
+        users = users_of.get(name, [])
         systems[name] = {
             "result": result_of(name) if result_of is not None else None,
             "paths": {**dict.fromkeys(s.unevaluated), **s.paths},  # null: not evaluated (builds nothing)
@@ -309,15 +313,15 @@ def instance_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
 
 def system_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
+    users = collections.Counter(i.system for n, i in hive.instances.items() if n in selected)
     for name, s in sorted(hive.systems.items()):
-        users = [n for n, i in hive.instances.items() if i.system == name and n in selected]
-        if users:
+        if users[name]:
             paths = " ".join(f"{k}={v}" for k, v in sorted(s.paths.items()))
             if s.unevaluated:  # a command that builds nothing: named, not evaluated
                 paths = f"{' '.join(sorted(s.unevaluated))} (not evaluated) {paths}".strip()
             if s.nixpkgs:  # a flake input: the paths' nixpkgs is not used
                 paths = f"nixpkgs={s.nixpkgs} (given)"
-            rows.append((name, str(len(users)), join(s.tags) or "-", paths or "-"))
+            rows.append((name, str(users[name]), join(s.tags) or "-", paths or "-"))
     return rows
 
 
