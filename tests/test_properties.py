@@ -147,3 +147,11 @@ def test_the_validator_reports_what_jsonschema_itself_reports(instances: list[di
         assert found(plain.iter_errors(raw))
     else:
         assert not found(plain.iter_errors(raw))
+
+
+def test_the_shipped_schema_takes_the_validator_s_shortcuts() -> None:
+    """No keyword below the schema's root makes a value's validity depend on where it stands
+    (hive/evaluate.py's _CONTEXTUAL): the validator remembers valid values, and is not
+    jsonschema's own class."""
+    schema = json.loads(schema_file().read_text())
+    assert type(_validator()) is not jsonschema.validators.validator_for(schema)
