@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hive import checks, ssh
+from hive import checks, ssh, text
 from hive.errors import DeploymentError, SelectionError
 from hive.evaluate import _validator, build_model, validate
 from hive.model import Hive, Instance, System, frozen_map
@@ -155,3 +155,17 @@ def test_the_shipped_schema_takes_the_validator_s_shortcuts() -> None:
     jsonschema's own class."""
     schema = json.loads(schema_file().read_text())
     assert type(_validator()) is not jsonschema.validators.validator_for(schema)
+
+
+# any character, and those a terminal line must not hold as they are (a lone surrogate too)
+CHARACTERS = st.characters(codec="utf-8") | st.sampled_from("\t\n\r\x1b\x9b\u202e\u2028\xa0\ufffe\ud800")
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.text(alphabet=CHARACTERS), tabs=st.booleans(), limit=st.integers(min_value=1, max_value=30))
+def test_a_printed_line_escapes_the_same_characters_with_its_shortcut(value: str, tabs: bool, limit: int) -> None:
+    """text.line returns printable text (str.isprintable) as it is, without its regular
+    expression (issue 29): the same line as the expression makes."""
+    kept = (text._CONTROL_AND_TABS if tabs else text._CONTROL).sub(text._escaped, value[:limit]).replace("\n", "\\n")
+    assert text.line(value, limit, tabs=tabs) == (kept if len(value) <= limit else
+                                                  f"{kept}... ({len(value) - limit:,} more characters)")
