@@ -100,8 +100,8 @@ class Relay:
         """The store URL nix-hive copies to."""
         return self.upload or self.url
 
-    @property
-    def id(self) -> TaskId:
+    @functools.cached_property
+    def id(self) -> TaskId:  # asked for by each of its instances' tasks
         return TaskId(Kind.STORE, relay_label(self.url))
 
 
@@ -223,14 +223,19 @@ def gateways(hive: Hive, instances: Iterable[Instance]) -> frozenset[str]:
     upload URL writes through (an HTTP cache's, ssh://cache?remote-store=…), whose
     connection must outlive that host's own deployment while the upload runs."""
     names: set[str] = set()
+    jumps: set[str] = set()
+    urls: set[str] = set()  # each looked at once: a relay is most instances' store
     for i in instances:
         jump = i.ssh.get("ProxyJump")
-        if jump:
+        if jump and jump not in jumps:
+            jumps.add(jump)
             names.update(hop.host for hop in parse_proxy_jump(jump))
         for url in (i.store, hive.uploads.get(i.store) if i.store else None):
-            owner = store_instance(hive, url) if url else None
-            if owner is not None:
-                names.add(owner.name)
+            if url and url not in urls:
+                urls.add(url)
+                owner = store_instance(hive, url)
+                if owner is not None:
+                    names.add(owner.name)
     return frozenset(names)
 
 
