@@ -67,7 +67,7 @@ demo-down: setup
 	$(PY) -m tests.demo down
 
 bench: setup
-	$(WITH_NIX) $(PY) -m benchmarks.build_no_build
+	$(WITH_NIX) $(PY) -m benchmarks.build_no_build $(ARGS)
 
 bench-fleet: setup  # a subset, e.g.: make bench-fleet ARGS="--only targets"
 	$(WITH_NIX) $(PY) -m benchmarks.fleet_deploy $(ARGS)

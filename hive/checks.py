@@ -144,7 +144,7 @@ def ssh_config(hive: Hive) -> None:
     ssh.render_known_hosts(hive)
     with tempdirs.private("check") as directory:
         config = directory / "ssh_config"
-        lines = ssh.render_lines(hive, directory / "known_hosts", include_user=False)
+        lines = _distinct(ssh.render_lines(hive, directory / "known_hosts", include_user=False))
         config.write_text("\n".join(text for text, _ in lines) + "\n")
         try:
             out = process.run(["ssh", "-G", "-F", str(config), "--", sorted(hive.instances)[0]], check=False)
@@ -161,6 +161,26 @@ def ssh_config(hive: Hive) -> None:
     if out.exit_code != 0:
         raise DeploymentError(hive.shown, f"ssh refuses the generated configuration: "
                               f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.exit_code}")
+
+
+def _distinct(lines: list[tuple[str, ssh.Origin | None]]) -> list[tuple[str, ssh.Origin | None]]:
+    """The lines ssh must read to find every error of `lines` (an ssh_config), each with its
+    origin: the first Host block whole (the one `ssh -G` applies), then every Host line and
+    each other line the first time it stands. ssh parses an option's value wherever it stands,
+    in a block that applies or not, so a line it has read tells it nothing the second time;
+    the error it reports first is the same line's first place. Every block repeats nix-hive's
+    own options, and most a deployment's (issue 29: 5,000 blocks of them)."""
+    seen: set[str] = set()
+    blocks = 0
+    out: list[tuple[str, ssh.Origin | None]] = []
+    for text, origin in lines:
+        if text.startswith("Host "):
+            blocks += 1
+        elif blocks > 1 and text in seen:
+            continue
+        seen.add(text)
+        out.append((text, origin))
+    return out
 
 
 def key_sources(shown: str, keys: Mapping[str, Key], raw: Mapping[str, Any]) -> None:
@@ -190,8 +210,10 @@ def key_sources(shown: str, keys: Mapping[str, Key], raw: Mapping[str, Any]) -> 
 
 
 def _key_users(raw: Mapping[str, Any]) -> list[tuple[list[str], list[str]]]:
-    users = [(["systems", n], list(s.get("keys", ()))) for n, s in sorted(raw.get("systems", {}).items())]
-    return users + [(["instances", n], list(i.get("keys", ()))) for n, i in sorted(raw.get("instances", {}).items())]
+    """Where key names are given (["systems", NAME] and ["instances", NAME], in this order,
+    those that give any), and the names given there."""
+    return [([level, n], list(given["keys"])) for level in ("systems", "instances")
+            for n, given in sorted(raw.get(level, {}).items()) if given.get("keys")]
 
 
 def _readable_key_file(shown: str, path: Path, where: str) -> None:

@@ -207,9 +207,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     hive = _load(args, paths=False)
     chosen = {i.name for i in flatten(select(hive, args.patterns))}
-    data = inventory_json(hive, chosen)
     if args.json:
-        dump_json(data)
+        dump_json(inventory_json(hive, chosen))
         return 0
     width = _width(args)
     emit(table(instance_rows(hive, chosen), ["instance", "system", "store", "tags", "address"], width=width,

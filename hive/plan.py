@@ -22,8 +22,10 @@ instance (and relay host) gets before anything is built (Session.connect_all), a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -98,8 +100,8 @@ class Relay:
         """The store URL nix-hive copies to."""
         return self.upload or self.url
 
-    @property
-    def id(self) -> TaskId:
+    @functools.cached_property
+    def id(self) -> TaskId:  # asked for by each of its instances' tasks
         return TaskId(Kind.STORE, relay_label(self.url))
 
 
@@ -137,7 +139,13 @@ class Plan:
         return next(t for t in self.tasks if t.id == task_id)
 
     def relay(self, url: str) -> Relay | None:
-        return next((r for r in self.relays if r.url == url), None)
+        return self._relay_of.get(url)
+
+    @functools.cached_property
+    def _relay_of(self) -> dict[str, Relay]:
+        """The relays by URL: an instance's is looked up once per instance (issue 29: a relay
+        per 100 instances made a scan of them grow as the square of the instances)."""
+        return {r.url: r for r in reversed(self.relays)}  # the first of a URL, as a scan finds it
 
     def final_id(self, instance: str) -> TaskId:
         return TaskId(self.final, instance)
@@ -215,14 +223,19 @@ def gateways(hive: Hive, instances: Iterable[Instance]) -> frozenset[str]:
     upload URL writes through (an HTTP cache's, ssh://cache?remote-store=…), whose
     connection must outlive that host's own deployment while the upload runs."""
     names: set[str] = set()
+    jumps: set[str] = set()
+    urls: set[str] = set()  # each looked at once: a relay is most instances' store
     for i in instances:
         jump = i.ssh.get("ProxyJump")
-        if jump:
+        if jump and jump not in jumps:
+            jumps.add(jump)
             names.update(hop.host for hop in parse_proxy_jump(jump))
         for url in (i.store, hive.uploads.get(i.store) if i.store else None):
-            owner = store_instance(hive, url) if url else None
-            if owner is not None:
-                names.add(owner.name)
+            if url and url not in urls:
+                urls.add(url)
+                owner = store_instance(hive, url)
+                if owner is not None:
+                    names.add(owner.name)
     return frozenset(names)
 
 
@@ -298,7 +311,7 @@ def make_plan(hive: Hive, waves: Sequence[Sequence[Instance]], *, goal: Goal = G
 
 
 def _build_tasks(plan: Plan, hive: Hive) -> list[PlannedTask]:
-    users = {s: sum(1 for i in plan.instances if i.system == s) for s in plan.systems}
+    users = collections.Counter(i.system for i in plan.instances)
     out: list[PlannedTask] = []
     for group in plan.groups:
         on = f" on build host {group.host}" if group.host else ""

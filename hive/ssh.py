@@ -195,12 +195,15 @@ class _Options:
     """ssh_config options of one Host block: keywords are case-insensitive, as in ssh. The
     deployment's values (`given`) are encoded when written, nix-hive's own come encoded (`_own`)."""
 
-    def __init__(self) -> None:
-        self._by_key: dict[str, tuple[str, str, bool]] = {}
+    def __init__(self, base: Mapping[str, tuple[str, str, bool]] | None = None) -> None:
+        self._by_key: dict[str, tuple[str, str, bool]] = dict(base or {})  # lower-case key: (key, value, given)
 
     def set(self, key: str, value: str, *, override: bool = True, given: bool = False) -> None:
         if override or key.lower() not in self._by_key:
             self._by_key[key.lower()] = (key, value, given)
+
+    def settings(self) -> Mapping[str, tuple[str, str, bool]]:
+        return dict(self._by_key)
 
     def lines(self, hive: Hive, instance: str) -> list[tuple[str, Origin | None]]:
         out: list[tuple[str, Origin | None]] = []
@@ -232,18 +235,23 @@ class _Fixed:
     pinned: Mapping[str, str]  # a pinned instance's, after its HostKeyAlias
     control: Mapping[str, str]  # a run's shared connections' (none without a control directory)
 
+    # what every block's options start from: the defaults, in _Options' own form
+    first: Mapping[str, tuple[str, str, bool]] = field(default_factory=dict)
+
     @classmethod
     def of(cls, known_hosts: Path, control_dir: Path | None, defaults: Mapping[str, str]) -> _Fixed:
         pinned = (("UserKnownHostsFile", str(known_hosts)), ("GlobalKnownHostsFile", "/dev/null"),
                   ("StrictHostKeyChecking", "yes"), ("CheckHostIP", "no"))
-        return cls(defaults={k: _own(k, v) for k, v in defaults.items()}, pinned={k: _own(k, v) for k, v in pinned},
-                   control=_control(control_dir) if control_dir is not None else {})
+        encoded = {k: _own(k, v) for k, v in defaults.items()}
+        first = _Options()
+        for key, value in encoded.items():
+            first.set(key, value)
+        return cls(defaults=encoded, pinned={k: _own(k, v) for k, v in pinned},
+                   control=_control(control_dir) if control_dir is not None else {}, first=first.settings())
 
 
 def _block(hive: Hive, instance: Instance, fixed: _Fixed) -> list[tuple[str, Origin | None]]:
-    options = _Options()
-    for key, value in fixed.defaults.items():
-        options.set(key, value)
+    options = _Options(fixed.first)
     for key, value in instance.ssh.items():
         options.set(key, value, given=True)
     if instance.host_key:

@@ -52,7 +52,10 @@ def line(text: str, limit: int = LIMIT, *, tabs: bool = False) -> str:
     """One printable line: its first `limit` characters, control characters (line breaks too)
     shown as escapes, then how many were left out. `tabs`: escape tabs too (a table cell)."""
     kept = text[:limit]
-    shown = (_CONTROL_AND_TABS if tabs else _CONTROL).sub(_escaped, kept).replace("\n", "\\n")
+    # printable (str.isprintable: no character of the C or Z categories but the space) is
+    # what most cells and lines are, and holds none of the characters shown as escapes
+    shown = kept if kept.isprintable() else (_CONTROL_AND_TABS if tabs else _CONTROL).sub(_escaped, kept).replace(
+        "\n", "\\n")
     return shown if len(text) <= limit else f"{shown}... ({len(text) - limit:,} more characters)"
 
 

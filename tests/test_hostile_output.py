@@ -238,6 +238,22 @@ def test_the_plan_table_grows_linearly(tmp_path: Path) -> None:
     assert sizes[5000] / sizes[1000] < 5.5  # before: 26 (750 MB printed at 5,000)
 
 
+def test_commands_that_connect_nowhere_write_no_instance_s_ssh_files(tmp_path: Path) -> None:
+    """On 1,000 instances, `list` and `plan` write nothing beside the deployment, and
+    `ssh-config` its one configuration and known_hosts: an instance's own ssh files come when a
+    connection to it is about to start (issue 29)."""
+    big_hive(tmp_path, 1000)
+    before = sorted(tmp_path.rglob("*"))
+    for command in ("list", "plan"):
+        out = nix_hive(command, "-c", str(tmp_path))
+        assert out.returncode == 0, out.stderr
+    assert sorted(tmp_path.rglob("*")) == before
+    out = nix_hive("ssh-config", "-c", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    written = [p for p in tmp_path.rglob("*") if p not in before and p.is_file()]
+    assert sorted(p.name for p in written) == ["known_hosts", "ssh_config"]
+
+
 # Units ---------------------------------------------------------------------------------------
 
 def test_text_escapes_controls_and_bounds_lines() -> None:

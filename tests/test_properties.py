@@ -5,19 +5,24 @@ pattern selection. The state file's codec has its own in test_state.py."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import shutil
 import string
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hive import checks, ssh
+from hive import checks, ssh, text
 from hive.errors import DeploymentError, SelectionError
-from hive.evaluate import build_model, validate
+from hive.evaluate import _validator, build_model, validate
 from hive.model import Hive, Instance, System, frozen_map
+from hive.resources import schema_file
 from hive.select import flatten, select
 from tests.conftest import needs
 
@@ -147,3 +152,63 @@ def test_selection_takes_each_instance_once_in_pattern_order(names: list[str], t
     for wave in waves:  # each wave is the first pattern that matches its instances
         firsts = {next(p for p in patterns if matches(i, p)) for i in wave}
         assert len(firsts) == 1
+
+
+# Values an instance may give, valid or not, of every JSON type, few enough to repeat: the
+# deployment's validator remembers the values it found valid (issue 29), per subschema.
+REPEATED = st.sampled_from(["web", "db", "-web", "ssh://relay", "ssh://-x", "file:///c", "22", "a b", "", "\n",
+                            1, 22, 0, 70000, -1, 1.0, 1.5, True, False, None, [], ["a"], ["a", "a"], [1], [True],
+                            {}, {"a": 1}])
+INSTANCE = st.fixed_dictionaries({}, optional={
+    "system": REPEATED, "store": REPEATED, "tags": st.one_of(REPEATED, st.lists(REPEATED, max_size=3)),
+    "ssh": st.dictionaries(st.sampled_from(["Hostname", "HostName", "Port", "User", "ProxyJump", "Compression",
+                                            "ProxyCommand", "port", "x y"]), REPEATED, max_size=3),
+    "elevate": REPEATED, "activationTimeout": REPEATED, "keys": st.one_of(REPEATED, st.lists(REPEATED, max_size=2)),
+    "bogus": REPEATED})
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances=st.lists(INSTANCE, min_size=1, max_size=6))
+def test_the_validator_reports_what_jsonschema_itself_reports(instances: list[dict[str, object]]) -> None:
+    """The deployment's validator (hive/evaluate.py), which validates a value against a
+    subschema once and reuses the validators it descends with, finds the errors a plain
+    jsonschema validator of the same schema finds, whatever values repeat (in one hive, and
+    across the hives before it)."""
+    schema = json.loads(schema_file().read_text())
+    plain = jsonschema.validators.validator_for(schema)(schema)
+    raw: dict[str, Any] = {"systems": {"web": {"configuration": "set"}, "db": {"configuration": "set"}},
+           "instances": {f"i{n}": i for n, i in enumerate(instances)}}
+
+    def found(errors: Iterable[jsonschema.ValidationError]) -> list[tuple[str, ...]]:
+        return sorted((json.dumps(list(e.absolute_path)), json.dumps(list(e.absolute_schema_path)[-1:]), e.message)
+                      for e in errors)
+
+    assert found(_validator().iter_errors(raw)) == found(plain.iter_errors(raw))
+    try:
+        validate(raw, "hive.nix")
+    except DeploymentError:
+        assert found(plain.iter_errors(raw))
+    else:
+        assert not found(plain.iter_errors(raw))
+
+
+def test_the_shipped_schema_takes_the_validator_s_shortcuts() -> None:
+    """No keyword below the schema's root makes a value's validity depend on where it stands
+    (hive/evaluate.py's _CONTEXTUAL): the validator remembers valid values, and is not
+    jsonschema's own class."""
+    schema = json.loads(schema_file().read_text())
+    assert type(_validator()) is not jsonschema.validators.validator_for(schema)
+
+
+# any character, and those a terminal line must not hold as they are (a lone surrogate too)
+CHARACTERS = st.characters(codec="utf-8") | st.sampled_from("\t\n\r\x1b\x9b\u202e\u2028\xa0\ufffe\ud800")
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.text(alphabet=CHARACTERS), tabs=st.booleans(), limit=st.integers(min_value=1, max_value=30))
+def test_a_printed_line_escapes_the_same_characters_with_its_shortcut(value: str, tabs: bool, limit: int) -> None:
+    """text.line returns printable text (str.isprintable) as it is, without its regular
+    expression (issue 29): the same line as the expression makes."""
+    kept = (text._CONTROL_AND_TABS if tabs else text._CONTROL).sub(text._escaped, value[:limit]).replace("\n", "\\n")
+    assert text.line(value, limit, tabs=tabs) == (kept if len(value) <= limit else
+                                                  f"{kept}... ({len(value) - limit:,} more characters)")
