@@ -11,8 +11,6 @@ import pty
 import struct
 import termios
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from tabulate import tabulate
 
 from hive import text
@@ -105,21 +103,3 @@ def test_a_table_fits_a_terminal_only() -> None:
     finally:
         os.close(master)
         os.close(slave)
-
-
-CELLS = st.one_of(st.text(max_size=12), st.sampled_from(["", " ", "  x ", "True", "False", "1", "-2.5", "1,000", "nan",
-                                                         "None", "é", "日本", "a\tb", "\x1b[31mred\x1b[0m", "\u00a0y"]),
-                  st.integers(), st.booleans(), st.none())
-
-
-@settings(max_examples=300, deadline=None)
-@given(width=st.integers(min_value=1, max_value=5), data=st.data())
-def test_piped_a_table_is_what_tabulate_writes(width: int, data: st.DataObject) -> None:
-    """Piped, a table is tabulate's "simple" format with disable_numparse, cell for cell (it
-    was made by tabulate until issue 29), whatever the cells: empty, spaces, numbers, booleans,
-    wide characters, escapes."""
-    headers = data.draw(st.lists(st.sampled_from(["instance", "system", "x", "store path", "tags", ""]),
-                                 min_size=width, max_size=width))
-    rows = data.draw(st.lists(st.lists(CELLS, min_size=width, max_size=width), max_size=6))
-    assert table(rows, headers) == tabulate([[text.cell(c) for c in row] for row in rows], headers=headers,
-                                            tablefmt="simple", disable_numparse=True)
