@@ -163,11 +163,23 @@ def measured(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO)
         wall, sent = time.perf_counter() - t0, fleet.lab.tx_bytes() - before
         cost = json.loads(Path(out.name).read_text())
     if done.returncode != 0:
-        raise SystemExit(f"nix-hive {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+        (fleet.hive.parent / "nix-hive-failed.log").write_text(done.stderr)
+        raise SystemExit(f"nix-hive {' '.join(args)} failed (exit {done.returncode}):\n{failures(done.stdout)}"
+                         f"{done.stderr[-2000:]}")
     (fleet.hive.parent / "nix-hive-v.log").write_text(done.stderr)  # what it ran, for a look afterwards
     spawned = sum(line.startswith("$ ") for line in done.stderr.splitlines())
     return {"wall": wall, "bytes": sent, "cpu": cost["cpu"], "own": cost["own"], "rss": cost["maxrss_mib"],
             "spawned": spawned}
+
+
+def failures(stdout: str) -> str:
+    """The instances a `--json` deploy did not deploy, a line each with why (the first 20)."""
+    try:
+        rows = [r for r in json.loads(stdout)["instances"] if r.get("outcome") not in ("ok", "switched")]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    lines = [f"  {r.get('instance')}: {r.get('outcome')}: {r.get('reason')}" for r in rows[:20]]
+    return "\n".join([f"{len(rows)} instance(s) not deployed:", *lines, ""]) if rows else ""
 
 
 def logins(fleet: Fleet, hosts: list[str], jobs: int = 10) -> float:

@@ -130,6 +130,7 @@ class Activation:
         self.failure: str | None = None  # why nix-hive had the host roll back (a check, the confirmation)
         self._state = ""  # the host's last word on the activation (its DIR/state)
         self._unheard = ""  # what nix-hive saw when a channel fell silent (said if the window passed)
+        self.sent_after: float | None = None  # seconds into the confirmation window nix-hive sent the word
         self._answered = time.monotonic()  # when it came
 
     def run(self) -> dict[str, Any]:
@@ -327,6 +328,11 @@ class Activation:
             if self._unheard:  # not the new system's fault, as far as nix-hive can tell: say what it saw
                 return (f"no confirmation within {self.confirm_timeout} s: {self._unheard}, and the window passed "
                         "before nix-hive could confirm (the network or the host stalled)")
+            if self.sent_after is not None:  # sent, over a login that worked, and taken too late
+                return (f"no confirmation within {self.confirm_timeout} s: nix-hive sent it {self.sent_after:.0f} s "
+                        "after the window opened, over a new login that worked, and the host did not take it in "
+                        "time (the host, the network or the deployer was slow; a longer --confirm-timeout, or fewer "
+                        "at once: -j, --push-jobs)")
             return f"no confirmation within {self.confirm_timeout} s (did the new system cut ssh access?)"
         if code == "check-failed":
             return self.failure or "a health check failed"
@@ -361,6 +367,7 @@ class _Confirmation:
 
     def confirm(self) -> str | None:
         """Send the word; why no confirmation could be given, or None."""
+        self.activation.sent_after = time.monotonic() - self.opened
         self.go.put("confirm\n")
         self.go.put(None)
         self.thread.join(self.seconds + 5)
