@@ -57,13 +57,17 @@ def lane_of(kind: Kind, *, instance: Instance | None = None, relay: Relay | None
 
 
 class Lanes:
-    """Slots per lane, `width(lane)` of them each."""
+    """Slots per lane, `width(lane)` of them each. Each lane has a condition of its own, and
+    a freed slot wakes one step waiting in that lane: a deployment of 1,000 hosts has about
+    as many steps waiting at once, and waking all of them at every freed slot (a shared
+    condition) cost more CPU than the deployment's own work."""
 
     def __init__(self, jobs: int, push_jobs: int | None) -> None:
         self.jobs = jobs
         self.push_jobs = push_jobs or DEFAULT_PUSH_JOBS
+        self._lock = threading.Lock()
         self._busy: dict[str, int] = {}
-        self._changed = threading.Condition()
+        self._freed: dict[str, threading.Condition] = {}
 
     def width(self, lane: str) -> int:
         return self.push_jobs if lane.startswith("push: ") else self.jobs
@@ -75,20 +79,22 @@ class Lanes:
         if lane is None:
             yield
             return
-        with self._changed:
-            self._changed.wait_for(lambda: stop() or self._busy.get(lane, 0) < self.width(lane))
+        with self._lock:
+            freed = self._freed.setdefault(lane, threading.Condition(self._lock))
+            freed.wait_for(lambda: stop() or self._busy.get(lane, 0) < self.width(lane))
             self._busy[lane] = self._busy.get(lane, 0) + 1
         try:
             yield
         finally:
-            with self._changed:
+            with self._lock:
                 self._busy[lane] -= 1
-                self._changed.notify_all()
+                freed.notify()
 
     def wake(self) -> None:
-        """Something `stop()` reads changed (the run was interrupted): waiting steps look again."""
-        with self._changed:
-            self._changed.notify_all()
+        """Something `stop()` reads changed (the run was interrupted): every waiting step looks again."""
+        with self._lock:
+            for freed in self._freed.values():
+                freed.notify_all()
 
     def threads(self, tasks: int) -> int:
         """doit's workers for a plan of `tasks` tasks: 0 (in turn, in doit's own thread) when

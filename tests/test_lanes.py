@@ -100,6 +100,44 @@ def test_an_interrupted_run_stops_waiting_for_a_slot() -> None:
     holder.join(10)
 
 
+def test_a_freed_slot_wakes_one_waiting_step_not_all() -> None:
+    """200 steps waiting in a lane one wide: each freed slot wakes one of them. Waking every
+    waiting step at each freed slot looks again 200 x 200 / 2 times (at 1,000 hosts, more CPU
+    than the deployment's own work)."""
+    lanes = Lanes(jobs=1, push_jobs=1)
+    looks, lock = 0, threading.Lock()
+
+    def stop() -> bool:
+        nonlocal looks
+        with lock:
+            looks += 1
+        return False
+
+    gate = threading.Event()
+
+    def first() -> None:
+        with lanes.slot("activate", stop):
+            gate.wait(10)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    time.sleep(0.05)
+
+    def step() -> None:
+        with lanes.slot("activate", stop):
+            time.sleep(0.002)  # long enough for the others to wait again
+
+    steps = [threading.Thread(target=step) for _ in range(200)]
+    for t in steps:
+        t.start()
+    time.sleep(0.3)  # all of them waiting
+    gate.set()
+    for t in [holder, *steps]:
+        t.join(20)
+    assert not any(t.is_alive() for t in steps)
+    assert looks < 2000, looks
+
+
 def test_each_step_waits_in_the_lane_of_its_source() -> None:
     behind = Instance(name="www-1", system="web", store="ssh://portico")
     alone = Instance(name="db", system="db")
