@@ -330,9 +330,9 @@ class Activation:
                         "before nix-hive could confirm (the network or the host stalled)")
             if self.sent_after is not None:  # sent, over a login that worked, and taken too late
                 return (f"no confirmation within {self.confirm_timeout} s: nix-hive sent it {self.sent_after:.0f} s "
-                        "after the window opened, over a new login that worked, and the host did not take it in "
-                        "time (the host, the network or the deployer was slow; a longer --confirm-timeout, or fewer "
-                        "at once: -j, --push-jobs)")
+                        "after the window opened, and the new login or the host took it too late (the host, its "
+                        "sshd, the network or the deployer was slow; a longer --confirm-timeout, or fewer at once: "
+                        "-j, --push-jobs)")
             return f"no confirmation within {self.confirm_timeout} s (did the new system cut ssh access?)"
         if code == "check-failed":
             return self.failure or "a health check failed"

@@ -581,9 +581,9 @@ def test_a_window_that_passed_while_the_host_was_silent_says_so() -> None:
     assert seen._why("not-confirmed") == "no confirmation within 8 s (did the new system cut ssh access?)"
     seen.sent_after = 6.4  # sent, over a login that worked: the host took it too late (a loaded lab, issue 29)
     assert seen._why("not-confirmed") == (
-        "no confirmation within 8 s: nix-hive sent it 6 s after the window opened, over a new login that worked, "
-        "and the host did not take it in time (the host, the network or the deployer was slow; a longer "
-        "--confirm-timeout, or fewer at once: -j, --push-jobs)")
+        "no confirmation within 8 s: nix-hive sent it 6 s after the window opened, and the new login or the host "
+        "took it too late (the host, its sshd, the network or the deployer was slow; a longer --confirm-timeout, or "
+        "fewer at once: -j, --push-jobs)")
     seen.sent_after = None
     seen._unheard = "nix-hive heard nothing from the host for 18 s (last state: activating)"
     assert seen._why("not-confirmed") == (
