@@ -147,7 +147,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="hive-scale-") as tmp:
                 rows[n] = one(Path(tmp), n, args.relays, args.mb, args.jobs, args.push_jobs, cache=name == "cache",
                               init=args.init)
-            print(f"  ({name} N={n}: {rows[n]['wall']:.1f} s)", flush=True)
+            print(f"  ({name} N={n}: {json.dumps(rows[n])})", flush=True)  # each size as it is measured
         report(name, rows, args.relays)
 
 

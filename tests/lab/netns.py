@@ -23,10 +23,12 @@ from tests.lab.topology import SLOTS, LabError
 SLOT_DIR = Path("/run/nix-hive-lab")
 
 # Connects to port 22 of each address given, retrying for up to 10 s.
+# Each address gets 60 s from its turn: 1,000 hosts' sshds and nix-daemons starting on 2
+# cores took more than the 10 s this used to allow (a host behind the sixth relay, twice).
 PORT_CHECK = (
     "import socket,sys,time\n"
     "for a in sys.argv[1:]:\n"
-    "  t=time.monotonic()+10\n"
+    "  t=time.monotonic()+60\n"
     "  while True:\n"
     "    try:\n"
     "      socket.create_connection((a,22),timeout=2).close(); break\n"
