@@ -17,6 +17,8 @@ waiting), and stops waiting when the run is interrupted (it then starts nothing)
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,44 +59,66 @@ def lane_of(kind: Kind, *, instance: Instance | None = None, relay: Relay | None
 
 
 class Lanes:
-    """Slots per lane, `width(lane)` of them each. Each lane has a condition of its own, and
-    a freed slot wakes one step waiting in that lane: a deployment of 1,000 hosts has about
-    as many steps waiting at once, and waking all of them at every freed slot (a shared
-    condition) cost more CPU than the deployment's own work."""
+    """Slots per lane, `width(lane)` of them each. The steps waiting in a lane take its freed
+    slots in the plan's order (their `rank`), so `-j 1` activates the instances that are ready
+    one after the other by name, as a canary rollout expects; a freed slot wakes that one
+    step only: a deployment of 1,000 hosts has about as many steps waiting at once, and
+    waking all of them at every freed slot cost more CPU than the deployment's own work."""
 
     def __init__(self, jobs: int, push_jobs: int | None) -> None:
         self.jobs = jobs
         self.push_jobs = push_jobs or DEFAULT_PUSH_JOBS
         self._lock = threading.Lock()
         self._busy: dict[str, int] = {}
-        self._freed: dict[str, threading.Condition] = {}
+        self._waiting: dict[str, list[tuple[int, int, threading.Event]]] = {}  # a heap per lane
+        self._arrivals = itertools.count()
+        self._unslotted: set[threading.Event] = set()  # woken by `wake`, holding no slot
 
     def width(self, lane: str) -> int:
         return self.push_jobs if lane.startswith("push: ") else self.jobs
 
     @contextmanager
-    def slot(self, lane: str | None, stop: Callable[[], bool]) -> Iterator[None]:
+    def slot(self, lane: str | None, stop: Callable[[], bool], rank: int = 0) -> Iterator[None]:
         """Hold a slot of `lane` for the duration (none when `lane` is None); waiting ends as
-        soon as `stop()` is true, and the step then runs without one (to say it was skipped)."""
-        if lane is None:
+        soon as `stop()` is true (`wake`), and the step then runs without one (to say it was
+        skipped)."""
+        if lane is None or stop():
             yield
             return
+        turn = threading.Event()
         with self._lock:
-            freed = self._freed.setdefault(lane, threading.Condition(self._lock))
-            freed.wait_for(lambda: stop() or self._busy.get(lane, 0) < self.width(lane))
-            self._busy[lane] = self._busy.get(lane, 0) + 1
+            heapq.heappush(self._waiting.setdefault(lane, []), (rank, next(self._arrivals), turn))
+            self._hand_over(lane)
+        while not turn.wait(1.0):  # `wake` sets it at once; this is for a `stop` nobody announced
+            if stop():
+                self.wake()
+        with self._lock:
+            held = turn not in self._unslotted
+            self._unslotted.discard(turn)
         try:
             yield
         finally:
-            with self._lock:
-                self._busy[lane] -= 1
-                freed.notify()
+            if held:
+                with self._lock:
+                    self._busy[lane] -= 1
+                    self._hand_over(lane)
 
     def wake(self) -> None:
-        """Something `stop()` reads changed (the run was interrupted): every waiting step looks again."""
+        """The run was interrupted: every waiting step stops waiting, without a slot."""
         with self._lock:
-            for freed in self._freed.values():
-                freed.notify_all()
+            for waiting in self._waiting.values():
+                for _, _, turn in waiting:
+                    self._unslotted.add(turn)
+                    turn.set()
+                waiting.clear()
+
+    def _hand_over(self, lane: str) -> None:
+        """Give the lane's free slots to its first waiting steps (the lock held)."""
+        waiting = self._waiting.get(lane, [])
+        while waiting and self._busy.get(lane, 0) < self.width(lane):
+            _, _, turn = heapq.heappop(waiting)
+            self._busy[lane] = self._busy.get(lane, 0) + 1
+            turn.set()
 
     def threads(self, tasks: int) -> int:
         """doit's workers for a plan of `tasks` tasks: 0 (in turn, in doit's own thread) when

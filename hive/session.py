@@ -358,13 +358,14 @@ class Session:
         with self._idle:
             self._idle.wait_for(lambda: self._running == 0, timeout=timeout)
 
-    def perform(self, task: TaskId, action: Callable[[], dict[str, Any]], *,
-                gated: bool = False, lane: str | None = None) -> dict[str, Any] | StepFailed | NotStarted:
+    def perform(self, task: TaskId, action: Callable[[], dict[str, Any]], *, gated: bool = False,
+                lane: str | None = None, rank: int = 0) -> dict[str, Any] | StepFailed | NotStarted:
         """Run one step's action and record its outcome: ok with its seconds, or a failure
-        that keeps its structure. The step first waits for a slot of its `lane` (hive/lanes.py).
+        that keeps its structure. The step first waits for a slot of its `lane` (hive/lanes.py),
+        the waiting steps taking them in the order of their `rank` (the plan's).
         A gated step (push, activation) starts only if the policy allows it; no build starts
         once the run is interrupted."""
-        with self.lanes.slot(lane, lambda: self._interrupted), self.running(task):
+        with self.lanes.slot(lane, lambda: self._interrupted, rank), self.running(task):
             reason = self.stop_reason() if gated else None
             if task.kind is Kind.NIX_BUILD and self._interrupted:
                 reason = self._cause

@@ -40,19 +40,22 @@ class Steps:
         self.builds = Builds(session)
         self.pushes = Pushes(session)
         self.instances = {i.name: i for i in session.plan.instances}
+        self.rank = {t.id: n for n, t in enumerate(session.plan.tasks)}  # a lane's waiting steps go in this order
 
     def action(self, task: TaskId) -> Callable[[], Any] | None:
         s, t = self.session, task.target
         if task.kind is Kind.NIX_BUILD:
             group = next(g for g in s.plan.groups if g.id == task)
-            return lambda: s.perform(task, lambda: self.builds.build_group(group), lane=lane_of(task.kind))
+            return lambda: s.perform(task, lambda: self.builds.build_group(group), lane=lane_of(task.kind),
+                                     rank=self.rank[task])
         if task.kind is Kind.BUILD:
             return lambda: s.perform(task, lambda: self.builds.result(t))
         if task.kind is Kind.STORE:
             relay = next(r for r in s.plan.relays if r.id == task)
             hosts = {s.hive.systems[n].build_host for n in relay.systems}
             lane = lane_of(task.kind, relay=relay, build_host=hosts.pop() if len(hosts) == 1 else None)
-            return lambda: s.perform(task, lambda: self.pushes.relay(relay), gated=True, lane=lane)
+            return lambda: s.perform(task, lambda: self.pushes.relay(relay), gated=True, lane=lane,
+                                     rank=self.rank[task])
         if task.kind in (Kind.PUSH, Kind.KEYS, Kind.ACTIVATE):
             instance = self.instances[t]
             lane = lane_of(task.kind, instance=instance, build_host=s.hive.systems[instance.system].build_host)
@@ -63,7 +66,7 @@ class Steps:
             else:
                 act = reboot_into if s.options.reboot else activate
                 work = lambda: act(s, instance)  # noqa: E731
-            return lambda: s.perform(task, work, gated=True, lane=lane)
+            return lambda: s.perform(task, work, gated=True, lane=lane, rank=self.rank[task])
         if task.kind is Kind.WAVE:
             return lambda: open_wave(s, int(t))
         return None

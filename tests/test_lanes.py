@@ -138,6 +138,35 @@ def test_a_freed_slot_wakes_one_waiting_step_not_all() -> None:
     assert looks < 2000, looks
 
 
+def test_waiting_steps_take_the_slots_in_the_plans_order() -> None:
+    """-j 1: the activations waiting go one after the other in the plan's order (by name), not
+    in the order they came (their copies ended in any order)."""
+    lanes = Lanes(jobs=1, push_jobs=1)
+    gate, order = threading.Event(), []
+
+    def first() -> None:
+        with lanes.slot("activate", lambda: False, rank=0):
+            gate.wait(10)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    time.sleep(0.05)
+
+    def step(rank: int) -> None:
+        with lanes.slot("activate", lambda: False, rank=rank):
+            order.append(rank)
+
+    steps = []
+    for rank in (5, 3, 9, 1, 7):
+        steps.append(threading.Thread(target=step, args=(rank,)))
+        steps[-1].start()
+        time.sleep(0.02)
+    gate.set()
+    for t in [holder, *steps]:
+        t.join(10)
+    assert order == [1, 3, 5, 7, 9]
+
+
 def test_each_step_waits_in_the_lane_of_its_source() -> None:
     behind = Instance(name="www-1", system="web", store="ssh://portico")
     alone = Instance(name="db", system="db")
