@@ -66,11 +66,11 @@ def test_example_portico_first_through_the_relay(fleet_factory: Start, build_log
           f"beyond them {sent - closures} bytes, {per_www:.0f} bytes per www host")
     # the www closure (2 MB) left the deployer once: beyond the closures, each host's own traffic
     # (the relay's copy, ssh handshakes, the host scripts sent whole with each activation's start
-    # and confirmation, the first connection's question). It varies from run to run on this
-    # machine: 66 KB per www host when the previous release measured it, 97 to 123 KB on
-    # 2026-12-07, when that release's own code sent 82 KB per host beyond the closures in the
-    # chained test below. The bound proves what matters: no closure left the deployer twice
-    assert sent < closures + len(WWW) * 160 * KIB
+    # and confirmation, the first connection's question, the follow channel's lines while the
+    # host works). It varies with the machine's load: 66 KB per www host when the previous
+    # release measured it, 97 to 170 KB on 2026-12-07 (170 KB with a 1,000-host lab running
+    # beside). The bound proves what matters: a second copy of the www closure would add all of it
+    assert sent < closures + 3 * closure_bytes(www_path) // 4
     # progress and order as the user sees it
     assert result.stderr.index("activate portico") < result.stderr.index("push     www-1")
     # the signing key never reached a store: not as a path, not inside a closure
@@ -114,7 +114,9 @@ def test_chained_relays_each_closure_leaves_the_deployer_once(fleet_factory: Sta
         assert fleet.lab.current_system(host) == rows[host]["path"]
     closures = sum(closure_bytes(p) for p in paths.values())
     print(f"\nchained relays: deployer sent {sent} bytes for closures of {closures} bytes")
-    assert sent < closures + 4 * 112 * KIB  # each closure once, to portico (70 to 85 KiB per host beyond them)
+    # each closure once, to portico: beyond them 70 to 85 KiB per host on a quiet machine, 115
+    # KiB with a 1,000-host lab running beside; a closure sent twice would add at least the smallest
+    assert sent < closures + 3 * min(closure_bytes(p) for p in paths.values()) // 4, (sent, closures)
     logs = {h: fleet.lab.sshd_log(h) for h in ("portico", "eu")}
     assert f"Accepted publickey for root from {fleet.lab.hosts['eu'].addresses['a']} " in logs["portico"]
     for host in ("w1", "w2"):
