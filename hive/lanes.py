@@ -73,25 +73,29 @@ class Lanes:
         self._waiting: dict[str, list[tuple[int, int, threading.Event]]] = {}  # a heap per lane
         self._arrivals = itertools.count()
         self._unslotted: set[threading.Event] = set()  # woken by `wake`, holding no slot
+        self._stopped = False  # `wake` was called: no step waits any more
 
     def width(self, lane: str) -> int:
         return self.push_jobs if lane.startswith("push: ") else self.jobs
 
     @contextmanager
     def slot(self, lane: str | None, stop: Callable[[], bool], rank: int = 0) -> Iterator[None]:
-        """Hold a slot of `lane` for the duration (none when `lane` is None); waiting ends as
-        soon as `stop()` is true (`wake`), and the step then runs without one (to say it was
-        skipped)."""
-        if lane is None or stop():
+        """Hold a slot of `lane` for the duration (none when `lane` is None). A step that comes
+        when `stop()` is true, or is waiting when `wake` is called (the run's interruption sets
+        what `stop` reads, then calls it), runs without one, to say it was skipped. Each step
+        sleeps until then: no polling, which at 1,000 waiting steps wakes a thousand threads."""
+        if lane is None:
             yield
             return
         turn = threading.Event()
         with self._lock:
-            heapq.heappush(self._waiting.setdefault(lane, []), (rank, next(self._arrivals), turn))
-            self._hand_over(lane)
-        while not turn.wait(1.0):  # `wake` sets it at once; this is for a `stop` nobody announced
-            if stop():
-                self.wake()
+            if self._stopped or stop():  # interrupted before it came: no slot, no wait
+                self._unslotted.add(turn)
+                turn.set()
+            else:
+                heapq.heappush(self._waiting.setdefault(lane, []), (rank, next(self._arrivals), turn))
+                self._hand_over(lane)
+        turn.wait()  # until a slot is handed over, or `wake`
         with self._lock:
             held = turn not in self._unslotted
             self._unslotted.discard(turn)
@@ -104,8 +108,10 @@ class Lanes:
                     self._hand_over(lane)
 
     def wake(self) -> None:
-        """The run was interrupted: every waiting step stops waiting, without a slot."""
+        """The run was interrupted: every waiting step stops waiting, without a slot, and so
+        does every step that comes later."""
         with self._lock:
+            self._stopped = True
             for waiting in self._waiting.values():
                 for _, _, turn in waiting:
                     self._unslotted.add(turn)
