@@ -22,7 +22,7 @@ import sys
 import time
 
 from tests.constants import REPO, STANDIN, nix_env
-from tests.fleet import Fleet
+from tests.fleet import Fleet, closure_bytes
 from tests.lab import Lab
 
 WORKDIR = REPO / ".lab" / "demo"
@@ -34,12 +34,6 @@ def down() -> None:
         print("demo fleet torn down")
     if WORKDIR.exists():
         subprocess.run(["rm", "-rf", str(WORKDIR)], check=True)
-
-
-def closure(path: str) -> int:
-    out = subprocess.run(["nix", "path-info", "-S", path], capture_output=True, text=True, check=True,
-                         env=nix_env())
-    return int(out.stdout.split()[-1])
 
 
 def up(flake: bool = False) -> int:
@@ -67,7 +61,7 @@ def up(flake: bool = False) -> int:
     sent = fleet.lab.tx_bytes() - before
     report = json.loads((WORKDIR / "report.json").read_text())
     paths = {row["system"]: row["path"] for row in report["instances"] if row["path"]}
-    closures = {system: closure(path) for system, path in paths.items()}
+    closures = {system: closure_bytes(path) for system, path in paths.items()}
     www = [row for row in report["instances"] if row["system"] == "www"]
     beyond = sent - sum(closures.values())
     print(f"\nbytes the deployer sent: {sent:,}")

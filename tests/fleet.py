@@ -24,6 +24,13 @@ from tests.lab.lab import Init
 LAB_INIT: Init = "systemd"
 
 
+def closure_bytes(path: str) -> int:
+    """The size of a store path's closure in this machine's store (nix path-info -S)."""
+    out = subprocess.run(["nix", "path-info", "-S", path], capture_output=True, text=True, check=True,
+                         env=nix_env())
+    return int(out.stdout.split()[-1])
+
+
 def make_key(directory: Path, name: str = "hive-lab") -> tuple[Path, str]:
     directory.mkdir(parents=True, exist_ok=True)
     sec, pub = directory / "hive.sec", directory / "hive.pub"

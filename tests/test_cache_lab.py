@@ -9,8 +9,7 @@ import subprocess
 from collections.abc import Callable
 
 from tests.conftest import REPO, needs_lab
-from tests.constants import nix_env
-from tests.fleet import Fleet
+from tests.fleet import Fleet, closure_bytes
 
 pytestmark = needs_lab
 TOPOLOGY = {"portico": ["pub", "int"], "cache": ["int"], "www-1": ["int"], "www-2": ["int"]}
@@ -41,8 +40,7 @@ def test_web_hosts_substitute_from_an_http_cache_the_deployer_filled_once(fleet_
     sent = fleet.lab.tx_bytes() - before
     print(f"\nHTTP cache relay: the deployer sent {sent:,} bytes for a 2 MB web closure and 2 web hosts")
     web = str(rows(result)["www-1"]["path"])
-    closure = int(subprocess.run(["nix", "path-info", "-S", web], capture_output=True, text=True, check=True,
-                                 env=nix_env()).stdout.split()[-1])
+    closure = closure_bytes(web)
     # the web closure left the deployer once (to the cache), not once per host: a second copy
     # would double it (the rest, the other systems' small closures and the ssh sessions of 4
     # hosts, was 1.1-1.25 MB here, and varies with the machine)

@@ -14,17 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import REPO, STANDIN, needs_lab
-from tests.fleet import Fleet
+from tests.fleet import Fleet, closure_bytes
 
 pytestmark = needs_lab
 KIB = 1024
 WWW = ("www-1", "www-2", "www-3")
 Start = Callable[..., Fleet]
-
-
-def closure_bytes(path: str) -> int:
-    out = subprocess.run(["nix", "path-info", "-S", path], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1])
 
 
 def outcome(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
