@@ -24,6 +24,7 @@ from hive.outcome import NotStarted, Outcome, Status, StepFailed
 from hive.plan import Kind, PlannedTask, TaskId
 from hive.push import Pushes
 from hive.reboot import reboot_into
+from hive.runner import install as install_runner
 from hive.session import Session, open_wave
 
 BACKEND = {"hive": "hive.state:JournalDB"}
@@ -112,6 +113,7 @@ class Steps:
 def namespace(session: Session, *, on_complete: Callable[[bool], None] | None = None) -> dict[str, Any]:
     """The session's plan as a module namespace for doit's loader: a `task_<kind>` creator
     per kind, yielding a sub-task per target (`deploy` is a task of its own)."""
+    install_runner()
     steps = Steps(session)
     exclude = (session.state_file, session.hive.signing_key)
     files: list[str] = []  # a flake's inputs are its source and lock (Builds.inputs), not a directory walk
