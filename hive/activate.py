@@ -77,10 +77,10 @@ _PLAIN_WORD = re.compile(r"[A-Za-z0-9/._+=?:@-]+")
 
 
 def host_args(path: str, goal: Goal, directory: str, *, timeout: int, rollback: bool, confirm: int,
-              lock_wait: int, who: str) -> list[str]:
+              lock_wait: int, who: str, ignore_inhibitors: bool = False) -> list[str]:
     """hive/host/activate.sh's arguments for one activation (see that file)."""
     args = [directory, SYSTEM_PROFILE, path, goal.value, str(timeout), str(int(rollback)), str(confirm),
-            str(lock_wait), who]
+            str(lock_wait), who, str(int(ignore_inhibitors))]
     for arg in args:
         if not _PLAIN_WORD.fullmatch(arg):
             raise HiveError(f"cannot activate {arg!r} safely: a unit's command line would change it")
@@ -140,7 +140,8 @@ class Activation:
         task = TaskId(Kind.ACTIVATE if self.back_to is None else Kind.UNDO, self.instance.name)
         self.session.on_its_own(task, lambda: self._on_its_own(self._state))
         args = host_args(path, self.goal, self.directory, timeout=self.timeout, rollback=self.rollback,
-                         confirm=self.confirm, lock_wait=self.lock_wait, who=who())
+                         confirm=self.confirm, lock_wait=self.lock_wait, who=who(),
+                         ignore_inhibitors=self.session.options.ignore_inhibitors)
         self.remote.forget()
         try:
             # one call starts the activation and follows it until it waits for its confirmation
@@ -299,6 +300,10 @@ class Activation:
         if word == "busy":  # the host lock: another activation holds it, the host was not touched
             raise StepError(f"another activation is running on it ({why}); waited {self.lock_wait} s",
                             seconds=self.seconds)
+        if word == "failed-inhibited":  # NixOS's pre-switch check would refuse it: nothing changed
+            raise StepError(f"not switched: switch inhibitors changed ({why}); the host is as it was: boot it "
+                            "(--reboot, or --reboot=auto), or switch anyway (--ignore-inhibitors)",
+                            log=self._read("log") or "", seconds=self.seconds)
         if word == "failed-target":  # the new system is none the host can run: nothing changed
             raise StepError(f"not activated: {why} (the host and its profile are as they were)",
                             log=self._read("log") or "", seconds=self.seconds)

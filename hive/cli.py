@@ -163,6 +163,7 @@ def _options(args: argparse.Namespace, hive: Hive, selected: int) -> Options:
                    reboot_timeout=_seconds(args, "reboot_timeout", "--reboot-timeout"),
                    skip_unreachable=getattr(args, "skip_unreachable", False),
                    rollback_on_failure=getattr(args, "rollback_on_failure", False),
+                   ignore_inhibitors=getattr(args, "ignore_inhibitors", False),
                    **options.deadlines(vars(args)))
 
 
@@ -532,6 +533,9 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
                         help="--reboot, or --reboot=auto: install each system for the next boot only, reboot, keep "
                              "it once it is back and healthy, else boot the last good one (auto: only the hosts "
                              "whose kernel, initrd or kernel parameters change; the others switch)")
+    deploy.add_argument("--ignore-inhibitors", action="store_true",
+                        help="switch a host even when a switch inhibitor of its system changed (NixOS's "
+                             "NIXOS_NO_CHECK=1; by default such a host is not switched: boot it with --reboot)")
     deploy.add_argument("--reboot-timeout", metavar="SECONDS",
                         help="a rebooting host must answer ssh and finish booting within this (default: the "
                              "deployment's rebootTimeout, else 600)")

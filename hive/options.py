@@ -44,6 +44,7 @@ class Options:
     reboot_timeout: int | None = None  # seconds; overrides the deployment's rebootTimeout (--reboot-timeout)
     skip_unreachable: bool = False  # an instance that does not answer first is skipped, not a failure
     rollback_on_failure: bool = False  # a failed run puts the hosts it switched back (all or nothing)
+    ignore_inhibitors: bool = False  # switch even when a switch inhibitor changed (NIXOS_NO_CHECK=1)
 
     def copy_deadline(self, size: int | None) -> float:
         """Seconds a copy of a closure of `size` bytes may take: `copy_timeout` (connecting,

@@ -217,6 +217,7 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True, home: Path 
                     skip_unreachable=options.flag(variables.get("skip_unreachable", "0"), "skip_unreachable"),
                     rollback_on_failure=options.flag(variables.get("rollback_on_failure", "0"),
                                                      "rollback_on_failure"),
+                    ignore_inhibitors=options.flag(variables.get("ignore_inhibitors", "0"), "ignore_inhibitors"),
                     **options.deadlines(variables, doit=True))
     final = Kind.PUSH if options.flag(variables.get("push_only", "0"), "push_only") else Kind.ACTIVATE
     the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final,

@@ -27,7 +27,8 @@ untested default: the default entry only changes in step 3. The next run finds a
 runs the new system on trial and goes on from step 3 (`resume`).
 
 `--reboot=auto` reboots only the hosts whose new system has another kernel, initrd or kernel
-parameters than the booted one (as nixos-needsreboot compares them); the others switch.
+parameters than the booted one (as nixos-needsreboot compares them), or a switch inhibitor
+whose value changed (NixOS would refuse to switch: hive/host/inhibitors.sh); the others switch.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ POLL = 1.0  # seconds between two ssh tries while a host reboots
 PROGRESS_EVERY = 10.0  # seconds between two progress lines of a host that is not back yet
 TRY_MARGIN = 5.0  # seconds a try may take beyond the deadline (the host's own wait ends at it)
 KERNEL_FILES = ("kernel", "initrd", "kernel-params")
+INHIBITED = "switch-inhibitors"  # `needs` says so when NixOS would refuse to switch (hive/host/inhibitors.sh)
 
 
 ROOT_CALLS = ("start", "keep", "cancel", "fall-back")  # reboot.sh's calls that run as root (the others only read)
@@ -85,12 +87,13 @@ def host_run(remote: Remote, what: str, *args: str, timeout: float, fresh: bool 
 
 
 def parse_needs(stdout: str) -> tuple[str, ...]:
-    """What `reboot.sh needs` says differs (kernel, initrd, kernel-params; "unknown": the host
-    has no /run/booted-system to compare with)."""
+    """What `reboot.sh needs` says differs (kernel, initrd, kernel-params; switch-inhibitors:
+    NixOS would refuse to switch; "unknown": the host has no /run/booted-system to compare
+    with)."""
     line = next((ln for ln in stdout.splitlines() if ln.split()[:1] == ["needs"]), None)
     if line is None:
         raise HiveError(f"unexpected answer to a reboot check: {stdout.strip()[:200]!r}")
-    return tuple(w for w in line.split()[1:] if w in (*KERNEL_FILES, "unknown"))
+    return tuple(w for w in line.split()[1:] if w in (*KERNEL_FILES, INHIBITED, "unknown"))
 
 
 def needs(remote: Remote, path: str) -> tuple[str, ...]:

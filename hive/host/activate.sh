@@ -2,7 +2,7 @@
 # nix-hive's activation of one system on one host, as root, detached from the ssh connection
 # that started it (launch.sh: a transient systemd unit, or setsid). Every value is an argument:
 #
-#   activate.sh DIR PROFILE NEW GOAL TIMEOUT ROLLBACK CONFIRM LOCKWAIT WHO
+#   activate.sh DIR PROFILE NEW GOAL TIMEOUT ROLLBACK CONFIRM LOCKWAIT WHO NOCHECK
 #
 # DIR      this activation's directory (/run/nix-hive/ID): state, log, pid, confirm, abort
 # PROFILE  the system profile (/nix/var/nix/profiles/system)
@@ -14,6 +14,8 @@
 #          DIR/abort) the host rolls back by itself.
 # LOCKWAIT seconds to wait for another activation of this host to end (the host lock)
 # WHO      who started it (user@deployer), for the lock's owner line
+# NOCHECK  1: switch even when a switch inhibitor changed (NixOS's NIXOS_NO_CHECK=1); 0: such a
+#          switch or test is refused before anything moves (state failed-inhibited LINES)
 #
 # One change of the host at a time: the host lock (flock on the directory /run/nix-hive itself,
 # hive/activate.py says who takes it) is held from before anything is read that the change
@@ -23,7 +25,8 @@
 #
 # DIR/state says where it is: locked (waiting for the lock), activating, waiting, then one of
 # done, confirmed, rolled-back WHY, timed-out, failed-N, failed-profile, failed-rollback WHY,
-# failed-no-previous WHY, failed-gone WHY REASON, failed-target REASON, busy OWNER
+# failed-no-previous WHY, failed-gone WHY REASON, failed-target REASON, failed-inhibited LINES
+# (inhibited's lines, joined by "; "), busy OWNER
 # (hive/activate.py reads it; REASON: not_runnable's line, which starts with the system).
 # Children run without the lock's descriptor (9>&-): a daemon an activation starts must not
 # hold the host's lock for ever.
@@ -36,7 +39,7 @@ export PATH
 NIXOS_INSTALL_BOOTLOADER=0
 export NIXOS_INSTALL_BOOTLOADER
 
-d=$1; profile=$2; new=$3; goal=$4; limit=$5; rollback=$6; confirm=$7; lockwait=$8; who=$9
+d=$1; profile=$2; new=$3; goal=$4; limit=$5; rollback=$6; confirm=$7; lockwait=$8; who=$9; nocheck=${10:-0}
 runs=$(dirname "$d")
 sets_profile=0
 case $goal in switch|boot) sets_profile=1 ;; esac
@@ -46,6 +49,9 @@ say() { echo "$1" > "$d/state.tmp" && mv -f "$d/state.tmp" "$d/state"; }
 # read from beside this file where it runs as a file of the package
 # shellcheck disable=SC1091
 . "$(dirname "$0")/runnable.sh"
+# inhibited (hive/host/inhibitors.sh), the same way
+# shellcheck disable=SC1091
+. "$(dirname "$0")/inhibitors.sh"
 
 echo $$ > "$d/pid"
 
@@ -110,6 +116,21 @@ if [ -n "$gone" ]; then
   say "failed-target $gone"
   exit 1
 fi
+# NixOS's pre-switch check of switch inhibitors, before the profile moves (NixOS runs it inside
+# switch-to-configuration, after nix-env has moved the profile, and a refusal would then roll
+# back): the host is left as it is
+case $goal in switch|test)
+  blocked=
+  if [ -n "$prev" ]; then blocked=$(inhibited "$prev" "$new" 9>&- | awk 'NR > 1 { printf "; " } { printf "%s", $0 }'); fi
+  if [ -n "$blocked" ] && [ "$nocheck" = 1 ]; then
+    echo "nix-hive: switching although switch inhibitors changed (NIXOS_NO_CHECK=1): $blocked" >> "$d/log"
+    NIXOS_NO_CHECK=1
+    export NIXOS_NO_CHECK
+  elif [ -n "$blocked" ]; then
+    say "failed-inhibited $blocked"
+    exit 1
+  fi ;;
+esac
 if [ "$sets_profile" = 1 ]; then
   nix-env -p "$profile" --set "$new" >> "$d/log" 2>&1 9>&- || { say "failed-profile"; exit 1; }
 fi

@@ -13,8 +13,9 @@
 #   reboot.sh needs NEW                    would NEW run only after a reboot? Prints `needs WHAT...`
 #                                          (kernel, initrd, kernel-params: those of NEW that differ
 #                                          from /run/booted-system's, as nixos-needsreboot compares
-#                                          them), `needs unknown` (no /run/booted-system) or `needs`
-#                                          alone
+#                                          them; switch-inhibitors: NixOS would refuse to switch
+#                                          from the running system to NEW, hive/host/inhibitors.sh),
+#                                          `needs unknown` (no /run/booted-system) or `needs` alone
 #   reboot.sh start ID NEW LOCKWAIT WHO    install NEW for the next boot only, then reboot (NEW `-`:
 #                                          the profile's system, read under the host lock; `start`
 #                                          prints `system NEW` first)
@@ -74,6 +75,9 @@ fail() { echo "error $1"; exit 3; }
 # read from beside this file where it runs as a file of the package
 # shellcheck disable=SC1091
 . "$(dirname "$0")/runnable.sh"
+# inhibited (hive/host/inhibitors.sh), the same way
+# shellcheck disable=SC1091
+. "$(dirname "$0")/inhibitors.sh"
 
 boot_id() { cat /proc/sys/kernel/random/boot_id 2>/dev/null; }
 
@@ -178,6 +182,7 @@ case $what in
     done
     [ "$(cat /run/booted-system/kernel-params 2>/dev/null)" = "$(cat "$new/kernel-params" 2>/dev/null)" ] ||
       out="$out kernel-params"
+    [ -z "$(inhibited "$(readlink -f /run/current-system)" "$new")" ] || out="$out switch-inhibitors"
     echo "$out"
     ;;
   start)
