@@ -167,7 +167,8 @@ def _survey(session: Session) -> FleetDiff:
             facts.append(HostFacts(i.name, i.system, None, reason=f"system {i.system} was not built"))
             continue
         a = answers[i.name]
-        facts.append(HostFacts(i.name, i.system, path, a.reachable, a.current, a.missing, a.reason))
+        why = "" if a.reachable else session.unreachable_why(i.name, answers)
+        facts.append(HostFacts(i.name, i.system, path, a.reachable, a.current, a.missing, why))
     groups, left = diff.group_hosts(facts)
     progress.line(f"{len(groups)} group(s) of hosts that run the same system and get the same one")
 
@@ -182,7 +183,7 @@ def _survey(session: Session) -> FleetDiff:
             return GroupDiff(g, diff.diff_closures(old, new), fetch)
         old_path = g.old
         readers = [(name, on(name, old_path)) for name in g.instances[:OLD_TRIES]]
-        if not nix.invalid_paths([old_path]):
+        if _held_here(old_path):
             readers.insert(0, ("deployer", here(old_path)))
         try:
             old, where = closures.get(old_path, readers)
@@ -193,6 +194,15 @@ def _survey(session: Session) -> FleetDiff:
     with ThreadPoolExecutor(max_workers=max(1, min(session.options.jobs, len(groups)))) as pool:
         done = list(pool.map(one, groups))
     return FleetDiff(tuple(done), tuple(left), tuple(facts))
+
+
+def _held_here(path: str) -> bool:
+    """This machine's store holds `path` (whatever a host calls its system: a path that is
+    no store path at all is not held here)."""
+    try:
+        return not nix.invalid_paths([path])
+    except HiveError:
+        return False
 
 
 # What a person reads --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar, overload
+from typing import Protocol, TypeVar, overload
 
 from hive import elevate, process, ssh, tempdirs
 from hive.errors import HiveError, ProcessError, headline, ssh_reason
@@ -26,6 +26,16 @@ from hive.resources import host_script
 
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 T = TypeVar("T")
+
+
+class Answer(Protocol):
+    """What asking a host said: whether it answered, and if not, why."""
+
+    @property
+    def reachable(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from hive.diff import (
 from hive.errors import HiveError
 from hive.model import Hive, Instance, System, frozen_map
 from tests.conftest import needs_nix
-from tests.fleet import closure_bytes, nix_env
+from tests.fleet import closure_bytes, closure_sizes, nix_env
 
 
 def p(name: str, tag: str = "a") -> str:
@@ -216,14 +216,6 @@ def _realised(file: Path) -> str:
     return out.stdout.strip()
 
 
-def _closure(path: str) -> dict[str, int]:
-    env = nix_env()
-    paths = subprocess.run(["nix-store", "-qR", path], capture_output=True, text=True, env=env,
-                           check=True).stdout.split()
-    sizes = subprocess.run(["nix-store", "-q", "--size", *paths], capture_output=True, text=True, env=env,
-                           check=True).stdout.split()
-    return dict(zip(paths, map(int, sizes), strict=True))
-
 
 LINE = re.compile(r"^(\S+): (.*?)(?:, ([+-]\d+(?:\.\d+)? [KMG]iB))?$")
 
@@ -246,7 +238,7 @@ def test_the_packages_are_those_the_real_diff_closures_lists(tmp_path: Path) -> 
             versions, shown = "", versions
         kib = float(shown.split()[0]) * {"K": 1, "M": 1024, "G": 1024 ** 2}[shown.split()[1][0]] if shown else None
         nix_says[name] = (versions, kib)
-    ours: ClosureDiff = diff_closures(_closure(old), _closure(new))
+    ours: ClosureDiff = diff_closures(closure_sizes(old), closure_sizes(new))
     mine = {c.name: ("" if c.kind is Kind.SIZE else c.versions(), c.size_delta / 1024 if abs(c.size_delta) >= 8192
                      else None) for c in ours.packages}
     assert set(mine) == set(nix_says), (mine, out.stdout)
@@ -275,7 +267,7 @@ def test_the_host_script_reads_what_a_host_runs_lacks_and_holds(tmp_path: Path) 
     NAR sizes that add up to `nix path-info -S` and agree with the deployer's own reading
     (hive/nix.py)."""
     root = _realised(_closure_nix("new", tmp_path))
-    closure = _closure(root)
+    closure = closure_sizes(root)
     gone = "/nix/store/" + "0" * 32 + "-nixos-system-gone"
     asked = [*sorted(closure), gone]
     out = _host_script("facts", stdin="".join(f"{x}\n" for x in asked))
@@ -453,3 +445,26 @@ def test_the_json_has_every_field() -> None:
     assert hosts["www-123"]["state"] == "unreachable" and hosts["www-123"]["group"] is None
     assert hosts["cache"]["state"] == "not built" and hosts["db-1"]["reason"].startswith("cannot read")
     assert not found.complete
+
+
+def test_a_closure_is_read_once_from_the_first_place_that_answers() -> None:
+    closures = changes._Closures()
+    asked: list[str] = []
+
+    def reader(where: str, answer: dict[str, int] | None) -> tuple[str, Any]:
+        def read() -> dict[str, int]:
+            asked.append(where)
+            if answer is None:
+                raise HiveError(f"{where}: no answer within 85 s")
+            return answer
+        return where, read
+
+    found = closures.get("/nix/store/a-old", [reader("db-1", None), reader("db-2", {"/nix/store/a-old": 5})])
+    assert found == ({"/nix/store/a-old": 5}, "db-2") and asked == ["db-1", "db-2"]
+    assert closures.get("/nix/store/a-old", [reader("db-3", None)]) == found and asked == ["db-1", "db-2"]
+    with pytest.raises(HiveError, match=r"^cannot read the closure of /nix/store/b: x: no answer within 85 s; "
+                                        r"y: no answer within 85 s$"):
+        closures.get("/nix/store/b", [reader("x", None), reader("y", None)])
+    with pytest.raises(HiveError, match="cannot read the closure of /nix/store/b"):  # remembered, not asked again
+        closures.get("/nix/store/b", [reader("z", {})])
+    assert asked == ["db-1", "db-2", "x", "y"]
