@@ -1,15 +1,20 @@
 """The stand-in NixOS system's activation behaviours (tests/nixpkgs/nixos) on lab hosts:
 `standin.activation` (fail, hang), `standin.healthy` with the health endpoint of
 `standin.httpPort`, and `services.openssh.enable = false` stopping the host's sshd through the
-lab's hooks; and `Lab.down` finding what those activations started."""
+lab's hooks; and `Lab.down` finding what those activations started. Then what issue 31 needs
+of it: packages with versions in the closure, `dry-activate`'s report of the unit changes (on a
+plain host and on one whose PID 1 is systemd, where `switch` then does what it said), switch
+inhibitors, and systems that use none of it keeping their store paths."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +23,7 @@ from tests.conftest import STANDIN, needs_lab
 from tests.constants import nix_env
 from tests.lab import Lab
 from tests.lab.hostfs import SSHD_START_HOOK, SSHD_STOP_HOOK
+from tests.lab.lab import Init
 from tests.lab.procs import is_alive, start_time
 
 pytestmark = needs_lab
@@ -34,6 +40,34 @@ SYSTEMS = {
     "nossh": "services.openssh.enable = false;",
     "ssh": "services.openssh.enable = true;",
 }
+
+
+def plan_system(version: str, packages: str, systemd: str, ssh: str, only: str) -> str:
+    """A system for the unit plan (issue 31): packages, systemd's version, sshd's settings and
+    units running `sleep`: keep the same in every version, only (gone or new) in this one, and
+    changed (stopped and started), restart (stopIfChanged = false), reload (reloadIfChanged)
+    and skip (restartIfChanged = false), whose scripts name the version (so their files differ)."""
+    extra = {only: "", "changed": "", "restart": "stopIfChanged = false;",
+             "reload": 'reloadIfChanged = true; reload = "echo reloaded >> /run/st-reloads";',
+             "skip": "restartIfChanged = false;"}
+    return (f"standin.packages = {packages}; standin.systemdVersion = \"{systemd}\";"
+            f" services.openssh.settings = {ssh}; systemd.services.keep.script = \"exec sleep 100000\";"
+            + "".join(f' systemd.services.{n} = {{ script = "exec sleep 10000{version}"; {e} }};'
+                      for n, e in extra.items()))
+
+
+# pv1 -> pv2: nginx, systemd and sshd's settings change too.
+PLAN = {
+    "pv1": plan_system("1", '{ openssl = "3.0.13"; nginx = { version = "1.24.0"; bytes = 200000; }; }', "255.4",
+                       '{ PermitRootLogin = "prohibit-password"; }', "gone"),
+    "pv2": plan_system("2", '{ openssl = "3.0.13"; nginx = "1.25.0"; }', "256.1",
+                       '{ PermitRootLogin = "prohibit-password"; X11Forwarding = false; }', "new"),
+    # switch inhibitors: inh2 changes the value of systemd (and adds kernel), inh3 adds one only
+    "inh1": 'system.switch.inhibitors = { systemd = "255"; dbus = "dbus"; };',
+    "inh2": 'system.switch.inhibitors = { systemd = "256"; dbus = "dbus"; kernel = "6.12"; };',
+    "inh3": 'system.switch.inhibitors = { systemd = "255"; dbus = "dbus"; kernel = "6.12"; };',
+}
+SYSTEMS |= PLAN
 
 # Fetches http://127.0.0.1:PORT/PATH from inside a host; prints "STATUS BODY".
 FETCH = (
@@ -76,9 +110,10 @@ def systems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def standin_lab(workdir: Path, systems: dict[str, str]) -> Iterator[Lab]:
-    """Two hosts holding every stand-in system."""
-    lab = Lab.start({"st-a": ["pub"], "st-b": ["pub"]}, workdir)
+def standin_lab(workdir: Path, systems: dict[str, str], hosts: Sequence[str] = ("st-a", "st-b"),
+                init: Init = "plain") -> Iterator[Lab]:
+    """Hosts (two plain ones unless told) holding the stand-in systems given."""
+    lab = Lab.start({host: ["pub"] for host in hosts}, workdir, init=init)
     try:
         env = nix_env() | {"NIX_SSHOPTS": f"-F {lab.ssh_config_path}"}
         for host in lab.hosts:
@@ -310,3 +345,217 @@ def test_down_leaves_nothing(own_lab: Lab, systems: dict[str, str]) -> None:
     assert not [p for p in pids if is_alive(p, None)]
     listed = sh(["ip", "netns", "list"]).stdout
     assert not [ns for ns in namespaces if ns in listed.split()]
+
+
+# ------------------------------------------------------------------------------ issue 31
+
+def test_packages_are_store_paths_named_by_version_and_shared(systems: dict[str, str]) -> None:
+    v1, v2, ok = systems["pv1"], systems["pv2"], systems["ok"]
+    openssl = os.readlink(f"{v1}/sw/openssl")
+    assert openssl.endswith("-openssl-3.0.13")
+    assert os.readlink(f"{v2}/sw/openssl") == openssl  # the same version: one path in both
+    nginx1, nginx2 = os.readlink(f"{v1}/sw/nginx"), os.readlink(f"{v2}/sw/nginx")
+    assert nginx1.endswith("-nginx-1.24.0") and nginx2.endswith("-nginx-1.25.0")
+    assert Path(nginx1, "lib/nginx/nginx").stat().st_size == 200000
+    assert Path(nginx2, "lib/nginx/nginx").stat().st_size == 4096  # the default
+    # the same content in every build of it
+    assert Path(openssl, "lib/openssl/openssl").read_bytes() == hashlib.shake_256(b"openssl-3.0.13").digest(4096)
+    systemd1, systemd2 = os.readlink(f"{v1}/systemd"), os.readlink(f"{v2}/systemd")
+    assert systemd1.endswith("-systemd-255.4") and systemd2.endswith("-systemd-256.1")
+    assert Path(systemd1, "lib/systemd/systemd").is_file()
+
+    def closure(path: str) -> set[str]:
+        return set(sh(["nix-store", "-qR", path]).stdout.split())
+
+    c1, c2 = closure(v1), closure(v2)
+    assert {openssl, nginx1, systemd1} <= c1 and {openssl, nginx2, systemd2} <= c2
+
+    def names(paths: set[str]) -> set[str]:
+        return {Path(p).name.split("-", 1)[1] for p in paths}
+
+    # What v1 has and v2 has not: the changed packages, and what changes with any system (its
+    # toplevel and payload, changed units and scripts, sshd's configuration and unit).
+    assert {"nginx-1.24.0", "systemd-255.4"} <= names(c1 - c2)
+    assert not {n for n in names(c1 ^ c2) if n.startswith("openssl")}
+    # none of it in a system that uses none of it
+    assert not Path(ok, "sw").exists() and not Path(ok, "systemd").exists()
+    assert not Path(ok, "switch-inhibitors").exists()
+
+
+# Out paths of systems that use none of the options added for issue 31, as the stand-in made
+# them before (commit ca5885b): they must not change, nor must the lab tests' closures and byte
+# budgets. (Evaluated for x86_64-linux, nothing built.)
+UNTOUCHED = {
+    "plain": ('{ networking.hostName = "pin-plain"; }',
+              "/nix/store/b18h2k9wy5x4kbpcqa2mr111xzhak1k8-nixos-system-pin-plain"),
+    "units": ('{ networking.hostName = "pin-units"; standin.httpPort = 8080;'
+              ' systemd.services.a = { script = "exec sleep 1000"; serviceConfig.Type = "oneshot"; }; }',
+              "/nix/store/il2g6vk0ihrph2flhlgrpl133ipdp4y1-nixos-system-pin-units"),
+    "off": ('{ networking.hostName = "pin-plain"; standin.nixosSwitch = false; }',
+            "/nix/store/b18h2k9wy5x4kbpcqa2mr111xzhak1k8-nixos-system-pin-plain"),
+    "boot": ('{ networking.hostName = "pin-boot"; services.openssh.enable = false; standin.kernel = "k2";'
+             ' standin.kernelParams = [ "quiet" ]; standin.payloadBytes = 1000;'
+             ' nix.settings.substituters = [ "ssh://relay" ]; }',
+             "/nix/store/l2lzgvp9k9c77hlp8fi7j8ii90cmifz6-nixos-system-pin-boot"),
+}
+
+
+def test_systems_without_the_new_options_keep_their_store_paths() -> None:
+    body = "".join(f'  {n} = (import {STANDIN}/nixos {{ configuration = {c}; system = "x86_64-linux"; }})'
+                   f'.system.outPath;\n' for n, (c, _) in UNTOUCHED.items())
+    env = {k: v for k, v in nix_env().items() if k not in ("STANDIN_BUILD_LOG", "STANDIN_PAYLOAD_BYTES")}
+    out = sh(["nix-instantiate", "--eval", "--strict", "--json", "-E", "{\n" + body + "}"], env=env).stdout
+    assert json.loads(out) == {n: path for n, (_, path) in UNTOUCHED.items()}
+
+
+# What dry-activate of pv2 says on a host running pv1 (NixOS's lines, in its order); a new unit
+# is in none of them (NixOS starts it through its target).
+PLAN_LINES = [
+    "would stop the following units: changed.service, gone.service",
+    "would NOT stop the following changed units: skip.service",
+    "would activate the configuration...",
+    "would restart systemd",
+    "would reload the following units: reload.service",
+    "would restart the following units: restart.service, sshd.service",
+    "would start the following units: changed.service",
+]
+# ...and what switching to it says (a host whose PID 1 is systemd adds the last line)
+SWITCH_LINES = [
+    "stopping the following units: changed.service, gone.service",
+    "NOT restarting the following changed units: skip.service",
+    "activating the configuration...",
+    "restarting systemd...",
+    "restarting sysinit-reactivation.target",
+    "reloading the following units: reload.service",
+    "restarting the following units: restart.service, sshd.service",
+    "starting the following units: changed.service",
+    "the following new units were started: new.service",
+]
+
+
+def host_state(lab: Lab, host: str) -> tuple[object, ...]:
+    """What an activation changes on a host: its current system, completed activations, health,
+    /run's entries and the stand-in's units there."""
+    return (lab.current_system(host), lab.activations(host), lab.read(host, "/run/standin-health"),
+            lab.run(host, ["ls", "-A", "/run"]).stdout,
+            lab.run(host, ["ls", "-l", "/run/systemd/system"], check=False).stdout)
+
+
+def test_dry_activate_reports_the_unit_plan_and_changes_nothing(lab: Lab, systems: dict[str, str]) -> None:
+    host = "st-a"  # no systemd: every unit of the running system counts as active
+    v1, v2 = systems["pv1"], systems["pv2"]
+    switch(lab, host, v1)
+    before = host_state(lab, host)
+    proc = switch(lab, host, v2, "dry-activate")
+    assert proc.stderr.splitlines() == PLAN_LINES and proc.stdout == ""
+    assert starts(lab, host)[-1] == ["dry-activate", v2, "root"]  # its only trace
+    assert host_state(lab, host) == before
+    # the running system against itself: nothing to do, the same systemd
+    assert switch(lab, host, v1, "dry-activate").stderr.splitlines() == ["would activate the configuration..."]
+    # switching prints NixOS's lines (units are not run on this host)
+    assert switch(lab, host, v2).stderr.splitlines() == SWITCH_LINES[:-1]
+    assert lab.current_system(host) == v2
+    # and back: new is stopped now, gone is new
+    assert switch(lab, host, v1, "dry-activate").stderr.splitlines() == [
+        "would stop the following units: changed.service, new.service", *PLAN_LINES[1:]]
+    # from a system without units, packages or systemd: only systemd's restart
+    switch(lab, host, systems["ok"])
+    assert switch(lab, host, v1, "dry-activate").stderr.splitlines() == [
+        "would activate the configuration...", "would restart systemd"]
+
+
+def test_switch_on_systemd_does_what_dry_activate_said(tmp_path: Path, systems: dict[str, str]) -> None:
+    """The one systemd host of this module: dry-activate's plan against the units' real states,
+    then switch carrying it out (reload, not restart; a unit left alone; sshd untouched)."""
+    v1, v2 = systems["pv1"], systems["pv2"]
+    with standin_lab(tmp_path / "lab", {"pv1": v1, "pv2": v2}, ["st-s"], init="systemd") as lab:
+        host = "st-s"
+
+        def main_pids() -> dict[str, str]:
+            return {u: lab.systemctl(host, "show", "-p", "MainPID", "--value", f"{u}.service").stdout.strip()
+                    for u in ("keep", "gone", "changed", "restart", "reload", "skip", "new", "sshd")}
+
+        proc = switch(lab, host, v1)
+        assert proc.stderr.splitlines()[-1] == ("the following new units were started: changed.service, "
+                                                "gone.service, keep.service, reload.service, restart.service, "
+                                                "skip.service"), proc.stderr
+        pids = main_pids()
+        assert pids["new"] == "0" and "0" not in [p for u, p in pids.items() if u != "new"], pids
+        before = host_state(lab, host)
+        proc = switch(lab, host, v2, "dry-activate")
+        assert proc.stderr.splitlines() == PLAN_LINES
+        assert host_state(lab, host) == before and main_pids() == pids
+        assert lab.systemctl(host, "is-active", "new.service").stdout.strip() == "inactive"
+
+        proc = switch(lab, host, v2)
+        assert proc.stderr.splitlines() == SWITCH_LINES
+        after = main_pids()
+        for unit in ("keep", "skip", "reload", "sshd"):  # left running: not restarted
+            assert after[unit] == pids[unit], unit
+        for unit in ("changed", "restart"):
+            assert after[unit] not in ("0", pids[unit]), unit
+        assert after["gone"] == "0" and after["new"] != "0"
+        assert lab.read(host, "/run/st-reloads") == "reloaded\n"
+        assert lab.run(host, ["test", "-e", "/run/systemd/system/gone.service"], check=False).returncode == 1
+        assert lab.run(host, ["test", "-e", "/run/systemd/system/sshd.service"], check=False).returncode == 1
+        assert lab.current_system(host) == v2
+        # booted again (pv2 made the boot default, as a deploy tool does), the activation at boot
+        # starts pv2's units and leaves sshd to the lab
+        lab.run(host, ["nix-env", "-p", "/nix/var/nix/profiles/system", "--set", v2])
+        switch(lab, host, v2, "boot")
+        lab.reboot(host)
+        assert lab.current_system(host) == v2 and lab.system_state(host) == "running"
+        booted = main_pids()
+        assert booted["gone"] == "0" and "0" not in [p for u, p in booted.items() if u != "gone"], booted
+
+
+# What NixOS's pre-switch check prints (on stderr) when an inhibitor changes, and then exits 1.
+REFUSAL = [
+    "Checking switch inhibitors...",
+    "There are changes to critical components of the system:",
+    "",
+    "systemd : 255 -> 256",
+    "",
+    "Switching into this system is not recommended.",
+    "You probably want to run 'nixos-rebuild boot' and reboot your system instead.",
+    "",
+    "If you really want to switch into this configuration directly, then",
+    "you can set NIXOS_NO_CHECK=1 to ignore pre-switch checks.",
+    "",
+    "WARNING: doing so might cause the switch to fail or your system to become unstable.",
+    "",
+    "Pre-switch check 'switchInhibitors' failed",
+    "Pre-switch checks failed",
+]
+
+
+def test_switch_inhibitors(lab: Lab, systems: dict[str, str]) -> None:
+    host = "st-b"
+    ok, inh1, inh2, inh3 = systems["ok"], systems["inh1"], systems["inh2"], systems["inh3"]
+    assert Path(inh1, "switch-inhibitors").read_text() == '{"dbus":"dbus","systemd":"255"}'
+    switch(lab, host, ok)
+    # the running system has no inhibitors: nothing to compare
+    assert "Checking switch inhibitors... done" in switch(lab, host, inh1).stderr.splitlines()
+    before = host_state(lab, host)
+    for goal in ("switch", "test", "check"):
+        proc = switch(lab, host, inh2, goal, check=False)
+        assert proc.returncode == 1 and proc.stderr.splitlines() == REFUSAL, proc
+        assert starts(lab, host)[-1] == [goal, inh2, "root"]
+    assert host_state(lab, host) == before
+    # boot and dry-activate do not check
+    proc = switch(lab, host, inh2, "dry-activate")
+    assert proc.stderr.splitlines()[:2] == ["Not checking switch inhibitors (action = dry-activate)",
+                                            "would activate the configuration..."]
+    assert host_state(lab, host) == before
+    assert switch(lab, host, inh2, "boot").stderr.splitlines() == ["Not checking switch inhibitors (action = boot)"]
+    assert lab.current_system(host) == inh1  # boot: the next boot's system only
+    assert lab.activations(host)[-1].split()[1:] == ["boot", inh2, "root"]
+    # an inhibitor that only one of the two systems has does not count
+    assert "Checking switch inhibitors... done" in switch(lab, host, inh3, "check").stderr.splitlines()
+    # NIXOS_NO_CHECK=1: no check at all
+    proc = sh(lab.ssh_argv(host, ["env", "NIXOS_NO_CHECK=1", f"{inh2}/bin/switch-to-configuration", "switch"]))
+    assert "inhibitors" not in proc.stderr
+    assert lab.current_system(host) == inh2
+    assert lab.activations(host)[-1].split()[1:] == ["switch", inh2, "root"]
+    # back to a system without inhibitors: no check either
+    switch(lab, host, ok)

@@ -13,7 +13,8 @@
 #    "unhealthy" (standin.healthy); the health server is stopped, then started again if
 #    standin.httpPort is set; sshd is stopped or started (services.openssh.enable);
 # 4. switch, test and boot: standin.activation = "fail" exits 1 now, "hang" sleeps for ever;
-# 5. on success, appends "<epoch> <goal> <path> <user>" to /run/standin-activations.log.
+# 5. on success, appends "<epoch> <goal> <path> <user>" to /run/standin-activations.log (but
+#    see "The NixOS-like switch-to-configuration" below: its dry-activate and check do not).
 #
 # Configuration (merged from the system's modules), for tests only:
 # - standin.payloadBytes, or STANDIN_PAYLOAD_BYTES (environment): the payload's size.
@@ -79,6 +80,128 @@
 #   the listening sshd only: open ssh connections survive, as with NixOS's KillMode=process).
 #   The lab (tests/lab/hostfs.py) writes these hooks; where they are missing, start is
 #   skipped and stop only warns on stderr.
+#
+# What a switch will change (issue 31). All opt-in: a system that uses none of the options below
+# keeps the very store path it had before they existed (its switch-to-configuration is the one
+# described above; tests/test_standin.py pins a few such paths).
+# - standin.packages = { NAME = "VERSION"; NAME = { version = "VERSION"; bytes = N; }; }: each a
+#   store path named exactly NAME-VERSION holding $out/lib/NAME/NAME, N bytes (default 4096) of
+#   SHAKE-256 of "NAME-VERSION" (the same content in every build); the toplevel links
+#   $out/sw/NAME to it, so it is in the closure. The same NAME, VERSION and bytes give the same
+#   path in every system; another version changes that package's path (and the toplevel's).
+#   NAME: letters, digits and _ + . - (not first); VERSION: letters, digits and _ + . -.
+# - standin.systemdVersion = "VERSION" (default: none): $out/systemd links to a package
+#   systemd-VERSION (as above, its file at lib/systemd/systemd, 4096 bytes); none: no link.
+# - systemd.services.<name>: restartIfChanged (default true), reloadIfChanged (default false),
+#   stopIfChanged (default true), reload (a script: ExecReload=/bin/sh <its file>). Written into
+#   the unit's [Service] as NixOS's systemd-lib.nix (serviceToUnit) writes them:
+#   X-ReloadIfChanged=true, else X-RestartIfChanged=false when restartIfChanged = false; and
+#   X-StopIfChanged=false. A unit without these options keeps its file as before. (NixOS
+#   requires no reload script for reloadIfChanged; without one a reload fails, as on NixOS.)
+#   systemd.services.sshd is refused: sshd's unit is the next option's.
+# - services.openssh.settings = { KEY = VALUE; } and/or services.openssh.extraConfig = "…"
+#   (with openssh enabled, the default): the system gets an sshd_config (settings as "KEY VALUE"
+#   lines, sorted, booleans as yes/no, lists joined by spaces, then extraConfig, as NixOS's
+#   sshd.nix; linked as $out/etc/ssh/sshd_config) and an sshd.service unit as NixOS's openssh
+#   module makes it: X-Restart-Triggers=<that sshd_config> in [Unit] (NixOS: restartTriggers,
+#   so another configuration changes the unit) and X-StopIfChanged=false (NixOS: stopIfChanged
+#   = false), so dry-activate reports it like any unit (restarted when its settings change). It
+#   never touches the lab's sshd, the test's only way in: the unit file is never linked into
+#   /run/systemd/system and switch/test never run systemctl on sshd.service (they print it in
+#   NixOS's lines like the others); sshd is still handled through the lab's hooks
+#   /run/standin-sshd-start and -stop by services.openssh.enable, as above (start: a no-op while
+#   the lab's sshd runs). On a host whose PID 1 is systemd the lab's own sshd.service (in
+#   /etc/systemd/system) is what counts as active.
+# - system.switch.inhibitors = { NAME = "STRING"; } (even { }): written as JSON (keys sorted) to
+#   a store file linked as $out/switch-inhibitors (NixOS's name: switchable-system.nix links
+#   build.inhibitSwitch there), and the pre-switch check below. NixOS (since #477800) writes
+#   that file and runs that check for every system, with { } when there are no inhibitors; the
+#   stand-in only for systems that set the option, so that the others keep their paths.
+# - standin.nixosSwitch = true: the NixOS-like switch-to-configuration below with none of the
+#   options above (default: true when any of them is used; false with any of them is an error).
+#
+# The NixOS-like switch-to-configuration (a system using any option above, or nixosSwitch):
+# the steps 1-5 above, with these additions (the strings are NixOS's, each taken from the source
+# named; the logic is written for the stand-in, copied from none of them):
+# a. the pre-switch check, right after the host-wide hooks of step 2, for a system with
+#    system.switch.inhibitors and unless NIXOS_NO_CHECK=1 is in the environment (then no check
+#    and no line at all, as switch-to-configuration-ng skips its PRE_SWITCH_CHECK). As
+#    switchable-system.nix's preSwitchChecks.switchInhibitors after #477800 and #510514 does,
+#    with its output on stderr (the wrapper in nixos/modules/system/activation/
+#    pre-switch-check.nix runs each check with `>&2`): boot and dry-activate print "Not checking switch inhibitors
+#    (action = GOAL)" and go on (#510514 added dry-activate); switch, test and check print
+#    "Checking switch inhibitors..." then compare the running system's
+#    /run/current-system/switch-inhibitors with this one's (a missing file counts as { }; a file
+#    that is not JSON fails the check, as jq does after #510514): no inhibitor present in both
+#    with another value: " done" ends the line; else the refusal, each line on stderr:
+#      (an empty line ending "Checking switch inhibitors...")
+#      There are changes to critical components of the system:
+#      (empty)  then "NAME : OLD -> NEW" for each such inhibitor (in the running system's order,
+#      sorted)  then (empty)
+#      Switching into this system is not recommended.
+#      You probably want to run 'nixos-rebuild boot' and reboot your system instead.
+#      (empty)
+#      If you really want to switch into this configuration directly, then
+#      you can set NIXOS_NO_CHECK=1 to ignore pre-switch checks.
+#      (empty)
+#      WARNING: doing so might cause the switch to fail or your system to become unstable.
+#      (empty)
+#      Pre-switch check 'switchInhibitors' failed     (pre-switch-check.nix's wrapper)
+#      Pre-switch checks failed                       (switch-to-configuration-ng's main.rs)
+#    and exits 1 (ng's die(): 1, as issue NixOS/nixpkgs#477504 shows), changing nothing but the
+#    step-1 line of the starts log. A system without inhibitors checks nothing.
+# b. a new goal, check (ng's): step 1, the hooks, the pre-switch check, then exit 0 (no line in
+#    activations.log).
+# c. the unit plan (NixOS manual, "Unit handling"; ng's main.rs: get_active_units,
+#    compare_units, handle_modified_unit), computed for switch, test and dry-activate from the
+#    running system's units (/run/current-system/etc/systemd/system, *.service) against this
+#    system's, changing nothing. A unit counts if it is active or activating
+#    (`systemctl is-active`) on a host whose PID 1 is systemd (/run/systemd/system exists); on a
+#    host without systemd every unit of the running system counts. For each: gone from this
+#    system (or linked to /dev/null) -> stop, unless [Unit] X-StopOnRemoval is false; else the
+#    two files parsed and compared as NixOS does ([Install] left out, the [Unit] keys NixOS
+#    ignores left out: Description, Documentation, OnFailure, OnSuccess, OnFailureJobMode,
+#    IgnoreOnIsolate, StopWhenUnneeded, RefuseManualStart, RefuseManualStop, AllowIsolate,
+#    CollectMode, SourcePath; so a unit whose Description names another system is unchanged):
+#    only [Unit] X-Reload-Triggers differs -> reload; anything else differs -> [Service]
+#    X-ReloadIfChanged (and not already to restart or stop) -> reload; else X-RestartIfChanged
+#    false, or [Unit] RefuseManualStop or X-OnlyManualStart true -> skip (not stopped); else
+#    X-StopIfChanged false -> restart; else stop, then start. A unit new in this system is in
+#    no list: NixOS starts it by starting the active targets (dry-activate does not name it;
+#    switch names it afterwards, below). Not modelled: targets, sockets (and socket-activated
+#    services), mounts, swap, fstab, template units, the activation script's restart/reload
+#    lists, /run/nixos's record of the lists, user units.
+#    Systemd itself: restarted when this system has $out/systemd and its lib/systemd/systemd is
+#    another file than the running system's (NixOS compares /proc/1/exe with the new systemd's
+#    lib/systemd/systemd, and /etc/systemd/system.conf: a lab host's PID 1 is no store path, so
+#    the running system's systemd stands for it; a running system without $out/systemd differs;
+#    this system without it: no decision, no line).
+# d. dry-activate prints on stderr, in this order (ng's dry-activate branch; units sorted by
+#    lowercased name, joined by ", "; a list's line only if it has units), then exits 0 with no
+#    line in activations.log (only step 1's in the starts log; other systems' dry-activate still
+#    writes both) and nothing else changed on the host:
+#      would stop the following units: A, B
+#      would NOT stop the following changed units: …     (the skipped)
+#      would activate the configuration...               (always)
+#      would restart systemd
+#      would reload the following units: …
+#      would restart the following units: …
+#      would start the following units: …               (the stopped-then-started)
+# e. switch and test print ng's lines on stderr and do what they say on a systemd host (on one
+#    without systemd they print them and run no unit, as before): "stopping the following
+#    units: …" (stopped before the activation of step 3), "NOT restarting the following changed
+#    units: …", "activating the configuration...", then step 3, "restarting systemd..." (printed
+#    only: the lab's PID 1 is not re-executed), "restarting sysinit-reactivation.target" (printed
+#    only), "reloading the following units: …" (a unit to reload that is no longer active is
+#    started instead, as ng does), "restarting the following units: …", "starting the following
+#    units: …"; on a systemd host the unit files are linked into /run/systemd/system as before,
+#    then `systemctl reset-failed`, daemon-reload, the jobs, then every unit of this system not
+#    active is started (what NixOS's start of the active targets does), then "the following new
+#    units were started: …" (units active now that were not before) and "warning: the
+#    following units failed: …" (exit 4, as before; so does "Failed to JOB UNIT" when a job
+#    fails). An unchanged standin-http.service keeps running (its pid file is rewritten). The
+#    activation at boot ($out/activate) links, reloads and starts the same way, printing only
+#    the failed units.
 { configuration, system ? builtins.currentSystem, specialArgs ? { } }:
 let
   lib = import ../lib.nix;
@@ -152,28 +275,116 @@ let
     else if !(builtins.elem bootMode [ "ok" "hang" ]) then throw "standin.boot must be \"ok\" or \"hang\""
     else true;
 
-  # Units: systemd.services.<name>, plus the health server's (standin.httpPort).
+  # Units: systemd.services.<name>, plus the health server's (standin.httpPort) and sshd's
+  # (services.openssh.settings / extraConfig).
   declared = config.systemd.services or { };
-  unitsChecked = builtins.all (n:
+  # NixOS's per-unit switch options (systemd-lib.nix's serviceToUnit writes them into [Service])
+  switchKeys = [ "restartIfChanged" "reloadIfChanged" "stopIfChanged" "reload" ];
+  unitsChecked = builtins.all (n: let u = declared.${n}; in
     if builtins.match "[A-Za-z0-9_-]+" n == null then throw "systemd.services: bad unit name ${builtins.toJSON n}"
-    else if !(declared.${n} ? script) then throw "systemd.services.${n}: a stand-in unit needs a script"
+    else if n == "sshd" then throw "systemd.services.sshd: the stand-in's sshd.service comes from services.openssh.settings or extraConfig"
+    else if !(u ? script) then throw "systemd.services.${n}: a stand-in unit needs a script"
+    else if !(builtins.all (k: !(u ? ${k}) || builtins.isBool u.${k}) [ "restartIfChanged" "reloadIfChanged" "stopIfChanged" ])
+    then throw "systemd.services.${n}: restartIfChanged, reloadIfChanged and stopIfChanged are booleans"
+    else if u ? reload && !(builtins.isString u.reload) then throw "systemd.services.${n}.reload must be a script (a string)"
     else true) (builtins.attrNames declared);
-  unitFile = n: type: exec: builtins.toFile "${n}.service" ''
+  unitFile = n: type: exec: extra: builtins.toFile "${n}.service" (''
     [Unit]
     Description=stand-in unit ${n} of ${name}
     [Service]
     Type=${type}
     ${if type == "oneshot" then "RemainAfterExit=yes" else ""}
     ExecStart=${exec}
-  '';
+  '' + extra);
+  # what NixOS writes for the switch options (reloadIfChanged wins over restartIfChanged)
+  switchLines = n: u:
+    (if u.reloadIfChanged or false then "X-ReloadIfChanged=true\n"
+     else if !(u.restartIfChanged or true) then "X-RestartIfChanged=false\n" else "")
+    + (if !(u.stopIfChanged or true) then "X-StopIfChanged=false\n" else "")
+    + (if u ? reload then "ExecReload=/bin/sh ${builtins.toFile "${n}-reload.sh" u.reload}\n" else "");
   httpFile = builtins.toFile "standin-http.py" httpCode;
   units = builtins.mapAttrs (n: u: unitFile n (u.serviceConfig.Type or "simple")
-      "/bin/sh ${builtins.toFile "${n}.sh" u.script}") declared
+      "/bin/sh ${builtins.toFile "${n}.sh" u.script}" (switchLines n u)) declared
     // (if httpPort == "" then { } else {
-      standin-http = unitFile "standin-http" "simple" "/usr/bin/python3 ${httpFile} standin-http ${httpPort}";
-    });
+      standin-http = unitFile "standin-http" "simple" "/usr/bin/python3 ${httpFile} standin-http ${httpPort}" "";
+    })
+    // (if sshdUnit == null then { } else { sshd = sshdUnit; });
   unitLinks = builtins.concatStringsSep "\n" (builtins.attrValues (builtins.mapAttrs
     (n: f: "ln -s ${f} $out/etc/systemd/system/${n}.service") units));
+
+  # sshd.service, as NixOS's openssh module makes it (settings, then extraConfig; restarted when
+  # sshd_config changes, never stopped and started); only with settings or extraConfig.
+  ssh = config.services.openssh or { };
+  sshdConfigText = builtins.concatStringsSep "" (builtins.attrValues (builtins.mapAttrs (k: v:
+    "${k} ${if builtins.isBool v then (if v then "yes" else "no")
+            else if builtins.isList v then builtins.concatStringsSep " " (map toString v)
+            else toString v}\n") (ssh.settings or { }))) + (ssh.extraConfig or "");
+  sshdConfig = builtins.toFile "sshd_config" sshdConfigText;
+  sshdUnit = if !(openssh && (ssh ? settings || ssh ? extraConfig)) then null
+    else builtins.toFile "sshd.service" ''
+      [Unit]
+      After=network.target
+      Description=SSH Daemon
+      X-Restart-Triggers=${sshdConfig}
+
+      [Service]
+      X-StopIfChanged=false
+      ExecStart=/usr/sbin/sshd -D -f /etc/ssh/sshd_config
+      KillMode=process
+      Restart=always
+      Type=simple
+    '';
+
+  # Packages with versions, systemd's version, switch inhibitors (see the header).
+  packageSpecs = builtins.mapAttrs (n: v:
+    let spec = if builtins.isString v then { version = v; } else v; in
+    if builtins.match "[A-Za-z0-9_+][A-Za-z0-9_+.-]*" n == null then throw "standin.packages: bad package name ${builtins.toJSON n}"
+    else if !(builtins.isAttrs spec && spec ? version && builtins.isString spec.version
+              && builtins.match "[A-Za-z0-9_+.-]+" spec.version != null)
+    then throw "standin.packages.${n} must be a version string (letters, digits, + . _ -) or { version = \"…\"; bytes = N; }"
+    else if !(builtins.isInt (spec.bytes or 4096)) || (spec.bytes or 4096) < 0 then throw "standin.packages.${n}.bytes must be a number of bytes"
+    else { inherit (spec) version; bytes = spec.bytes or 4096; }) (std.packages or { });
+  # one store path per name, version and size, shared by every system that has it:
+  # $out/lib/NAME/NAME holds BYTES bytes of SHAKE-256 of "NAME-VERSION" (the same in every build)
+  package = n: spec: derivation (env // {
+    name = "${n}-${spec.version}";
+    builder = sh;
+    pname = n;
+    seed = "${n}-${spec.version}";
+    bytes = toString spec.bytes;
+    args = [ "-c" ''
+      set -e
+      mkdir -p "$out/lib/$pname"
+      python3 -c 'import hashlib, os, sys; sys.stdout.buffer.write(hashlib.shake_256(os.environ["seed"].encode()).digest(int(os.environ["bytes"])))' > "$out/lib/$pname/$pname"
+    '' ];
+  });
+  packages = builtins.mapAttrs package packageSpecs;
+  systemdVersion = std.systemdVersion or null;
+  systemdPackage = if systemdVersion == null then null
+    else if !(builtins.isString systemdVersion) || builtins.match "[A-Za-z0-9_+.-]+" systemdVersion == null
+    then throw "standin.systemdVersion must be a version string (letters, digits, + . _ -)"
+    else package "systemd" { version = systemdVersion; bytes = 4096; };
+  inhibitors = config.system.switch.inhibitors or null;
+  inhibitorsFile = if inhibitors == null then null
+    else if !(builtins.isAttrs inhibitors && builtins.all builtins.isString (builtins.attrValues inhibitors))
+    then throw "system.switch.inhibitors must be an attribute set of strings"
+    else builtins.toFile "switch-inhibitors" (builtins.toJSON inhibitors);
+  # Any of these options gives the system the NixOS-like switch-to-configuration (see the
+  # header); a system without them keeps the store path it had before they existed.
+  usesSwitchOptions = packageSpecs != { } || systemdVersion != null || inhibitors != null
+    || ssh ? settings || ssh ? extraConfig
+    || builtins.any (n: builtins.any (k: declared.${n} ? ${k}) switchKeys) (builtins.attrNames declared);
+  nixosSwitch = let v = std.nixosSwitch or usesSwitchOptions; in
+    if !(builtins.isBool v) then throw "standin.nixosSwitch must be a boolean"
+    else if !v && usesSwitchOptions then throw "standin.nixosSwitch = false, but the system uses options that need it (see tests/nixpkgs/nixos/default.nix)"
+    else v;
+  # the toplevel's links to them: $out/sw/NAME, $out/systemd, $out/switch-inhibitors, $out/etc/ssh/sshd_config
+  extraLinks = builtins.concatStringsSep "" (
+    (if packages == { } then [ ] else [ "mkdir -p $out/sw\n" ])
+    ++ builtins.attrValues (builtins.mapAttrs (n: p: "ln -s ${p} $out/sw/${n}\n") packages)
+    ++ (if systemdPackage == null then [ ] else [ "ln -s ${systemdPackage} $out/systemd\n" ])
+    ++ (if inhibitorsFile == null then [ ] else [ "ln -s ${inhibitorsFile} $out/switch-inhibitors\n" ])
+    ++ (if sshdUnit == null then [ ] else [ "mkdir -p $out/etc/ssh\nln -s ${sshdConfig} $out/etc/ssh/sshd_config\n" ]));
 
   # The health server started by activation when standin.httpPort is set:
   # `python3 -c CODE standin-http PORT` ("standin-http" marks its command line).
@@ -208,6 +419,283 @@ let
     server.serve_forever()
   '';
 
+  # The NixOS-like switch-to-configuration (standin.nixosSwitch): pieces of shell put into
+  # switchScript below, each empty for the other systems (whose scripts stay as they were).
+  # The new goal `check` (run the pre-switch check only):
+  nxGoals = if nixosSwitch then "check) ;;\n" else "";
+  # After the host-wide hooks: the pre-switch check (system.switch.inhibitors), then `check` ends.
+  nxPre = if !nixosSwitch then "" else (if inhibitorsFile == null then "" else ''
+    # switchInhibitors, NixOS's pre-switch check (switchable-system.nix): output on stderr
+    nx_inhibitors() {
+      case "$goal" in
+        boot|dry-activate) echo "Not checking switch inhibitors (action = $goal)"; return 0 ;;
+      esac
+      printf '%s' "Checking switch inhibitors..."
+      changed=$(python3 -c '${inhibitorsPy}' /run/current-system/switch-inhibitors "$out/switch-inhibitors") || return 1
+      if [ -z "$changed" ]; then echo " done"; return 0; fi
+      echo
+      echo "There are changes to critical components of the system:"
+      echo
+      echo "$changed"
+      echo
+      echo "Switching into this system is not recommended."
+      echo "You probably want to run 'nixos-rebuild boot' and reboot your system instead."
+      echo
+      echo "If you really want to switch into this configuration directly, then"
+      echo "you can set NIXOS_NO_CHECK=1 to ignore pre-switch checks."
+      echo
+      echo "WARNING: doing so might cause the switch to fail or your system to become unstable."
+      echo
+      return 1
+    }
+    if [ "''${NIXOS_NO_CHECK:-}" != 1 ]; then
+      if ! nx_inhibitors >&2; then
+        echo "Pre-switch check 'switchInhibitors' failed" >&2
+        echo "Pre-switch checks failed" >&2
+        exit 1
+      fi
+    fi
+  '') + ''
+    if [ "$goal" = check ]; then exit 0; fi
+
+  '';
+  # "KEY : OLD -> NEW" for each inhibitor of both systems whose value changed (a missing file: no
+  # inhibitors; a file that is not JSON fails the check)
+  inhibitorsPy = ''
+    import json, sys
+    def load(path):
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+    old, new = load(sys.argv[1]), load(sys.argv[2])
+    for key, value in old.items():
+        if key in new and new[key] != value:
+            print(key, ":", value, "->", new[key])
+  '';
+  # Before the main flow: the unit plan of NixOS's switch-to-configuration (the NixOS manual's
+  # "Unit handling"), dry-activate's report, and switch_units redefined to act on the plan.
+  nxMain = if !nixosSwitch then "" else ''
+    # A unit file as switch-to-configuration compares it: "SECTION<TAB>KEY<TAB>VALUES" lines,
+    # sorted; [Install] left out; an empty value clears the key's values; "SECTION<TAB>" for each
+    # section but [Unit]. MODE main leaves out the [Unit] keys NixOS ignores and
+    # X-Reload-Triggers; MODE reload keeps X-Reload-Triggers only.
+    nx_canon() {
+      awk -v mode="$1" '
+        BEGIN {
+          n = split("Description Documentation OnFailure OnSuccess OnFailureJobMode IgnoreOnIsolate StopWhenUnneeded RefuseManualStart RefuseManualStop AllowIsolate CollectMode SourcePath", l, " ")
+          for (i = 1; i <= n; i++) ignored[l[i]] = 1
+        }
+        /^[ \t]*$/ || /^[ \t]*[#;]/ { next }
+        /^[ \t]*\[/ {
+          s = $0; sub(/^[ \t]*\[/, "", s); sub(/\][ \t]*$/, "", s)
+          if (mode == "main" && s != "Unit" && s != "Install") sections[s] = 1
+          next
+        }
+        s == "" || s == "Install" { next }
+        {
+          i = index($0, "="); if (i == 0) next
+          k = substr($0, 1, i - 1); v = substr($0, i + 1)
+          gsub(/^[ \t]+|[ \t]+$/, "", k); gsub(/^[ \t]+|[ \t]+$/, "", v)
+          if (s == "Unit" && k == "X-Reload-Triggers") { if (mode != "reload") next }
+          else if (mode == "reload" || (s == "Unit" && k in ignored)) next
+          key = s "\t" k
+          if (v == "") vals[key] = ""
+          else if ((key in vals) && vals[key] != "") vals[key] = vals[key] "\037" v
+          else vals[key] = v
+        }
+        END { for (x in sections) print x "\t"; for (key in vals) print key "\t" vals[key] }
+      ' "$2" | LC_ALL=C sort
+    }
+    # nx_compare OLD NEW: restart (they differ), reload (in X-Reload-Triggers only) or equal
+    nx_compare() {
+      if [ "$(nx_canon main "$1")" != "$(nx_canon main "$2")" ]; then echo restart
+      elif [ "$(nx_canon reload "$1")" != "$(nx_canon reload "$2")" ]; then echo reload
+      else echo equal; fi
+    }
+    # nx_bool FILE SECTION KEY DEFAULT(1|0): a boolean of a unit file, as NixOS reads it
+    nx_bool() {
+      v=$(awk -v want="$2" -v key="$3" '
+        /^[ \t]*\[/ { s = $0; sub(/^[ \t]*\[/, "", s); sub(/\][ \t]*$/, "", s); next }
+        s == want {
+          i = index($0, "="); if (i == 0) next
+          k = substr($0, 1, i - 1); gsub(/^[ \t]+|[ \t]+$/, "", k)
+          if (k == key) { last = substr($0, i + 1); gsub(/^[ \t]+|[ \t]+$/, "", last) }
+        }
+        END { print last }' "$1")
+      case "$v" in
+        "") [ "$4" = 1 ] ;;
+        1|yes|true|on) return 0 ;;
+        *) return 1 ;;
+      esac
+    }
+    nx_has() { case " $1 " in *" $2 "*) return 0 ;; esac; return 1; }
+    nx_without() { r=; for x in $1; do [ "$x" = "$2" ] || r="$r $x"; done; echo "$r"; }
+    # nx_list PREFIX UNITS: "PREFIX a.service, b.service" on stderr, sorted as NixOS sorts
+    # (by the lowercased name), nothing without units
+    nx_list() {
+      case "$2" in *[!\ ]*) ;; *) return 0 ;; esac
+      for x in $2; do echo "$x"; done | awk '{ print tolower($0), $0 }' | LC_ALL=C sort -s -k1,1 \
+        | awk -v p="$1" '{ s = s (NR > 1 ? ", " : "") $2 } END { print p s }' >&2
+    }
+    nx_state() { systemctl is-active "$1" 2>/dev/null || true; }
+    # nx_active UNIT: active for the plan (NixOS: active or activating); on a host without
+    # systemd every unit of the current system counts as active
+    nx_active() {
+      [ -d /run/systemd/system ] || return 0
+      case $(nx_state "$1") in active|activating) return 0 ;; esac
+      return 1
+    }
+    # a changed unit (NixOS's handle_modified_unit, for services without socket activation)
+    nx_modified() {
+      if nx_bool "$2" Service X-ReloadIfChanged 0 && ! nx_has "$to_restart" "$1" && ! nx_has "$to_stop" "$1"; then
+        nx_has "$to_reload" "$1" || to_reload="$to_reload $1"
+      elif ! nx_bool "$2" Service X-RestartIfChanged 1 || nx_bool "$2" Unit RefuseManualStop 0 \
+          || nx_bool "$2" Unit X-OnlyManualStart 0; then
+        nx_has "$to_skip" "$1" || to_skip="$to_skip $1"
+      elif ! nx_bool "$2" Service X-StopIfChanged 1; then
+        nx_has "$to_restart" "$1" || to_restart="$to_restart $1"
+        to_reload=$(nx_without "$to_reload" "$1")
+      else
+        nx_has "$to_start" "$1" || to_start="$to_start $1"
+        nx_has "$to_stop" "$1" || to_stop="$to_stop $1"
+        to_reload=$(nx_without "$to_reload" "$1")
+      fi
+    }
+    # The plan: the current system's units against this one's (changing nothing)
+    to_stop=''' to_skip=''' to_reload=''' to_restart=''' to_start=''' was_up=''' jobs_run=''' restart_systemd=0
+    nx_plan() {
+      cur=/run/current-system/etc/systemd/system
+      new=$out/etc/systemd/system
+      if [ -d /run/systemd/system ]; then  # what runs now, for "the following new units were started"
+        for f in "$cur"/*.service "$new"/*.service; do
+          u=$(basename "$f")
+          case "$u" in '*.service') continue ;; esac
+          case $(nx_state "$u") in inactive|"") ;; *) nx_has "$was_up" "$u" || was_up="$was_up $u" ;; esac
+        done
+      fi
+      for f in "$cur"/*.service; do
+        [ -e "$f" ] || continue
+        u=$(basename "$f")
+        nx_active "$u" || continue
+        if [ ! -e "$new/$u" ] || [ "$(readlink -f "$new/$u")" = /dev/null ]; then
+          if nx_bool "$f" Unit X-StopOnRemoval 1; then nx_has "$to_stop" "$u" || to_stop="$to_stop $u"; fi
+          continue
+        fi
+        case $(nx_compare "$f" "$new/$u") in
+          restart) nx_modified "$u" "$new/$u" ;;
+          reload) nx_has "$to_restart" "$u" || nx_has "$to_reload" "$u" || to_reload="$to_reload $u" ;;
+        esac
+      done
+      # NixOS: PID 1's binary against the new systemd's; here the current system's systemd
+      if [ -e "$out/systemd" ] && [ "$(readlink -f /run/current-system/systemd/lib/systemd/systemd 2>/dev/null || true)" \
+          != "$(readlink -f "$out/systemd/lib/systemd/systemd")" ]; then
+        restart_systemd=1
+      fi
+    }
+    nx_dry_activate() {
+      nx_list "would stop the following units: " "$to_stop"
+      nx_list "would NOT stop the following changed units: " "$to_skip"
+      echo "would activate the configuration..." >&2
+      if [ $restart_systemd = 1 ]; then echo "would restart systemd" >&2; fi
+      nx_list "would reload the following units: " "$to_reload"
+      nx_list "would restart the following units: " "$to_restart"
+      nx_list "would start the following units: " "$to_start"
+    }
+    # nx_job JOB UNIT: systemctl JOB UNIT (never sshd.service: the lab's hooks handle sshd)
+    nx_job() {
+      [ "$2" != sshd.service ] || return 0
+      jobs_run="$jobs_run $2"
+      systemctl "$1" "$2" || { echo "Failed to $1 $2" >&2; units_failed=1; }
+    }
+    # switch and test, before the activation: stop what the plan stops
+    nx_before_activation() {
+      nx_list "stopping the following units: " "$to_stop"
+      if [ -d /run/systemd/system ]; then
+        for u in $to_stop; do [ "$u" = sshd.service ] || systemctl stop "$u" || true; done
+      fi
+      nx_list "NOT restarting the following changed units: " "$to_skip"
+      echo "activating the configuration..." >&2
+    }
+    # switch and test on a host without systemd: what NixOS would print, nothing done
+    nx_after_activation() {
+      if [ $restart_systemd = 1 ]; then echo "restarting systemd..." >&2; fi
+      echo "restarting sysinit-reactivation.target" >&2
+      nx_list "reloading the following units: " "$to_reload"
+      nx_list "restarting the following units: " "$to_restart"
+      nx_list "starting the following units: " "$to_start"
+    }
+    # On a host whose PID 1 is systemd (switch, test and the activation at boot): install the
+    # unit files, then reload, restart and start as the plan says, then start what is not
+    # active (as NixOS's start of the active targets does); sshd.service is never touched.
+    switch_units() {
+      dir=/run/systemd/system
+      mkdir -p "$dir"
+      for link in "$dir"/*.service; do  # the stand-in's units that this system has not
+        unit=$(basename "$link")
+        if [ -L "$link" ] && [ ! -e "$out/etc/systemd/system/$unit" ] && readlink "$link" | grep -q '^/nix/store/'; then
+          systemctl stop "$unit" 2>/dev/null || true; rm -f "$link"
+        fi
+      done
+      for file in "$out"/etc/systemd/system/*.service; do
+        [ -e "$file" ] || continue
+        unit=$(basename "$file")
+        [ "$unit" != sshd.service ] || continue
+        target=$(readlink "$file")
+        if [ "$(readlink "$dir/$unit" 2>/dev/null)" != "$target" ]; then ln -sfn "$target" "$dir/$unit"; fi
+      done
+      if [ "$goal" != at-boot ] && [ $restart_systemd = 1 ]; then echo "restarting systemd..." >&2; fi
+      systemctl reset-failed 2>/dev/null || true
+      systemctl daemon-reload
+      if [ "$goal" != at-boot ]; then echo "restarting sysinit-reactivation.target" >&2; fi
+      reload=
+      for u in $to_reload; do  # NixOS starts a unit to reload that is no longer active
+        case $(nx_state "$u") in
+          active|activating) reload="$reload $u" ;;
+          *) nx_has "$to_start" "$u" || to_start="$to_start $u" ;;
+        esac
+      done
+      nx_list "reloading the following units: " "$reload"
+      for u in $reload; do nx_job reload "$u"; done
+      nx_list "restarting the following units: " "$to_restart"
+      for u in $to_restart; do nx_job restart "$u"; done
+      nx_list "starting the following units: " "$to_start"
+      for u in $to_start; do nx_job start "$u"; done
+      for file in "$out"/etc/systemd/system/*.service; do
+        [ -e "$file" ] || continue
+        unit=$(basename "$file")
+        systemctl is-active --quiet "$unit" || nx_job start "$unit"
+      done
+      # a health server left running keeps its pid file (the caller removed it)
+      if ! nx_has "$jobs_run" standin-http.service && systemctl is-active --quiet standin-http.service; then
+        systemctl show -p MainPID --value standin-http.service > /run/standin-http.pid
+      fi
+      new_units=''' failed_units='''
+      for file in "$out"/etc/systemd/system/*.service; do
+        [ -e "$file" ] || continue
+        unit=$(basename "$file")
+        case $(nx_state "$unit") in
+          failed) failed_units="$failed_units $unit" ;;
+          inactive|"") ;;
+          *) nx_has "$was_up" "$unit" || new_units="$new_units $unit" ;;
+        esac
+      done
+      if [ "$goal" != at-boot ]; then nx_list "the following new units were started: " "$new_units"; fi
+      if [ -n "$failed_units" ]; then
+        nx_list "warning: the following units failed: " "$failed_units"
+        units_failed=1
+      fi
+    }
+    case "$goal" in
+      dry-activate) nx_plan; nx_dry_activate; exit 0 ;;
+      switch|test) nx_plan ;;
+    esac
+  '';
+  nxBeforeActivation = if nixosSwitch then "if [ \"$goal\" != at-boot ]; then nx_before_activation; fi\n" else "";
+  nxAfterActivation = if nixosSwitch
+    then "if [ \"$goal\" != at-boot ] && [ ! -d /run/systemd/system ]; then nx_after_activation; fi\n" else "";
+
   # bin/switch-to-configuration; the builder replaces @out@ with the system's own path.
   switchScript = ''
     #!/bin/sh
@@ -219,7 +707,7 @@ let
     out=@out@
     goal="$1"
     case "$goal" in
-      switch|boot|test|dry-activate) ;;
+      ${nxGoals}switch|boot|test|dry-activate) ;;
       at-boot) ;;  # $out/activate: the activation at boot
       *) echo "usage: switch-to-configuration [switch|boot|test|dry-activate]" >&2; exit 1 ;;
     esac
@@ -231,7 +719,7 @@ let
     fi
     if [ -e /run/standin-activation-delay ]; then sleep "$(cat /run/standin-activation-delay)"; fi
 
-    # alive PID: the process exists and is not a zombie
+    ${nxPre}# alive PID: the process exists and is not a zombie
     alive() {
       [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
     }
@@ -348,7 +836,7 @@ let
       mv -f /boot/grub/grub.cfg.tmp /boot/grub/grub.cfg
     }
 
-    units_failed=0
+    ${nxMain}units_failed=0
     if [ "$goal" = switch ] || [ "$goal" = boot ]; then
       # install the boot loader: the profile's system is the default boot entry
       if [ -d /boot/standin ]; then
@@ -359,7 +847,7 @@ let
       fi
     fi
     if [ "$goal" = switch ] || [ "$goal" = test ] || [ "$goal" = at-boot ]; then
-      if [ "$goal" != at-boot ]; then ln -sfn $out /run/current-system; fi
+      ${nxBeforeActivation}if [ "$goal" != at-boot ]; then ln -sfn $out /run/current-system; fi
       echo ${health} > /run/standin-health
       if [ -d /run/systemd/system ]; then
         rm -f /run/standin-http.pid
@@ -378,7 +866,7 @@ let
         stop_http
         if [ -n "${httpPort}" ]; then start_http "${httpPort}"; fi
       fi
-      if [ ${if openssh then "1" else "0"} = 1 ]; then
+      ${nxAfterActivation}if [ ${if openssh then "1" else "0"} = 1 ]; then
         if [ -x /run/standin-sshd-start ]; then /run/standin-sshd-start; fi
       elif [ -x /run/standin-sshd-stop ]; then
         /run/standin-sshd-stop
@@ -403,7 +891,7 @@ let
     echo "$(date +%s.%N) $goal $out $(id -un)" >> /run/standin-activations.log
   '';
 
-  toplevel = assert checked && unitsChecked; derivation (env // {
+  toplevel = assert checked && unitsChecked; derivation (env // (if nixosSwitch then { inherit extraLinks; } else { }) // {
     name = "nixos-system-${name}";
     builder = sh;
     inherit payload nixConf buildLog switchScript unitLinks kernelFile initrdFile kernelParams bootMode;
@@ -427,7 +915,7 @@ let
       chmod +x $out/activate
       mkdir -p $out/etc/systemd/system
       eval "$unitLinks"
-      if [ -n "$buildLog" ]; then echo "${name}" >> "$buildLog"; fi
+      ${if nixosSwitch then "eval \"$extraLinks\"\n" else ""}if [ -n "$buildLog" ]; then echo "${name}" >> "$buildLog"; fi
     '' ];
   });
 in
