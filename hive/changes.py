@@ -97,7 +97,7 @@ class _Closures:
     def get(self, path: str, readers: Sequence[tuple[str, Callable[[], dict[str, int]]]]) -> tuple[dict[str, int],
                                                                                                     str]:
         """`path`'s closure and where it was read: by the first of `readers` (where, how)
-        that answers; a `HiveError` naming every one that failed."""
+        that answers; a `HiveError` saying why each failed (each reason names its host)."""
         with self._lock:
             known = self._found.get(path)
         if isinstance(known, HiveError):
@@ -114,7 +114,7 @@ class _Closures:
             with self._lock:
                 self._found[path], self._where[path] = found, where
             return found, where
-        error = HiveError(f"cannot read the closure of {path}: {'; '.join(why) or 'nowhere to read it'}")
+        error = HiveError("; ".join(why) or "nowhere to read it")
         with self._lock:
             self._found[path] = error
         raise error
@@ -154,7 +154,7 @@ def _survey(session: Session) -> FleetDiff:
         try:
             new_of[system] = closures.get(path, [reader])[0]
         except HiveError as exc:
-            unread[system] = str(exc)
+            unread[system] = f"cannot read the new system's closure: {exc}"
     # one call per host
     built = [i for i in plan.instances if session.path_of(i.system) is not None]
     progress.line(f"asking {len(built)} host(s) what they run and lack")
@@ -188,7 +188,7 @@ def _survey(session: Session) -> FleetDiff:
         try:
             old, where = closures.get(old_path, readers)
         except HiveError as exc:
-            return GroupDiff(g, None, fetch, error=str(exc))
+            return GroupDiff(g, None, fetch, error=f"cannot read the old system's closure: {exc}")
         return GroupDiff(g, diff.diff_closures(old, new), fetch, old_from=where)
 
     with ThreadPoolExecutor(max_workers=max(1, min(session.options.jobs, len(groups)))) as pool:

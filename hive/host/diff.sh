@@ -35,7 +35,8 @@ facts() {
 }
 
 closure() {
-  paths=$(nix-store --query --requisites "$1") || fail "cannot read the closure of $1 (nix-store --query --requisites failed)"
+  nix-store --check-validity "$1" 2> /dev/null || fail "its store does not hold it"
+  paths=$(nix-store --query --requisites "$1") || fail "nix-store --query --requisites failed"
   sizes=$(printf '%s\n' "$paths" | xargs nix-store --query --size) || fail "nix-store --query --size failed"
   printf '%s\n' "$paths" | prefixed path
   printf '%s\n' "$sizes" | prefixed size
