@@ -19,6 +19,7 @@ from typing import Any
 
 from hive import (
     __version__,
+    changes,
     dot,
     fleet,
     live,
@@ -453,6 +454,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    hive = _load(args)
+    session = _session(args, hive, select(hive, args.patterns), build_only=True)
+    with _reading(session):
+        code, found = changes.fleet_diff(session)
+    if args.json:
+        dump_json(found.as_json(), hosts=True)
+    else:
+        emit(changes.tables(found, _width(args)))
+    return code
+
+
 # Parser --------------------------------------------------------------------------------------
 
 def _shared() -> tuple[Parser, Parser, Parser]:
@@ -484,7 +497,7 @@ def _shared() -> tuple[Parser, Parser, Parser]:
 
 
 def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> None:
-    """The commands that take patterns: build, plan, list, deploy, push, status."""
+    """The commands that take patterns: build, plan, list, deploy, push, status, diff."""
     goal = Parser(add_help=False)
     goal.add_argument("--goal", choices=[g.value for g in Goal], default="switch",
                       help="switch-to-configuration action (default: switch)")
@@ -542,7 +555,11 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
     s = sub.add_parser("status", parents=[common, no, jobs, json_out],
                        help="compare each host's system with the hive's")
     s.set_defaults(func=cmd_status)
-    for command in (b, pl, ls, s, *(sub.choices[n] for n in ("deploy", "push"))):
+    df = sub.add_parser("diff", parents=[common, no, jobs, json_out],
+                        help="what a deployment would change on each host, grouped: package versions, closure "
+                             "size, bytes to fetch")
+    df.set_defaults(func=cmd_diff)
+    for command in (b, pl, ls, s, df, *(sub.choices[n] for n in ("deploy", "push"))):
         command.add_argument("patterns", nargs="*", metavar="PATTERN")
     _elevation_arguments(deploy)
 

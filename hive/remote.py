@@ -12,18 +12,30 @@ from __future__ import annotations
 import shlex
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import overload
+from typing import Protocol, TypeVar, overload
 
 from hive import elevate, process, ssh, tempdirs
-from hive.errors import HiveError, ProcessError, ssh_reason
+from hive.errors import HiveError, ProcessError, headline, ssh_reason
 from hive.model import Hive
+from hive.resources import host_script
 
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+T = TypeVar("T")
+
+
+class Answer(Protocol):
+    """What asking a host said: whether it answered, and if not, why."""
+
+    @property
+    def reachable(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,51 @@ def parse_probe(stdout: str, asked: Iterable[str]) -> Probe:
     valid = frozenset(ln.removeprefix("valid=") for ln in lines if ln.startswith("valid=")) & wanted
     return Probe(reachable=True, current=current or None, profile=profile or None, valid=valid, asked=wanted,
                  pending="pending=1" in lines)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What `nix-hive diff` learns of a host in one ssh call (hive/host/diff.sh facts)."""
+
+    reachable: bool
+    current: str | None = None  # /run/current-system (None: never activated)
+    missing: frozenset[str] = frozenset()  # the asked paths its store lacks
+    reason: str = ""  # why it could not be asked (one line)
+
+
+SSH_FAILED = 255  # ssh's own exit status: it could not connect (the remote command's is passed through)
+
+
+def parse_facts(stdout: str, asked: Iterable[str]) -> Facts:
+    """The `Facts` of a host whose answer to `diff.sh facts` (asked about `asked`) is
+    `stdout`; a `HiveError` for an answer cut before its `end`."""
+    lines = stdout.splitlines()
+    if "end" not in lines:
+        raise HiveError(f"its answer was cut short: {stdout.strip()[-200:]!r}")
+    current = next((ln[len("current "):] for ln in lines if ln.startswith("current ")), "")
+    missing = frozenset(ln[len("missing "):] for ln in lines if ln.startswith("missing ")) & frozenset(asked)
+    return Facts(reachable=True, current=current or None, missing=missing)
+
+
+def parse_closure(stdout: str) -> dict[str, int]:
+    """Path -> NAR size from `diff.sh closure`'s answer (or `nix-store --query --requisites`
+    and `--size` beside each other); a `HiveError` for one cut short or that does not add up."""
+    lines = stdout.splitlines()
+    paths = [ln[len("path "):] for ln in lines if ln.startswith("path ")]
+    sizes = [ln[len("size "):] for ln in lines if ln.startswith("size ")]
+    if "end" not in lines or len(paths) != len(sizes) or not paths or not all(s.isdigit() for s in sizes):
+        raise HiveError(f"its answer about a closure does not add up ({len(paths)} paths, {len(sizes)} sizes): "
+                        f"{stdout.strip()[-200:]!r}")
+    return dict(zip(paths, map(int, sizes), strict=True))
+
+
+def _answer_error(out: process.Result, pinned: str | None) -> str:
+    """Why a call of a host script failed: what ssh said when it could not connect, else the
+    script's own `error WHY` line, else the last word of its stderr."""
+    if out.exit_code == SSH_FAILED:
+        return ssh_reason(out.stderr, pinned)
+    said = next((ln.removeprefix("error ") for ln in out.stdout.splitlines() if ln.startswith("error ")), None)
+    return said or headline(out.stderr) or f"exited {out.exit_code}"
 
 
 def as_root(commands: Sequence[Sequence[str]], method: elevate.Method = elevate.Method.SUDO,
@@ -181,6 +238,41 @@ class Remote:
             self._probe = found
         return found
 
+    def facts(self, paths: Sequence[str], *, timeout: float) -> Facts:
+        """What `nix-hive diff` needs of the host, in one ssh call within `timeout`: what it
+        runs, and which of `paths` (the new system's closure, sent on stdin) its store lacks.
+        A host that cannot be asked says why (`Facts.reason`)."""
+        try:
+            out = process.run(self.shell_argv(host_script("diff.sh"), share=self.hub, args=["facts"]),
+                              input="".join(f"{p}\n" for p in paths), check=False, timeout=timeout)
+        except process.ProcessTimeoutError as exc:
+            return Facts(reachable=False, reason=f"no answer within {exc.timeout:g} s")
+        except HiveError as exc:
+            return Facts(reachable=False, reason=str(exc))
+        if out.exit_code != 0:
+            return Facts(reachable=False, reason=_answer_error(out, self.pinned))
+        try:
+            return parse_facts(out.stdout, paths)
+        except HiveError as exc:
+            return Facts(reachable=False, reason=str(exc))
+
+    def closure(self, path: str, *, timeout: float) -> dict[str, int]:
+        """Every path of `path`'s closure in the host's store, with its NAR size, read there
+        in one ssh call within `timeout`; a `HiveError` naming the host otherwise."""
+        try:
+            out = process.run(self.shell_argv(host_script("diff.sh"), share=self.hub, args=["closure", path]),
+                              check=False, timeout=timeout)
+        except process.ProcessTimeoutError as exc:
+            raise HiveError(f"{self.name}: no answer within {exc.timeout:g} s") from exc
+        except HiveError as exc:
+            raise HiveError(f"{self.name}: {exc}") from exc
+        if out.exit_code != 0:
+            raise HiveError(f"{self.name}: {_answer_error(out, self.pinned)}")
+        try:
+            return parse_closure(out.stdout)
+        except HiveError as exc:
+            raise HiveError(f"{self.name}: {exc}") from exc
+
     def forget(self) -> None:
         with self._lock:
             self._probe = None
@@ -230,18 +322,27 @@ class Remotes:
                   timeout: float | None = None) -> dict[str, Probe]:
         """Probe many hosts at once (host -> the paths to ask about), `width` at a time (-j
         by default), each within `timeout`; the hosts of `keep` keep their connection (see
-        `Remote.probe`). Jump hosts and relays first: their shared connection is then up
-        before the hosts behind them are asked through it (instead of each racing to open
-        its own)."""
-        first = [n for n in wanted if n in self.hubs]
-        then = [n for n in wanted if n not in self.hubs]
+        `Remote.probe`)."""
         kept = frozenset(keep)
-        found: dict[str, Probe] = {}
-        with ThreadPoolExecutor(max_workers=max(1, min(width or self.jobs, len(wanted)))) as pool:
+        return self.each(list(wanted), lambda n: self[n].probe(wanted[n], keep=n in kept, timeout=timeout),
+                         width=width)
+
+    def facts_all(self, wanted: Mapping[str, Sequence[str]], *, timeout: float,
+                  width: int | None = None) -> dict[str, Facts]:
+        """`Remote.facts` of many hosts at once (host -> the paths to ask about)."""
+        return self.each(list(wanted), lambda n: self[n].facts(wanted[n], timeout=timeout), width=width)
+
+    def each(self, names: Sequence[str], ask: Callable[[str], T], *, width: int | None = None) -> dict[str, T]:
+        """`ask` each host of `names`, `width` at a time (-j by default). Jump hosts and relays
+        first: their shared connection is then up before the hosts behind them are asked
+        through it (instead of each racing to open its own)."""
+        first = [n for n in names if n in self.hubs]
+        then = [n for n in names if n not in self.hubs]
+        found: dict[str, T] = {}
+        with ThreadPoolExecutor(max_workers=max(1, min(width or self.jobs, len(names)))) as pool:
             for stage in (first, then):
-                asked = pool.map(lambda n: self[n].probe(wanted[n], keep=n in kept, timeout=timeout), stage)
-                for name, probe in zip(stage, asked, strict=True):
-                    found[name] = probe
+                for name, answer in zip(stage, pool.map(ask, stage), strict=True):
+                    found[name] = answer
         return found
 
     def close(self) -> None:

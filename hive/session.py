@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from hive import process, ssh, state
@@ -21,7 +21,7 @@ from hive.options import Options, default_state_file
 from hive.outcome import Failure, NotStarted, Outcome, Outcomes, Status, StepFailed
 from hive.plan import Kind, Plan, TaskId
 from hive.process import ProcessKilledError
-from hive.remote import Probe, Remotes
+from hive.remote import Answer, Probe, Remotes
 from hive.report import Progress
 
 
@@ -263,7 +263,7 @@ class Session:
                 if probe.current is not None:
                     self.before[name] = probe.current
                 continue
-            hop = self._hop(name, found)
+            hop = self.unreachable_why(name, found)
             why = f"unreachable: {hop}"
             status = Status.SKIPPED if options.skip_unreachable else Status.FAILED
             self.outcomes.set(task, Outcome(status, why, seconds, Failure(task, why) if status.is_failure else None))
@@ -287,9 +287,10 @@ class Session:
                 self.progress.line(f"{stopped.removeprefix('not started: ')}: {later} instance(s) will not start, "
                                    "and nothing is built or copied for them")
 
-    def _hop(self, name: str, found: dict[str, Probe]) -> str:
-        """Why `name` could not be reached, naming the hop: its jump host, when that one could
-        not be reached itself, or the jump hosts it was tried through."""
+    def unreachable_why(self, name: str, found: Mapping[str, Answer]) -> str:
+        """Why `name` could not be reached (`found`: what each host asked said), naming the hop:
+        its jump host, when that one could not be reached itself, or the jump hosts it was
+        tried through."""
         instance = self.hive.instances.get(name)
         hops = _jumps(instance) if instance is not None else []
         down = next((hop for hop in hops if hop in found and not found[hop].reachable), None)

@@ -105,6 +105,33 @@ def summary(items: Sequence[str], what: str, limit: int = 200) -> str:
 
 MORE = "…"  # what a line cut to fit ends with
 
+_NUMBERED = re.compile(r"(.*?)([0-9]+)")
+
+
+def _natural(name: str) -> tuple[str, int, str]:
+    found = _NUMBERED.fullmatch(name)
+    return (found.group(1), int(found.group(2)), name) if found else (name, -1, name)
+
+
+def compact(names: Sequence[str]) -> str:
+    """Host names as a person reads a long list of them: in natural order (`www-2` before
+    `www-10`), each run of three or more that differ only by a number counting up by one
+    written `first…last` (`db, www-1…www-120, www-122`)."""
+    keys = sorted({_natural(n) for n in names})
+    parts: list[str] = []
+    n = 0
+    while n < len(keys):
+        end = n
+        while (end + 1 < len(keys) and keys[n][1] >= 0 and keys[end + 1][0] == keys[n][0]
+               and keys[end + 1][1] == keys[end][1] + 1):
+            end += 1
+        if end - n >= 2:
+            parts.append(f"{keys[n][2]}{MORE}{keys[end][2]}")
+        else:
+            parts += [k[2] for k in keys[n:end + 1]]
+        n = end + 1
+    return ", ".join(parts)
+
 
 @functools.lru_cache(maxsize=4096)
 def _char_columns(char: str) -> int:

@@ -31,6 +31,16 @@ def closure_bytes(path: str) -> int:
     return int(out.stdout.split()[-1])
 
 
+def closure_sizes(path: str) -> dict[str, int]:
+    """Every path of a store path's closure in this machine's store with its NAR size, as Nix
+    lists them (nix-store -qR, then -q --size)."""
+    paths = subprocess.run(["nix-store", "-qR", path], capture_output=True, text=True, env=nix_env(),
+                           check=True).stdout.split()
+    sizes = subprocess.run(["nix-store", "-q", "--size", *paths], capture_output=True, text=True, env=nix_env(),
+                           check=True).stdout.split()
+    return dict(zip(paths, map(int, sizes), strict=True))
+
+
 def make_key(directory: Path, name: str = "hive-lab") -> tuple[Path, str]:
     directory.mkdir(parents=True, exist_ok=True)
     sec, pub = directory / "hive.sec", directory / "hive.pub"

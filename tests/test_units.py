@@ -476,7 +476,7 @@ def test_host_scripts_are_sent_without_comments_and_still_parse(tmp_path: Path) 
     """What goes to every host, once or twice per host: the scripts without comment and blank
     lines, which `sh -n` and shellcheck still accept; none has a here-document whose lines the
     stripping could touch."""
-    for name in ("control.sh", "activate.sh", "elevate.sh", "reboot.sh", "rollback.sh", "keys.sh"):
+    for name in ("control.sh", "activate.sh", "elevate.sh", "reboot.sh", "rollback.sh", "keys.sh", "diff.sh"):
         full = resources.host_file(name).read_text()
         sent = resources.host_script(name)
         assert len(sent) < 0.8 * len(full) and sent.startswith("#!/bin/sh\n")
