@@ -106,15 +106,14 @@ def control_argv(remote: Remote, what: str, *args: str, fresh: bool = False) -> 
 class Activation:
     """One instance's activation, followed from the deployer."""
 
-    def __init__(self, session: Session, instance: Instance, *, back_to: str | None = None,
-                 goal: Goal | None = None) -> None:
+    def __init__(self, session: Session, instance: Instance, *, back_to: str | None = None) -> None:
         self.session = session
         self.instance = instance
         # the system to activate: the instance's, or (`back_to`) the one it ran before a run that
         # failed (--rollback-on-failure): no health checks nor keys then, the system ran before
         self.back_to = back_to
         self.remote: Remote = session.remotes[instance.name]
-        self.goal = goal or session.options.goal
+        self.goal = session.options.goal
         self.id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         self.directory = f"{STATE_DIR}/{self.id}"
         options = session.options
@@ -394,21 +393,18 @@ class _Confirmation:
 
 
 def activate(session: Session, instance: Instance) -> dict[str, Any]:
-    """The action of `activate:<instance>`."""
-    return Activation(session, instance).run()
+    """The action of `activate:<instance>`; a dry activation's output is kept in the session
+    (`dry_runs`), for `nix-hive diff`."""
+    done = Activation(session, instance).run()
+    if "log" in done:
+        session.dry_runs[instance.name] = str(done.pop("log"))
+    return done
 
 
 def put_back(session: Session, instance: Instance, path: str) -> dict[str, Any]:
     """--rollback-on-failure: `instance` back on `path`, the system it ran before the run, as
     safely as any activation (host lock, detached, automatic and magic rollback)."""
     return Activation(session, instance, back_to=path).run()
-
-
-def dry_activate(session: Session, instance: Instance) -> str:
-    """What switching `instance` to its system would do: `switch-to-configuration
-    dry-activate`'s output, run as any activation is (host lock, detached, timed out), which
-    changes nothing. The system must be on the host."""
-    return str(Activation(session, instance, goal=Goal.DRY_ACTIVATE).run()["log"])
 
 
 def upload_keys(session: Session, instance: Instance) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -19,7 +20,6 @@ from typing import Any
 
 from hive import (
     __version__,
-    changes,
     dot,
     fleet,
     live,
@@ -27,6 +27,7 @@ from hive import (
     options,
     orchestrate,
     plan,
+    preview,
     process,
     reboot,
     remote,
@@ -76,11 +77,14 @@ def _load(args: argparse.Namespace, *, paths: bool = True) -> Hive:
 
 
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
-             build_only: bool = False, progress: Progress | None = None) -> Session:
+             build_only: bool = False, progress: Progress | None = None, also_skip: Step | None = None) -> Session:
     """The run's session; `progress`: the live view (`_evaluated`) or the line log, then
     entered by the caller around the run (`with session.progress:`), which ends it before the
-    summary; without it, the line log."""
+    summary; without it, the line log. `also_skip`: a step skipped beyond `--no`'s (when done
+    for the same inputs)."""
     given = _options(args, hive, len(flatten(waves)))
+    if also_skip is not None:
+        given = dataclasses.replace(given, skip=given.skip | {also_skip})
     hive = _elevated(args, hive)
     _sockets_fit()
     the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only,
@@ -229,12 +233,45 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     svg = Path(args.timeline) if args.timeline else None
     if svg is not None and not options.writable(svg):
         raise InputError(f"--timeline {args.timeline}: cannot write there")
+    ahead_wanted = getattr(args, "diff", False) or getattr(args, "confirm", False)
+    if getattr(args, "confirm", False) and not args.yes and not sys.stdin.isatty():
+        raise InputError("deploy --confirm asks on a terminal, and standard input is none: say --yes to deploy "
+                         "without asking, or leave --confirm out")
     session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE, progress=progress)
     if session.options.reboot and session.options.goal is not Goal.SWITCH:
         raise InputError(f"--reboot boots each new system: it takes no --goal {session.options.goal.value}")
-    with state.locked(session.state_file), session.progress:
-        code, rows = orchestrate.deploy(session)
-    return _show(args, rows, code, report, orchestrate.run_json(session), svg)
+    with state.locked(session.state_file):
+        ahead = None
+        if ahead_wanted:
+            # the diff's own lines and tables come first, the live view (not begun yet) after
+            ahead = _ahead(args, hive, waves)
+            if ahead is None:
+                return 1
+            # what the diff built is recorded: the deploy takes it from there (`--no build`)
+            session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE,
+                               progress=progress, also_skip=Step.BUILD)
+        with session.progress:
+            code, rows = orchestrate.deploy(session)
+    run = orchestrate.run_json(session)
+    if ahead is not None:
+        run["diff"] = ahead.as_json()
+    return _show(args, rows, code, report, run, svg)
+
+
+def _ahead(args: argparse.Namespace, hive: Hive, waves: list[Wave]) -> preview.Preview | None:
+    """deploy --diff / --confirm: the fleet's diff, shown (on a terminal; with --json it goes
+    into the summary), then (--confirm) the question. None: answered no (nothing deployed)."""
+    session = _session(args, hive, waves, build_only=True)
+    _, ahead = preview.preview(session)
+    if not args.json:
+        emit(preview.tables(ahead, _width(args), colour=preview.colours(sys.stdout)))
+    changing = len(ahead.changing)
+    if not getattr(args, "confirm", False) or args.yes or changing == 0:
+        return ahead  # nothing that changes: nothing to ask
+    if not preview.ask(f"Deploy to {changing} host{'s' * (changing > 1)}?"):
+        sys.stderr.write("nothing deployed\n")
+        return None
+    return ahead
 
 
 def _show(args: argparse.Namespace, rows: list[Row], code: int | None = None, report: Path | None = None,
@@ -458,11 +495,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     hive = _load(args)
     session = _session(args, hive, select(hive, args.patterns), build_only=True)
     with _reading(session):
-        code, found = changes.fleet_diff(session)
+        code, found = preview.preview(session, dry_run=args.dry_run)
     if args.json:
         dump_json(found.as_json(), hosts=True)
     else:
-        emit(changes.tables(found, _width(args)))
+        emit(preview.tables(found, _width(args), colour=preview.colours(sys.stdout)))
     return code
 
 
@@ -546,6 +583,11 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
                         help="--reboot, or --reboot=auto: install each system for the next boot only, reboot, keep "
                              "it once it is back and healthy, else boot the last good one (auto: only the hosts "
                              "whose kernel, initrd or kernel parameters change; the others switch)")
+    deploy.add_argument("--diff", action="store_true",
+                        help="first show what the deployment changes, grouped (as nix-hive diff), then deploy")
+    deploy.add_argument("--confirm", action="store_true",
+                        help="show what the deployment changes, then ask 'Deploy to N hosts? [y/N]' on the terminal")
+    deploy.add_argument("--yes", action="store_true", help="with --confirm: deploy without asking")
     deploy.add_argument("--ignore-inhibitors", action="store_true",
                         help="switch a host even when a switch inhibitor of its system changed (NixOS's "
                              "NIXOS_NO_CHECK=1; by default such a host is not switched: boot it with --reboot)")
@@ -557,7 +599,11 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
     s.set_defaults(func=cmd_status)
     df = sub.add_parser("diff", parents=[common, no, jobs, json_out],
                         help="what a deployment would change on each host, grouped: package versions, closure "
-                             "size, bytes to fetch")
+                             "size, bytes to fetch, units a switch restarts (a dry activation on one host of each "
+                             "group), reboots, switch inhibitors")
+    df.add_argument("--no-dry-run", dest="dry_run", action="store_false",
+                    help="packages and sizes only: copy nothing to a host, run no dry activation")
+    options.add_deadline_arguments(df)
     df.set_defaults(func=cmd_diff)
     for command in (b, pl, ls, s, df, *(sub.choices[n] for n in ("deploy", "push"))):
         command.add_argument("patterns", nargs="*", metavar="PATTERN")

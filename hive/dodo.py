@@ -25,7 +25,7 @@ you can read: its first line is the sudo password), copy_timeout (seconds), copy
 (Mbit/s), connect_timeout (seconds), stop_timeout (seconds: after SIGTERM, how long the
 running steps are followed; doit then exits 143 after the summary), skip_unreachable (1: as
 --skip-unreachable), rollback_on_failure (1: as --rollback-on-failure), ignore_inhibitors (1: as
---ignore-inhibitors).
+--ignore-inhibitors), diff (1: as --diff), confirm (1: as --confirm), yes (1: as --yes).
 
 Exit status, doit's: 0 all done; 1 a host or step failed; 2 a task raised (a bug); 3 bad
 input (a variable, the deployment file, a pattern, the state file in use): nothing started.
@@ -45,7 +45,7 @@ from hive import errors, options, orchestrate
 VARIABLES = ("config", "targets", "no", "state", "goal", "jobs", "push_jobs", "keep_going", "max_failures", "I",
              "push_only", "verbose", "rollback", "activation_timeout", "confirm_timeout", "keys", "eval_jobs",
              "build_host", "elevate", "ask_sudo_password", "sudo_password_file", "skip_unreachable",
-             "rollback_on_failure", "ignore_inhibitors",
+             "rollback_on_failure", "ignore_inhibitors", "diff", "confirm", "yes",
              *(name for name, *_ in options.DEADLINES))
 BAD_INPUT = 3  # doit's status for an error before any task runs (its own: an unknown task, a bad dodo file)
 

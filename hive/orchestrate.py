@@ -8,6 +8,7 @@ and lets doit run it, with `finish` as the reporter's last call.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from hive import activate, elevate, options, process, reboot, state, tasks
+from hive.errors import InputError
 from hive.evaluate import default_config, evaluate
 from hive.model import Goal, Instance, Step
 from hive.options import Options
@@ -228,7 +230,27 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True, home: Path 
     hive = elevate.apply(hive, variables.get("elevate"), options.flag(variables.get("ask_sudo_password", "0"),
                          "ask_sudo_password"), variables.get("sudo_password_file"), doit=True)
     session = Session(hive, the_plan, given, Progress())
+    confirm = connect and options.flag(variables.get("confirm", "0"), "confirm")
+    yes = options.flag(variables.get("yes", "0"), "yes")
+    if confirm and not yes and not sys.stdin.isatty():
+        raise InputError("confirm=1 asks on a terminal, and standard input is none: yes=1 deploys without asking")
     lock = state.Lock(session.state_file)
+    if connect and (confirm or options.flag(variables.get("diff", "0"), "diff")):
+        try:
+            ahead = _ahead(Session(hive, make_plan(hive, waves, goal=given.goal, skip=given.skip, build_only=True),
+                                   given, session.progress), ask=confirm and not yes)
+        except BaseException:
+            lock.release()
+            raise
+        if not ahead:
+            lock.release()
+            sys.stderr.write("nothing deployed\n")
+            raise SystemExit(1)
+        # what the diff built is recorded: the run takes it from there (`--no build`)
+        given = dataclasses.replace(given, skip=given.skip | {Step.BUILD})
+        the_plan = make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final,
+                             keys=options.flag(variables.get("keys", "1"), "keys"))
+        session = Session(hive, the_plan, given, session.progress)
     signals = Signals(session)
     signals.install()
     if connect:  # before doit builds anything (as `nix-hive deploy`)
@@ -251,6 +273,17 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True, home: Path 
             raise SystemExit(doit_status(session, raised))
 
     return tasks.namespace(session, on_complete=complete)
+
+
+def _ahead(session: Session, *, ask: bool) -> bool:
+    """The doit door's diff=1 / confirm=1 (as deploy --diff / --confirm): the fleet's diff
+    shown, then (`ask`) the question, unless nothing changes. False: answered no."""
+    from hive import preview  # it runs deployments of its own (dry activations) through this module
+
+    _, ahead = preview.preview(session)
+    print(preview.tables(ahead, fitting(sys.stdout), colour=preview.colours(sys.stdout)), end="", flush=True)
+    changing = len(ahead.changing)
+    return not ask or changing == 0 or preview.ask(f"Deploy to {changing} host{'s' * (changing > 1)}?")
 
 
 DOIT_ERROR = 2  # doit's status when a task raised (rather than failed): nix-hive's fault, not a host's

@@ -368,7 +368,9 @@ def reboot_into(session: Session, instance: Instance) -> dict[str, Any]:
         if not changed:
             done = Activation(session, instance).run()
             return {**done, "note": "no reboot needed"}
-        why = "the booted system is unknown" if changed == ("unknown",) else f"{', '.join(changed)} changed"
+        known = [w for w in changed if w != "unknown"]
+        why = "; ".join([*(["the booted system is unknown"] if "unknown" in changed else []),
+                         *([f"{', '.join(known)} changed"] if known else [])])
         session.progress.step("reboot", instance.name, "...", f"needed: {why}")
     return Reboot(session, instance, path).run()
 

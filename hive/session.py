@@ -42,6 +42,7 @@ class Session:
         self.keys = Keys(hive)
         self.lanes = Lanes(options.jobs, options.push_jobs)
         self.results: dict[str, str] = {}  # system -> store path (built, or recorded under --no build)
+        self.dry_runs: dict[str, str] = {}  # instance -> what its dry activation printed (--goal dry-activate)
         self.expected: frozenset[TaskId] | None = None  # the tasks doit will run (None: all)
         self._idle = threading.Condition()
         self._running = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from doit import doit_cmd
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 from doit.exceptions import TaskFailed, UnmetDependency
@@ -276,5 +277,12 @@ def run(session: Session, ns: dict[str, Any], targets: Sequence[str]) -> int:
     if not targets:
         return 0
     main = DoitMain(ModuleTaskLoader(ns), config_filenames=(), extra_config={"BACKEND": BACKEND})
-    return int(main.run(["run", *targets]))
+    # doit keeps its command line's variables in its module, and each run resets them: a run
+    # inside `doit`'s own (the doit door's diff=1 runs builds and dry activations first) gives
+    # them back
+    saved = doit_cmd._CMDLINE_VARS
+    try:
+        return int(main.run(["run", *targets]))
+    finally:
+        doit_cmd._CMDLINE_VARS = saved
 

@@ -185,6 +185,18 @@ def _kind(value: Any) -> str:
     return text_.line(json.dumps(value), 60)
 
 
+def _changes(found: Any) -> str:
+    """deploy --diff/--confirm's groups that change, for the title: "; changing: web-1…web-9
+    (web), db-1, db-2 (db)" (nothing when the report has none, or another shape)."""
+    groups = found.get("groups") if isinstance(found, dict) else None
+    if not isinstance(groups, list):
+        return ""
+    shown = [f"{text_.compact([str(i) for i in g['instances']])} ({', '.join(str(s) for s in g.get('systems', []))})"
+             for g in groups if isinstance(g, dict) and g.get("state") in ("changes", "new")
+             and isinstance(g.get("instances"), list)]
+    return f"; changing: {text_.line(', '.join(shown), 300)}" if shown else ""
+
+
 def parse(data: Any, shown: str) -> Timeline:
     """The timeline of a report's JSON (`deploy --report FILE`); `shown` names it in errors."""
     rows = data.get("instances") if isinstance(data, dict) else None
@@ -214,7 +226,7 @@ def parse(data: Any, shown: str) -> Timeline:
     began = f.text(data.get("began"), ["began"])
     f.text(data.get("outcome"), ["outcome"])
     title = (f"nix-hive deploy{' at ' + began if began else ''}: {len(rows)} instance{'s' if len(rows) != 1 else ''}"
-             f"{' (' + tally + ')' if tally else ''}, {length:.1f} s")
+             f"{' (' + tally + ')' if tally else ''}, {length:.1f} s{_changes(data.get('diff'))}")
     return Timeline(title, tuple(lanes), tuple(waves), length, estimated)
 
 

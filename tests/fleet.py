@@ -7,10 +7,17 @@ substitute from their relay, and runs `nix-hive` from the deployer's network nam
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +130,35 @@ class Fleet:
         env = {**nix_env(), **self.env, "PYTHONPATH": str(REPO)}
         return subprocess.run(self.nix_hive_argv(*args), env=env, capture_output=True, text=True,
                               timeout=timeout)
+
+    def answered(self, *args: str, prompt: bytes, answer: str, timeout: float = 300) -> tuple[int, str, str, str]:
+        """`nix-hive ARGS` with a pseudo-terminal as its stdin and controlling terminal (stdout and
+        stderr piped): once the terminal shows `prompt`, `answer` is typed. Its exit status,
+        stdout, stderr, and what the terminal showed."""
+        master, slave = pty.openpty()
+
+        def controlling() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        env = {**nix_env(), **self.env, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen(self.nix_hive_argv(*args), env=env, stdin=slave, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=controlling)
+        os.close(slave)
+        seen = b""
+        deadline = time.monotonic() + timeout
+        try:
+            while prompt not in seen:  # (an EIO once nix-hive ended without asking)
+                assert time.monotonic() < deadline, f"no {prompt!r} within {timeout} s: {seen!r}"
+                if select.select([master], [], [], 1)[0]:
+                    seen += os.read(master, 1024)
+            os.write(master, answer.encode() + b"\n")
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+            os.close(master)
+        return proc.returncode, out, err, seen.decode()
 
     def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run("deploy", "-c", str(self.hive), "-I", f"nixpkgs={STANDIN}", *args)

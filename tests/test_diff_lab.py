@@ -116,7 +116,7 @@ def test_diff_groups_the_fleet_and_tells_packages_sizes_and_bytes_to_fetch(fleet
     bogus = "/nix/store/00000000000000000000000000000000-nixos-system-other"  # what no store holds
     fleet.lab.run("db-3", ["ln", "-sfn", bogus, "/run/current-system"])
 
-    result = hive(fleet, "B", "diff", "--json")
+    result = hive(fleet, "B", "diff", "--json", "--no-dry-run")  # the packages; dry runs: test_preview_lab
     assert result.returncode == 1, result.stderr  # web-4 could not be asked; the others' diff is there
     data = json.loads(result.stdout)
     groups = {(g["old"], g["new"]): g for g in data["groups"]}
@@ -174,7 +174,7 @@ def test_diff_groups_the_fleet_and_tells_packages_sizes_and_bytes_to_fetch(fleet
     assert any(t in reason for t in told) and reason.endswith("(through portico)"), reason
     assert hosts["web-5"]["state"] == "new" and hosts["web-5"]["current"] is None
 
-    shown = hive(fleet, "B", "diff", "--no", "build")  # piped: the tables whole
+    shown = hive(fleet, "B", "diff", "--no", "build", "--no-dry-run")  # piped: the tables whole
     assert shown.returncode == 1, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0].split() == ["hosts", "system", "packages", "closure", "fetch"]
@@ -184,7 +184,7 @@ def test_diff_groups_the_fleet_and_tells_packages_sizes_and_bytes_to_fetch(fleet
     assert "not compared: 1 group(s)" in lines and "not reached: 1 host(s)" in lines
     assert any(ln.startswith("web-4 ") and "unreachable" in ln for ln in lines)
 
-    code, screen = on_terminal(fleet, "B", "diff", "--no", "build")  # the same on an 80-column terminal
+    code, screen = on_terminal(fleet, "B", "diff", "--no", "build", "--no-dry-run")  # the same on an 80-column terminal
     print(screen)
     lines = screen.splitlines()
     assert code == 1 and lines[0].split() == ["hosts", "system", "packages", "closure", "fetch"], screen

@@ -238,3 +238,20 @@ def test_doit_deploys_from_a_fleet_directory_and_a_failed_host_exits_1(fleet_fac
     assert skipped.returncode == 0, skipped.stderr
     lines = {line.split()[0]: line for line in skipped.stdout.splitlines() if line[:1].isalpha()}
     assert " skipped " in lines["www-3"] and " ok " in lines["www-2"], skipped.stdout
+
+
+@needs_nix
+def test_doit_confirm_without_a_terminal_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """confirm=1 (deploy --confirm's question) needs a terminal to ask on: none (stdin from
+    /dev/null), and nothing is built, no host is asked, no state is written; yes=1 would not
+    ask. `confirm=maybe` is bad input like any flag."""
+    hive = write_hive(tmp_path / "h", HIVE)
+    refused = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "deploy", f"config={hive}",
+                              "confirm=1"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stderr.strip() == ("error: confirm=1 asks on a terminal, and standard input is none: yes=1 "
+                                      "deploys without asking")
+    assert not (hive.parent / ".hive.state").exists()
+    bad = doit("deploy", f"config={hive}", "confirm=maybe")
+    assert bad.returncode == 3 and "confirm='maybe': expected 1 or 0" in bad.stderr, bad.stderr

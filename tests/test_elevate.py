@@ -4,14 +4,8 @@ password, real sudo (which asks for it), and signed paths without `trusted-users
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
-import select
-import signal
-import subprocess
-import termios
 import threading
 import time
 import tracemalloc
@@ -23,7 +17,7 @@ import pytest
 from hive import elevate, evaluate, remote
 from hive.errors import InputError
 from tests.conftest import REPO, needs_lab
-from tests.constants import STANDIN, nix_env
+from tests.constants import STANDIN
 from tests.fleet import Fleet
 from tests.test_reboot import HOLD_SHUTDOWN
 
@@ -140,31 +134,9 @@ def prepare(fleet: Fleet, sudoers: str) -> None:
 
 def on_a_terminal(fleet: Fleet, *args: str, answer: str) -> tuple[int, str, str]:
     """`nix-hive ARGS` with a pseudo-terminal as its controlling terminal, answering its
-    prompt with `answer`; its output is read from pipes (the terminal carries the prompt)."""
-    master, slave = pty.openpty()
-
-    def controlling() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    env = {**nix_env(), **fleet.env, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(fleet.nix_hive_argv(*args), env=env, stdin=slave, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=controlling)
-    os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + 300
-    try:
-        while b"password" not in seen:  # (an EIO once nix-hive ended without asking)
-            assert time.monotonic() < deadline, f"no password prompt within 300 s: {seen!r}"
-            if select.select([master], [], [], 1)[0]:
-                seen += os.read(master, 1024)
-        os.write(master, answer.encode() + b"\n")
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        os.close(master)
-    return proc.returncode, out, err
+    password prompt with `answer`; its output is read from pipes (the terminal carries the prompt)."""
+    code, out, err, _ = fleet.answered(*args, prompt=b"password", answer=answer)
+    return code, out, err
 
 
 class Watch:

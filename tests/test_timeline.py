@@ -453,3 +453,16 @@ def test_a_deploy_draws_its_timeline(fleet_factory: Callable[..., Fleet], tmp_pa
         keep = Path(tempfile.gettempdir()) / "nix-hive-timeline-shots"
         keep.mkdir(exist_ok=True)
         shutil.copy(svg, keep / "lab-run.svg")
+
+
+def test_the_title_names_the_groups_a_confirmed_deploy_changed() -> None:
+    """deploy --diff/--confirm put the diff in the report: its changing groups are in the title."""
+    report = {"instances": [{"instance": "web-1", "seconds": {}}], "began": "2026-12-07T10:00:00Z", "outcome": "ok",
+              "diff": {"groups": [
+                  {"instances": ["web-1", "web-2", "web-3"], "systems": ["web"], "state": "changes"},
+                  {"instances": ["db-1"], "systems": ["db"], "state": "unchanged"},
+                  {"instances": ["new-1"], "systems": ["db"], "state": "new"}]}}
+    title = timeline.parse(report, "r").title
+    assert title.endswith("; changing: web-1…web-3 (web), new-1 (db)"), title
+    del report["diff"]
+    assert "changing" not in timeline.parse(report, "r").title

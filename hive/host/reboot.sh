@@ -175,14 +175,15 @@ case $what in
     ;;
   needs)
     new=$1
-    if [ ! -e /run/booted-system ]; then echo "needs unknown"; exit 0; fi
-    out=needs
+    inhibits=
+    [ -z "$(inhibited "$(readlink -f /run/current-system)" "$new")" ] || inhibits=" switch-inhibitors"
+    if [ ! -e /run/booted-system ]; then echo "needs unknown$inhibits"; exit 0; fi
+    out=needs$inhibits
     for f in kernel initrd; do
       [ "$(readlink -f "/run/booted-system/$f")" = "$(readlink -f "$new/$f")" ] || out="$out $f"
     done
     [ "$(cat /run/booted-system/kernel-params 2>/dev/null)" = "$(cat "$new/kernel-params" 2>/dev/null)" ] ||
       out="$out kernel-params"
-    [ -z "$(inhibited "$(readlink -f /run/current-system)" "$new")" ] || out="$out switch-inhibitors"
     echo "$out"
     ;;
   start)
