@@ -182,9 +182,11 @@ def tables(result: Preview, width: int | None, *, colour: bool = False) -> str:
     out = [changes.tables(result.found, width).rstrip("\n")]
     counts = fleet_wide(result.dry_counts())
     if counts:
-        out += ["", _fit("units (switch-to-configuration dry-activate on one host of each group):", width),
-                table([(("! " if u.danger else "") + u.unit, u.change.value, str(u.hosts)) for u in counts],
-                      ["unit", "change", "hosts"], width=width, fit=(Fit.CUT, Fit.KEEP, Fit.KEEP))]
+        rows = table([(("! " if u.danger else "") + u.unit, u.change.value, str(u.hosts)) for u in counts],
+                     ["unit", "change", "hosts"], width=width, fit=(Fit.CUT, Fit.KEEP, Fit.KEEP)).split("\n")
+        # the dangerous ones first, in red on a terminal (painted once the table is laid out)
+        rows = [f"{BOLD}{RED}{r}{RESET}" if colour and r.startswith("! ") else r for r in rows]
+        out += ["", _fit("units (switch-to-configuration dry-activate on one host of each group):", width), *rows]
     failed = [(n, d) for n, d in enumerate(result.dry) if d is not None and d.error]
     if failed:
         out += ["", _fit(f"no dry activation: {len(failed)} group(s)", width),

@@ -3,6 +3,9 @@ Perl script and switch-to-configuration-ng), and the changes called out."""
 
 from __future__ import annotations
 
+from hive.changes import FleetDiff, GroupDiff
+from hive.diff import Group, diff_closures
+from hive.preview import BOLD, RED, DryResult, Preview, tables
 from hive.units import Change, DryRun, fleet_wide, parse
 
 PERL = """\
@@ -66,3 +69,31 @@ def test_fleet_wide_counts_each_unit_once_with_its_hosts() -> None:
     assert by["dbus.service", Change.RELOAD].hosts == 123
     assert [r.unit for r in rows[:2]] == ["nix-daemon.service", "sshd.service"]  # dangerous first
     assert all(r.danger is None for r in rows[2:])
+
+
+def fleet_preview(colourful_dry: DryRun, needs: tuple[str, ...] = ()) -> Preview:
+    old, new = "/nix/store/" + "a" * 32 + "-nixos-system-web", "/nix/store/" + "b" * 32 + "-nixos-system-web"
+    hosts = tuple(f"web-{n}" for n in range(1, 121))
+    group = GroupDiff(Group(old, new, hosts, ("web",)), diff_closures({old: 10}, {new: 12}))
+    found = FleetDiff((group,), (), ())
+    return Preview(found, (DryResult("web-1", colourful_dry, needs),), {0: 30})
+
+
+def test_the_dangerous_changes_are_marked_first_and_red_only_on_a_terminal() -> None:
+    result = fleet_preview(parse(PERL), ("kernel",))
+    plain = tables(result, 80, colour=False)
+    assert "\x1b[" not in plain
+    lines = plain.splitlines()
+    units = lines.index("unit                  change                  hosts")
+    assert lines[units + 2].startswith("! nix-daemon.service") and lines[units + 3].startswith("! sshd.service")
+    # wrapped at 80 columns, indented
+    sshd = "  ! sshd.service restarts (ssh) on web-1…web-120 (120 hosts): a host that loses"
+    assert lines[lines.index(sshd) + 1] == "    ssh rolls back by itself after 30 s (magic rollback)"
+    assert "  ! kernel changes on web-1…web-120 (120 hosts): the new one runs only after a" in lines
+    assert all(len(ln) < 80 for ln in lines if not ln.startswith("  /nix/store"))
+    assert lines[-1] == "120 host(s) change"
+    red = tables(result, 80, colour=True)
+    assert f"{BOLD}{RED}! sshd.service" in red and f"{BOLD}{RED}  ! sshd.service restarts" in red
+    # with magic rollback off, the line says so
+    off = Preview(result.found, result.dry, {})
+    assert any(d.endswith(": magic rollback is off") for d in off.dangers())
