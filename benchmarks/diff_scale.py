@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.fleet_deploy import measured_output
+from benchmarks.fleet_deploy import logins, measured_output
 from benchmarks.fleet_scale import auths, start
 from tests.constants import REPO, STANDIN
 from tests.fleet import Fleet
@@ -102,9 +103,22 @@ def timed(fleet: Fleet, *args: str) -> tuple[dict[str, float], str]:
     return {**cost, "auths": after[0] + after[1] - hosts - relays, "relay_auths": after[1] - relays}, stdout
 
 
+def bare(fleet: Fleet, width: int) -> dict[str, float]:
+    """One bare ssh call per host (`ssh -F <the lab's ssh_config> HOST true`: a login of its
+    own, through the host's relay), `width` at once: wall time, the CPU seconds of those ssh
+    processes and their jump processes (this process's reaped children), authentications."""
+    hosts, relays = auth_counts(fleet)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = logins(fleet, sorted(h for h in fleet.lab.hosts if h.startswith("h")), width)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    now = auth_counts(fleet)
+    return {"wall": wall, "cpu": after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime,
+            "auths": now[0] + now[1] - hosts - relays, "relay_auths": now[1] - relays}
+
+
 def one(workdir: Path, n: int, relays: int, ssh_jobs: int, rounds: int) -> dict[str, float]:
     """A fresh lab of N hosts: set A deployed, set B built, then `rounds` times the diff and
-    the ssh calls; the medians."""
+    the two references for one ssh call per host, in turn; the medians."""
     t0 = time.perf_counter()
     fleet = lab(workdir, n, relays)
     up = time.perf_counter() - t0
@@ -114,32 +128,42 @@ def one(workdir: Path, n: int, relays: int, ssh_jobs: int, rounds: int) -> dict[
         hive(fleet, "B", "build", "-q")
         setup = time.perf_counter() - t0
         common = ("-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}")
-        diffs, runs = [], []
+        found: dict[str, list[dict[str, float]]] = {"diff": [], "run": [], "bare": []}
         for k in range(1, rounds + 1):
             diff, stdout = timed(fleet, "diff", "-q", "--json", *common, "h*")
-            diffs.append(diff | checked(n, stdout))
-            runs.append(timed(fleet, "run", "-q", "-j", str(ssh_jobs), *common, "h*", "--", "true")[0])
-            print(f"  (N={n} round {k}: diff {json.dumps(diffs[-1])}, run {json.dumps(runs[-1])})", flush=True)
+            found["diff"].append(diff | checked(n, stdout))
+            found["run"].append(timed(fleet, "run", "-q", "-j", str(ssh_jobs), *common, "h*", "--", "true")[0])
+            found["bare"].append(bare(fleet, ssh_jobs))
+            print(f"  (N={n} round {k}: " + ", ".join(f"{name} {json.dumps(m[-1])}" for name, m in found.items())
+                  + ")", flush=True)
     finally:
         fleet.down()
-    return ({key: statistics.median(d[key] for d in diffs) for key in diffs[0]}
-            | {f"run_{key}": statistics.median(r[key] for r in runs) for key in runs[0]}
-            | {"relays": min(relays, n), "rounds": rounds, "up": up, "setup": setup})
+    row = {"relays": float(min(relays, n)), "rounds": float(rounds), "up": up, "setup": setup}
+    for name, measures in found.items():
+        prefix = "" if name == "diff" else f"{name}_"
+        row |= {f"{prefix}{key}": statistics.median(m[key] for m in measures) for key in measures[0]}
+    return row
+
+
+REFERENCES = {"run": "nix-hive run -j {w} 'h*' -- true", "bare": "bare ssh HOST true, {w} at once"}
 
 
 def report(rows: dict[int, dict[str, float]], ssh_jobs: int) -> None:
     rounds = max(r["rounds"] for r in rows.values())
-    print(f"\n`nix-hive diff --json 'h*'` (default -j), then one ssh call per host, `nix-hive run -j {ssh_jobs} "
-          f"'h*' -- true`, {rounds:.0f} time(s) each in turn: medians. CPU: the deployer's (nix-hive and every "
-          f"process it started); auths: ssh authentications on the hosts and, in brackets, on their relays")
+    print(f"\n`nix-hive diff --json 'h*'` (default -j); one ssh call per host: `nix-hive run -j {ssh_jobs} 'h*' "
+          f"-- true` (run), and a bare `ssh HOST true` per host, {ssh_jobs} at once (bare); {rounds:.0f} time(s) "
+          f"each in turn, medians. CPU: the deployer's (nix-hive and every process it started); auths: ssh "
+          f"authentications on the hosts and, in brackets, on their relays")
     print(f"  {'N':>4} {'relays':>6} {'groups':>6} {'changed':>7} {'wall s':>7} {'CPU s':>7} {'own s':>6} "
-          f"{'auths (relays)':>14} {'auth/host':>9} {'procs/host':>10} | {'run wall':>8} {'run CPU':>7} "
-          f"{'run auths (relays)':>18} | {'lab up s':>8} {'setup s':>7}")
+          f"{'auths (relays)':>14} {'auth/host':>9} {'procs/host':>10} | {'run wall':>8} {'CPU':>6} "
+          f"{'auths (relays)':>14} | {'bare wall':>9} {'CPU':>6} {'auths (relays)':>14} | {'lab up s':>8} "
+          f"{'setup s':>7}")
     for n, r in rows.items():
         print(f"  {n:>4} {r['relays']:>6.0f} {r['groups']:>6.0f} {r['changed']:>7.0f} {r['wall']:7.2f} "
               f"{r['cpu']:7.2f} {r['own']:6.2f} {r['auths']:6.0f} ({r['relay_auths']:5.0f}) {r['auths'] / n:9.2f} "
-              f"{r['spawned'] / n:10.2f} | {r['run_wall']:8.2f} {r['run_cpu']:7.2f} {r['run_auths']:10.0f} "
-              f"({r['run_relay_auths']:5.0f}) | {r['up']:8.1f} {r['setup']:7.1f}", flush=True)
+              f"{r['spawned'] / n:10.2f} | {r['run_wall']:8.2f} {r['run_cpu']:6.2f} {r['run_auths']:6.0f} "
+              f"({r['run_relay_auths']:5.0f}) | {r['bare_wall']:9.2f} {r['bare_cpu']:6.2f} {r['bare_auths']:6.0f} "
+              f"({r['bare_relay_auths']:5.0f}) | {r['up']:8.1f} {r['setup']:7.1f}", flush=True)
     if len(rows) < 2:
         return
     n0, r0 = min(rows.items())
@@ -148,14 +172,16 @@ def report(rows: dict[int, dict[str, float]], ssh_jobs: int) -> None:
             continue
         print(f"\n  N={n} against N={n0} ({n / n0:.0f} x the hosts): wall {r['wall'] / r0['wall']:.2f} x, "
               f"CPU {r['cpu'] / r0['cpu']:.2f} x, nix-hive's own CPU {r['own'] / r0['own']:.2f} x")
-        for what, key in (("wall", "wall"), ("CPU", "cpu")):
-            call = (r[f"run_{key}"] - r0[f"run_{key}"]) / (n - n0)  # what one ssh call adds per host
-            model = r0[key] + (n - n0) * call
-            print(f"  {what}: one ssh call per host = (run(N={n}) - run(N={n0})) / {n - n0} = "
-                  f"({r[f'run_{key}']:.2f} - {r0[f'run_{key}']:.2f}) / {n - n0} = {call * 1000:.1f} ms "
-                  f"(run(N={n}) / {n} = {r[f'run_{key}'] / n * 1000:.1f} ms); model: diff(N={n0}) + {n - n0} x call "
-                  f"= {r0[key]:.2f} + {(n - n0) * call:.2f} = {model:.2f} s; measured {r[key]:.2f} s: "
-                  f"{r[key] / model:.2f} x the model", flush=True)
+        print(f"  the model: diff(N={n}) against diff(N={n0}) + {n - n0} x one ssh call, one call = (ref(N={n}) - "
+              f"ref(N={n0})) / {n - n0} (in brackets ref(N={n}) / {n})")
+        for ref, shown in REFERENCES.items():
+            for what, key in (("wall", "wall"), ("CPU", "cpu")):
+                mine, base = r[f"{ref}_{key}"], r0[f"{ref}_{key}"]
+                call = (mine - base) / (n - n0)
+                model = r0[key] + (n - n0) * call
+                print(f"  {shown.format(w=ssh_jobs):<34} {what:>4}: one call {call * 1000:6.1f} ms "
+                      f"({mine / n * 1000:6.1f} ms); model {r0[key]:.2f} + {(n - n0) * call:.2f} = {model:.2f} s; "
+                      f"diff {r[key]:.2f} s = {r[key] / model:.2f} x the model", flush=True)
 
 
 def main() -> None:
