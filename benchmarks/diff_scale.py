@@ -18,18 +18,20 @@ on the same lab (default 3; the medians are compared), each under benchmarks/rea
   the ssh authentications it made (the hosts' sshd logs, as benchmarks/fleet_scale.py counts
   them: on the hosts, and on the relays they are reached through), the processes it started,
   its groups;
-- one ssh call per host as nix-hive makes it: `nix-hive run -j W 'h*' -- true` (W = 32 by
-  default, the width at which `diff` asks its hosts; `status` is no such reference: it makes
-  two calls per host, its question and whether a reboot is needed).
+- one ssh call per host, two ways, each W at once (W = 32 by default, the width at which `diff`
+  asks its hosts): as nix-hive makes it, `nix-hive run -j W 'h*' -- true` (`status` is no
+  such reference: it makes two calls per host, its question and whether a reboot is needed);
+  and bare, `ssh -F <the lab's ssh_config> HOST true` (a login of its own, through the host's
+  relay; its CPU is that of the ssh processes, reaped by this one).
 
-The model the issue states, for each N against the smallest size N0: cost(N) against cost(N0)
-+ (N - N0) x one ssh call, where one ssh call is the marginal cost per host of that `run`,
-(run(N) - run(N0)) / (N - N0), for wall time and for CPU alike: what a host adds to a command
-that asks each host one thing, its fixed costs (Python's start, the hive's evaluation, the
-relays' connections) left out, as cost(N0) has them already. run(N) / N (those fixed costs
-shared out over the hosts) is printed beside it. Each round is printed as JSON as it is
-measured, then each size's medians. Nothing is asserted (timings are noisy); a diff that does
-not find every host changed, in one group per system, stops the benchmark.
+The issue's claim as a model, for each N against the smallest size N0: cost(N) against cost(N0)
++ (N - N0) x one ssh call, where one ssh call is the marginal cost per host of a reference,
+(ref(N) - ref(N0)) / (N - N0), for wall time and for CPU alike: what a host adds to a command
+that asks each host one thing, its fixed costs (Python's start, the hive's evaluation) left
+out, as cost(N0) has them already. ref(N) / N (those fixed costs shared out over the hosts)
+is printed beside it. Each round is printed as JSON as it is measured, then each size's
+medians. Nothing is asserted (timings are noisy); a diff that does not find every host
+changed, in one group per system, stops the benchmark.
 """
 
 from __future__ import annotations
