@@ -16,7 +16,7 @@ APT_BROWSER := chromium
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
 WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 
-.PHONY: setup apt venv host-tree test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-scale bench-keys bench-runner bench-eval test-matrix clean
+.PHONY: setup apt venv host-tree test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-scale bench-keys bench-diff bench-runner bench-eval test-matrix clean
 
 setup: apt venv
 
@@ -77,6 +77,9 @@ bench-scale: setup  # other sizes, e.g.: make bench-scale ARGS="--sizes 30,100 -
 
 bench-keys: setup  # e.g. against main's nix-hive too: make bench-keys ARGS="--baseline main"
 	$(WITH_NIX) $(PY) -m benchmarks.keys_scale $(ARGS)
+
+bench-diff: setup  # nix-hive diff of 3 hosts against 300, e.g.: make bench-diff ARGS="--sizes 3,100"
+	$(WITH_NIX) $(PY) -m benchmarks.diff_scale $(ARGS)
 
 bench-runner: setup  # doit's runner against nix-hive's, CPU per host at 30, 300, 1,000 hosts
 	$(PY) -m benchmarks.runner_scale $(ARGS)

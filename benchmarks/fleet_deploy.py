@@ -153,6 +153,12 @@ def measured(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO)
     """`nix-hive -v ARGS` (the one in `code`: a checkout) under benchmarks/reaper.py: wall time,
     the deployer's CPU seconds (nix-hive and every process it started), its largest process's
     peak memory, bytes sent, and the processes it started (the commands `-v` prints)."""
+    return measured_output(fleet, *args, timeout=timeout, code=code)[0]
+
+
+def measured_output(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO) -> tuple[dict[str, float],
+                                                                                                  str]:
+    """`measured`, and what the command printed on its standard output."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         argv = fleet.lab.deployer_argv([sys.executable, str(REPO / "benchmarks" / "reaper.py"), out.name,
                                         sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())",
@@ -169,7 +175,7 @@ def measured(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO)
     (fleet.hive.parent / "nix-hive-v.log").write_text(done.stderr)  # what it ran, for a look afterwards
     spawned = sum(line.startswith("$ ") for line in done.stderr.splitlines())
     return {"wall": wall, "bytes": sent, "cpu": cost["cpu"], "own": cost["own"], "rss": cost["maxrss_mib"],
-            "spawned": spawned}
+            "spawned": spawned}, done.stdout
 
 
 def failures(stdout: str) -> str:

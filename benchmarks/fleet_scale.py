@@ -53,11 +53,13 @@ def topology(n: int, relays: int, cache: bool) -> dict[str, list[str]]:
     return out
 
 
-def start(workdir: Path, n: int, relays: int, mb: float, *, cache: bool, init: Init) -> Fleet:
+def start(workdir: Path, n: int, relays: int, mb: float, *, cache: bool, init: Init, source: Path = HIVE) -> Fleet:
+    """A lab of `topology` with the deployment `source` on it; each host's relay written into
+    its entry of instances.json (`relay`)."""
     hosts = topology(n, relays, cache)
     behind = {h: ("http://cache:8080" if cache else f"r{int(segs[0][1:])}")
               for h, segs in hosts.items() if h.startswith("h")}
-    fleet = Fleet.start(workdir, topology=hosts, relay="r1", payload_bytes=int(mb * 1e6), source=HIVE,
+    fleet = Fleet.start(workdir, topology=hosts, relay="r1", payload_bytes=int(mb * 1e6), source=source,
                         relays=behind, init=init)
     fleet.env["BENCH_CACHE"] = "1" if cache else ""
     instances = json.loads((fleet.hive / "instances.json").read_text())
