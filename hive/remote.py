@@ -338,8 +338,17 @@ class Remotes:
         through it (instead of each racing to open its own)."""
         first = [n for n in names if n in self.hubs]
         then = [n for n in names if n not in self.hubs]
+        # the jump hosts and relays the others go through that are not asked themselves (`run
+        # 'h*'` behind relays): their shared connection opened first all the same, the nearest
+        # to this machine first, else each host behind them logs in to them on its own
+        hops = {h for n in then for h in ssh.jump_chain(self.hive, n) if h in self.hubs} - set(first)
+        depth = {h: len(ssh.jump_chain(self.hive, h)) for h in hops}
         found: dict[str, T] = {}
         with ThreadPoolExecutor(max_workers=max(1, min(width or self.jobs, len(names)))) as pool:
+            bound = 2 * ssh.connect_timeout() + 5
+            for level in sorted(set(depth.values())):
+                list(pool.map(lambda h: self[h].probe((), keep=True, timeout=bound),
+                              sorted(h for h in hops if depth[h] == level)))
             for stage in (first, then):
                 for name, answer in zip(stage, pool.map(ask, stage), strict=True):
                     found[name] = answer

@@ -53,6 +53,11 @@ def set_connect_timeout(seconds: int | None) -> None:
     _connect_timeout = seconds
 
 
+def connect_timeout() -> int:
+    """The ConnectTimeout of the configurations generated now (seconds, per hop)."""
+    return int(_defaults()["ConnectTimeout"])
+
+
 def _defaults() -> dict[str, str]:
     out = dict(DEFAULTS)
     if _connect_timeout is not None:

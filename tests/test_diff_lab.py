@@ -191,3 +191,22 @@ def test_diff_groups_the_fleet_and_tells_packages_sizes_and_bytes_to_fetch(fleet
     assert max(text.columns(ln) for ln in lines) <= 79, screen
     assert "  nixos-system-web (" in screen and a["web"] not in screen  # store paths short
     assert any(ln.split()[:4] == ["openssl", "upgraded", "3.0.13", "3.0.15"] for ln in lines)
+
+
+def test_hosts_behind_a_relay_left_out_of_the_selection_share_one_login_to_it(fleet_factory: Start) -> None:
+    """`diff 'web-*'` asks no question of portico, yet every web host is reached through it:
+    its shared connection is opened first (Remotes.each), and the hosts' hops ride on it,
+    rather than each logging in to it on its own (bench-diff found 90 logins to 10 relays)."""
+    fleet = fleet_factory(topology={"portico": ["pub", "int"], **{h: ["int"] for h in WEB}},
+                          source=STANDIN.parent / "hives" / "diff", init="plain")
+
+    def logins(host: str) -> int:
+        me = fleet.lab.deployer_address
+        return sum(ln.startswith("Accepted publickey") and f" from {me} " in ln
+                   for ln in (fleet.lab.sshd_log(host) or "").splitlines())
+
+    before = logins("portico")
+    result = hive(fleet, "A", "diff", "--json", "--no-dry-run", "web-*")
+    assert result.returncode == 0, result.stderr
+    assert {h["instance"] for h in json.loads(result.stdout)["hosts"]} == set(WEB)
+    assert logins("portico") - before == 1
