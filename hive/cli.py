@@ -77,15 +77,18 @@ def _load(args: argparse.Namespace, *, paths: bool = True) -> Hive:
 
 
 def _session(args: argparse.Namespace, hive: Hive, waves: list[Wave], *, final: Kind = Kind.ACTIVATE,
-             build_only: bool = False, progress: Progress | None = None, also_skip: Step | None = None) -> Session:
+             build_only: bool = False, progress: Progress | None = None, also_skip: Step | None = None,
+             elevated: bool = False) -> Session:
     """The run's session; `progress`: the live view (`_evaluated`) or the line log, then
     entered by the caller around the run (`with session.progress:`), which ends it before the
     summary; without it, the line log. `also_skip`: a step skipped beyond `--no`'s (when done
-    for the same inputs)."""
+    for the same inputs). `elevated`: `hive` is another session's, its elevation applied (the
+    sudo password is asked once a command)."""
     given = _options(args, hive, len(flatten(waves)))
     if also_skip is not None:
         given = dataclasses.replace(given, skip=given.skip | {also_skip})
-    hive = _elevated(args, hive)
+    if not elevated:
+        hive = _elevated(args, hive)
     _sockets_fit()
     the_plan = plan.make_plan(hive, waves, goal=given.goal, skip=given.skip, final=final, build_only=build_only,
                               keys=getattr(args, "keys", True))
@@ -244,12 +247,12 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
         ahead = None
         if ahead_wanted:
             # the diff's own lines and tables come first, the live view (not begun yet) after
-            ahead = _ahead(args, hive, waves)
+            ahead = _ahead(args, session.hive, waves)
             if ahead is None:
                 return 1
             # what the diff built is recorded: the deploy takes it from there (`--no build`)
-            session = _session(args, hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE,
-                               progress=progress, also_skip=Step.BUILD)
+            session = _session(args, session.hive, waves, final=Kind.PUSH if push_only else Kind.ACTIVATE,
+                               progress=progress, also_skip=Step.BUILD, elevated=True)
         with session.progress:
             code, rows = orchestrate.deploy(session)
     run = orchestrate.run_json(session)
@@ -260,8 +263,9 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
 
 def _ahead(args: argparse.Namespace, hive: Hive, waves: list[Wave]) -> preview.Preview | None:
     """deploy --diff / --confirm: the fleet's diff, shown (on a terminal; with --json it goes
-    into the summary), then (--confirm) the question. None: answered no (nothing deployed)."""
-    session = _session(args, hive, waves, build_only=True)
+    into the summary), then (--confirm) the question. None: answered no (nothing deployed).
+    `hive`: the deploy's, elevated."""
+    session = _session(args, hive, waves, build_only=True, elevated=True)
     _, ahead = preview.preview(session)
     if not args.json:
         emit(preview.tables(ahead, _width(args), colour=preview.colours(sys.stdout)))
