@@ -139,9 +139,9 @@ def test_an_ssh_ng_relay_store_serves_the_host_behind_it(fleet_factory: Start) -
     closures = closure_bytes(str(rows["portico"]["path"])) + closure_bytes(web)
     print(f"\nssh-ng relay: deployer sent {sent} bytes for closures of {closures} bytes")
     # the web closure (1 MB) left the deployer once, to portico: what else went (each host's own
-    # traffic: ssh handshakes, host scripts, the copies' protocol; 330 KB on 2026-12-07) is well
-    # under what a second copy of it would add
-    assert sent < closures + closure_bytes(web) // 2
+    # traffic: ssh handshakes, host scripts, the copies' protocol; 330 to 511 KB on 2026-12-07,
+    # more on a loaded machine) is under what a second copy of it would add
+    assert sent < closures + 3 * closure_bytes(web) // 4
 
 
 def test_unsigned_paths_are_not_taken_from_the_relay(fleet_factory: Start, tmp_path: Path) -> None:
