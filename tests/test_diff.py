@@ -217,7 +217,7 @@ def _realised(file: Path) -> str:
 
 
 
-LINE = re.compile(r"^(\S+): (.*?)(?:, ([+-]\d+(?:\.\d+)? [KMG]iB))?$")
+LINE = re.compile(r"^(\S+): (.*?)(?:, ([+-]?\d+(?:\.\d+)? [KMG]iB))?$")
 
 
 @needs_nix
@@ -234,7 +234,7 @@ def test_the_packages_are_those_the_real_diff_closures_lists(tmp_path: Path) -> 
         found = LINE.match(line)
         assert found is not None, line
         name, versions, shown = found.groups()
-        if shown is None and re.fullmatch(r"[+-]\d+(?:\.\d+)? [KMG]iB", versions):  # a size change alone
+        if shown is None and re.fullmatch(r"[+-]?\d+(?:\.\d+)? [KMG]iB", versions):  # a size change alone
             versions, shown = "", versions
         kib = float(shown.split()[0]) * {"K": 1, "M": 1024, "G": 1024 ** 2}[shown.split()[1][0]] if shown else None
         nix_says[name] = (versions, kib)
