@@ -1,7 +1,8 @@
 """What moving a host from one system to another changes in its closure (no I/O).
 
 A closure is every store path of a system with its NAR size, as the store that holds it
-reports them (`nix-store --query --requisites` and `--size`). The package changes are those
+reports them (here `nix path-info --json --recursive`; on a host, whose Nix may lack the
+`nix` command, `nix-store --query --requisites` and `--size`). The package changes are those
 `nix store diff-closures` prints, by its rules (src/nix/diff-closures.cc, src/libstore/names.cc):
 
 * A store path's name (`<hash>-openssl-3.0.13-dev`) loses one output suffix first: a last

@@ -272,16 +272,21 @@ def closure_argv(paths: Sequence[str], store: str | None = None, *, derivation: 
             *(["--store", store] if store else []), *paths]
 
 
-def closure_size(stdout: str) -> int:
-    """The bytes of every path `closure_argv`'s answer lists, each once: a list of
+def closure_sizes(stdout: str) -> dict[str, int]:
+    """Each path `closure_argv`'s answer lists, once, with its NAR size: a list of
     `{"path": …, "narSize": …}` up to Nix 2.18, an object keyed by path since 2.19."""
     try:
         found = json.loads(stdout)
         entries = found.items() if isinstance(found, dict) else ((e["path"], e) for e in found)
-        return sum(int(entry.get("narSize") or 0) for _, entry in dict(entries).items() if entry)
+        return {path: int(entry.get("narSize") or 0) for path, entry in dict(entries).items() if entry}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise HiveError(f"nix path-info --json printed what nix-hive does not understand ({exc!r}): "
                         f"{stdout.strip()[:200]}") from exc
+
+
+def closure_size(stdout: str) -> int:
+    """The bytes of every path `closure_argv`'s answer lists, each once."""
+    return sum(closure_sizes(stdout).values())
 
 
 def closure_bytes(paths: Sequence[str], *, store: str | None = None, env: Mapping[str, str] | None = None,
@@ -294,27 +299,11 @@ def closure_bytes(paths: Sequence[str], *, store: str | None = None, env: Mappin
     return closure_size(out.stdout)
 
 
-QUERY_BATCH = 1000  # paths per `nix-store --query --size` (a NixOS closure holds a few thousand)
-
-
-def closure_argvs(path: str, paths: Sequence[str] = ()) -> list[list[str]]:
-    """The commands that read `path`'s closure here: `nix-store --query --requisites PATH`,
-    then (given its answer, `paths`) `nix-store --query --size` of them, QUERY_BATCH at a time
-    (a NAR size a line, argument by argument, on every Nix from 2.8 on)."""
-    sizes = [["nix-store", "--query", "--size", *paths[n:n + QUERY_BATCH]] for n in range(0, len(paths), QUERY_BATCH)]
-    return [["nix-store", "--query", "--requisites", path], *sizes]
-
-
 def closure(path: str, *, timeout: float | None = None) -> dict[str, int]:
-    """Every path of `path`'s closure in this machine's store, with its NAR size (each query
-    killed after `timeout` seconds)."""
-    paths = process.run(closure_argvs(path)[0], timeout=timeout).stdout.split()
-    sizes: list[str] = []
-    for argv in closure_argvs(path, paths)[1:]:
-        sizes += process.run(argv, timeout=timeout).stdout.split()
-    if len(sizes) != len(paths) or not all(s.isdigit() for s in sizes):
-        raise HiveError(f"nix-store --query --size gave {len(sizes)} sizes for the {len(paths)} paths of {path}")
-    return dict(zip(paths, map(int, sizes), strict=True))
+    """Every path of `path`'s closure in this machine's store, with its NAR size: one `nix
+    path-info --json --recursive` (`closure_argv`, as `closure_bytes` asks), killed after
+    `timeout` seconds."""
+    return closure_sizes(process.run(closure_argv([path]), timeout=timeout).stdout)
 
 
 def remote_missing(store: str, paths: Sequence[str], *, env: Mapping[str, str],

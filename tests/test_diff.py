@@ -357,13 +357,16 @@ def test_a_closure_read_on_a_host_is_checked_whole(tmp_path: Path, monkeypatch: 
         w.closure("/x", timeout=85)
 
 
-def test_the_deployer_reads_a_closure_with_nix_store_queries_in_batches() -> None:
-    paths = [f"/nix/store/{n:032}-p" for n in range(2500)]
-    argvs = nix.closure_argvs("/nix/store/r", paths)
-    assert argvs[0] == ["nix-store", "--query", "--requisites", "/nix/store/r"]
-    assert [len(a) - 3 for a in argvs[1:]] == [1000, 1000, 500]
-    assert all(a[:3] == ["nix-store", "--query", "--size"] for a in argvs[1:])
-    assert [p for a in argvs[1:] for p in a[3:]] == paths
+def test_the_deployer_reads_a_closure_with_the_path_info_closure_bytes_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One `nix path-info --json --recursive` (nix.closure_argv), each path with its NAR size,
+    in either shape Nix prints (a list up to 2.18, an object keyed by path since 2.19)."""
+    old = json.dumps([{"path": "/nix/store/a", "narSize": 100}, {"path": "/nix/store/b", "narSize": 20}])
+    new = json.dumps({"/nix/store/a": {"narSize": 100}, "/nix/store/b": {"narSize": 20}, "/nix/store/c": None})
+    for printed in (old, new):
+        calls = Answers(process.Result(printed, "", 0))
+        monkeypatch.setattr(process, "run", calls)
+        assert nix.closure("/nix/store/r", timeout=7) == {"/nix/store/a": 100, "/nix/store/b": 20}
+        assert [argv for argv, _ in calls.calls] == [nix.closure_argv(["/nix/store/r"])]
 
 
 # What a person and a program read -------------------------------------------------------------
