@@ -247,7 +247,9 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
         ahead = None
         if ahead_wanted:
             # the diff's own lines and tables come first, the live view (not begun yet) after
-            ahead = _ahead(args, session.hive, waves)
+            ask_first = getattr(args, "confirm", False) and not args.yes
+            ahead = preview.ahead(_session(args, session.hive, waves, build_only=True, elevated=True),
+                                  ask_first=ask_first, width=_width(args), show=not args.json)
             if ahead is None:
                 return 1
             # what the diff built is recorded: the deploy takes it from there (`--no build`)
@@ -259,23 +261,6 @@ def cmd_deploy(args: argparse.Namespace, *, push_only: bool = False) -> int:
     if ahead is not None:
         run["diff"] = ahead.as_json()
     return _show(args, rows, code, report, run, svg)
-
-
-def _ahead(args: argparse.Namespace, hive: Hive, waves: list[Wave]) -> preview.Preview | None:
-    """deploy --diff / --confirm: the fleet's diff, shown (on a terminal; with --json it goes
-    into the summary), then (--confirm) the question. None: answered no (nothing deployed).
-    `hive`: the deploy's, elevated."""
-    session = _session(args, hive, waves, build_only=True, elevated=True)
-    _, ahead = preview.preview(session)
-    if not args.json:
-        emit(preview.tables(ahead, _width(args), colour=preview.colours(sys.stdout)))
-    changing = len(ahead.changing)
-    if not getattr(args, "confirm", False) or args.yes or changing == 0:
-        return ahead  # nothing that changes: nothing to ask
-    if not preview.ask(f"Deploy to {changing} host{'s' * (changing > 1)}?"):
-        sys.stderr.write("nothing deployed\n")
-        return None
-    return ahead
 
 
 def _show(args: argparse.Namespace, rows: list[Row], code: int | None = None, report: Path | None = None,
@@ -586,7 +571,8 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
     deploy.add_argument("--reboot", metavar="always|auto",
                         help="--reboot, or --reboot=auto: install each system for the next boot only, reboot, keep "
                              "it once it is back and healthy, else boot the last good one (auto: only the hosts "
-                             "whose kernel, initrd or kernel parameters change; the others switch)")
+                             "whose kernel, initrd or kernel parameters change, or whose switch inhibitors do; the "
+                             "others switch)")
     deploy.add_argument("--diff", action="store_true",
                         help="first show what the deployment changes, grouped (as nix-hive diff), then deploy")
     deploy.add_argument("--confirm", action="store_true",

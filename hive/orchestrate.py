@@ -236,15 +236,17 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True, home: Path 
         raise InputError("confirm=1 asks on a terminal, and standard input is none: yes=1 deploys without asking")
     lock = state.Lock(session.state_file)
     if connect and (confirm or options.flag(variables.get("diff", "0"), "diff")):
+        from hive import preview  # it runs deployments of its own (dry activations) through this module
+
         try:
-            ahead = _ahead(Session(hive, make_plan(hive, waves, goal=given.goal, skip=given.skip, build_only=True),
-                                   given, session.progress), ask=confirm and not yes)
+            ahead = preview.ahead(Session(hive, make_plan(hive, waves, goal=given.goal, skip=given.skip,
+                                                          build_only=True), given, session.progress),
+                                  ask_first=confirm and not yes, width=fitting(sys.stdout))
         except BaseException:
             lock.release()
             raise
-        if not ahead:
+        if ahead is None:
             lock.release()
-            sys.stderr.write("nothing deployed\n")
             raise SystemExit(1)
         # what the diff built is recorded: the run takes it from there (`--no build`)
         given = dataclasses.replace(given, skip=given.skip | {Step.BUILD})
@@ -273,17 +275,6 @@ def from_doit(variables: Mapping[str, str], *, connect: bool = True, home: Path 
             raise SystemExit(doit_status(session, raised))
 
     return tasks.namespace(session, on_complete=complete)
-
-
-def _ahead(session: Session, *, ask: bool) -> bool:
-    """The doit door's diff=1 / confirm=1 (as deploy --diff / --confirm): the fleet's diff
-    shown, then (`ask`) the question, unless nothing changes. False: answered no."""
-    from hive import preview  # it runs deployments of its own (dry activations) through this module
-
-    _, ahead = preview.preview(session)
-    print(preview.tables(ahead, fitting(sys.stdout), colour=preview.colours(sys.stdout)), end="", flush=True)
-    changing = len(ahead.changing)
-    return not ask or changing == 0 or preview.ask(f"Deploy to {changing} host{'s' * (changing > 1)}?")
 
 
 DOIT_ERROR = 2  # doit's status when a task raised (rather than failed): nix-hive's fault, not a host's

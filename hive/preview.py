@@ -33,7 +33,7 @@ from hive.changes import FleetDiff
 from hive.diff import State
 from hive.errors import HiveError
 from hive.model import Goal, Step
-from hive.report import Fit, table
+from hive.report import Fit, emit, table
 from hive.session import Session
 from hive.units import Change, DryRun, fleet_wide, parse
 
@@ -210,6 +210,21 @@ def _paint(line: str, width: int | None, colour: bool) -> str:
     shown = text.line(line) if width is None else textwrap.fill(text.line(line), max(width - 1, 20),
                                                                    subsequent_indent="    ")
     return f"{BOLD}{RED}{shown}{RESET}" if colour else shown
+
+
+def ahead(session: Session, *, ask_first: bool, width: int | None, show: bool = True) -> Preview | None:
+    """deploy --diff / --confirm, through either door (doit: diff=1, confirm=1): the fleet's
+    diff, shown on stdout (`show`; else it only goes into the summary), then (`ask_first`)
+    the question, unless nothing changes. None: answered no (said on stderr: nothing
+    deployed)."""
+    _, found = preview(session)
+    if show:
+        emit(tables(found, width, colour=colours(sys.stdout)))
+    changing = len(found.changing)
+    if ask_first and changing and not ask(f"Deploy to {changing} host{'s' * (changing > 1)}?"):
+        sys.stderr.write("nothing deployed\n")
+        return None
+    return found
 
 
 def ask(question: str) -> bool:
