@@ -13,6 +13,16 @@
 Copies and activations no longer share one width: instances are copied to while earlier ones
 switch. A step waits for its lane before it counts as running (the live view shows it
 waiting), and stops waiting when the run is interrupted (it then starts nothing).
+
+- Copies ahead of activations: at most `AHEAD_PER_JOB` x `-j` instances that this run will
+  activate are being copied to, or copied to and not yet activating, at once. A copy opens
+  the instance's shared ssh connection, which its activation then uses; an idle shared
+  connection ends after ControlPersist (60 s). Copies free to run far ahead of activations
+  (copies 100 wide behind 10 relays, activations 10 wide) left each copied instance waiting
+  longer than that, and its activation logged in again (3 to 4 logins per host instead of
+  2 at 300 hosts). Bounded, an instance waits for about `AHEAD_PER_JOB` activations' time.
+  No deadlock: an activation waits only for its own copy, its keys and its wave's gate, and
+  a wave's copies start only after the wave before it settled (hive/plan.py).
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ from hive.model import Instance
 from hive.plan import Kind, Relay
 
 DEFAULT_PUSH_JOBS = 10
+AHEAD_PER_JOB = 3
+AHEAD = "ahead"  # the lane of the instances copied (or being copied) to and not yet activating
 HERE = "this machine"
 # doit runs each waiting step in a thread of its own, so that a lane full of waiting copies
 # (a relay's 100 instances) never keeps another lane's steps from starting; past this many
@@ -74,8 +86,11 @@ class Lanes:
         self._arrivals = itertools.count()
         self._unslotted: set[threading.Event] = set()  # woken by `wake`, holding no slot
         self._stopped = False  # `wake` was called: no step waits any more
+        self._ahead: set[str] = set()  # the instances holding a slot of AHEAD
 
     def width(self, lane: str) -> int:
+        if lane == AHEAD:
+            return AHEAD_PER_JOB * self.jobs
         return self.push_jobs if lane.startswith("push: ") else self.jobs
 
     @contextmanager
@@ -87,6 +102,32 @@ class Lanes:
         if lane is None:
             yield
             return
+        held = self._take(lane, stop, rank)
+        try:
+            yield
+        finally:
+            if held:
+                self._give(lane)
+
+    def copy_ahead(self, instance: str, stop: Callable[[], bool], rank: int = 0) -> None:
+        """Before a copy to `instance`, which this run then activates: wait until fewer than
+        the AHEAD width of instances are copied to and not yet activating (or until `stop`).
+        The slot is held until `activating(instance)`."""
+        if self._take(AHEAD, stop, rank):
+            with self._lock:
+                self._ahead.add(instance)
+
+    def activating(self, instance: str) -> None:
+        """`instance`'s activation starts, or will never start (its copy or keys failed, it was
+        skipped): its AHEAD slot, if it holds one, goes to the next copy. Idempotent."""
+        with self._lock:
+            if instance not in self._ahead:
+                return
+            self._ahead.discard(instance)
+        self._give(AHEAD)
+
+    def _take(self, lane: str, stop: Callable[[], bool], rank: int) -> bool:
+        """Wait for a slot of `lane`; False: none was taken (stopped, or woken by `wake`)."""
         turn = threading.Event()
         with self._lock:
             if self._stopped or stop():  # interrupted before it came: no slot, no wait
@@ -99,13 +140,12 @@ class Lanes:
         with self._lock:
             held = turn not in self._unslotted
             self._unslotted.discard(turn)
-        try:
-            yield
-        finally:
-            if held:
-                with self._lock:
-                    self._busy[lane] -= 1
-                    self._hand_over(lane)
+        return held
+
+    def _give(self, lane: str) -> None:
+        with self._lock:
+            self._busy[lane] -= 1
+            self._hand_over(lane)
 
     def wake(self) -> None:
         """The run was interrupted: every waiting step stops waiting, without a slot, and so

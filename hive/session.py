@@ -326,6 +326,18 @@ class Session:
             return f"store of {relay.url if relay else task.target} failed: {outcome.reason}"
         return f"{task.kind.value} of {task.target} failed: {outcome.reason}"
 
+    def activates(self, name: str) -> bool:
+        """This run will try to activate instance `name` (its copy then runs at most so far
+        ahead of activations: hive/lanes.py)."""
+        task = TaskId(Kind.ACTIVATE, name)
+        return task in self.expected if self.expected is not None else self.plan.final is Kind.ACTIVATE
+
+    def settled(self, task: TaskId) -> None:
+        """doit settled `task` itself (up to date, or not started because a step it waits for
+        failed): an activation that will not start gives its copy's place ahead back."""
+        if task.kind is Kind.ACTIVATE:
+            self.lanes.activating(task.target)
+
     def block(self, task: TaskId) -> NotStarted:
         """The action of a step of a blocked instance (`connect_all`): not started, and why."""
         reason = self.blocked[task.target]
@@ -367,7 +379,7 @@ class Session:
         the waiting steps taking them in the order of their `rank` (the plan's).
         A gated step (push, activation) starts only if the policy allows it; no build starts
         once the run is interrupted."""
-        with self.lanes.slot(lane, lambda: self._interrupted, rank), self.running(task):
+        with self._slots(task, lane, rank), self.running(task):
             reason = self.stop_reason() if gated else None
             if task.kind is Kind.NIX_BUILD and self._interrupted:
                 reason = self._cause
@@ -412,6 +424,20 @@ class Session:
             if task.kind is not Kind.BUILD:
                 self.progress.step(task.kind.shown, task.target, str(Status.OK), f"{seconds:.1f}s {note}".rstrip())
             return values
+
+    @contextlib.contextmanager
+    def _slots(self, task: TaskId, lane: str | None, rank: int) -> Iterator[None]:
+        """A slot of the step's lane; then, for a copy to an instance this run activates, its
+        place among the copies ahead of activations (taken holding the copy's slot, so that
+        the places go to copies of every relay, not to the many waiting for one relay's
+        lane); an activation gives its copy's place back as it starts."""
+        stop = lambda: self._interrupted  # noqa: E731
+        with self.lanes.slot(lane, stop, rank):
+            if task.kind is Kind.PUSH and self.activates(task.target):
+                self.lanes.copy_ahead(task.target, stop, rank)
+            elif task.kind is Kind.ACTIVATE:
+                self.lanes.activating(task.target)
+            yield
 
     def close(self) -> None:
         """Close shared connections and remove the run's temporary files. When the run

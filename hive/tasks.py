@@ -217,6 +217,8 @@ class Reporter:
 
     def add_failure(self, task: Any, exception: Any) -> None:
         task_id = TaskId.parse(task.name)
+        if task_id is not None:
+            self.session.settled(task_id)
         if task_id is None or isinstance(exception, StepFailed | NotStarted):
             return  # recorded by the step itself
         if isinstance(exception, UnmetDependency):
@@ -247,6 +249,8 @@ class Reporter:
 
     def skip_uptodate(self, task: Any) -> None:
         task_id = TaskId.parse(task.name)
+        if task_id is not None:
+            self.session.settled(task_id)
         if task_id is None or not task.actions:
             return
         if task_id.kind is Kind.BUILD:

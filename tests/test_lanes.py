@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hive.lanes import DEFAULT_PUSH_JOBS, MAX_THREADS, Lanes, lane_of, source
+from hive.lanes import AHEAD_PER_JOB, DEFAULT_PUSH_JOBS, MAX_THREADS, Lanes, lane_of, source
 from hive.model import Instance
 from hive.plan import Kind, Relay
 from tests.conftest import REPO, needs_lab
@@ -165,6 +165,50 @@ def test_waiting_steps_take_the_slots_in_the_plans_order() -> None:
     for t in [holder, *steps]:
         t.join(10)
     assert order == [1, 3, 5, 7, 9]
+
+
+def test_copies_run_at_most_a_few_activations_ahead() -> None:
+    """-j 1: at most AHEAD_PER_JOB instances are copied to and not yet activating; each
+    activation that starts (or will never start) lets the next copy in, the waiting copies
+    in the plan's order; giving a place back twice, or one never taken, changes nothing.
+    Without the bound, every copy ran at once and the last activations came after their
+    copy's shared ssh connection had ended (ControlPersist), logging in again."""
+    lanes = Lanes(jobs=1, push_jobs=10)
+    ahead = AHEAD_PER_JOB * 1
+    copied: list[int] = []
+    lock = threading.Lock()
+
+    def copy(n: int) -> None:
+        lanes.copy_ahead(f"h{n}", lambda: False, rank=n)
+        with lock:
+            copied.append(n)
+
+    threads = [threading.Thread(target=copy, args=(n,)) for n in range(ahead + 3)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    deadline = time.monotonic() + 5
+    while len(copied) < ahead and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert sorted(copied) == list(range(ahead)), copied  # the rest wait
+    lanes.activating("h1")
+    lanes.activating("h1")  # again: no second place
+    lanes.activating("nobody")  # never took one
+    deadline = time.monotonic() + 5
+    while len(copied) < ahead + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert sorted(copied) == list(range(ahead + 1)), copied  # one more, the first in the plan's order
+    lanes.wake()  # the run is interrupted: the others stop waiting
+    for t in threads:
+        t.join(5)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_the_bound_on_copies_ahead_grows_with_j() -> None:
+    assert Lanes(jobs=10, push_jobs=2).width("ahead") == AHEAD_PER_JOB * 10
+    assert Lanes(jobs=10, push_jobs=2).width("push: ssh://r1") == 2
 
 
 def test_each_step_waits_in_the_lane_of_its_source() -> None:
