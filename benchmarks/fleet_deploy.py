@@ -149,15 +149,18 @@ def floor(fleet: Fleet, path: str) -> float:  # the copies alone (scale)
     return time.perf_counter() - t0
 
 
-def measured(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO) -> dict[str, float]:
+def measured(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO,
+             partial: bool = False) -> dict[str, float]:
     """`nix-hive -v ARGS` (the one in `code`: a checkout) under benchmarks/reaper.py: wall time,
     the deployer's CPU seconds (nix-hive and every process it started), its largest process's
-    peak memory, bytes sent, and the processes it started (the commands `-v` prints)."""
-    return measured_output(fleet, *args, timeout=timeout, code=code)[0]
+    peak memory, bytes sent, and the processes it started (the commands `-v` prints).
+    `partial`: a run that failed some hosts (exit 1) is measured all the same, and what failed
+    is printed (a scale run's figures say how far it got)."""
+    return measured_output(fleet, *args, timeout=timeout, code=code, partial=partial)[0]
 
 
-def measured_output(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO) -> tuple[dict[str, float],
-                                                                                                  str]:
+def measured_output(fleet: Fleet, *args: str, timeout: float = 1800, code: Path = REPO,
+                    partial: bool = False) -> tuple[dict[str, float], str]:
     """`measured`, and what the command printed on its standard output."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         argv = fleet.lab.deployer_argv([sys.executable, str(REPO / "benchmarks" / "reaper.py"), out.name,
@@ -168,7 +171,10 @@ def measured_output(fleet: Fleet, *args: str, timeout: float = 1800, code: Path 
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=code)
         wall, sent = time.perf_counter() - t0, fleet.lab.tx_bytes() - before
         cost = json.loads(Path(out.name).read_text())
-    if done.returncode != 0:
+    if done.returncode == 1 and partial:
+        print(f"  nix-hive {args[0]} failed some hosts (exit 1), measured all the same:\n{failures(done.stdout)}",
+              flush=True)
+    elif done.returncode != 0:
         (fleet.hive.parent / "nix-hive-failed.log").write_text(done.stderr)
         raise SystemExit(f"nix-hive {' '.join(args)} failed (exit {done.returncode}):\n{failures(done.stdout)}"
                          f"{done.stderr[-2000:]}")

@@ -229,6 +229,37 @@ def test_a_run_writes_the_ssh_files_of_the_hosts_it_connects_to_only(tmp_path: P
     assert not directory.exists()
 
 
+def test_a_host_too_busy_to_answer_is_asked_once_more_a_host_that_refused_is_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1,000-host lab run: 23 hosts behind one relay timed out in ssh's banner exchange
+    while 32 logins were under way on a loaded machine. Such a host (or one whose sshd dropped
+    the connection before its banner) is asked again, alone or a few at a time, before it
+    counts as unreachable; a host that refused the login is asked once."""
+    said = {"host-1": ["Connection timed out during banner exchange", ""],
+            "host-2": ["kex_exchange_identification: Connection closed by remote host",
+                       "kex_exchange_identification: Connection closed by remote host"],
+            "host-3": ["Permission denied (publickey).", ""],
+            "host-4": [""]}
+    asked: list[str] = []
+
+    def fake(argv: Sequence[str], **_: Any) -> process.Result:
+        host = argv[argv.index("--") + 1]
+        asked.append(host)
+        error = said[host].pop(0)
+        if error:
+            raise ProcessError(list(argv), 255, error + "\n")
+        return process.Result(stdout="current=/nix/store/x-sys\n", stderr="", exit_code=0)
+
+    monkeypatch.setattr(process, "run", fake)
+    with remote.Remotes(fleet_hive(5)) as remotes:
+        found = remotes.probe_all({f"host-{n}": frozenset() for n in range(1, 5)})
+    assert {n: p.reachable for n, p in found.items()} == {"host-1": True, "host-2": False, "host-3": False,
+                                                          "host-4": True}
+    assert sorted(asked) == ["host-1", "host-1", "host-2", "host-2", "host-3", "host-4"]
+    assert found["host-2"].reason == "kex_exchange_identification: Connection closed by remote host"
+    assert found["host-3"].reason == "Permission denied (publickey)."
+
+
 def test_remote_commands_are_quoted_and_use_sudo_only_when_not_root(tmp_path: Path) -> None:
     setup = ssh.prepare(hive(w=Instance("w", "s")), tmp_path)
     w = remote.Remote(setup, "w")
