@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -218,12 +219,16 @@ def deployment(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def no_ssh(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
-    """An environment whose `ssh` and `scp` only leave a mark (publish must start none)."""
+    """An environment whose `ssh` and `scp` only leave a mark (publish must start none); `ssh
+    -G`, which parses the generated configuration when the deployment is read and connects
+    nowhere, is the real one's."""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     mark = tmp_path / "ssh-was-run"
+    real = shutil.which("ssh")
     for name in ("ssh", "scp"):
-        (bin_ / name).write_text(f"#!/bin/sh\necho \"$@\" >> {mark}\nexit 255\n")
+        parse = f'[ "$1" = -G ] && exec {real} "$@"\n' if name == "ssh" and real else ""
+        (bin_ / name).write_text(f"#!/bin/sh\n{parse}echo \"$@\" >> {mark}\nexit 255\n")
         (bin_ / name).chmod(0o755)
     yield {"PATH": f"{bin_}:{os.environ['PATH']}"}, mark
 
