@@ -431,3 +431,41 @@ def test_the_summary_fits_80_columns() -> None:
     shown = table(rows, ["instance", "wave", "serial", "outcome", "reason"], width=80,
                   fit=(Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.CUT))
     assert all(len(line) <= 80 for line in shown.splitlines())
+
+
+def _status(outcome: str, serial: int | None, applied: int | None, finished: str = "2026-12-07T14:02:56Z",
+            record: str | None = None) -> AgentStatus:
+    return AgentStatus("www-1", SYSTEM, record, serial, RECORD.time, outcome, f"said {outcome}", RECORD.time,
+                       finished, applied)
+
+
+def test_what_a_report_means_for_the_published_serial() -> None:
+    from hive.publish import reported
+
+    assert reported(_status("ok", 5, 5), 6) is None  # an older record's report: not yet
+    assert reported(_status("unchanged", None, None), 6) is None
+    assert reported(_status("ok", 6, 6), 6) == ("ok", "said ok")
+    assert reported(_status("rolled-back", 6, 5), 6) == ("rolled back", "said rolled-back")
+    assert reported(_status("refused", 6, 5), 6) == ("refused", "said refused")
+    assert reported(_status("failed", 6, 5), 6) == ("failed", "said failed")
+    assert reported(_status("unchanged", 6, 6), 6) == ("ok", "")  # a heartbeat after applying it
+    assert reported(_status("unchanged", 6, 5), 6) == ("failed", "not applied: said unchanged")
+    assert reported(_status("ok", 7, 7), 6) == ("ok", "said ok (it handled a newer record since: serial 7)")
+
+
+def test_status_rows_ages_and_stale_hosts() -> None:
+    from hive.publish import HostReport, age, stale_line, status_rows
+
+    now = pull.seconds_of("2026-12-07T15:00:00Z")
+    pointer = f"/nix/store/{'a' * 32}-nix-hive-record-www-1-{int((now - 7200) * 1000)}"
+    reports = [HostReport("www-1", pointer, _status("ok", 1, 1, "2026-12-07T14:59:00Z", record=pointer)),
+               HostReport("www-2", pointer.replace("www-1", "www-2"), _status("ok", 1, 1, "2026-12-07T14:00:00Z")),
+               HostReport("www-3", None, None)]
+    rows = status_rows(reports, 900, now)
+    assert [r["stale"] for r in rows] == [False, True, True]
+    assert rows[0]["record_age"] == now - pull.seconds_of(RECORD.time)  # the status names it: its time
+    assert rows[1]["record_age"] == 7200  # from its serial, the publication time
+    assert rows[2]["outcome"] == "no report" and rows[2]["record_age"] is None
+    assert stale_line(rows, 900) == "stale (2: no report newer than 900 s): www-2, www-3"
+    assert stale_line(rows[:1], 900) == "stale: none (every host reported within 900 s)"
+    assert [age(s) for s in (None, 5, 150, 7300, 200000)] == ["-", "5 s", "2 min", "2 h", "2 d"]
