@@ -330,37 +330,11 @@ def switch_argv(path: str, goal: str = "switch") -> list[str]:
     return [f"{path}/bin/switch-to-configuration", goal]
 
 
-# Pull mode's records (hive/pull.py): each made by `builtins.toFile`, whose content carries
-# the system's path with its string context (`builtins.storePath`, kept by an empty
-# `substring`), so the record references exactly that system; one evaluation for them all.
-# `builtins.getEnv`: the list is in a file (a fleet's records are past an environment
-# variable's 128 KiB), named in the environment; --impure for both, and for storePath.
-RECORDS_EXPR = ('builtins.unsafeDiscardStringContext (builtins.toJSON (map (r: builtins.toFile r.name '
-                '(r.text + builtins.substring 0 0 (builtins.storePath r.system))) '
-                '(builtins.fromJSON (builtins.readFile (builtins.getEnv "NIX_HIVE_RECORDS")))))')
 
-
-def make_records_argv() -> list[str]:
-    return [*NIX, "eval", "--impure", "--raw", "--expr", RECORDS_EXPR]
-
-
-def make_records(records: Sequence[tuple[str, str, str]], listing: Path, *,
-                 timeout: float | None = None) -> list[str]:
-    """Make a store path for each (name, content, system path) of `records` in this machine's
-    store, referencing that system (valid here); their paths, in order. `listing`: a private
-    file the list is written to for Nix to read."""
-    if not records:
-        return []
-    listing.write_text(json.dumps([{"name": n, "text": t, "system": s} for n, t, s in records]))
-    out = process.run(make_records_argv(), env={"NIX_HIVE_RECORDS": str(listing)}, timeout=timeout)
-    try:
-        paths = json.loads(out.stdout)
-        if not isinstance(paths, list) or len(paths) != len(records) or not all(isinstance(p, str) for p in paths):
-            raise ValueError("not a list of paths, one per record")
-    except ValueError as exc:
-        raise HiveError(f"nix eval printed what nix-hive does not understand ({exc}): {out.stdout[:200]}") from exc
-    return [str(p) for p in paths]
-
+def import_paths(exported: bytes, *, timeout: float | None = None) -> list[str]:
+    """Register the paths of `nix-store --export`'s format (`exported`: hive/pull.py's records)
+    in this machine's store; the paths, in order (one already valid stays as it is)."""
+    return process.run(["nix-store", "--import"], input=exported, timeout=timeout).stdout.split()
 
 def fetch(source: str, paths: Sequence[str], *, env: Mapping[str, str], timeout: float | None = None) -> None:
     """Copy the closures of `paths` from the store `source` (a build host's) to this machine's."""

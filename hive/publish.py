@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hive import cachefiles, nix, orchestrate, pull, tempdirs, text
+from hive import cachefiles, nix, orchestrate, pull, text
 from hive.errors import HiveError
 from hive.model import Instance
 from hive.pull import AgentStatus, Record, RecordError
@@ -177,9 +177,13 @@ class Publish:
             made.append(Record(instance=instance.name, system=s.need_path(instance.system), serial=serial, time=now,
                                wave=s.plan.wave_of(instance.name) or 1, run=self.run_id,
                                checks=tuple(sorted(instance.checks, key=lambda c: c.name))))
-        with tempdirs.private("publish") as directory:
-            paths = nix.make_records([(pull.record_name(r.instance, r.serial), pull.render_record(r), r.system)
-                                      for r in made], directory / "records.json")
+        entries = []
+        for r in made:
+            content = pull.render_record(r)
+            entries.append((pull.record_path(pull.record_name(r.instance, r.serial), content), content, [r.system]))
+        paths = nix.import_paths(pull.export(entries))
+        if paths != [path for path, _, _ in entries]:
+            raise HiveError(f"nix-store --import registered {len(paths)} path(s), not the {len(entries)} records")
         self.records = {r.instance: (r, p) for r, p in zip(made, paths, strict=True)}
 
     def copy(self) -> bool:

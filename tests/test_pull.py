@@ -166,25 +166,50 @@ def _verify(store: str, path: str, key: str) -> subprocess.CompletedProcess[str]
                            "--sigs-needed", "1", path], capture_output=True, text=True, timeout=60)
 
 
+def test_nix_base32_and_the_record_path() -> None:
+    # the hash of /nix/store/0029324sp8jn3b9pf7706c0sdnijllq5-…, as Nix writes its 20 bytes
+    assert pull.nix_base32(bytes(20)) == "0" * 32
+    assert pull.nix_base32(b"\xff" * 20) == "z" * 32
+    assert pull.nix_base32(b"\x01" + bytes(19)) == "0" * 31 + "1"
+    path = pull.record_path("nix-hive-record-www-1-5", TEXT)
+    assert pull.serial_of(path) == 5 and path == pull.record_path("nix-hive-record-www-1-5", TEXT)
+    assert path != pull.record_path("nix-hive-record-www-1-5", TEXT + "check\tz\t1\t1\t1\tcommand\tx\n")
+
+
 @needs_nix
-def test_a_record_references_its_system_alone_and_is_signed_in_the_cache(tmp_path: Path) -> None:
+def test_a_record_references_its_system_alone_and_only_its_signature_makes_it_trusted(tmp_path: Path) -> None:
+    """The record is input-addressed (no `ca`): Nix checks its signature. A content-addressed
+    one (builtins.toFile, as the contract first said) passes `nix store verify` unsigned."""
     system = _built_system(tmp_path)
     long = "l" * 190
     records = [Record("www-1", system, 5, RECORD.time, 1, RECORD.run, RECORD.checks),
                Record(long, system, 6, RECORD.time, 2, RECORD.run)]
-    paths = nix.make_records([(pull.record_name(r.instance, r.serial), pull.render_record(r), r.system)
-                              for r in records], tmp_path / "records.json")
+    entries = [(pull.record_path(pull.record_name(r.instance, r.serial), pull.render_record(r)),
+                pull.render_record(r), [r.system]) for r in records]
+    paths = nix.import_paths(pull.export(entries))
+    assert paths == [e[0] for e in entries]
+    assert nix.import_paths(pull.export(entries)) == paths  # once more: already there, the same
     for record, path in zip(records, paths, strict=True):
         assert path.endswith(f"-{pull.record_name(record.instance, record.serial)}")
         assert pull.serial_of(path) == record.serial
         assert pull.parse_record(Path(path).read_text()) == record
         refs = subprocess.run(["nix-store", "-q", "--references", path], capture_output=True, text=True, check=True)
         assert refs.stdout.split() == [system]
+        check = subprocess.run(["nix-store", "--verify-path", path], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr  # its NAR hash is the one registered
+        info = json.loads(subprocess.run([*nix.NIX, "path-info", "--json", path], capture_output=True, text=True,
+                                         check=True).stdout)
+        entry = info[0] if isinstance(info, list) else info[path]
+        assert not entry.get("ca"), entry  # input-addressed: signatures count
     assert f"-nix-hive-record-{'l' * 150}-6" in paths[1]
     sec, pub = _key(tmp_path / "keys")
     _, other = _key(tmp_path / "keys", "other")
-    nix.sign(sec, paths)
     with serving(tmp_path / "http") as server:
+        unsigned = f"file://{tmp_path}/unsigned"
+        nix.copy(unsigned, paths[:1], substitute=False, env={}, timeout=120)
+        refused = _verify(unsigned, paths[0], pub)
+        assert refused.returncode != 0 and "untrusted" in refused.stderr + refused.stdout
+        nix.sign(sec, paths)
         for store in (f"file://{tmp_path}/cache", server.url):
             nix.copy(store, paths, substitute=False, env={}, timeout=120)
             for path in (*paths, system):
