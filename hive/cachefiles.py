@@ -52,6 +52,7 @@ def get(url: str, *, timeout: float = TIMEOUT) -> bytes | None:
     except FileNotFoundError:
         return None
     except urllib.error.HTTPError as exc:
+        exc.close()  # its body is a file: closed here, not by the garbage collector (a ResourceWarning)
         if exc.code in (404, 410):
             return None
         raise CacheFileError(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
@@ -81,6 +82,7 @@ def put(url: str, data: bytes, *, content_type: str = "text/plain", timeout: flo
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             answer.read(LIMIT)
     except urllib.error.HTTPError as exc:
+        exc.close()
         raise CacheFileError(f"PUT {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise CacheFileError(f"PUT {url}: {_why(exc)}") from None
