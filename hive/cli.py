@@ -20,6 +20,7 @@ from typing import Any
 
 from hive import (
     __version__,
+    cachefiles,
     dot,
     fleet,
     live,
@@ -29,6 +30,8 @@ from hive import (
     plan,
     preview,
     process,
+    publish,
+    pull,
     reboot,
     remote,
     ssh,
@@ -463,7 +466,61 @@ def _reading(session: Session) -> Iterator[None]:
         held.release()
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Pull mode (issue 32): build as deploy does, publish signed records to the cache, wave by
+    wave, and wait for the hosts' reports (hive/publish.py). No ssh to any instance."""
+    hive = _load(args)
+    base = cachefiles.base_url(args.to)
+    if hive.signing_key is None:
+        raise InputError(f"publish: pull mode needs signed paths: {hive.shown} has no signingKey (make one with "
+                         "nix-store --generate-binary-cache-key; hosts trust its public half)")
+    if Step.parse_list(args.no) - {Step.BUILD}:
+        raise InputError("publish: --no takes build alone (publish pushes and activates nothing)")
+    waves = select(hive, args.patterns)
+    for instance in flatten(waves):
+        pull.checks_lines(instance.checks)  # a check a record cannot hold is refused now
+    wait_timeout = options.rate(args.wait_timeout, "--wait-timeout")
+    poll = options.rate(args.poll, "--poll")
+    session = _session(args, hive, waves, build_only=True)
+    with state.locked(session.state_file):
+        code, rows, run = publish.publish(session, base, wait=not args.no_wait, wait_timeout=wait_timeout, poll=poll)
+    if args.json:
+        dump_json({"outcome": "ok" if code == 0 else "failed", **run, "instances": [r.as_json() for r in rows]},
+                  hosts=True)
+    else:
+        emit(table([(r.instance, r.wave, r.serial if r.serial is not None else "-", r.outcome, r.reason)
+                    for r in rows], ["instance", "wave", "serial", "outcome", "reason"], width=_width(args),
+                   fit=(Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.CUT)) + "\n")
+    return code
+
+
+def cmd_status_from(args: argparse.Namespace) -> int:
+    """`status --from C`: what the hosts of a pull deployment last reported to the cache (their
+    status documents and pointers), no ssh, no build. Exit 1 when a host is stale."""
+    hive = _load(args, paths=False)
+    base = cachefiles.base_url(args.from_, "--from")
+    stale = options.rate(args.stale, "--stale")
+    names = [i.name for i in flatten(select(hive, args.patterns))]
+    rows = publish.status_rows(publish.read_reports(base, names), stale)
+    if args.json:
+        dump_json({"from": base, "stale_after": stale, "instances": rows,
+                   "stale": [r["instance"] for r in rows if r["stale"]]}, hosts=True)
+    else:
+        def serial(value: int | None) -> str:
+            return "-" if value is None else str(value)
+
+        emit(table([(r["instance"], r["outcome"], text.short_path(r["system"]) if r["system"] else "-",
+                     serial(r["applied_serial"]), serial(r["published_serial"]), publish.age(r["record_age"]),
+                     publish.age(r["report_age"]), r["reason"] or "-") for r in rows],
+                   ["instance", "outcome", "running", "applied", "published", "record age", "report age", "reason"],
+                   width=_width(args), fit=(Fit.KEEP,) * 7 + (Fit.CUT,)) + "\n"
+             + publish.stale_line(rows, stale) + "\n")
+    return 1 if any(r["stale"] for r in rows) else 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if getattr(args, "from_", None) is not None:
+        return cmd_status_from(args)
     hive = _load(args)
     waves = select(hive, args.patterns)
     session = _session(args, hive, waves, build_only=True)
@@ -586,7 +643,28 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
                              "deployment's rebootTimeout, else 600)")
     s = sub.add_parser("status", parents=[common, no, jobs, json_out],
                        help="compare each host's system with the hive's")
+    s.add_argument("--from", dest="from_", metavar="URL",
+                   help="pull mode: read what the hosts reported to this cache (their status documents and "
+                        "pointers) instead of asking them over ssh; builds nothing")
+    s.add_argument("--stale", default="900", metavar="SECONDS",
+                   help="with --from: a host whose last report is older than this is named stale (default: 900)")
     s.set_defaults(func=cmd_status)
+    pb = sub.add_parser("publish", parents=[common, no, json_out],
+                        help="pull mode: build, then publish signed records to a binary cache for the hosts' "
+                             "agents, wave by wave, and wait for their reports (no ssh to any host)")
+    pb.add_argument("--to", required=True, metavar="URL",
+                    help="the cache as hosts read it: http(s)://HOST[:PORT][/PATH] (accepting PUT) or file:///DIR")
+    pb.add_argument("--no-wait", action="store_true",
+                    help="write every wave's pointers at once, wait for no report")
+    pb.add_argument("--wait-timeout", default="900", metavar="SECONDS",
+                    help="how long each wave's hosts have to report (default: 900); one that does not counts "
+                         "as failed (it keeps polling, and applies the record by itself)")
+    pb.add_argument("--poll", default="5", metavar="SECONDS",
+                    help="seconds between two reads of the hosts' status documents (default: 5)")
+    pb.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
+    pb.add_argument("--max-failures", metavar="N|N%", help="publish no later wave after N failures")
+    options.add_deadline_arguments(pb)
+    pb.set_defaults(func=cmd_publish)
     df = sub.add_parser("diff", parents=[common, no, jobs, json_out],
                         help="what a deployment would change on each host, grouped: package versions, closure "
                              "size, bytes to fetch, units a switch restarts (a dry activation on one host of each "
@@ -595,7 +673,7 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
                     help="packages and sizes only: copy nothing to a host, run no dry activation")
     options.add_deadline_arguments(df)
     df.set_defaults(func=cmd_diff)
-    for command in (b, pl, ls, s, df, *(sub.choices[n] for n in ("deploy", "push"))):
+    for command in (b, pl, ls, s, df, pb, *(sub.choices[n] for n in ("deploy", "push"))):
         command.add_argument("patterns", nargs="*", metavar="PATTERN")
     _elevation_arguments(deploy)
 

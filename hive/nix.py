@@ -328,3 +328,14 @@ def set_profile_argv(path: str, profile: str = SYSTEM_PROFILE) -> list[str]:
 def switch_argv(path: str, goal: str = "switch") -> list[str]:
     """The command that activates `path` (run on the host)."""
     return [f"{path}/bin/switch-to-configuration", goal]
+
+
+
+def import_paths(exported: bytes, *, timeout: float | None = None) -> list[str]:
+    """Register the paths of `nix-store --export`'s format (`exported`: hive/pull.py's records)
+    in this machine's store; the paths, in order (one already valid stays as it is)."""
+    return process.run(["nix-store", "--import"], input=exported, timeout=timeout).stdout.split()
+
+def fetch(source: str, paths: Sequence[str], *, env: Mapping[str, str], timeout: float | None = None) -> None:
+    """Copy the closures of `paths` from the store `source` (a build host's) to this machine's."""
+    _over_ssh([*NIX, "copy", "--from", source, *paths], env=env, timeout=timeout)
