@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import worktree
 from hive.keys import upload_stream
 from hive.model import Key
-from tests.constants import REPO
 
 KEY_BYTES = 1024
 OWNERS = (("root", "root", 0), ("nobody", "nogroup", 65534))
@@ -93,18 +93,8 @@ def main() -> None:
     load = os.getloadavg()
     print(f"keys.sh alone, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, shell {args.shell}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="keys-host-code-") as tmp:
-        codes = {"this checkout": REPO}
-        if args.baseline:
-            codes[args.baseline] = Path(tmp) / "baseline"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(codes[args.baseline]),
-                            args.baseline], check=True)
-        try:
-            scripts = {name: (code / "hive" / "host" / "keys.sh").read_text() for name, code in codes.items()}
-        finally:
-            if args.baseline:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(codes[args.baseline])],
-                               check=False)
+    with tempfile.TemporaryDirectory(prefix="keys-host-") as tmp, worktree(args.baseline, Path(tmp) / "rev") as codes:
+        scripts = {name: (code / "hive" / "host" / "keys.sh").read_text() for name, code in codes.items()}
     rng = random.Random(29)
     walls: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
     for dirs in (1, 10):
