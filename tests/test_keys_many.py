@@ -149,23 +149,24 @@ def install(keys: Sequence[tuple[Key, bytes]], stream: bytes | None = None,
 
 
 as_root = needs("root", None if os.geteuid() == 0 else "keys.sh runs as root (it checks that root owns each directory)")
-# around od's 16-byte lines and the 4 KiB of content keys.sh writes at a time
-SIZES = (0, 1, 15, 16, 17, 1023, 1024, 1025, 4095, 4096, 4097, 20000)
+# around od's 16-byte lines, the 4 KiB of content keys.sh writes at a time, and the 16 KiB
+# from which a key is read on its own
+SIZES = (0, 1, 15, 16, 17, 1023, 1024, 1025, 4095, 4096, 4097, 16383, 16384)
 
 
 def thousands(root: Path, count: int) -> list[tuple[Key, bytes]]:
     """`count` binary keys under `root`, in 10 directories (a name with spaces, quotes, a
-    backslash, a `$(...)` and a leading dash now and then), of SIZES bytes and one of 1 MiB,
-    2 owners and 3 modes."""
+    backslash, a `$(...)` and a leading dash now and then), of SIZES bytes (the last two
+    rarely) and one of 1 MiB, 2 owners and 3 modes."""
     rng = random.Random(count)
     keys = []
     for i in range(count):
         where = root / (f"dir {i % 10}" if i % 10 else "plain")
         name = f"-k{i} \\ é '\"$(touch {root}/x)" if i % 97 == 0 else f"k{i}"
         owner = ("root", "nobody")[i % 2]
+        size = 1024 * 1024 if i == count // 2 else SIZES[rng.randrange(len(SIZES) - 2 * (i % 20 > 0))]
         keys.append((Key(f"k{i}", str(where / name), user=owner, group=("root", "nogroup")[i % 2],
-                         permissions=("0400", "640", "0600")[i % 3]),
-                     rng.randbytes(1024 * 1024 if i == count // 2 else SIZES[rng.randrange(len(SIZES))])))
+                         permissions=("0400", "640", "0600")[i % 3]), rng.randbytes(size)))
     return keys
 
 
@@ -194,6 +195,14 @@ def test_thousands_of_keys_arrive_byte_for_byte_with_their_owners_and_modes(tmp_
     out = install(keys, shell=shell)
     assert (out.returncode, out.stdout, out.stderr) == (0, b"", b"")
     installed(tmp_path, keys)
+    # `hashes` of them all (one sha256sum): a line each, in order (a name with a backslash
+    # escaped, as sha256sum does), none for a destination that is not there
+    dests = [key.destination for key, _ in keys]
+    hashes = subprocess.run([shell, "-c", KEYS_SH, "keys.sh", "hashes", *dests, str(tmp_path / "none" / "k")],
+                            capture_output=True, check=True, timeout=120)
+    assert hashes.stdout.decode().splitlines() == [
+        ("\\" if "\\" in dest else "") + f"{sha256(data)}  {dest.replace(chr(92), chr(92) * 2)}"
+        for dest, (_, data) in zip(dests, keys, strict=True)]
 
 
 @as_root

@@ -30,10 +30,11 @@
 # directory by one `mv`. The private directory goes when the call ends, whatever happened.
 #
 # The work grows as the keys do, no faster (issue 29: 2,000 keys had taken 40 times as long as
-# 200): a key costs a few builtins and a file; processes are started per call (the contents:
-# one head, od, tr and awk), per directory (mktemp, its checks, sha256sum, awk, find, mv), per
-# user and group (id, getent), per owner (chown) and per mode (chmod), never per key (a key
-# that fails costs one more: its line says how many bytes arrived).
+# 200): a key costs a few builtins and a file; processes are started per directory (mktemp,
+# its checks, sha256sum, awk, find, mv), per user and group (id, getent), per owner (chown),
+# per mode (chmod), and for the contents per MiB of small keys (head, od, tr, awk) and per key
+# of 16 KiB or more (head), never per small key (but one that fails: its line says how many
+# bytes arrived).
 case $0 in /run/nix-hive/*/keys.sh) rm -f "$0"; rmdir "${0%/*}" 2>/dev/null || : ;; esac
 set -eu
 
@@ -73,19 +74,24 @@ safe_path() {  # DIR [make]: safe_dir of / and of every directory down to DIR; s
 
 what=$1
 shift
-if [ "$what" = hashes ]; then
+nl='
+'
+if [ "$what" = hashes ]; then  # one sha256sum for all, each directory checked once
+  safe=$nl unsafe=$nl
   for f in "$@"; do
-    if (safe_path "${f%/*}" && [ -f "$f" ] && [ ! -L "$f" ]) 2>/dev/null; then
-      sha256sum -- "$f" 2>/dev/null || :
-    fi
-  done
+    dir=${f%/*}
+    case $unsafe in *"$nl$dir$nl"*) continue ;; esac
+    case $safe in *"$nl$dir$nl"*) ;; *)
+      if ! safe_path "$dir" 2> /dev/null; then unsafe="$unsafe$dir$nl"; continue; fi
+      safe="$safe$dir$nl"
+    esac
+    if [ -f "$f" ] && [ ! -L "$f" ]; then printf '%s\0' "$f"; fi
+  done | xargs -0r sha256sum -- 2> /dev/null || :
   exit 0
 fi
 if [ "$what" != upload ] || [ $# -ne 1 ]; then echo "keys.sh: unknown call $what" >&2; exit 2; fi
 count=$1
 case $count in '' | *[!0-9]*) echo "keys.sh: upload COUNT, not $count" >&2; exit 2 ;; esac
-nl='
-'
 tab=$(printf '\t')
 umask 077
 failed=0
@@ -110,6 +116,7 @@ number() {  # TABLE VALUE: $at, VALUE's number in TABLE (the name of a variable 
 # directory's private one (stage_N, made when its first key is checked), gone when the call
 # ends, whatever happened.
 work=$(mktemp -d)
+: > "$work/plan"
 ndirs=0
 cleanup() {
   rm -rf -- "$work"
@@ -127,8 +134,11 @@ trap cleanup EXIT
 # wants.D: "N SHA-256 LENGTH"), and its owner's and mode's lists (owner.O, mode.MODE: its
 # file), all appended key by key: a key costs the same whatever the number of keys, and no
 # process of its own. f_N: key N's file, empty for a key not (or no longer) to install.
-# sizes: every key's LENGTH, a line each, in order, for step 3.
-users=' ' groups=' ' dirs=$nl refused=$nl owners="${nl}root:root${tab}0$nl" total=0
+# plan: how step 3 reads the contents, in order: "big N LENGTH" for a key of BIG bytes or
+# more (read alone), "small N BYTES" for a run of smaller keys from key N on (read together,
+# at most RUN bytes; sizes.N: their LENGTHs, a line each).
+BIG=16384 RUN=1048576
+users=' ' groups=' ' dirs=$nl refused=$nl owners="${nl}root:root${tab}0$nl" run='' bytes=0
 i=0
 while [ "$i" -lt "$count" ]; do
   i=$((i + 1))
@@ -146,8 +156,17 @@ while [ "$i" -lt "$count" ]; do
   case $mode in *[!0-7]* | '') want=bad ;; esac
   case $dest in /*"$tab"*) dest=bad ;; /*) ;; *) dest=bad ;; esac
   if [ ${#want} -ne 64 ] || [ "$dest" = bad ]; then echo "keys.sh: key line $i is not one" >&2; exit 2; fi
-  printf '%s\n' "$size" >> "$work/sizes"
-  total=$((total + size))
+  if [ -n "$run" ] && { [ "$size" -ge "$BIG" ] || [ $((bytes + size)) -gt "$RUN" ]; }; then
+    echo "small $run $bytes" >> "$work/plan"
+    run=''
+  fi
+  if [ "$size" -ge "$BIG" ]; then
+    echo "big $i $size" >> "$work/plan"
+  else
+    if [ -z "$run" ]; then run=$i bytes=0; fi
+    echo "$size" >> "$work/sizes.$run"
+    bytes=$((bytes + size))
+  fi
   eval "f_$i="
   case $users in *" $user "*) ;; *)
     if ! id -u "$user" > /dev/null 2>&1; then fail "$i" 64 "no user $user"; continue; fi
@@ -182,6 +201,7 @@ while [ "$i" -lt "$count" ]; do
   if [ "$at" -ne 0 ]; then printf '%s\0' "$file" >> "$work/owner.$at"; fi
   case $mode in 600 | 0600) ;; *) printf '%s\0' "$file" >> "$work/mode.$mode" ;; esac
 done
+if [ -n "$run" ]; then echo "small $run $bytes" >> "$work/plan"; fi
 
 # 2. Each file given its owner and mode, all before any content: one chown per owner, one
 # chmod per mode (owners first: a chown clears set-user-ID bits).
@@ -198,29 +218,36 @@ for list in "$work"/mode.*; do
 done
 set -f
 
-# 3. The contents, read by one `head -c` (all of them: a refused key's is read and dropped)
-# and written into their files by the shell itself, no process per key: od writes each byte
-# as ` ooo` (octal), tr makes that `\ooo`, the escape printf turns back into the byte (NUL
-# included), and awk cuts those lines at the keys' lengths (sizes, in order) into commands
-# `put N "\ooo..."`, at most 4 KiB of content each, which the shell then runs. A stream cut
-# short leaves the keys from the cut on shorter than their lengths (step 4 fails them). The
-# contents stay in memory and pipes, never in a file but their own.
+# 3. The contents, in order, as the plan says (a refused key's are read and dropped). A big
+# key's by its own `head -c`. A run of small ones by one `head -c`, and written into their
+# files by the shell itself, no process per key: od writes each byte as ` ooo` (octal), tr
+# makes that `\ooo`, the escape printf turns back into the byte (NUL included), and awk cuts
+# those lines at the keys' lengths into commands `put N "\ooo..."`, at most 4 KiB of content
+# each, which the shell then runs. A stream cut short leaves the keys from the cut on shorter
+# than their lengths (step 4 fails them). The contents stay in memory and pipes, never in a
+# file but their own.
 put() {  # N ESCAPES: append the bytes ESCAPES stands for to key N's file (none for a refused key)
   eval "file=\$f_$1"
   # shellcheck disable=SC2059 # the format is the bytes: \ooo escapes only (no %)
   if [ -n "$file" ]; then printf "$2" >> "$file"; fi
 }
-if [ "$total" -gt 0 ]; then
+exec 3<&0
+while read -r part first bytes; do
+  if [ "$part" = big ]; then
+    eval "file=\$f_$first"
+    head -c "$bytes" <&3 > "${file:-/dev/null}"
+    continue
+  fi
+  if [ "$bytes" -eq 0 ]; then continue; fi
   # shellcheck disable=SC1003 # tr's '\\': a backslash
-  eval "$(head -c "$total" | od -An -v -to1 | tr ' ' '\\' | LC_ALL=C awk '
+  eval "$(head -c "$bytes" <&3 | od -An -v -to1 | tr ' ' '\\' | LC_ALL=C awk -v k="$first" '
     function flush() { if (out != "") printf "put %d \"%s\"\n", k, out; out = "" }
-    BEGIN { k = 1 }
-    NR == FNR { left[++keys] = $1; next }
+    NR == FNR { last = k + FNR - 1; left[last] = $1; next }
     {
       line = $0
       while (line != "") {
-        while (k <= keys && left[k] == 0) k++
-        if (k > keys) break
+        while (k <= last && left[k] == 0) k++
+        if (k > last) break
         take = length(line) / 4
         if (take > left[k]) take = left[k]
         out = out substr(line, 1, take * 4)
@@ -229,8 +256,8 @@ if [ "$total" -gt 0 ]; then
         if (left[k] == 0 || length(out) >= 16384) flush()
       }
     }
-    END { flush() }' "$work/sizes" -)"
-fi
+    END { flush() }' "$work/sizes.$first" -)"
+done < "$work/plan"
 
 # 4. Each file's SHA-256 against the one its line gave: one sha256sum per directory (a line per
 # file, in order; one whose name has a backslash starts with a backslash), compared by awk;
