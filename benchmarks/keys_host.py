@@ -1,19 +1,21 @@
 """keys.sh alone (issue 29, keys at scale): the host's side of `upload-keys`, without the lab.
 
     .venv/bin/python -m benchmarks.keys_host [--counts 1,200,2000,5000] [--runs 3]
-        [--shell sh] [--baseline REV]
+        [--shell sh] [--under /tmp] [--baseline REV]
 
 Needs root (keys.sh checks that root owns each directory on the way to a key; the run writes
-only under a fresh directory in /tmp). For each number of keys, keys of 1 KiB of random bytes,
-2 owners (root:root and nobody:nogroup) and 2 modes (0400 and 0640) alternating, all in one
-directory and spread over 10: `sh -c KEYS_SH keys.sh upload COUNT` with the stream that
-hive/keys.py renders (`upload_stream`) on its standard input, into a fresh directory tree each
-time. Each run is checked (exit 0, every key's bytes, owner and mode), then timed: the best
-and the median of RUNS wall times, the median CPU time (keys.sh and every process it started:
-what other work on a shared machine changes least), and the 2,000/200 ratios (target: at most
-12, and 2,000 keys in under 2 s on a quiet 2-core machine). With `--baseline REV`, the same by that git
-revision's keys.sh (a worktree; the stream is this checkout's, the same format), in the same
-rounds. The first lines say where and when.
+only under a fresh directory in /tmp, or in UNDER: /dev/shm is a tmpfs, as /run/keys is on a
+host, where /tmp's file system may make each file's creation cost more than the rest). For
+each number of keys, keys of 1 KiB of random bytes, 2 owners (root:root and nobody:nogroup)
+and 2 modes (0400 and 0640) alternating, all in one directory and spread over 10: `sh -c
+KEYS_SH keys.sh upload COUNT` with the stream that hive/keys.py renders (`upload_stream`) on
+its standard input, into a fresh directory tree each time. Each run is checked (exit 0, every
+key's bytes, owner and mode), then timed: the best and the median of RUNS wall times, the
+median CPU time (keys.sh and every process it started: what other work on a shared machine
+changes least), and the 2,000/200 ratios (target: at most 12, and 2,000 keys in under 2 s on
+a quiet 2-core machine). With `--baseline REV`, the same by that git revision's keys.sh (a
+worktree; the stream is this checkout's, the same format), in the same rounds. The first
+lines say where and when.
 """
 
 from __future__ import annotations
@@ -60,10 +62,10 @@ def checked(keys: list[tuple[Key, bytes]]) -> None:
             raise SystemExit(f"keys.sh installed {dest} wrong")
 
 
-def timed(script: str, shell: str, count: int, dirs: int, rng: random.Random) -> tuple[float, float]:
+def timed(script: str, shell: str, under: str, count: int, dirs: int, rng: random.Random) -> tuple[float, float]:
     """One upload of `count` keys into a fresh tree: its wall time and CPU time (keys.sh and
     every process it started), once checked."""
-    with tempfile.TemporaryDirectory(prefix="keys-host-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="keys-host-", dir=under) as tmp:
         root = Path(tmp)
         root.chmod(0o755)  # root's, not writable by others: keys.sh writes under it
         keys = keys_of(root, count, dirs, rng)
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--counts", default="1,200,2000,5000", help="numbers of keys (default 1,200,2000,5000)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each (default 3)")
     parser.add_argument("--shell", default="sh", help="the shell that runs keys.sh (default sh: dash on Debian)")
+    parser.add_argument("--under", default="/tmp", help="where the keys go, in a fresh directory (default /tmp)")
     parser.add_argument("--baseline", help="a git revision whose keys.sh is measured too, e.g. main")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -92,7 +95,8 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     load = os.getloadavg()
     print(f"keys.sh alone, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-          f"{os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, shell {args.shell}", flush=True)
+          f"{os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, shell {args.shell}, "
+          f"keys under {args.under}", flush=True)
     with tempfile.TemporaryDirectory(prefix="keys-host-") as tmp, worktree(args.baseline, Path(tmp) / "rev") as codes:
         scripts = {name: (code / "hive" / "host" / "keys.sh").read_text() for name, code in codes.items()}
     rng = random.Random(29)
@@ -101,7 +105,8 @@ def main() -> None:
         for count in counts:
             for _ in range(args.runs):  # the codes side by side in each round: the same load falls on both
                 for name, script in scripts.items():
-                    walls.setdefault((name, dirs, count), []).append(timed(script, args.shell, count, dirs, rng))
+                    found = timed(script, args.shell, args.under, count, dirs, rng)
+                    walls.setdefault((name, dirs, count), []).append(found)
     for name in scripts:
         print(f"  {name}:")
         for dirs in (1, 10):
