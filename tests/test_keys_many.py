@@ -142,9 +142,10 @@ def test_more_failures_than_shown_name_the_others(remote: Remote, monkeypatch: p
 
 # --- keys.sh itself, run here as root would run it on a host ------------------------------------
 
-def install(keys: Sequence[tuple[Key, bytes]], stream: bytes | None = None,
-            shell: str = "sh") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([shell, "-c", KEYS_SH, "keys.sh", "upload", str(len(keys))],
+def install(keys: Sequence[tuple[Key, bytes]], stream: bytes | None = None, shell: str = "sh",
+            tmpdir: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = os.environ | ({"TMPDIR": str(tmpdir)} if tmpdir else {})
+    return subprocess.run([shell, "-c", KEYS_SH, "keys.sh", "upload", str(len(keys))], env=env,
                           input=upload_stream(keys) if stream is None else stream, capture_output=True, timeout=120)
 
 
@@ -209,21 +210,25 @@ def test_thousands_of_keys_arrive_byte_for_byte_with_their_owners_and_modes(tmp_
 def test_a_content_altered_in_transit_among_thousands_fails_that_key_alone(tmp_path: Path) -> None:
     """One byte of one key's content flipped on the way, among 2,000: that key fails (66, its
     line), the file already at its destination stays as it was, and every other key is
-    installed."""
+    installed. keys.sh's own lists stay out of a TMPDIR another user owns."""
     tmp_path.chmod(0o755)
-    keys = thousands(tmp_path, 2000)
+    keys = thousands(tmp_path / "keys", 2000)
+    theirs = tmp_path / "their-tmp"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
     bad = next(i for i in range(1234, 2000) if len(keys[i][1]) > 16)
     dest = Path(keys[bad][0].destination)
-    dest.parent.mkdir()
+    dest.parent.mkdir(parents=True)
     dest.write_bytes(b"the old key")
     stream = bytearray(upload_stream(keys))
     stream[len(stream) - sum(len(data) for _, data in keys[bad:]) + 16] ^= 0x80
-    out = install(keys, bytes(stream))
+    out = install(keys, bytes(stream), tmpdir=theirs)
     size = len(keys[bad][1])
     assert (out.returncode, out.stdout.decode(), out.stderr) == (
         68, f"{bad + 1} 66 the content arrived altered ({size} of {size} bytes, another SHA-256): not installed\n", b"")
     assert dest.read_bytes() == b"the old key"
-    installed(tmp_path, keys, but=bad)
+    installed(tmp_path / "keys", keys, but=bad)
+    assert list(theirs.iterdir()) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="keys.sh runs as root (it checks that root owns each directory)")

@@ -112,10 +112,13 @@ number() {  # TABLE VALUE: $at, VALUE's number in TABLE (the name of a variable 
   esac
 }
 
-# The call's lists (names, sizes, SHA-256s: never a content), root's, 0700, and each key
-# directory's private one (stage_N, made when its first key is checked), gone when the call
-# ends, whatever happened.
-work=$(mktemp -d)
+# The call's lists (names, sizes, SHA-256s: never a content; chown and chmod take files from
+# them), in a private directory of root's in /tmp, never in $TMPDIR (which the user nix-hive
+# logs in as may set, and own: they could swap the lists), and each key directory's private
+# one (stage_N, made when its first key is checked), gone when the call ends, whatever happened.
+why='/tmp is missing'
+if ! safe_path /tmp; then echo "keys.sh: $why" >&2; exit 1; fi
+work=$(mktemp -d /tmp/.nix-hive-keys.XXXXXX)
 : > "$work/plan"
 ndirs=0
 cleanup() {
