@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _compiled: set[Path] = set()
@@ -22,3 +24,20 @@ def as_installed(code: Path) -> dict[str, str]:
                        stdout=subprocess.DEVNULL)
         _compiled.add(code)
     return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+@contextmanager
+def worktree(rev: str | None, where: Path) -> Iterator[dict[str, Path]]:
+    """The checkouts to measure: this one ("nix-hive"), and with `rev` (`--baseline`) that git
+    revision's, as a worktree at `where`, removed after."""
+    from tests.constants import REPO
+
+    codes = {"nix-hive": REPO}
+    if rev:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(where), rev], check=True)
+        codes[rev] = where
+    try:
+        yield codes
+    finally:
+        if rev:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)], check=False)

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import subprocess
 import tempfile
 from pathlib import Path
 
+from benchmarks import worktree
 from benchmarks.fleet_deploy import build, measured
 from tests.constants import REPO, STANDIN
 from tests.fleet import Fleet
@@ -86,12 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     many = (args.keys, args.big)
     hosts = args.hosts + 1
-    with tempfile.TemporaryDirectory(prefix="hive-bench-") as tmp:
-        codes = {"nix-hive": REPO}
-        if args.baseline:
-            codes[args.baseline] = Path(tmp) / "baseline"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(codes[args.baseline]),
-                            args.baseline], check=True)
+    with tempfile.TemporaryDirectory(prefix="hive-bench-") as tmp, worktree(args.baseline, Path(tmp) / "rev") as codes:
         fleet = start(Path(tmp) / "lab", args.hosts, max(many))
         try:
             fleet.env.update(BENCH_KEYS="1", BENCH_BIG_KEYS="1")
@@ -100,9 +95,6 @@ def main() -> None:
             results = {name: rounds(fleet, code, many, args.jobs) for name, code in codes.items()}
         finally:
             fleet.down()
-            if args.baseline:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(codes[args.baseline])],
-                               check=False)
     print(f"\nkeys at scale: {args.hosts} hosts with {args.keys} keys of {KEY_BYTES} bytes and one with {args.big}, "
           f"against one key per host; nix-hive -j {args.jobs}")
     for name, found in results.items():

@@ -23,7 +23,7 @@ from hive.errors import StepError
 from hive.keys import KEYS_SH, Keys, upload_stream
 from hive.model import Hive, Instance, Key, System, frozen_map
 from hive.remote import Remote
-from tests.conftest import needs_lab
+from tests.conftest import needs, needs_lab
 from tests.constants import REPO, STANDIN
 from tests.fleet import Fleet
 
@@ -142,9 +142,93 @@ def test_more_failures_than_shown_name_the_others(remote: Remote, monkeypatch: p
 
 # --- keys.sh itself, run here as root would run it on a host ------------------------------------
 
-def install(keys: Sequence[tuple[Key, bytes]], stream: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["sh", "-c", KEYS_SH, "keys.sh", "upload", str(len(keys))],
-                          input=upload_stream(keys) if stream is None else stream, capture_output=True, timeout=60)
+def install(keys: Sequence[tuple[Key, bytes]], stream: bytes | None = None, shell: str = "sh",
+            tmpdir: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = os.environ | ({"TMPDIR": str(tmpdir)} if tmpdir else {})
+    return subprocess.run([shell, "-c", KEYS_SH, "keys.sh", "upload", str(len(keys))], env=env,
+                          input=upload_stream(keys) if stream is None else stream, capture_output=True, timeout=120)
+
+
+as_root = needs("root", None if os.geteuid() == 0 else "keys.sh runs as root (it checks that root owns each directory)")
+# around od's 16-byte lines, the 4 KiB of content keys.sh writes at a time, and the 16 KiB
+# from which a key is read on its own
+SIZES = (0, 1, 15, 16, 17, 1023, 1024, 1025, 4095, 4096, 4097, 16383, 16384)
+
+
+def thousands(root: Path, count: int) -> list[tuple[Key, bytes]]:
+    """`count` binary keys under `root`, in 10 directories (a name with spaces, quotes, a
+    backslash, a `$(...)` and a leading dash now and then), of SIZES bytes (the last two
+    rarely) and one of 1 MiB, 2 owners and 3 modes."""
+    rng = random.Random(count)
+    keys = []
+    for i in range(count):
+        where = root / (f"dir {i % 10}" if i % 10 else "plain")
+        name = f"-k{i} \\ é '\"$(touch {root}/x)" if i % 97 == 0 else f"k{i}"
+        owner = ("root", "nobody")[i % 2]
+        size = 1024 * 1024 if i == count // 2 else SIZES[rng.randrange(len(SIZES) - 2 * (i % 20 > 0))]
+        keys.append((Key(f"k{i}", str(where / name), user=owner, group=("root", "nogroup")[i % 2],
+                         permissions=("0400", "640", "0600")[i % 3]), rng.randbytes(size)))
+    return keys
+
+
+def installed(root: Path, keys: Sequence[tuple[Key, bytes]], *, but: int | None = None) -> None:
+    """Every key (but the one at index `but`) at its destination with its bytes, owner and
+    mode; no private directory left behind."""
+    for i, (key, data) in enumerate(keys):
+        if i == but:
+            continue
+        dest = Path(key.destination)
+        st = dest.lstat()
+        assert dest.read_bytes() == data, dest
+        assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)) == (
+            0 if key.user == "root" else 65534, 0 if key.group == "root" else 65534, oct(int(key.permissions, 8))), dest
+    assert [p for d in root.iterdir() for p in d.iterdir() if p.name.startswith(".")] == []
+    assert not (root / "x").exists()  # no name ran as a command
+
+
+@as_root
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_thousands_of_keys_arrive_byte_for_byte_with_their_owners_and_modes(tmp_path: Path, shell: str) -> None:
+    """3,000 keys of one call (keys.sh no longer starts a process per key, issue 29), under
+    Debian's sh (dash) and under bash (NixOS's sh): each installed whole, owned and moded."""
+    tmp_path.chmod(0o755)
+    keys = thousands(tmp_path, 3000)
+    out = install(keys, shell=shell)
+    assert (out.returncode, out.stdout, out.stderr) == (0, b"", b"")
+    installed(tmp_path, keys)
+    # `hashes` of them all (one sha256sum): a line each, in order (a name with a backslash
+    # escaped, as sha256sum does), none for a destination that is not there
+    dests = [key.destination for key, _ in keys]
+    hashes = subprocess.run([shell, "-c", KEYS_SH, "keys.sh", "hashes", *dests, str(tmp_path / "none" / "k")],
+                            capture_output=True, check=True, timeout=120)
+    assert hashes.stdout.decode().splitlines() == [
+        ("\\" if "\\" in dest else "") + f"{sha256(data)}  {dest.replace(chr(92), chr(92) * 2)}"
+        for dest, (_, data) in zip(dests, keys, strict=True)]
+
+
+@as_root
+def test_a_content_altered_in_transit_among_thousands_fails_that_key_alone(tmp_path: Path) -> None:
+    """One byte of one key's content flipped on the way, among 2,000: that key fails (66, its
+    line), the file already at its destination stays as it was, and every other key is
+    installed. keys.sh's own lists stay out of a TMPDIR another user owns."""
+    tmp_path.chmod(0o755)
+    keys = thousands(tmp_path / "keys", 2000)
+    theirs = tmp_path / "their-tmp"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    bad = next(i for i in range(1234, 2000) if len(keys[i][1]) > 16)
+    dest = Path(keys[bad][0].destination)
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"the old key")
+    stream = bytearray(upload_stream(keys))
+    stream[len(stream) - sum(len(data) for _, data in keys[bad:]) + 16] ^= 0x80
+    out = install(keys, bytes(stream), tmpdir=theirs)
+    size = len(keys[bad][1])
+    assert (out.returncode, out.stdout.decode(), out.stderr) == (
+        68, f"{bad + 1} 66 the content arrived altered ({size} of {size} bytes, another SHA-256): not installed\n", b"")
+    assert dest.read_bytes() == b"the old key"
+    installed(tmp_path / "keys", keys, but=bad)
+    assert list(theirs.iterdir()) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="keys.sh runs as root (it checks that root owns each directory)")

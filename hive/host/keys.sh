@@ -28,6 +28,13 @@
 # mode, then filled, checked against its SHA-256, and renamed onto the destination's name
 # (`mv -t DIR`: rename(2), which replaces a name and never follows it), the keys of one
 # directory by one `mv`. The private directory goes when the call ends, whatever happened.
+#
+# The work grows as the keys do, no faster (issue 29: 2,000 keys had taken 40 times as long as
+# 200): a key costs a few builtins and a file; processes are started per directory (mktemp,
+# its checks, sha256sum, awk, find, mv), per user and group (id, getent), per owner (chown),
+# per mode (chmod), and for the contents per MiB of small keys (head, od, tr, awk) and per key
+# of 16 KiB or more (head), never per small key (but one that fails: its line says how many
+# bytes arrived).
 case $0 in /run/nix-hive/*/keys.sh) rm -f "$0"; rmdir "${0%/*}" 2>/dev/null || : ;; esac
 set -eu
 
@@ -67,64 +74,74 @@ safe_path() {  # DIR [make]: safe_dir of / and of every directory down to DIR; s
 
 what=$1
 shift
-if [ "$what" = hashes ]; then
+nl='
+'
+if [ "$what" = hashes ]; then  # one sha256sum for all, each directory checked once
+  safe=$nl unsafe=$nl
   for f in "$@"; do
-    if (safe_path "${f%/*}" && [ -f "$f" ] && [ ! -L "$f" ]) 2>/dev/null; then
-      sha256sum -- "$f" 2>/dev/null || :
-    fi
-  done
+    dir=${f%/*}
+    case $unsafe in *"$nl$dir$nl"*) continue ;; esac
+    case $safe in *"$nl$dir$nl"*) ;; *)
+      if ! safe_path "$dir" 2> /dev/null; then unsafe="$unsafe$dir$nl"; continue; fi
+      safe="$safe$dir$nl"
+    esac
+    if [ -f "$f" ] && [ ! -L "$f" ]; then printf '%s\0' "$f"; fi
+  done | xargs -0r sha256sum -- 2> /dev/null || :
   exit 0
 fi
 if [ "$what" != upload ] || [ $# -ne 1 ]; then echo "keys.sh: unknown call $what" >&2; exit 2; fi
 count=$1
 case $count in '' | *[!0-9]*) echo "keys.sh: upload COUNT, not $count" >&2; exit 2 ;; esac
-nl='
-'
 tab=$(printf '\t')
 umask 077
 failed=0
 
 fail() {  # N CODE WHY: key N is not installed, and says why
-  eval "k_code_$1=\$2"
+  eval "f_$1="
   printf '%s %s %s\n' "$1" "$2" "$3"
   failed=1
 }
 
-key() {  # N: key N's fields in want size mode owner dest dir base code stage (its directory's)
-  eval "want=\$k_want_$1 size=\$k_size_$1 mode=\$k_mode_$1 owner=\$k_owner_$1 dest=\$k_dest_$1" \
-    "code=\$k_code_$1 d=\$k_dir_$1"
-  dir=${dest%/*}
-  base=${dest##*/}
-  eval "stage=\${stage_$d:-}"
+number() {  # TABLE VALUE: $at, VALUE's number in TABLE (the name of a variable holding lines
+  # "VALUE<tab>NUMBER", VALUE without a tab or a newline), added with the next number if new
+  table=''
+  eval "table=\$$1"
+  case $table in
+    *"$nl$2$tab"*) at=${table#*"$nl$2$tab"} at=${at%%"$nl"*} ;;
+    *) at=${table##*"$tab"} at=$((${at%"$nl"} + 1)); eval "$1=\$table\$2\$tab\$at\$nl" ;;
+  esac
 }
 
-staged() {  # D [OWNER|MODE VALUE]: NUL-terminated, the base names of the keys of directory D
-  # still to install (only those of that owner or mode), in their order
-  n=0
-  while [ "$n" -lt "$count" ]; do
-    n=$((n + 1))
-    key "$n"
-    if [ -n "$code" ] || [ "$d" != "$1" ]; then continue; fi
-    case ${2:-} in owner) [ "$owner" = "$3" ] || continue ;; mode) [ "$mode" = "$3" ] || continue ;; esac
-    printf '%s\0' "$base"
-  done
-}
-
-each() {  # owner|mode VALUE CMD...: CMD the files of the keys of that owner or mode (in their
-  # directory's private one: base names only)
-  field=$1 value=$2
-  shift 2
+# The call's lists (names, sizes, SHA-256s: never a content; chown and chmod take files from
+# them), in a private directory of root's in /tmp, never in $TMPDIR (which the user nix-hive
+# logs in as may set, and own: they could swap the lists), and each key directory's private
+# one (stage_N, made when its first key is checked), gone when the call ends, whatever happened.
+why='/tmp is missing'
+if ! safe_path /tmp; then echo "keys.sh: $why" >&2; exit 1; fi
+work=$(mktemp -d /tmp/.nix-hive-keys.XXXXXX)
+: > "$work/plan"
+ndirs=0
+cleanup() {
+  rm -rf -- "$work"
   n=0
   while [ "$n" -lt "$ndirs" ]; do
     n=$((n + 1))
-    eval "stage=\$stage_$n"
-    (cd "$stage" && staged "$n" "$field" "$value" | xargs -0r "$@")
+    eval "rm -rf -- \"\$stage_$n\""
   done
 }
+trap cleanup EXIT
 
 # 1. The key lines: each key checked (its user, group, directories, destination) before any
-# content is read.
-users=' ' groups=' ' dirs=$nl owners=$nl modes=$nl ndirs=0
+# content is read; each that passes gets its file in its directory's private one (root's,
+# 0600 as made: umask 077) and goes into that directory's lists (names.D: its name, NUL-ended;
+# wants.D: "N SHA-256 LENGTH"), and its owner's and mode's lists (owner.O, mode.MODE: its
+# file), all appended key by key: a key costs the same whatever the number of keys, and no
+# process of its own. f_N: key N's file, empty for a key not (or no longer) to install.
+# plan: how step 3 reads the contents, in order: "big N LENGTH" for a key of BIG bytes or
+# more (read alone), "small N BYTES" for a run of smaller keys from key N on (read together,
+# at most RUN bytes; sizes.N: their LENGTHs, a line each).
+BIG=16384 RUN=1048576
+users=' ' groups=' ' dirs=$nl refused=$nl owners="${nl}root:root${tab}0$nl" run='' bytes=0
 i=0
 while [ "$i" -lt "$count" ]; do
   i=$((i + 1))
@@ -138,11 +155,22 @@ while [ "$i" -lt "$count" ]; do
   user=${line%% *} line=${line#* }
   group=${line%% *} dest=${line#* }
   case $want in *[!0-9a-f]* | '') want=bad ;; esac
-  case $size in *[!0-9]* | '') want=bad ;; esac
+  case $size in *[!0-9]* | '') want=bad ;; *) size=${size#"${size%%[!0]*}"} size=${size:-0} ;; esac
   case $mode in *[!0-7]* | '') want=bad ;; esac
   case $dest in /*"$tab"*) dest=bad ;; /*) ;; *) dest=bad ;; esac
   if [ ${#want} -ne 64 ] || [ "$dest" = bad ]; then echo "keys.sh: key line $i is not one" >&2; exit 2; fi
-  eval "k_want_$i=\$want k_size_$i=\$size k_mode_$i=\$mode k_owner_$i=\$user:\$group k_dest_$i=\$dest k_code_$i= k_dir_$i="
+  if [ -n "$run" ] && { [ "$size" -ge "$BIG" ] || [ $((bytes + size)) -gt "$RUN" ]; }; then
+    echo "small $run $bytes" >> "$work/plan"
+    run=''
+  fi
+  if [ "$size" -ge "$BIG" ]; then
+    echo "big $i $size" >> "$work/plan"
+  else
+    if [ -z "$run" ]; then run=$i bytes=0; fi
+    echo "$size" >> "$work/sizes.$run"
+    bytes=$((bytes + size))
+  fi
+  eval "f_$i="
   case $users in *" $user "*) ;; *)
     if ! id -u "$user" > /dev/null 2>&1; then fail "$i" 64 "no user $user"; continue; fi
     users="$users$user "
@@ -152,99 +180,124 @@ while [ "$i" -lt "$count" ]; do
     groups="$groups$group "
   esac
   dir=${dest%/*}
+  base=${dest##*/}
+  case $refused in *"$nl$dir$tab"*)
+    why=${refused#*"$nl$dir$tab"}
+    fail "$i" 67 "${why%%"$nl"*}"
+    continue
+  esac
   case $dirs in *"$nl$dir$tab"*) ;; *)
-    if ! safe_path "$dir" make; then fail "$i" 67 "$why"; continue; fi
+    if ! safe_path "$dir" make; then refused="$refused$dir$tab$why$nl"; fail "$i" 67 "$why"; continue; fi
     ndirs=$((ndirs + 1))
+    eval "stage_$ndirs=\$(mktemp -d \"\$dir/.nix-hive-keys.XXXXXX\")"
     dirs="$dirs$dir$tab$ndirs$nl"
   esac
-  d=${dirs#*"$nl$dir$tab"}
-  eval "k_dir_$i=\${d%%\"\$nl\"*}"
+  d=${dirs#*"$nl$dir$tab"} d=${d%%"$nl"*}
   if [ -L "$dest" ]; then fail "$i" 67 "$dest is a symbolic link: refused"; continue; fi
   if [ -e "$dest" ] && [ ! -f "$dest" ]; then fail "$i" 67 "$dest is not a regular file: refused"; continue; fi
-  case $owners in *"$nl$user:$group$nl"*) ;; *) owners="$owners$user:$group$nl" ;; esac
-  case $modes in *"$nl$mode$nl"*) ;; *) modes="$modes$mode$nl" ;; esac
+  eval "file=\$stage_$d/\$base"
+  : > "$file"
+  eval "f_$i=\$file"
+  printf '%s\0' "$base" >> "$work/names.$d"
+  printf '%s %s %s\n' "$i" "$want" "$size" >> "$work/wants.$d"
+  number owners "$user:$group"
+  if [ "$at" -ne 0 ]; then printf '%s\0' "$file" >> "$work/owner.$at"; fi
+  case $mode in 600 | 0600) ;; *) printf '%s\0' "$file" >> "$work/mode.$mode" ;; esac
 done
+if [ -n "$run" ]; then echo "small $run $bytes" >> "$work/plan"; fi
 
-# 2. Each directory's private one, each key's file in it, given its owner and mode (root's,
-# 0600 as made: umask 077), all before any content.
-cleanup() {
-  n=0
-  while [ "$n" -lt "$ndirs" ]; do
-    n=$((n + 1))
-    eval "stage=\${stage_$n:-}"
-    if [ -n "$stage" ]; then rm -rf -- "$stage"; fi
-  done
-}
-trap cleanup EXIT
-n=0
-while [ "$n" -lt "$ndirs" ]; do
-  n=$((n + 1))
-  dir=${dirs%%"$tab$n$nl"*}
-  dir=${dir##*"$nl"}
-  eval "stage_$n=\$(mktemp -d \"\$dir/.nix-hive-keys.XXXXXX\")"
-done
-i=0
-while [ "$i" -lt "$count" ]; do
-  i=$((i + 1))
-  key "$i"
-  if [ -z "$code" ]; then : > "$stage/$base"; fi
-done
+# 2. Each file given its owner and mode, all before any content: one chown per owner, one
+# chmod per mode (owners first: a chown clears set-user-ID bits).
 set -f
 IFS=$nl
-for owner in $owners; do
-  if [ "$owner" != root:root ]; then each owner "$owner" chown -- "$owner"; fi
-done
-for mode in $modes; do
-  case $mode in 600 | 0600) ;; *) each mode "$mode" chmod -- "$mode" ;; esac
+for entry in $owners; do
+  o=${entry##*"$tab"}
+  if [ -e "$work/owner.$o" ]; then xargs -0r chown -- "${entry%"$tab"*}" < "$work/owner.$o"; fi
 done
 IFS=' '
-
-# 3. The contents, in order (a refused key's is read and dropped).
-i=0
-while [ "$i" -lt "$count" ]; do
-  i=$((i + 1))
-  key "$i"
-  if [ -z "$code" ]; then head -c "$size" > "$stage/$base"; else head -c "$size" > /dev/null; fi
+set +f
+for list in "$work"/mode.*; do
+  if [ -e "$list" ]; then xargs -0r chmod -- "${list##*.}" < "$list"; fi
 done
+set -f
 
-# 4. Each file's SHA-256 against the one its line gave (sha256sum prints a line per file, in
-# order; one with a backslash in its name starts with a backslash).
+# 3. The contents, in order, as the plan says (a refused key's are read and dropped). A big
+# key's by its own `head -c`. A run of small ones by one `head -c`, and written into their
+# files by the shell itself, no process per key: od writes each byte as ` ooo` (octal), tr
+# makes that `\ooo`, the escape printf turns back into the byte (NUL included), and awk cuts
+# those lines at the keys' lengths into commands `put N "\ooo..."`, at most 4 KiB of content
+# each, which the shell then runs. A stream cut short leaves the keys from the cut on shorter
+# than their lengths (step 4 fails them). The contents stay in memory and pipes, never in a
+# file but their own.
+put() {  # N ESCAPES: append the bytes ESCAPES stands for to key N's file (none for a refused key)
+  eval "file=\$f_$1"
+  # shellcheck disable=SC2059 # the format is the bytes: \ooo escapes only (no %)
+  if [ -n "$file" ]; then printf "$2" >> "$file"; fi
+}
+exec 3<&0
+while read -r part first bytes; do
+  if [ "$part" = big ]; then
+    eval "file=\$f_$first"
+    head -c "$bytes" <&3 > "${file:-/dev/null}"
+    continue
+  fi
+  if [ "$bytes" -eq 0 ]; then continue; fi
+  # shellcheck disable=SC1003 # tr's '\\': a backslash
+  eval "$(head -c "$bytes" <&3 | od -An -v -to1 | tr ' ' '\\' | LC_ALL=C awk -v k="$first" '
+    function flush() { if (out != "") printf "put %d \"%s\"\n", k, out; out = "" }
+    NR == FNR { last = k + FNR - 1; left[last] = $1; next }
+    {
+      line = $0
+      while (line != "") {
+        while (k <= last && left[k] == 0) k++
+        if (k > last) break
+        take = length(line) / 4
+        if (take > left[k]) take = left[k]
+        out = out substr(line, 1, take * 4)
+        line = substr(line, take * 4 + 1)
+        left[k] -= take
+        if (left[k] == 0 || length(out) >= 16384) flush()
+      }
+    }
+    END { flush() }' "$work/sizes.$first" -)"
+done < "$work/plan"
+
+# 4. Each file's SHA-256 against the one its line gave: one sha256sum per directory (a line per
+# file, in order; one whose name has a backslash starts with a backslash), compared by awk;
+# a file that arrived altered is removed.
+stage=''
 n=0
 while [ "$n" -lt "$ndirs" ]; do
   n=$((n + 1))
+  if [ ! -e "$work/names.$n" ]; then continue; fi
   eval "stage=\$stage_$n"
-  IFS=$nl
-  # shellcheck disable=SC2046 # one word per line
-  set -- $(cd "$stage" && staged "$n" | xargs -0r sha256sum --)
-  IFS=' '
-  i=0
-  while [ "$i" -lt "$count" ]; do
-    i=$((i + 1))
-    key "$i"
-    if [ -n "$code" ] || [ "$d" != "$n" ]; then continue; fi
-    got=${1:-}
-    got=${got#\\}
-    [ $# -eq 0 ] || shift
-    if [ "${got%% *}" != "$want" ]; then
-      fail "$i" 66 "the content arrived altered ($(($(wc -c < "$stage/$base"))) of $size bytes, another SHA-256): not installed"
-    fi
-  done
+  (cd "$stage" && xargs -0r sha256sum --) < "$work/names.$n" > "$work/sums.$n" || :
+  LC_ALL=C awk 'FILENAME == ARGV[1] { sub(/^\\/, ""); got[FNR] = substr($0, 1, 64); next }
+                got[FNR] != $2 { print $1, $3 }' "$work/sums.$n" "$work/wants.$n" > "$work/altered"
+  while read -r i size; do
+    eval "file=\$f_$i"
+    fail "$i" 66 "the content arrived altered ($(($(wc -c < "$file"))) of $size bytes, another SHA-256): not installed"
+    rm -f -- "$file"
+  done < "$work/altered"
 done
 
-# 5. The renames: one mv per directory; a file still in its private directory was not renamed.
+# 5. The renames: one mv per directory of the files its private one holds (find: no limit on
+# their number); a file still there was not renamed.
 n=0
 while [ "$n" -lt "$ndirs" ]; do
   n=$((n + 1))
   eval "stage=\$stage_$n"
   dir=${dirs%%"$tab$n$nl"*}
   dir=${dir##*"$nl"}
-  (cd "$stage" && staged "$n" | xargs -0r mv -f -t "$dir/" --) || :
+  (cd "$stage" && find . -mindepth 1 -maxdepth 1 -print0 | xargs -0r mv -f -t "$dir/" --) || :
+  if rmdir -- "$stage" 2> /dev/null; then continue; fi
   i=0
   while [ "$i" -lt "$count" ]; do
     i=$((i + 1))
-    key "$i"
-    if [ -n "$code" ] || [ "$d" != "$n" ]; then continue; fi
-    if [ -e "$stage/$base" ] || [ -L "$stage/$base" ]; then fail "$i" 1 "$dest: its rename failed: not installed"; fi
+    eval "file=\$f_$i"
+    case $file in "$stage"/*)
+      if [ -e "$file" ] || [ -L "$file" ]; then fail "$i" 1 "${dir}/${file##*/}: its rename failed: not installed"; fi
+    esac
   done
 done
 if [ "$failed" -ne 0 ]; then exit 68; fi
