@@ -130,3 +130,16 @@ def test_a_5000_row_table_is_tabulate_s() -> None:
             for n in range(5000)]
     headers = ["instance", "system", "store", "tags", "address"]
     assert table(rows, headers) == tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.lists(CELLS | st.sampled_from(["a\tb", "\x1b[31m", "\u202e", "y" * 30, 7, None]),
+                              min_size=2, max_size=2), max_size=4),
+       limit=st.sampled_from([8, 2000]))
+def test_a_table_s_cells_are_printable_lines_whether_checked_at_once_or_one_by_one(rows: list[list[object]],
+                                                                                    limit: int) -> None:
+    """report.table looks at a table of printable strings at once (issue 29); its cells are
+    still text.cell's: tabs and controls escaped, a long cell cut at `limit`, numbers as str."""
+    cells = [[text.cell(c, limit) for c in row] for row in rows]
+    assert table(rows, ["a", "b"], limit=limit) == tabulate(cells, headers=["a", "b"], tablefmt="simple",
+                                                            disable_numparse=True)
