@@ -132,14 +132,22 @@ def _properties(schema: Mapping[str, Any], draft: Mapping[str, Any]) -> Tests:
     other = compile_schema(schema.get("additionalProperties", True), draft)
 
     def test(value: dict[str, Any]) -> bool:
-        return all(own.get(name, other)(item) for name, item in value.items())
+        for name, item in value.items():  # noqa: SIM110 (a loop: once an object, all() costs twice)
+            if not own.get(name, other)(item):
+                return False
+        return True
     return [(dict, test)]
 
 
 def _property_names(schema: Mapping[str, Any], draft: Mapping[str, Any]) -> Tests:
     names = compile_schema(schema["propertyNames"], draft)
 
-    return [(dict, lambda value: all(names(name) for name in value))]
+    def test(value: dict[str, Any]) -> bool:
+        for name in value:  # noqa: SIM110 (as above)
+            if not names(name):
+                return False
+        return True
+    return [(dict, test)]
 
 
 def _items(schema: Mapping[str, Any], draft: Mapping[str, Any]) -> Tests:

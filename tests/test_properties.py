@@ -305,3 +305,27 @@ def test_a_printed_line_escapes_the_same_characters_with_its_shortcut(value: str
     kept = (text._CONTROL_AND_TABS if tabs else text._CONTROL).sub(text._escaped, value[:limit]).replace("\n", "\\n")
     assert text.line(value, limit, tabs=tabs) == (kept if len(value) <= limit else
                                                   f"{kept}... ({len(value) - limit:,} more characters)")
+
+
+@settings(max_examples=300, deadline=None)
+@given(options=st.dictionaries(st.sampled_from(["Hostname", "Port", "port", "User", "ProxyJump", "Compression",
+                                                "compression", "ConnectTimeout", "BatchMode", "ServerAliveInterval",
+                                                "IdentityFile", "LogLevel"]),
+                               st.sampled_from(["10.0.0.1", "22", "yes", "a b", "root", "jump", "%h", "5"]),
+                               max_size=5),
+       pinned=st.booleans(), control=st.booleans())
+def test_a_host_block_is_the_same_with_its_shortcut(options: dict[str, str], pinned: bool, control: bool) -> None:
+    """ssh._block writes a block whose options replace none of nix-hive's (issue 29: 5,000
+    blocks) without _Options: the same lines, in the same order, or the same error, as
+    _Options makes."""
+    instance = Instance("a", "s", ssh=frozen_map(options), host_key="ssh-ed25519 AAAA" if pinned else None)
+    hive = Hive(file=Path("/x/hive.nix"), shown="hive.nix", paths=frozen_map({}),
+                systems={"s": System("s", frozen_map({}))}, instances={"a": instance})
+    fixed = ssh._Fixed.of(Path("/k"), Path("/c") if control else None, ssh._defaults())
+
+    def made(block: Any) -> object:
+        try:
+            return block(hive, instance, fixed)
+        except DeploymentError as exc:  # a value no line can hold: the same error, naming the same option
+            return str(exc)
+    assert made(ssh._block) == made(ssh._options_block)
