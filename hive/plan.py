@@ -61,7 +61,10 @@ class TaskId:
     target: str = ""
 
     def __str__(self) -> str:
-        return f"{self.kind.value}:{self.target}" if self.target else self.kind.value
+        # _value_: the member's value as Enum keeps it (`.value` is a property, 3 times slower: a
+        # plan of 5,000 instances names 30,000 tasks)
+        kind: str = self.kind._value_
+        return f"{kind}:{self.target}" if self.target else kind
 
     @classmethod
     def parse(cls, name: str) -> TaskId | None:
