@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import itertools
 import json
 import os
 import sys
@@ -107,11 +108,37 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, limit: int =
     `width`: the terminal's columns (`fitting`); each row then stays one line of the terminal,
     the columns giving way as `fit` says (KEEP by default). None (piped, `-v`): the whole
     table, every cell whole."""
-    cells = [[text_.cell(c, limit) for c in row] for row in rows]
+    cells = _cells(rows, limit)
     if width is None:
-        return tabulate(cells, headers=list(headers), tablefmt="simple", disable_numparse=True)
+        return _simple(list(headers), cells)
     kinds = [fit[i] if i < len(fit) else Fit.KEEP for i in range(len(headers))]
     return _fitted([text_.cell(h) for h in headers], cells, kinds, max(width - 1, 1))
+
+
+def _cells(rows: Sequence[Sequence[Any]], limit: int) -> list[list[str]]:
+    """Each value as `text_.cell(value, limit)`: a table of printable strings none longer than
+    `limit` (a fleet's names, addresses, URLs) as it is, in one look; any other one by one."""
+    flat = [c for row in rows for c in row]
+    if all(type(c) is str for c in flat) and "".join(flat).isprintable() and max(map(len, flat), default=0) <= limit:
+        return [list(row) for row in rows]
+    return [[text_.cell(c, limit) for c in row] for row in rows]
+
+
+def _simple(headers: list[str], cells: list[list[str]]) -> str:
+    """tabulate's "simple" table of these strings, numbers not parsed, byte for byte: written
+    here when every cell is printable ASCII (each character one column), which is the table
+    of a large fleet (tabulate looks at each cell's type: 0.15 s of `plan`'s 10,000 tasks);
+    any other table by tabulate itself (tests/test_report.py compares the two)."""
+    every = "".join(itertools.chain(headers, *cells))
+    if not headers or any(len(row) != len(headers) for row in cells) or not (every.isascii() and every.isprintable()):
+        return tabulate(cells, headers=headers, tablefmt="simple", disable_numparse=True)
+    # tabulate strips every cell (not the headers), left-aligns strings in columns as wide as
+    # their widest cell and at least their header and 2, joins them with GAP, and strips each line
+    stripped = [tuple(c.strip() for c in row) for row in cells]
+    widths = [max([len(h) + 2, *(len(row[i]) for row in stripped)]) for i, h in enumerate(headers)]
+    line = GAP.join(f"%-{w}s" for w in widths)  # each cell left-aligned in its column's width
+    return "\n".join([(line % tuple(headers)).rstrip(), GAP.join("-" * w for w in widths),
+                      *((line % row).rstrip() for row in stripped)])
 
 
 def fitting(stream: TextIO | None = None, *, verbose: bool = False) -> int | None:

@@ -211,16 +211,16 @@ class _Options:
         return dict(self._by_key)
 
     def lines(self, hive: Hive, instance: str) -> list[tuple[str, Origin | None]]:
-        out: list[tuple[str, Origin | None]] = []
-        for key, value, given in self._by_key.values():
-            if not given:
-                out.append((f"  {key} {value}", None))
-                continue
-            try:
-                out.append((f"  {key} {encode(key, value)}", (instance, key)))
-            except ValueError as exc:
-                raise DeploymentError(hive.shown, str(exc), attr_path(["instances", instance, "ssh", key])) from None
-        return out
+        return [_given_line(hive, instance, key, value) if given else (f"  {key} {value}", None)
+                for key, value, given in self._by_key.values()]
+
+
+def _given_line(hive: Hive, instance: str, key: str, value: str) -> tuple[str, Origin]:
+    """The line of an option the deployment gives `instance`, encoded (`encode`)."""
+    try:
+        return f"  {key} {encode(key, value)}", (instance, key)
+    except ValueError as exc:
+        raise DeploymentError(hive.shown, str(exc), attr_path(["instances", instance, "ssh", key])) from None
 
 
 def _own(key: str, value: str, tokens: str = "") -> str:
@@ -240,8 +240,9 @@ class _Fixed:
     pinned: Mapping[str, str]  # a pinned instance's, after its HostKeyAlias
     control: Mapping[str, str]  # a run's shared connections' (none without a control directory)
 
-    # what every block's options start from: the defaults, in _Options' own form
+    # what every block's options start from: the defaults, in _Options' own form, and their lines
     first: Mapping[str, tuple[str, str, bool]] = field(default_factory=dict)
+    first_lines: tuple[tuple[str, Origin | None], ...] = ()
 
     @classmethod
     def of(cls, known_hosts: Path, control_dir: Path | None, defaults: Mapping[str, str]) -> _Fixed:
@@ -252,10 +253,24 @@ class _Fixed:
         for key, value in encoded.items():
             first.set(key, value)
         return cls(defaults=encoded, pinned={k: _own(k, v) for k, v in pinned},
-                   control=_control(control_dir) if control_dir is not None else {}, first=first.settings())
+                   control=_control(control_dir) if control_dir is not None else {}, first=first.settings(),
+                   first_lines=tuple((f"  {key} {value}", None) for key, value, _ in first.settings().values()))
 
 
 def _block(hive: Hive, instance: Instance, fixed: _Fixed) -> list[tuple[str, Origin | None]]:
+    """An instance's Host block: nix-hive's defaults, then the deployment's options, each
+    once (an option named again in another case is one option, in ssh and here)."""
+    given = instance.ssh
+    named = {key.lower() for key in given}
+    if not instance.host_key and not fixed.control and len(named) == len(given) and named.isdisjoint(fixed.first):
+        # what _Options would make of them (none replaces another): the defaults' lines as
+        # they are, then the deployment's (issue 29: 5,000 blocks)
+        return [(f"Host {host_pattern(hive, instance.name)}", None), *fixed.first_lines,
+                *(_given_line(hive, instance.name, key, value) for key, value in given.items())]
+    return _options_block(hive, instance, fixed)
+
+
+def _options_block(hive: Hive, instance: Instance, fixed: _Fixed) -> list[tuple[str, Origin | None]]:
     options = _Options(fixed.first)
     for key, value in instance.ssh.items():
         options.set(key, value, given=True)

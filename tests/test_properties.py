@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hive import checks, ssh, text
+from hive import schema as schema_
 from hive.errors import DeploymentError, SelectionError
-from hive.evaluate import _validator, build_model, validate
+from hive.evaluate import _accepts, _validator, build_model, validate
 from hive.model import Hive, Instance, System, frozen_map
 from hive.resources import schema_file
 from hive.select import flatten, select
@@ -184,12 +185,104 @@ def test_the_validator_reports_what_jsonschema_itself_reports(instances: list[di
                       for e in errors)
 
     assert found(_validator().iter_errors(raw)) == found(plain.iter_errors(raw))
+    assert _accept(raw) is plain.is_valid(raw)
     try:
         validate(raw, "hive.nix")
     except DeploymentError:
         assert found(plain.iter_errors(raw))
     else:
         assert not found(plain.iter_errors(raw))
+
+
+def _accept(raw: Any) -> bool:
+    accepts = _accepts()
+    assert accepts is not None  # the shipped schema is compiled (hive/schema.py)
+    return accepts(raw)
+
+
+# Values of every JSON type, valid somewhere in a deployment or not, and the ones the compiled
+# test leaves to jsonschema (a float integer, a bool where an integer is asked)
+ANY = st.sampled_from(["sudo", "run0", "lambda", "set", "true", "/run/k", "/nix/store/x", "0640", "999",
+                       "pre-activation", "http://127.0.0.1:80/h", "https://c", "a\nb", "-x", "", "x86_64-linux",
+                       "ssh-ed25519 AAAA", 0, 1, 10, 86401, 100, 200, 599, 600, 1.0, 10.0, 2.5, True, False, None,
+                       [], ["true"], [200, 200], [200, 200.0], [True, 1], {}, {"a": "b"}])
+VALUE = st.one_of(ANY, st.lists(ANY, max_size=3))
+CHECK = st.fixed_dictionaries({}, optional={k: VALUE for k in ("command", "http", "timeout", "retries", "interval",
+                                                               "status", "bogus")})
+KEY = st.fixed_dictionaries({}, optional={k: VALUE for k in ("keyFile", "text", "keyCommand", "destination", "user",
+                                                             "permissions", "keyCommandTimeout", "uploadAt", "bogus")})
+NAMES = st.sampled_from(["a", "b-1", "-c", "d e", "", "Port", "ProxyCommand"])
+SYSTEM = st.fixed_dictionaries({"configuration": VALUE}, optional={
+    "system": VALUE, "tags": VALUE, "checks": st.dictionaries(NAMES, CHECK | VALUE, max_size=2),
+    "keys": VALUE, "elevate": VALUE, "buildHost": VALUE, "activationTimeout": VALUE,
+    "paths": st.dictionaries(NAMES, VALUE), "bogus": VALUE})
+DEPLOYMENT = st.fixed_dictionaries({"systems": st.dictionaries(NAMES, SYSTEM | VALUE, max_size=2)}, optional={
+    "instances": st.dictionaries(NAMES, INSTANCE | st.fixed_dictionaries({"system": VALUE}, optional={
+        "checks": st.dictionaries(NAMES, CHECK, max_size=2), "rebootTimeout": VALUE, "hostKey": VALUE}), max_size=3),
+    "keys": st.dictionaries(NAMES, KEY | VALUE, max_size=3), "stores": st.dictionaries(NAMES, VALUE, max_size=2),
+    "signingKey": VALUE, "elevate": VALUE, "confirmTimeout": VALUE, "paths": st.dictionaries(NAMES, VALUE),
+    "buildHost": VALUE, "bogus": VALUE})
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw=DEPLOYMENT)
+def test_the_compiled_schema_accepts_what_jsonschema_finds_valid(raw: dict[str, Any]) -> None:
+    """The schema compiled into Python tests (hive/schema.py), which decides alone whether a
+    deployment is valid (jsonschema then explains the errors of one that is not), gives
+    jsonschema's answer for whole deployments: systems, checks (oneOf, not), keys, stores."""
+    schema = json.loads(schema_file().read_text())
+    assert _accept(raw) is jsonschema.validators.validator_for(schema)(schema).is_valid(raw)
+
+
+SMALL_SCHEMAS: list[dict[str, Any]] = [{"not": {"type": "string"}}, {"oneOf": [{"type": "integer"}, {"minimum": 0}]},
+                 {"type": ["integer", "null"], "minimum": 1, "maximum": 86400}, {"enum": [1, "a", True, None]},
+                 {"type": "array", "items": {"type": "string", "pattern": "^a"}, "minItems": 1, "uniqueItems": True},
+                 {"uniqueItems": True},
+                 {"patternProperties": {"^a": {"type": "integer"}}, "additionalProperties": False},
+                 {"type": "object", "required": ["a"], "propertyNames": {"anyOf": [{"enum": ["a"]}, {"pattern": "^b"}]},
+                  "properties": {"a": False}, "additionalProperties": {"type": "boolean"}}]
+
+
+@settings(max_examples=300, deadline=None)
+@given(which=st.integers(min_value=0, max_value=len(SMALL_SCHEMAS) - 1),
+       value=st.one_of(VALUE, st.dictionaries(st.sampled_from(["a", "b", "ab", "c"]), VALUE, max_size=3)))
+def test_each_keyword_compiled_is_jsonschema_s(which: int, value: Any) -> None:
+    """Each keyword hive/schema.py compiles (not, oneOf, enums of numbers, uniqueItems of
+    any values) and one it leaves to jsonschema (patternProperties) decide as jsonschema."""
+    schema: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema", **SMALL_SCHEMAS[which]}
+    assert schema_.compile_schema(schema)(value) is jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+def _fleet(count: int) -> dict[str, Any]:
+    return {"systems": {"web": {"configuration": "set", "checks": {"up": {"command": "true"}}}},
+            "instances": {f"host-{n}": {"system": "web", "store": f"ssh://relay-{n // 100}", "tags": [f"rack{n // 40}"],
+                                        "ssh": {"Hostname": f"10.1.{n // 250}.{n % 250 + 1}", "ProxyJump": "jump"}}
+                          for n in range(count)}}
+
+
+@pytest.mark.parametrize(("change", "attribute", "message"), [
+    ({"tags": ["rack124", "rack124"]}, "tags", "a tag is repeated"),
+    ({"ssh": {"Hostname": "10.1.19.249", "Port": 70000}}, "ssh.Port", "70000 is not a TCP port"),
+    ({"store": "ssh://-relay"}, "store", "is not a Nix store URL"),
+    ({"bogus": 1}, "bogus", "unknown attribute"),
+    ({"system": 1}, "system", "1 is not a string"),
+    ({"ssh": {"Hostname": "10.1.19.249", "ProxyCommand": "nc"}}, "ssh", "\"ProxyCommand\" is not an ssh_config")])
+def test_an_error_in_the_4_999th_of_5_000_instances_is_found_and_named(change: dict[str, Any], attribute: str,
+                                                                      message: str) -> None:
+    """Valid values repeated on 4,998 instances (found valid once, hive/schema.py) do not hide
+    a bad one in the 4,999th: the deployment is refused with the message of a deployment of
+    that instance alone."""
+    raw = _fleet(5000)
+    raw["instances"]["host-4998"].update(change)
+    alone = {"systems": raw["systems"], "instances": {"host-4998": raw["instances"]["host-4998"]}}
+    assert not _accept(raw)
+    with pytest.raises(DeploymentError) as error:
+        validate(raw, "hive.nix")
+    with pytest.raises(DeploymentError) as error_alone:
+        validate(alone, "hive.nix")
+    assert str(error.value) == str(error_alone.value)
+    assert f"instances.host-4998.{attribute}" in str(error.value) and message in str(error.value)
+    assert _accept(_fleet(5000))  # and without it, accepted
 
 
 def test_the_shipped_schema_takes_the_validator_s_shortcuts() -> None:
@@ -212,3 +305,27 @@ def test_a_printed_line_escapes_the_same_characters_with_its_shortcut(value: str
     kept = (text._CONTROL_AND_TABS if tabs else text._CONTROL).sub(text._escaped, value[:limit]).replace("\n", "\\n")
     assert text.line(value, limit, tabs=tabs) == (kept if len(value) <= limit else
                                                   f"{kept}... ({len(value) - limit:,} more characters)")
+
+
+@settings(max_examples=300, deadline=None)
+@given(options=st.dictionaries(st.sampled_from(["Hostname", "Port", "port", "User", "ProxyJump", "Compression",
+                                                "compression", "ConnectTimeout", "BatchMode", "ServerAliveInterval",
+                                                "IdentityFile", "LogLevel"]),
+                               st.sampled_from(["10.0.0.1", "22", "yes", "a b", "root", "jump", "%h", "5"]),
+                               max_size=5),
+       pinned=st.booleans(), control=st.booleans())
+def test_a_host_block_is_the_same_with_its_shortcut(options: dict[str, str], pinned: bool, control: bool) -> None:
+    """ssh._block writes a block whose options replace none of nix-hive's (issue 29: 5,000
+    blocks) without _Options: the same lines, in the same order, or the same error, as
+    _Options makes."""
+    instance = Instance("a", "s", ssh=frozen_map(options), host_key="ssh-ed25519 AAAA" if pinned else None)
+    hive = Hive(file=Path("/x/hive.nix"), shown="hive.nix", paths=frozen_map({}),
+                systems={"s": System("s", frozen_map({}))}, instances={"a": instance})
+    fixed = ssh._Fixed.of(Path("/k"), Path("/c") if control else None, ssh._defaults())
+
+    def made(block: Any) -> object:
+        try:
+            return block(hive, instance, fixed)
+        except DeploymentError as exc:  # a value no line can hold: the same error, naming the same option
+            return str(exc)
+    assert made(ssh._block) == made(ssh._options_block)
