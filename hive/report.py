@@ -356,12 +356,17 @@ def system_rows(hive: Any, selected: set[str]) -> list[tuple[Any, ...]]:
 # every row to its widest cell, so one whole list would make the table grow as the square of
 # the instances (750 MB at 5,000). `nix-hive plan --json` has every list whole.
 PLAN_CELL = 200
+# a task's "waits for" (the deploy task waits for every instance): a long list is summed up in
+# this much (its count, its first and last tasks), not padding every row of a 5,000-instance
+# plan to 200 characters
+PLAN_DEPS = 80
 
 
 def plan_rows(plan: Any) -> list[tuple[str, ...]]:
     """`nix-hive plan`: a row per task, in the order the plan lists them, each cell at most
-    about PLAN_CELL characters (a long list summarised: its count, its first and last items)."""
-    return [(str(t.id), text_.summary([str(d) for d in (*t.setup, *t.deps)], "tasks", PLAN_CELL) or "-",
+    about PLAN_CELL characters, what it waits for PLAN_DEPS (a long list summarised: its count,
+    its first and last items)."""
+    return [(str(t.id), text_.summary([str(d) for d in (*t.setup, *t.deps)], "tasks", PLAN_DEPS) or "-",
              t.skippable.value if t.skippable is not None and t.skippable in plan.skip else "-",
              text_.bound(t.doc, PLAN_CELL))
             for t in plan.tasks]
