@@ -211,17 +211,34 @@ let
     if builtins.isPath m || builtins.isString m then load (import m)
     else if builtins.isFunction m then m args
     else m;
-  flatten = m:
-    let v = load m; in
-    [ (builtins.removeAttrs v [ "imports" "options" ]) ]
-    ++ builtins.concatMap flatten (v.imports or [ ]);
-  unwrap = v: if builtins.isAttrs v && v ? _merge then mergeAll v._merge else v;
+  modules = m: let v = load m; in [ v ] ++ builtins.concatMap modules (v.imports or [ ]);
+  # a module's settings: its `config` when it declares options or config (NixOS's full form),
+  # else the module itself
+  body = v: if v ? options || v ? config then v.config or { } else builtins.removeAttrs v [ "imports" "options" ];
+  # the defaults of a module's options (lib.mkOption's `default`), as settings
+  isOption = o: builtins.isAttrs o && (o._type or null) == "option";
+  defaults = opts: builtins.listToAttrs (builtins.concatMap (n: let o = opts.${n}; in
+    if isOption o then (if o ? default then [ { name = n; value = o.default; } ] else [ ])
+    else if builtins.isAttrs o then [ { name = n; value = defaults o; } ] else [ ]) (builtins.attrNames opts));
+  loaded = modules configuration;
+  # lib.mkIf COND { A = …; } is pushed down one level (A = if COND then … else { }), so that the
+  # names of a module's settings are known without COND, which may read the settings
+  unwrap = v: if !(builtins.isAttrs v) then v
+    else if v ? _merge then mergeAll v._merge
+    else if (v._type or null) == "if" then
+      (if builtins.isAttrs v.content && !(v.content ? _type) && !(v.content ? _merge)
+       then builtins.mapAttrs (_: x: if v.condition then x else { }) v.content
+       else if v.condition then unwrap v.content else { })
+    else v;
+  leafOff = v: builtins.isAttrs v && (v._type or null) == "if" && !(builtins.isAttrs v.content) && !v.condition;
   mergeAll = vs0:
-    let vs = map unwrap vs0; in
+    let vs = map unwrap (builtins.filter (v: !(leafOff v)) vs0); in
     if builtins.all builtins.isAttrs vs then builtins.zipAttrsWith (_: mergeAll) vs
     else if builtins.all builtins.isList vs then builtins.concatLists vs
     else lib.last vs;
-  config = mergeAll (flatten configuration);
+  # every option's default first: what a module sets wins
+  config = mergeAll (builtins.concatMap (v: if v ? options then [ (defaults v.options) ] else [ ]) loaded
+    ++ map body loaded);
 
   std = config.standin or { };
   # standin.evalCost: hashes chained in batches of 1000 (small lists, so the cost is CPU, not memory)
@@ -293,7 +310,7 @@ let
     Description=stand-in unit ${n} of ${name}
     [Service]
     Type=${type}
-    ${if type == "oneshot" then "RemainAfterExit=yes" else ""}
+    ${if type == "oneshot" && builtins.length (builtins.split "RemainAfterExit=" extra) == 1 then "RemainAfterExit=yes" else ""}
     ExecStart=${exec}
   '' + extra);
   # what NixOS writes for the switch options (reloadIfChanged wins over restartIfChanged)
@@ -302,15 +319,46 @@ let
      else if !(u.restartIfChanged or true) then "X-RestartIfChanged=false\n" else "")
     + (if !(u.stopIfChanged or true) then "X-StopIfChanged=false\n" else "")
     + (if u ? reload then "ExecReload=/bin/sh ${builtins.toFile "${n}-reload.sh" u.reload}\n" else "");
+  # environment and serviceConfig's other keys, as NixOS writes them (only units that set them)
+  unitValue = v: if builtins.isBool v then (if v then "true" else "false") else toString v;
+  serviceLines = u:
+    builtins.concatStringsSep "" (map (k: "Environment=\"${k}=${builtins.replaceStrings [ "%" ] [ "%%" ]
+      (unitValue u.environment.${k})}\"\n") (builtins.attrNames (u.environment or { })))
+    + builtins.concatStringsSep "" (map (k: "${k}=${unitValue u.serviceConfig.${k}}\n")
+      (builtins.filter (k: k != "Type") (builtins.attrNames (u.serviceConfig or { }))));
   httpFile = builtins.toFile "standin-http.py" httpCode;
   units = builtins.mapAttrs (n: u: unitFile n (u.serviceConfig.Type or "simple")
-      "/bin/sh ${builtins.toFile "${n}.sh" u.script}" (switchLines n u)) declared
+      "/bin/sh ${builtins.toFile "${n}.sh" u.script}" (switchLines n u + serviceLines u)) declared
     // (if httpPort == "" then { } else {
       standin-http = unitFile "standin-http" "simple" "/usr/bin/python3 ${httpFile} standin-http ${httpPort}" "";
     })
     // (if sshdUnit == null then { } else { sshd = sshdUnit; });
+  # systemd.timers.<name>.timerConfig: <name>.timer, started by the switch; the service it
+  # starts is not (NixOS: a timer's service is wanted by nothing)
+  timers = config.systemd.timers or { };
+  timerFiles = builtins.mapAttrs (n: t: builtins.toFile "${n}.timer" (''
+    [Unit]
+    Description=stand-in timer ${n}
+    [Timer]
+  '' + builtins.concatStringsSep "" (map (k: "${k}=${unitValue t.timerConfig.${k}}\n")
+      (builtins.attrNames (t.timerConfig or { }))))) timers;
   unitLinks = builtins.concatStringsSep "\n" (builtins.attrValues (builtins.mapAttrs
-    (n: f: "ln -s ${f} $out/etc/systemd/system/${n}.service") units));
+    (n: f: "ln -s ${f} $out/etc/systemd/system/${n}.service") units)
+    ++ builtins.attrValues (builtins.mapAttrs (n: f: "ln -s ${f} $out/etc/systemd/system/${n}.timer") timerFiles));
+  # the switch's lines for timers (none without: the other systems keep their paths)
+  timerLink = if timers == { } then "" else ''
+    for file in "$out"/etc/systemd/system/*.timer; do
+            target=$(readlink "$file")
+            if [ "$(readlink "$dir/$(basename "$file")" 2>/dev/null)" != "$target" ]; then ln -sfn "$target" "$dir/$(basename "$file")"; fi
+          done
+          '';
+  timerStart = if timers == { } then "" else ''
+    for file in "$out"/etc/systemd/system/*.timer; do
+            systemctl is-active --quiet "$(basename "$file")" || nx_job start "$(basename "$file")"
+          done
+          '';
+  timedSkip = if timers == { } then "" else ''[ ! -e "$out/etc/systemd/system/''${unit%.service}.timer" ] || continue
+          '';
 
   # sshd.service, as NixOS's openssh module makes it (settings, then extraConfig; restarted when
   # sshd_config changes, never stopped and started); only with settings or extraConfig.
@@ -373,7 +421,8 @@ let
   # header); a system without them keeps the store path it had before they existed.
   usesSwitchOptions = packageSpecs != { } || systemdVersion != null || inhibitors != null
     || ssh ? settings || ssh ? extraConfig
-    || builtins.any (n: builtins.any (k: declared.${n} ? ${k}) switchKeys) (builtins.attrNames declared);
+    || builtins.any (n: builtins.any (k: declared.${n} ? ${k}) switchKeys) (builtins.attrNames declared)
+    || timers != { };
   nixosSwitch = let v = std.nixosSwitch or usesSwitchOptions; in
     if !(builtins.isBool v) then throw "standin.nixosSwitch must be a boolean"
     else if !v && usesSwitchOptions then throw "standin.nixosSwitch = false, but the system uses options that need it (see tests/nixpkgs/nixos/default.nix)"
@@ -645,7 +694,7 @@ let
         target=$(readlink "$file")
         if [ "$(readlink "$dir/$unit" 2>/dev/null)" != "$target" ]; then ln -sfn "$target" "$dir/$unit"; fi
       done
-      if [ "$goal" != at-boot ] && [ $restart_systemd = 1 ]; then echo "restarting systemd..." >&2; fi
+      ${timerLink}if [ "$goal" != at-boot ] && [ $restart_systemd = 1 ]; then echo "restarting systemd..." >&2; fi
       systemctl reset-failed 2>/dev/null || true
       systemctl daemon-reload
       if [ "$goal" != at-boot ]; then echo "restarting sysinit-reactivation.target" >&2; fi
@@ -665,9 +714,9 @@ let
       for file in "$out"/etc/systemd/system/*.service; do
         [ -e "$file" ] || continue
         unit=$(basename "$file")
-        systemctl is-active --quiet "$unit" || nx_job start "$unit"
+        ${timedSkip}systemctl is-active --quiet "$unit" || nx_job start "$unit"
       done
-      # a health server left running keeps its pid file (the caller removed it)
+      ${timerStart}      # a health server left running keeps its pid file (the caller removed it)
       if ! nx_has "$jobs_run" standin-http.service && systemctl is-active --quiet standin-http.service; then
         systemctl show -p MainPID --value standin-http.service > /run/standin-http.pid
       fi
