@@ -16,6 +16,12 @@
 # 5. on success, appends "<epoch> <goal> <path> <user>" to /run/standin-activations.log (but
 #    see "The NixOS-like switch-to-configuration" below: its dry-activate and check do not).
 #
+# Modules: attribute sets or functions of { config, lib, pkgs, ... }, with imports; a module that
+# declares `options` (lib.mkOption's `default` is all the stand-in reads of them: no types are
+# checked) or `config` has its settings in `config`, as NixOS's full form (nix/agent.nix is
+# one). Every option's default comes first, then the modules' settings, merged: attribute sets
+# by name, lists concatenated, else the last one. lib.mkIf COND SET is pushed down one level
+# (each attribute of SET is there, { } when COND is false), so COND may read the settings.
 # Configuration (merged from the system's modules), for tests only:
 # - standin.payloadBytes, or STANDIN_PAYLOAD_BYTES (environment): the payload's size.
 # - standin.buildSeconds: the builder sleeps that long (to kill a build half-way).
@@ -99,6 +105,15 @@
 #   X-StopIfChanged=false. A unit without these options keeps its file as before. (NixOS
 #   requires no reload script for reloadIfChanged; without one a reload fails, as on NixOS.)
 #   systemd.services.sshd is refused: sshd's unit is the next option's.
+# - systemd.services.<name>.environment = { K = "V"; } and serviceConfig's keys other than Type
+#   (e.g. RemainAfterExit = false, which a oneshot then has instead of the stand-in's yes): lines
+#   Environment="K=V" (% doubled) and KEY=VALUE (booleans true/false) in [Service] (only units
+#   that set them). systemd.timers.<name>.timerConfig = { OnUnitActiveSec = "5min"; … }:
+#   $out/etc/systemd/system/<name>.timer ([Timer] KEY=VALUE lines); any timer gives the
+#   system the NixOS-like switch below, whose switch links the timers into /run/systemd/system
+#   and starts those not active, and does not start a service that has a timer of its name (as
+#   NixOS: such a service is wanted by nothing, its timer starts it; and a running oneshot
+#   would hold the switch's `systemctl start` until it ends).
 # - services.openssh.settings = { KEY = VALUE; } and/or services.openssh.extraConfig = "…"
 #   (with openssh enabled, the default): the system gets an sshd_config (settings as "KEY VALUE"
 #   lines, sorted, booleans as yes/no, lists joined by spaces, then extraConfig, as NixOS's
