@@ -6,6 +6,7 @@ their namespaces, as an operator at the console would, to start a poll and look.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -147,11 +148,13 @@ def test_a_good_record_reaches_the_host_and_two_hosts_follow_their_own(pull: Pul
     assert pull.status("h1")["record"] == r3 and pull.status("h1")["outcome"] == "ok"
     profile = pull.lab.run("h1", ["readlink", "-f", "/nix/var/nix/profiles/system"]).stdout.strip()
     assert profile == pull.systems["h1", "v3"]
-    # nothing new: a heartbeat, nothing activated
+    # nothing new: a heartbeat (with the record's time: how old the newest record is), nothing activated
+    when = pull.status("h1")["record_time"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", str(when)), when
     starts = len(pull.lab.activation_starts("h1"))
     pull.poll("h1")
     s = pull.status("h1")
-    assert s["outcome"] == "unchanged" and s["record"] == r3, s
+    assert s["outcome"] == "unchanged" and s["record"] == r3 and s["record_time"] == when, s
     assert len(pull.lab.activation_starts("h1")) == starts
     # the agent asked nginx over HTTP, and PUT its status there
     log = pull.nginx.access_log()

@@ -24,8 +24,9 @@
 # record's checks on this host, GET the pointer again (the host can still be managed), and only
 # then confirm; any failure aborts, and activate.sh rolls back. Then PUT the status (JSON).
 #
-# State: STATE/applied ("PATH SERIAL" of the record running, confirmed), STATE/last (the record
-# last handled: path, serial, outcome, reason, activation directory; one per line), written
+# State: STATE/applied ("PATH SERIAL TIME" of the record running, confirmed), STATE/last (the record
+# last handled: path, serial, outcome, reason, activation directory, the record's time; one per
+# line: a heartbeat reports that time, so a record that stops changing shows its age), written
 # before the activation starts (outcome "activating"), so that an agent stopped mid-activation
 # does not try the same record again: the next poll reads what activate.sh did with it (the
 # host rolled back by itself, unconfirmed) and reports that once.
@@ -85,11 +86,12 @@ get() {  # URL: the body on stdout, bounded; curl's complaint on stderr
   curl -fsS --max-time "$http" --retry 2 --retry-delay 1 "$1"
 }
 
-applied_path=; applied_serial=
-if [ -r "$state/applied" ]; then read -r applied_path applied_serial < "$state/applied" || true; fi
-last_path=; last_serial=; last_outcome=; last_reason=; last_dir=
+applied_path=; applied_serial=; applied_time=
+if [ -r "$state/applied" ]; then read -r applied_path applied_serial applied_time < "$state/applied" || true; fi
+last_path=; last_serial=; last_outcome=; last_reason=; last_dir=; last_time=
 if [ -r "$state/last" ]; then
-  { read -r last_path; read -r last_serial; read -r last_outcome; read -r last_reason; read -r last_dir; } < "$state/last"
+  { read -r last_path; read -r last_serial; read -r last_outcome; read -r last_reason; read -r last_dir
+    read -r last_time; } < "$state/last"
 fi
 
 record=; serial=; rtime=; outcome=; reason=
@@ -119,7 +121,8 @@ remember() {  # OUTCOME REASON [DIR]: STATE/last for the record at hand
 $serial
 $1
 $(line "$2")
-${3:-}"
+${3:-}
+$rtime"
 }
 finish() {  # OUTCOME REASON: remembered (not retried until the pointer changes), then reported
   remember "$1" "$2"
@@ -143,12 +146,12 @@ fi
 
 # 2. the record handled last: a heartbeat (and what became of an activation the agent left)
 if [ "$record" = "$last_path" ]; then
-  serial=$last_serial
+  serial=$last_serial; rtime=$last_time
   if [ "$last_outcome" = activating ]; then
     s=$(cat "$last_dir/state" 2>/dev/null || echo gone)
     case $s in
       confirmed)
-        put applied "$record $serial"; applied_serial=$serial
+        put applied "$record $serial $rtime"; applied_serial=$serial
         finish ok "confirmed (by an earlier poll that stopped before it reported)" ;;
       rolled-back*) finish rolled-back "the agent stopped during the activation; the host rolled back by itself ($s)" ;;
       failed-* | timed-out | busy* | abandoned | gone)
@@ -160,7 +163,7 @@ if [ "$record" = "$last_path" ]; then
   report unchanged "no new record (this one was $last_outcome: $last_reason)"
 fi
 if [ "$record" = "$applied_path" ]; then
-  serial=$applied_serial
+  serial=$applied_serial; rtime=$applied_time
   finish unchanged "running the record applied (serial $applied_serial)"
 fi
 
@@ -240,7 +243,7 @@ follow() {  # SECONDS STOP: the activation's state once it is STOP or an end sta
 }
 ended() {  # the activation's end state: the outcome reported
   case $s in
-    confirmed) put applied "$record $serial"; applied_serial=$serial
+    confirmed) put applied "$record $serial $rtime"; applied_serial=$serial
                finish ok "$system is running, checked and confirmed" ;;
     rolled-back*) finish rolled-back "$1; the host rolled back (${s#rolled-back })" ;;
     *) finish failed "$1; the activation ended: ${s:-no state}" ;;
