@@ -101,8 +101,10 @@ def build_systems(tmp: Path, public: str) -> dict[tuple[str, str], str]:
     expr.write_text("{\n" + body + "}\n")
     names = [f"{h}-{v}" for h in AGENTS for v in VARIANTS]
     out = sh(["nix", "build", "--impure", "-f", str(expr), *names, "--json", "--no-link"], env=nix_env()).stdout
-    paths = [str(d["outputs"]["out"]) for d in json.loads(out)]
-    return {(h, v): p for (h, v), p in zip(((h, v) for h in AGENTS for v in VARIANTS), paths, strict=True)}
+    # by name (nix build --json lists them in an order of its own)
+    paths = {str(d["outputs"]["out"]).split("-nixos-system-pull-", 1)[1]: str(d["outputs"]["out"])
+             for d in json.loads(out)}
+    return {(h, v): paths[f"{h}-{v}"] for h in AGENTS for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")
