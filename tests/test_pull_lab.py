@@ -55,6 +55,7 @@ class Pull:
     key: Path  # the deployment's signing key
     public: str
     other: Path  # another key, which the hosts trust for substitution (not the deployment's)
+    impostor: Path  # a key named as the deployment's, another secret
     systems: dict[tuple[str, str], str]  # (host, variant) -> system
 
     def status(self, host: str) -> dict[str, object]:
@@ -112,6 +113,7 @@ def pull(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pull]:
     tmp = tmp_path_factory.mktemp("pull")
     key, public = make_key(tmp / "keys", "hive-pull")
     other, other_public = make_key(tmp / "other", "mirror")
+    impostor, _ = make_key(tmp / "impostor", "hive-pull")
     conf = f"trusted-public-keys = {public} {other_public}\n"
     systems = build_systems(tmp, public)
     lab = Lab.start(TOPOLOGY, tmp / "lab", nix_conf={h: conf for h in HOSTS}, init="systemd")
@@ -120,7 +122,7 @@ def pull(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pull]:
         nginx.start()
         # the deployer's namespace has the machine's /etc/hosts: the cache by its address
         url = f"http://{lab.hosts['cache'].addresses['pub']}:{PORT}"
-        pull = Pull(lab, nginx, Publisher(lab, url, tmp / "records"), key, public, other, systems)
+        pull = Pull(lab, nginx, Publisher(lab, url, tmp / "records"), key, public, other, impostor, systems)
         for h in HOSTS:
             if h != "h6":  # the timer's test installs its own
                 pull.install(h)
@@ -212,9 +214,13 @@ def test_forged_foreign_replayed_and_tampered_records_are_refused(pull: Pull) ->
     # it, the agent's own check refuses it
     forged = pull.publish(h, "v4", key=pull.other)
     refused(pull, h, forged, "not signed by the deployment's key", "v3")
-    # not signed at all: Nix refuses to fetch it
+    # not signed at all (Nix fetches it: a record is content-addressed, which Nix trusts unsigned;
+    # the agent's check does not)
     unsigned = pull.publish(h, "v4", signed=False)
-    refused(pull, h, unsigned, "refused by Nix", "v3")
+    refused(pull, h, unsigned, "no signature by hive-pull", "v3")
+    # signed by a key of the same name that is not the deployment's
+    impostor = pull.publish(h, "v4", key=pull.impostor)
+    refused(pull, h, impostor, "not signed by the deployment's key", "v3")
     # signed, but for another instance
     foreign = pull.publish(h, "v4", instance="h1")
     refused(pull, h, foreign, "for the instance h1, not h4", "v3")

@@ -18,7 +18,8 @@
 # last (applied, refused or failed: STATE/last) -> a heartbeat status, done. Else fetch the record
 # and the system it references (`nix copy --from C`: Nix checks every path's signature against
 # the host's trusted-public-keys and every NAR's hash), verify the record alone against the
-# deployment's key only (`nix store verify`), check its format, instance and serial (greater
+# deployment's key only (signed_by_key below: the contract's `nix store verify RECORD` would
+# pass any record, a content-addressed path), check its format, instance and serial (greater
 # than the one applied: no replay, no downgrade), then activate its system with activate.sh
 # (host lock, a transient unit of its own, timeout, rollback, confirmation window), run the
 # record's checks on this host, GET the pointer again (the host can still be managed), and only
@@ -129,6 +130,38 @@ finish() {  # OUTCOME REASON: remembered (not retried until the pointer changes)
   report "$1" "$2"
 }
 
+# signed_by_key PATH: whether PATH, as this host's store holds it (its NAR hash, size and
+# references), carries a signature of the deployment's key ($key). Not `nix store verify PATH`:
+# a record is builtins.toFile's, a content-addressed path, and Nix counts every content-addressed
+# path as trusted whatever its signatures (nix copy takes it unsigned, and store verify passes
+# it): anyone could write a record. So the path's own facts and its signatures (nix copy kept the
+# cache's) are written as the narinfo of a throwaway file:// cache, without the CA field, and
+# `nix store verify --no-contents` checks them there, where only a signature can make it valid.
+# The signature covers the fingerprint "1;PATH;NARHASH;NARSIZE;REFS", which has no CA field.
+signed_by_key() {
+  v=$(mktemp -d) || { echo "mktemp failed"; return 1; }
+  name=${key%%:*}
+  base=${1#/nix/store/}
+  sigs=$(nix --extra-experimental-features nix-command path-info --sigs "$1" 2>/dev/null \
+    | awk '{ for (i = 2; i <= NF; i++) print $i }' | grep "^$name:" | sed 's/^/Sig: /')
+  {
+    echo "StorePath: $1"
+    echo "URL: nar/none.nar"
+    echo "Compression: none"
+    echo "NarHash: $(nix-store -q --hash "$1")"
+    echo "NarSize: $(nix-store -q --size "$1")"
+    echo "References: $(nix-store -q --references "$1" | sed 's|^/nix/store/||' | tr '\n' ' ' | sed 's/ $//')"
+    [ -z "$sigs" ] || printf '%s\n' "$sigs"
+  } > "$v/${base%%-*}.narinfo"
+  printf 'StoreDir: /nix/store\n' > "$v/nix-cache-info"
+  if [ -z "$sigs" ]; then rm -rf "$v"; echo "no signature by $name"; return 1; fi
+  out=$(nix --extra-experimental-features nix-command store verify --store "file://$v" --no-contents \
+    --option trusted-public-keys "$key" --sigs-needed 1 "$1" 2>&1)
+  rc=$?
+  rm -rf "$v"
+  [ $rc -eq 0 ] || { line "$(printf '%s' "$out" | grep -v '^warning:' | tail -n 2)"; return 1; }
+}
+
 # 1. the pointer
 if ! pointer=$(get "$cache/nix-hive/pointers/$instance" 2>"$state/curl.err"); then
   report failed "cannot read the pointer $cache/nix-hive/pointers/$instance: $(line "$(cat "$state/curl.err")")"
@@ -177,9 +210,8 @@ if ! timeout -k 10 "$limit" nix --extra-experimental-features nix-command copy -
   fi
   finish refused "the cache's record or closure was refused by Nix (signatures, hashes): $said"
 fi
-if ! said=$(nix --extra-experimental-features nix-command store verify --option trusted-public-keys "$key" \
-    --sigs-needed 1 "$record" 2>&1); then
-  finish refused "the record is not signed by the deployment's key: $(printf '%s' "$said" | tail -n 2 | tr '\n' ' ')"
+if ! said=$(signed_by_key "$record"); then
+  finish refused "the record is not signed by the deployment's key: $said"
 fi
 refs=$(nix-store -q --references "$record" 2>/dev/null)
 n=0; k=; v=; rest=
