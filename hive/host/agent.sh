@@ -36,6 +36,15 @@
 # record: it is not written to STATE/last, the next poll tries again. Exit status: 0 when the
 # poll ended with its status stored, 1 when the cache or the status location could not be
 # reached (systemd shows the unit failed), 2 for a bad configuration.
+#
+# Where this departs from the pull contract (/work/pull-contract.md, issue 32): the record's
+# signature is checked by signed_by_key, not by `nix store verify RECORD` (which passes any
+# content-addressed path, so any record); a fetch that fails while the cache does not answer is
+# retried next poll, not remembered as handled; a refused record's status carries the serial its
+# name claims (its content may be unreadable); a heartbeat names the record handled last (path,
+# serial, time); the poll after an agent stopped mid-activation reports that activation's end
+# once (rolled-back, ok or failed), then heartbeats; NIX_HIVE_STATUS with a query is the
+# document's own URL (S3 presigned).
 set -u
 umask 022
 # a systemd unit starts with systemd's default PATH: NixOS keeps its tools elsewhere
