@@ -103,6 +103,9 @@ in
       script = "exec /bin/sh ${scripts}/agent.sh";
       # its own switch must not restart nor stop it halfway (see the header)
       restartIfChanged = false;
+      # no start rate limit: each poll is one start (a timer's, or an operator's `systemctl start`),
+      # and systemd's default (5 starts in 10 s) would refuse the sixth
+      startLimitIntervalSec = 0;
       serviceConfig = {
         Type = "oneshot";
         RemainAfterExit = false;

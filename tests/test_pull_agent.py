@@ -56,6 +56,7 @@ def test_the_module_makes_the_agents_unit_and_timer(tmp_path: Path) -> None:
     system = Path(json.loads(out)[0]["outputs"]["out"])
     unit = (system / "etc/systemd/system/nix-hive-agent.service").read_text()
     assert "X-RestartIfChanged=false\n" in unit and "RemainAfterExit=false\n" in unit
+    assert "\nStartLimitIntervalSec=0\n[Service]\n" in unit  # polls are never refused for coming often
     assert "RemainAfterExit=yes" not in unit
     assert 'Environment="NIX_HIVE_INSTANCE=web-1"\n' in unit
     timer = (system / "etc/systemd/system/nix-hive-agent.timer").read_text()

@@ -105,7 +105,8 @@
 #   X-StopIfChanged=false. A unit without these options keeps its file as before. (NixOS
 #   requires no reload script for reloadIfChanged; without one a reload fails, as on NixOS.)
 #   systemd.services.sshd is refused: sshd's unit is the next option's.
-# - systemd.services.<name>.environment = { K = "V"; } and serviceConfig's keys other than Type
+# - systemd.services.<name>.startLimitIntervalSec and unitConfig = { K = V; }: lines in [Unit].
+#   systemd.services.<name>.environment = { K = "V"; } and serviceConfig's keys other than Type
 #   (e.g. RemainAfterExit = false, which a oneshot then has instead of the stand-in's yes): lines
 #   Environment="K=V" (% doubled) and KEY=VALUE (booleans true/false) in [Service] (only units
 #   that set them). systemd.timers.<name>.timerConfig = { OnUnitActiveSec = "5min"; … }:
@@ -320,10 +321,10 @@ let
     then throw "systemd.services.${n}: restartIfChanged, reloadIfChanged and stopIfChanged are booleans"
     else if u ? reload && !(builtins.isString u.reload) then throw "systemd.services.${n}.reload must be a script (a string)"
     else true) (builtins.attrNames declared);
-  unitFile = n: type: exec: extra: builtins.toFile "${n}.service" (''
+  unitFile = n: type: exec: extra: unitExtra: builtins.toFile "${n}.service" (''
     [Unit]
     Description=stand-in unit ${n} of ${name}
-    [Service]
+    ${unitExtra}[Service]
     Type=${type}
     ${if type == "oneshot" && builtins.length (builtins.split "RemainAfterExit=" extra) == 1 then "RemainAfterExit=yes" else ""}
     ExecStart=${exec}
@@ -341,11 +342,15 @@ let
       (unitValue u.environment.${k})}\"\n") (builtins.attrNames (u.environment or { })))
     + builtins.concatStringsSep "" (map (k: "${k}=${unitValue u.serviceConfig.${k}}\n")
       (builtins.filter (k: k != "Type") (builtins.attrNames (u.serviceConfig or { }))));
+  # [Unit]: startLimitIntervalSec and unitConfig, as NixOS writes them (only units that set them)
+  unitLines = u: (if u ? startLimitIntervalSec then "StartLimitIntervalSec=${toString u.startLimitIntervalSec}\n" else "")
+    + builtins.concatStringsSep "" (map (k: "${k}=${unitValue u.unitConfig.${k}}\n")
+      (builtins.attrNames (u.unitConfig or { })));
   httpFile = builtins.toFile "standin-http.py" httpCode;
   units = builtins.mapAttrs (n: u: unitFile n (u.serviceConfig.Type or "simple")
-      "/bin/sh ${builtins.toFile "${n}.sh" u.script}" (switchLines n u + serviceLines u)) declared
+      "/bin/sh ${builtins.toFile "${n}.sh" u.script}" (switchLines n u + serviceLines u) (unitLines u)) declared
     // (if httpPort == "" then { } else {
-      standin-http = unitFile "standin-http" "simple" "/usr/bin/python3 ${httpFile} standin-http ${httpPort}" "";
+      standin-http = unitFile "standin-http" "simple" "/usr/bin/python3 ${httpFile} standin-http ${httpPort}" "" "";
     })
     // (if sshdUnit == null then { } else { sshd = sshdUnit; });
   # systemd.timers.<name>.timerConfig: <name>.timer, started by the switch; the service it
