@@ -123,6 +123,9 @@ in
         OnBootSec = cfg.interval;
         OnUnitActiveSec = cfg.interval;
         RandomizedDelaySec = cfg.jitter;
+        # systemd's default accuracy (1 min) would delay each poll by up to a minute more than
+        # interval + jitter (the lab saw 60 s with a 5 s interval)
+        AccuracySec = "1s";
       };
     };
   };

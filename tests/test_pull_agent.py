@@ -49,7 +49,8 @@ def test_the_module_makes_the_agents_unit_and_timer(tmp_path: Path) -> None:
     # the scripts, a store copy of hive/host (only its .sh files)
     scripts = svc["script"].split()[-1].rsplit("/", 1)[0]
     assert svc["script"] == f"exec /bin/sh {scripts}/agent.sh"
-    assert got["timer"] == {"OnBootSec": "5min", "OnUnitActiveSec": "5min", "RandomizedDelaySec": "1min"}
+    assert got["timer"] == {"OnBootSec": "5min", "OnUnitActiveSec": "5min", "RandomizedDelaySec": "1min",
+                            "AccuracySec": "1s"}
     # the system's units, as the stand-in writes them
     out = sh(["nix", "build", "--impure", "-f", str(tmp_path / "system.nix"), "system", "--json", "--no-link"],
              env=nix_env()).stdout
