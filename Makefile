@@ -6,8 +6,11 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# curl and nginx: pull mode's lab cache (tests/pullcache.py), where nginx runs in a lab host's
+# namespace with the test's own configuration; installing it starts no nginx (a policy-rc.d,
+# where the machine has none, keeps Debian's postinst from starting the system's own).
 APT_PACKAGES := nix-bin openssh-server openssh-client iproute2 sudo util-linux util-linux-extra jq python3 git make python3-venv \
-  shellcheck debootstrap graphviz
+  shellcheck debootstrap graphviz curl nginx
 # For the main test run only (tests/matrix.py installs APT_PACKAGES in its trees, not this): the
 # timeline's render in a real browser (tests/test_timeline.py), about 480 MB
 APT_BROWSER := chromium
@@ -24,7 +27,11 @@ apt:
 	@missing=""; for p in $(APT_PACKAGES) $(APT_BROWSER); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\n# nix-hive make apt: no service starts\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	    chmod 755 /usr/sbin/policy-rc.d; policy=1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; rc=$$?; \
+	  if [ -n "$$policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

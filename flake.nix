@@ -9,6 +9,9 @@
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
     in
     {
+      # pull mode's agent (docs/pull-agent.md): services.nix-hive-agent
+      nixosModules.agent = import ./nix/agent.nix;
+
       overlays.default = final: prev: {
         nix-hive = final.callPackage ./nix/package.nix { };
       };

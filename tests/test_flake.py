@@ -8,8 +8,9 @@ default.nix is evaluated with `-I nixpkgs=tests/flakenixpkgs`.
 What this proves:
 - the flake parses and `nix flake check --no-build` accepts its outputs for every listed system
   (Nix's own checks: packages and devShells are derivations, apps are `type = "app"` with a store
-  program, the overlay is `final: prev: ...`), and exactly packages, apps, overlays and
-  devShells are there, for x86_64-linux, aarch64-linux and both darwins;
+  program, the overlay is `final: prev: ...`, the module an open function), and exactly
+  packages, apps, overlays, devShells and nixosModules (the pull agent's) are there, for
+  x86_64-linux, aarch64-linux and both darwins;
 - packages.<sys>.default and .nix-hive are one derivation, made by
   python3Packages.buildPythonApplication with pname/version/description from pyproject.toml,
   pyproject = true, build-system setuptools, dependencies doit sh jsonschema tabulate,
@@ -143,7 +144,8 @@ def test_flake_check_and_outputs(flake: Flake) -> None:
     # Nix >= 2.13 shows only the current system's outputs unless asked (2.8 shows all, has no flag).
     every = ["--all-systems"] if "--all-systems" in flake.nix("flake", "show", "--help") else []
     show = json.loads(flake.nix("flake", "show", "--json", *every, *flake.override, flake.ref()))
-    assert set(show) == {"packages", "apps", "overlays", "devShells"}
+    assert set(show) == {"packages", "apps", "overlays", "devShells", "nixosModules"}
+    assert {name: o["type"] for name, o in show["nixosModules"].items()} == {"agent": "nixos-module"}
     assert {name: o["type"] for name, o in show["overlays"].items()} == {"default": "nixpkgs-overlay"}
     for kind in ("packages", "apps", "devShells"):
         assert set(show[kind]) == set(SYSTEMS), kind

@@ -3,10 +3,12 @@
 Every `init="systemd"` host mounts it as the lower directory of an overlay (its own upper
 directory is its disk), so a host costs memory, not disk.  The tree is made with tests/matrix.py's
 functions (debootstrap --variant=minbase, this machine's CA certificates, apt-get inside as the
-root of a private mount namespace) at $NIX_HIVE_TREES/host-trixie (default
-/var/cache/nix-hive/trees/host-trixie), and made anew when HOST_PACKAGES or RECIPE change (the
-stamp file says which it was made with).  It is trixie whatever this machine is (Debian 12 or
-13): its systemd (257) is the one the lab was verified with.
+root of a private mount namespace) at $NIX_HIVE_TREES/host-trixie-HASH (default
+/var/cache/nix-hive/trees/host-trixie-HASH, HASH: of HOST_PACKAGES and RECIPE, so that two
+checkouts with other packages, e.g. two branches, each have their own and never remove the
+other's under its running hosts), and made anew when its stamp says otherwise.  It is trixie
+whatever this machine is (Debian 12 or 13): its systemd (257) is the one the lab was verified
+with.
 
     python3 -m tests.lab.tree [--rebuild]      make it now (the lab makes it on first use)
 """
@@ -14,6 +16,7 @@ stamp file says which it was made with).  It is trixie whatever this machine is 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from collections.abc import Sequence
@@ -29,10 +32,10 @@ NAME = "host-trixie"
 # stand-in's health server), sudo, and the tools the tests call inside hosts; GRUB's grubenv
 # tools (grub-common: grub-editenv; grub2-common: grub-reboot, grub-set-default; no boot
 # loader is installed: the lab boots a host by what a test's /boot/grub says, tests/lab/boot.py)
-# and polkit (polkitd: what systemd's run0 asks).
+# and polkit (polkitd: what systemd's run0 asks); curl (the pull agent's HTTP, hive/host/agent.sh).
 # Recommends are left out: a lean tree boots faster and has fewer units to mask.
-HOST_PACKAGES = ("ca-certificates", "dbus", "grub-common", "grub2-common", "iproute2", "nix-bin", "openssh-client",
-                 "openssh-server", "polkitd", "procps", "python3", "sudo", "systemd", "util-linux")
+HOST_PACKAGES = ("ca-certificates", "curl", "dbus", "grub-common", "grub2-common", "iproute2", "nix-bin",
+                 "openssh-client", "openssh-server", "polkitd", "procps", "python3", "sudo", "systemd", "util-linux")
 # Bump when the provisioning below changes: the tree is made anew.
 RECIPE = "2"
 STAMP = "var/lib/nix-hive-lab/host-tree"
@@ -54,7 +57,7 @@ update-ca-certificates >/dev/null
 
 def path() -> Path:
     """Where the host tree lives (NIX_HIVE_TREES overrides the parent, as for tests/matrix.py)."""
-    return matrix.TREES / NAME
+    return matrix.TREES / f"{NAME}-{hashlib.sha256(stamp_text().encode()).hexdigest()[:8]}"
 
 
 def stamp_text() -> str:
@@ -76,7 +79,7 @@ def ensure(rebuild: bool = False, log: bool = True) -> Path:
     if is_ready(tree) and not rebuild:
         return tree
     try:
-        with matrix.locked(NAME):
+        with matrix.locked(tree.name):
             if is_ready(tree) and not rebuild:
                 return tree
             t0 = time.monotonic()
@@ -118,7 +121,7 @@ def finish(tree: Path) -> None:
 def check(tree: Path) -> None:
     """LabError unless the tree holds what a host needs."""
     for needed in ("lib/systemd/systemd", "usr/sbin/sshd", "usr/bin/nix-store", "usr/bin/nix-daemon",
-                   "usr/bin/python3", "usr/bin/sudo", "usr/bin/systemctl", "usr/bin/dbus-daemon",
+                   "usr/bin/python3", "usr/bin/curl", "usr/bin/sudo", "usr/bin/systemctl", "usr/bin/dbus-daemon",
                    "usr/bin/grub-editenv", "usr/sbin/grub-reboot", "usr/sbin/grub-set-default",
                    "usr/bin/run0", "usr/lib/polkit-1/polkitd",
                    *MOUNT_POINTS, *MOUNT_FILES):

@@ -16,6 +16,12 @@
 # 5. on success, appends "<epoch> <goal> <path> <user>" to /run/standin-activations.log (but
 #    see "The NixOS-like switch-to-configuration" below: its dry-activate and check do not).
 #
+# Modules: attribute sets or functions of { config, lib, pkgs, ... }, with imports; a module that
+# declares `options` (lib.mkOption's `default` is all the stand-in reads of them: no types are
+# checked) or `config` has its settings in `config`, as NixOS's full form (nix/agent.nix is
+# one). Every option's default comes first, then the modules' settings, merged: attribute sets
+# by name, lists concatenated, else the last one. lib.mkIf COND SET is pushed down one level
+# (each attribute of SET is there, { } when COND is false), so COND may read the settings.
 # Configuration (merged from the system's modules), for tests only:
 # - standin.payloadBytes, or STANDIN_PAYLOAD_BYTES (environment): the payload's size.
 # - standin.buildSeconds: the builder sleeps that long (to kill a build half-way).
@@ -99,6 +105,16 @@
 #   X-StopIfChanged=false. A unit without these options keeps its file as before. (NixOS
 #   requires no reload script for reloadIfChanged; without one a reload fails, as on NixOS.)
 #   systemd.services.sshd is refused: sshd's unit is the next option's.
+# - systemd.services.<name>.startLimitIntervalSec and unitConfig = { K = V; }: lines in [Unit].
+#   systemd.services.<name>.environment = { K = "V"; } and serviceConfig's keys other than Type
+#   (e.g. RemainAfterExit = false, which a oneshot then has instead of the stand-in's yes): lines
+#   Environment="K=V" (% doubled) and KEY=VALUE (booleans true/false) in [Service] (only units
+#   that set them). systemd.timers.<name>.timerConfig = { OnUnitActiveSec = "5min"; … }:
+#   $out/etc/systemd/system/<name>.timer ([Timer] KEY=VALUE lines); any timer gives the
+#   system the NixOS-like switch below, whose switch links the timers into /run/systemd/system
+#   and starts those not active, and does not start a service that has a timer of its name (as
+#   NixOS: such a service is wanted by nothing, its timer starts it; and a running oneshot
+#   would hold the switch's `systemctl start` until it ends).
 # - services.openssh.settings = { KEY = VALUE; } and/or services.openssh.extraConfig = "…"
 #   (with openssh enabled, the default): the system gets an sshd_config (settings as "KEY VALUE"
 #   lines, sorted, booleans as yes/no, lists joined by spaces, then extraConfig, as NixOS's
@@ -211,17 +227,34 @@ let
     if builtins.isPath m || builtins.isString m then load (import m)
     else if builtins.isFunction m then m args
     else m;
-  flatten = m:
-    let v = load m; in
-    [ (builtins.removeAttrs v [ "imports" "options" ]) ]
-    ++ builtins.concatMap flatten (v.imports or [ ]);
-  unwrap = v: if builtins.isAttrs v && v ? _merge then mergeAll v._merge else v;
+  modules = m: let v = load m; in [ v ] ++ builtins.concatMap modules (v.imports or [ ]);
+  # a module's settings: its `config` when it declares options or config (NixOS's full form),
+  # else the module itself
+  body = v: if v ? options || v ? config then v.config or { } else builtins.removeAttrs v [ "imports" "options" ];
+  # the defaults of a module's options (lib.mkOption's `default`), as settings
+  isOption = o: builtins.isAttrs o && (o._type or null) == "option";
+  defaults = opts: builtins.listToAttrs (builtins.concatMap (n: let o = opts.${n}; in
+    if isOption o then (if o ? default then [ { name = n; value = o.default; } ] else [ ])
+    else if builtins.isAttrs o then [ { name = n; value = defaults o; } ] else [ ]) (builtins.attrNames opts));
+  loaded = modules configuration;
+  # lib.mkIf COND { A = …; } is pushed down one level (A = if COND then … else { }), so that the
+  # names of a module's settings are known without COND, which may read the settings
+  unwrap = v: if !(builtins.isAttrs v) then v
+    else if v ? _merge then mergeAll v._merge
+    else if (v._type or null) == "if" then
+      (if builtins.isAttrs v.content && !(v.content ? _type) && !(v.content ? _merge)
+       then builtins.mapAttrs (_: x: if v.condition then x else { }) v.content
+       else if v.condition then unwrap v.content else { })
+    else v;
+  leafOff = v: builtins.isAttrs v && (v._type or null) == "if" && !(builtins.isAttrs v.content) && !v.condition;
   mergeAll = vs0:
-    let vs = map unwrap vs0; in
+    let vs = map unwrap (builtins.filter (v: !(leafOff v)) vs0); in
     if builtins.all builtins.isAttrs vs then builtins.zipAttrsWith (_: mergeAll) vs
     else if builtins.all builtins.isList vs then builtins.concatLists vs
     else lib.last vs;
-  config = mergeAll (flatten configuration);
+  # every option's default first: what a module sets wins
+  config = mergeAll (builtins.concatMap (v: if v ? options then [ (defaults v.options) ] else [ ]) loaded
+    ++ map body loaded);
 
   std = config.standin or { };
   # standin.evalCost: hashes chained in batches of 1000 (small lists, so the cost is CPU, not memory)
@@ -288,12 +321,12 @@ let
     then throw "systemd.services.${n}: restartIfChanged, reloadIfChanged and stopIfChanged are booleans"
     else if u ? reload && !(builtins.isString u.reload) then throw "systemd.services.${n}.reload must be a script (a string)"
     else true) (builtins.attrNames declared);
-  unitFile = n: type: exec: extra: builtins.toFile "${n}.service" (''
+  unitFile = n: type: exec: extra: unitExtra: builtins.toFile "${n}.service" (''
     [Unit]
     Description=stand-in unit ${n} of ${name}
-    [Service]
+    ${unitExtra}[Service]
     Type=${type}
-    ${if type == "oneshot" then "RemainAfterExit=yes" else ""}
+    ${if type == "oneshot" && builtins.length (builtins.split "RemainAfterExit=" extra) == 1 then "RemainAfterExit=yes" else ""}
     ExecStart=${exec}
   '' + extra);
   # what NixOS writes for the switch options (reloadIfChanged wins over restartIfChanged)
@@ -302,15 +335,50 @@ let
      else if !(u.restartIfChanged or true) then "X-RestartIfChanged=false\n" else "")
     + (if !(u.stopIfChanged or true) then "X-StopIfChanged=false\n" else "")
     + (if u ? reload then "ExecReload=/bin/sh ${builtins.toFile "${n}-reload.sh" u.reload}\n" else "");
+  # environment and serviceConfig's other keys, as NixOS writes them (only units that set them)
+  unitValue = v: if builtins.isBool v then (if v then "true" else "false") else toString v;
+  serviceLines = u:
+    builtins.concatStringsSep "" (map (k: "Environment=\"${k}=${builtins.replaceStrings [ "%" ] [ "%%" ]
+      (unitValue u.environment.${k})}\"\n") (builtins.attrNames (u.environment or { })))
+    + builtins.concatStringsSep "" (map (k: "${k}=${unitValue u.serviceConfig.${k}}\n")
+      (builtins.filter (k: k != "Type") (builtins.attrNames (u.serviceConfig or { }))));
+  # [Unit]: startLimitIntervalSec and unitConfig, as NixOS writes them (only units that set them)
+  unitLines = u: (if u ? startLimitIntervalSec then "StartLimitIntervalSec=${toString u.startLimitIntervalSec}\n" else "")
+    + builtins.concatStringsSep "" (map (k: "${k}=${unitValue u.unitConfig.${k}}\n")
+      (builtins.attrNames (u.unitConfig or { })));
   httpFile = builtins.toFile "standin-http.py" httpCode;
   units = builtins.mapAttrs (n: u: unitFile n (u.serviceConfig.Type or "simple")
-      "/bin/sh ${builtins.toFile "${n}.sh" u.script}" (switchLines n u)) declared
+      "/bin/sh ${builtins.toFile "${n}.sh" u.script}" (switchLines n u + serviceLines u) (unitLines u)) declared
     // (if httpPort == "" then { } else {
-      standin-http = unitFile "standin-http" "simple" "/usr/bin/python3 ${httpFile} standin-http ${httpPort}" "";
+      standin-http = unitFile "standin-http" "simple" "/usr/bin/python3 ${httpFile} standin-http ${httpPort}" "" "";
     })
     // (if sshdUnit == null then { } else { sshd = sshdUnit; });
+  # systemd.timers.<name>.timerConfig: <name>.timer, started by the switch; the service it
+  # starts is not (NixOS: a timer's service is wanted by nothing)
+  timers = config.systemd.timers or { };
+  timerFiles = builtins.mapAttrs (n: t: builtins.toFile "${n}.timer" (''
+    [Unit]
+    Description=stand-in timer ${n}
+    [Timer]
+  '' + builtins.concatStringsSep "" (map (k: "${k}=${unitValue t.timerConfig.${k}}\n")
+      (builtins.attrNames (t.timerConfig or { }))))) timers;
   unitLinks = builtins.concatStringsSep "\n" (builtins.attrValues (builtins.mapAttrs
-    (n: f: "ln -s ${f} $out/etc/systemd/system/${n}.service") units));
+    (n: f: "ln -s ${f} $out/etc/systemd/system/${n}.service") units)
+    ++ builtins.attrValues (builtins.mapAttrs (n: f: "ln -s ${f} $out/etc/systemd/system/${n}.timer") timerFiles));
+  # the switch's lines for timers (none without: the other systems keep their paths)
+  timerLink = if timers == { } then "" else ''
+    for file in "$out"/etc/systemd/system/*.timer; do
+            target=$(readlink "$file")
+            if [ "$(readlink "$dir/$(basename "$file")" 2>/dev/null)" != "$target" ]; then ln -sfn "$target" "$dir/$(basename "$file")"; fi
+          done
+          '';
+  timerStart = if timers == { } then "" else ''
+    for file in "$out"/etc/systemd/system/*.timer; do
+            systemctl is-active --quiet "$(basename "$file")" || nx_job start "$(basename "$file")"
+          done
+          '';
+  timedSkip = if timers == { } then "" else ''[ ! -e "$out/etc/systemd/system/''${unit%.service}.timer" ] || continue
+          '';
 
   # sshd.service, as NixOS's openssh module makes it (settings, then extraConfig; restarted when
   # sshd_config changes, never stopped and started); only with settings or extraConfig.
@@ -373,7 +441,8 @@ let
   # header); a system without them keeps the store path it had before they existed.
   usesSwitchOptions = packageSpecs != { } || systemdVersion != null || inhibitors != null
     || ssh ? settings || ssh ? extraConfig
-    || builtins.any (n: builtins.any (k: declared.${n} ? ${k}) switchKeys) (builtins.attrNames declared);
+    || builtins.any (n: builtins.any (k: declared.${n} ? ${k}) switchKeys) (builtins.attrNames declared)
+    || timers != { };
   nixosSwitch = let v = std.nixosSwitch or usesSwitchOptions; in
     if !(builtins.isBool v) then throw "standin.nixosSwitch must be a boolean"
     else if !v && usesSwitchOptions then throw "standin.nixosSwitch = false, but the system uses options that need it (see tests/nixpkgs/nixos/default.nix)"
@@ -645,7 +714,7 @@ let
         target=$(readlink "$file")
         if [ "$(readlink "$dir/$unit" 2>/dev/null)" != "$target" ]; then ln -sfn "$target" "$dir/$unit"; fi
       done
-      if [ "$goal" != at-boot ] && [ $restart_systemd = 1 ]; then echo "restarting systemd..." >&2; fi
+      ${timerLink}if [ "$goal" != at-boot ] && [ $restart_systemd = 1 ]; then echo "restarting systemd..." >&2; fi
       systemctl reset-failed 2>/dev/null || true
       systemctl daemon-reload
       if [ "$goal" != at-boot ]; then echo "restarting sysinit-reactivation.target" >&2; fi
@@ -665,9 +734,9 @@ let
       for file in "$out"/etc/systemd/system/*.service; do
         [ -e "$file" ] || continue
         unit=$(basename "$file")
-        systemctl is-active --quiet "$unit" || nx_job start "$unit"
+        ${timedSkip}systemctl is-active --quiet "$unit" || nx_job start "$unit"
       done
-      # a health server left running keeps its pid file (the caller removed it)
+      ${timerStart}      # a health server left running keeps its pid file (the caller removed it)
       if ! nx_has "$jobs_run" standin-http.service && systemctl is-active --quiet standin-http.service; then
         systemctl show -p MainPID --value standin-http.service > /run/standin-http.pid
       fi
