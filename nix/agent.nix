@@ -46,9 +46,14 @@ in
       '';
     };
     instance = mkOption {
-      type = types.str;
-      default = config.networking.hostName;
-      description = "This host's instance name in the deployment (its records and status document).";
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        This host's instance name in the deployment (its records and status document). null
+        (the default): read on the host when it polls, from /var/lib/nix-hive-agent/instance
+        (one line, written when the host is installed), else the host's name (uname -n). A
+        system that many instances share cannot hold each one's name: leave it null there.
+      '';
     };
     statusUrl = mkOption {
       type = types.nullOr types.str;
@@ -95,7 +100,7 @@ in
       environment = {
         NIX_HIVE_CACHE = cfg.cache;
         NIX_HIVE_PUBLIC_KEY = cfg.publicKey;
-        NIX_HIVE_INSTANCE = cfg.instance;
+        NIX_HIVE_INSTANCE = if cfg.instance == null then "" else cfg.instance;
         NIX_HIVE_CONFIRM = toString cfg.confirmTimeout;
         NIX_HIVE_TIMEOUT = toString cfg.activationTimeout;
         NIX_HIVE_STATE = "/var/lib/nix-hive-agent";

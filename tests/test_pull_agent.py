@@ -35,16 +35,16 @@ def test_the_module_makes_the_agents_unit_and_timer(tmp_path: Path) -> None:
                    "svc = { inherit (s.config.systemd.services.nix-hive-agent) restartIfChanged environment "
                    "serviceConfig script; }; timer = s.config.systemd.timers.nix-hive-agent.timerConfig; }")
     assert isinstance(got, dict)
-    # the options' defaults, the instance from the host name
+    # the options' defaults: the instance read on the host (a system many instances share)
     cfg = got["cfg"]
     assert (cfg["instance"], cfg["interval"], cfg["jitter"], cfg["confirmTimeout"], cfg["activationTimeout"],
-            cfg["statusUrl"]) == ("web-1", "5min", "1min", 30, 600, None)
+            cfg["statusUrl"]) == (None, "5min", "1min", 30, 600, None)
     assert got["keys"] == ["hive-1:abc="]
     svc = got["svc"]
     assert svc["restartIfChanged"] is False  # its own switch must not restart it
     assert svc["serviceConfig"]["Type"] == "oneshot" and svc["serviceConfig"]["RemainAfterExit"] is False
     assert svc["environment"] == {"NIX_HIVE_CACHE": "http://cache:8080", "NIX_HIVE_PUBLIC_KEY": "hive-1:abc=",
-                                  "NIX_HIVE_INSTANCE": "web-1", "NIX_HIVE_CONFIRM": "30", "NIX_HIVE_TIMEOUT": "600",
+                                  "NIX_HIVE_INSTANCE": "", "NIX_HIVE_CONFIRM": "30", "NIX_HIVE_TIMEOUT": "600",
                                   "NIX_HIVE_STATE": "/var/lib/nix-hive-agent"}
     # the scripts, a store copy of hive/host (only its .sh files)
     scripts = svc["script"].split()[-1].rsplit("/", 1)[0]
@@ -59,7 +59,7 @@ def test_the_module_makes_the_agents_unit_and_timer(tmp_path: Path) -> None:
     assert "X-RestartIfChanged=false\n" in unit and "RemainAfterExit=false\n" in unit
     assert "\nStartLimitIntervalSec=0\n[Service]\n" in unit  # polls are never refused for coming often
     assert "RemainAfterExit=yes" not in unit
-    assert 'Environment="NIX_HIVE_INSTANCE=web-1"\n' in unit
+    assert 'Environment="NIX_HIVE_INSTANCE="\n' in unit
     timer = (system / "etc/systemd/system/nix-hive-agent.timer").read_text()
     assert "RandomizedDelaySec=1min\n" in timer and "OnUnitActiveSec=5min\n" in timer
     assert sorted(p.name for p in Path(scripts).iterdir()) == sorted(p.name for p in (REPO / "hive/host").glob("*.sh"))
@@ -90,3 +90,9 @@ def test_the_agent_refuses_a_bad_configuration(tmp_path: Path) -> None:
                              text=True, check=False)
         assert out.returncode == 2 and said in out.stderr, (env, out.stderr)
     assert not (tmp_path / "state").exists()
+    # no instance named: the host's own file, else its name (uname -n), checked as any
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "instance").write_text("../x\n")
+    out = subprocess.run(["sh", str(REPO / "hive/host/agent.sh")], env=base | cases[2][0] | {"NIX_HIVE_INSTANCE": ""},
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "NIX_HIVE_INSTANCE must be an instance name" in out.stderr, out.stderr

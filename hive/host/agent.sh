@@ -5,7 +5,10 @@
 #
 #   NIX_HIVE_CACHE       C, the cache's base URL (http://cache:8080)
 #   NIX_HIVE_PUBLIC_KEY  the deployment's signing key, name:base64
-#   NIX_HIVE_INSTANCE    this host's instance name
+#   NIX_HIVE_INSTANCE    this host's instance name; unset or empty: the first line of
+#                        STATE/instance (written when the host is installed: a system that
+#                        many instances share cannot hold each one's name), else the host's
+#                        name (uname -n)
 #   NIX_HIVE_STATUS      where the status document goes: STATUS/INSTANCE.json (default
 #                        C/nix-hive/status); a URL with a query (an S3 presigned PUT URL) is
 #                        this host's document itself
@@ -59,12 +62,14 @@ instance=${NIX_HIVE_INSTANCE:-}
 [ -n "$cache" ] || fail_config "NIX_HIVE_CACHE is not set"
 [ -n "$key" ] || fail_config "NIX_HIVE_PUBLIC_KEY is not set"
 cache=${cache%/}
+state=${NIX_HIVE_STATE:-/var/lib/nix-hive-agent}
+if [ -z "$instance" ] && [ -s "$state/instance" ]; then IFS= read -r instance < "$state/instance" || :; fi
+if [ -z "$instance" ]; then instance=$(uname -n); fi
 case $instance in
   "" | *[!A-Za-z0-9._-]* | .*) fail_config "NIX_HIVE_INSTANCE must be an instance name (letters, digits, . _ -)" ;;
 esac
 status_url=${NIX_HIVE_STATUS:-$cache/nix-hive/status}
 status_url=${status_url%/}
-state=${NIX_HIVE_STATE:-/var/lib/nix-hive-agent}
 confirm=${NIX_HIVE_CONFIRM:-60}
 limit=${NIX_HIVE_TIMEOUT:-600}
 for n in "$confirm" "$limit"; do
