@@ -1,4 +1,4 @@
-"""Pull mode's documents (issue 32, /work/pull-contract.md): the deployment record, the
+"""Pull mode's documents (docs/pull.md): the deployment record, the
 pointer that names the newest one, and the agent's status document. Text in, text out, no I/O.
 
 A record is a store path in the cache, signed by the deployment's key like the closures: its
@@ -9,8 +9,7 @@ both. The pointer is unsigned: it can only choose among signed records, which a 
 when for another instance or not newer than the one it applied. The host side reads the same
 format with sh (hive/host/agent.sh).
 
-Where this departs from the contract (/work/pull-contract.md), and why: the contract makes a
-record with `builtins.toFile`. Such a path is content-addressed (`ca = text:sha256:…`), and
+Why a record is not made with `builtins.toFile`: such a path is content-addressed (`ca = text:sha256:…`), and
 Nix takes every content-addressed path as trusted whatever its signatures
 (`ValidPathInfo::checkSignatures` returns the maximum for one): `nix store verify
 --sigs-needed 1` with any key, and a host's `nix copy --from C` under `require-sigs`, accept
@@ -20,8 +19,8 @@ So a record is made input-addressed instead: its NAR and `nix-store --export` en
 here (`export`), its store path's hash derived from its name and content (`record_path`), and
 `nix-store --import` registers it with the system as its one reference (hive/nix.py). Without a
 content address, Nix checks its signature like any other path: unsigned, or signed by another
-key, it is refused. Everything else (name, content, references, signing, copying) is as the
-contract says; the host side needs no change.
+key, it is refused. The agent checks the record's signature by the deployment's key itself all the same
+(hive/host/agent.sh): a hostile cache may serve a content-addressed record of its own.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ NAME_KEEP = 150  # characters of the instance kept in a name past that limit
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 OUTCOMES = ("ok", "unchanged", "refused", "failed", "rolled-back")
 
-# A store path as the contract writes it: /nix/store, 32 characters of Nix's base32, a name.
+# A store path as a record names it: /nix/store, 32 characters of Nix's base32, a name.
 _STORE_PATH = re.compile(r"/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+")
 _SERIAL = re.compile(r"0|[1-9][0-9]*")
 _RUN = re.compile(r"[0-9a-f]{12}")
@@ -57,7 +56,7 @@ _KEYS = ("format", "instance", "system", "serial", "time", "wave", "run")
 
 
 class RecordError(HiveError):
-    """A record, pointer or status document that is not what the contract says."""
+    """A record, pointer or status document that is not what docs/pull.md says it is."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ def check_line(check: Check) -> str:
 
 
 def render_record(record: Record) -> str:
-    """The record's content, exactly as the contract lays it out."""
+    """The record's content, exactly as docs/pull.md lays it out."""
     for key, value in (("instance", record.instance), ("system", record.system), ("time", record.time),
                        ("run", record.run)):
         if "\t" in value or "\n" in value:

@@ -1,10 +1,11 @@
 """Pull mode's cache in the lab, for the agent's tests: nginx from Debian serving a directory
 (with WebDAV PUT, for the deployer's `nix copy --to http://...`, the pointers and the agents'
-status documents), and deployment records made exactly as /work/pull-contract.md (issue 32)
-says the deployer makes them: the text rendered, a store path made with builtins.toFile that
-references the system, signed with `nix store sign --key-file`, copied with `nix copy --to`
-the cache, the pointer PUT. (The deployer's own code, hive/pull.py, is another helper's: these
-tests make records by hand, so that the agent is tested against the contract, not against it.)
+status documents), and deployment records made by hand as docs/pull.md describes them: the
+text rendered, a store path made with builtins.toFile that references the system (a
+content-addressed record, which the agent must check itself: hive/pull.py's are
+input-addressed), signed with `nix store sign --key-file`, copied with `nix copy --to` the
+cache, the pointer PUT. Not with hive/pull.py: the agent is tested against the documented
+format, not against that code.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Check:
 
 def render(instance: str, system: str, serial: int, *, wave: int = 1, run: str = "0123456789ab",
            checks: Sequence[Check] = (), when: float | None = None) -> str:
-    """The record's text (the contract's lines, in its order)."""
+    """The record's text (docs/pull.md's lines, in their order)."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
     lines = [("format", "nix-hive-record-1"), ("instance", instance), ("system", system),
              ("serial", str(serial)), ("time", stamp), ("wave", str(wave)), ("run", run)]

@@ -1,5 +1,5 @@
 """Pull mode, the deployer's side (issue 32, hive/pull.py, hive/publish.py): records rendered
-and parsed exactly as the contract says, made in the store referencing their system alone,
+and parsed exactly as docs/pull.md says, made in the store referencing their system alone,
 signed and copied to a file:// cache and to a real HTTP server that accepts PUT
 (tests/putserver.py); `publish` wave by wave against fake agents (threads that read pointers
 and PUT status documents, as an agent does), its gate, --no-wait and its timeout; `status
@@ -39,7 +39,7 @@ TEXT = ("format\tnix-hive-record-1\ninstance\twww-1\n"
 
 # Records, pointers, status documents (no I/O) --------------------------------------------------
 
-def test_a_record_renders_exactly_as_the_contract_and_parses_back() -> None:
+def test_a_record_renders_exactly_as_documented_and_parses_back() -> None:
     assert pull.render_record(RECORD) == TEXT
     assert pull.parse_record(TEXT) == RECORD
     bare = Record("a", SYSTEM, 0, "2026-01-01T00:00:00Z", 1, "000000000000")
@@ -179,7 +179,7 @@ def test_nix_base32_and_the_record_path() -> None:
 @needs_nix
 def test_a_record_references_its_system_alone_and_only_its_signature_makes_it_trusted(tmp_path: Path) -> None:
     """The record is input-addressed (no `ca`): Nix checks its signature. A content-addressed
-    one (builtins.toFile, as the contract first said) passes `nix store verify` unsigned."""
+    one (builtins.toFile, as first designed) passes `nix store verify` unsigned."""
     system = _built_system(tmp_path)
     long = "l" * 190
     records = [Record("www-1", system, 5, RECORD.time, 1, RECORD.run, RECORD.checks),

@@ -1,6 +1,6 @@
 """Pull mode's host side (issue 32): hive/host/agent.sh on systemd lab hosts, run from its unit,
 polling nginx (Debian's, WebDAV PUT) in the cache host's namespace. Records are made by hand as
-the contract says (tests/pullcache.py); nothing reaches the hosts over ssh: the lab enters
+docs/pull.md describes them (tests/pullcache.py); nothing reaches the hosts over ssh: the lab enters
 their namespaces, as an operator at the console would, to start a poll and look."""
 
 from __future__ import annotations

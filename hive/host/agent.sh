@@ -1,5 +1,5 @@
 #!/bin/sh
-# nix-hive's pull agent (issue 32; the contract: docs/pull-agent.md): one poll of a binary cache
+# nix-hive's pull agent (docs/pull-agent.md; the record and the cache: docs/pull.md): one poll of a binary cache
 # for this host's newest deployment record, as root, run by nix-hive-agent.service (nix/agent.nix)
 # from the directory that also holds activate.sh, runnable.sh and inhibitors.sh. Configuration:
 #
@@ -21,7 +21,7 @@
 # last (applied, refused or failed: STATE/last) -> a heartbeat status, done. Else fetch the record
 # and the system it references (`nix copy --from C`: Nix checks every path's signature against
 # the host's trusted-public-keys and every NAR's hash), verify the record alone against the
-# deployment's key only (signed_by_key below: the contract's `nix store verify RECORD` would
+# deployment's key only (signed_by_key below: a plain `nix store verify RECORD` would
 # pass any record, a content-addressed path), check its format, instance and serial (greater
 # than the one applied: no replay, no downgrade), then activate its system with activate.sh
 # (host lock, a transient unit of its own, timeout, rollback, confirmation window), run the
@@ -40,7 +40,7 @@
 # poll ended with its status stored, 1 when the cache or the status location could not be
 # reached (systemd shows the unit failed), 2 for a bad configuration.
 #
-# Where this departs from the pull contract (/work/pull-contract.md, issue 32): the record's
+# Choices (docs/pull-agent.md says them to users): the record's
 # signature is checked by signed_by_key, not by `nix store verify RECORD` (which passes any
 # content-addressed path, so any record); a fetch that fails while the cache does not answer is
 # retried next poll, not remembered as handled; a refused record's status carries the serial its
