@@ -20,7 +20,6 @@ from typing import Any
 
 from hive import (
     __version__,
-    cachefiles,
     dot,
     fleet,
     live,
@@ -30,8 +29,6 @@ from hive import (
     plan,
     preview,
     process,
-    publish,
-    pull,
     reboot,
     remote,
     ssh,
@@ -469,6 +466,7 @@ def _reading(session: Session) -> Iterator[None]:
 def cmd_publish(args: argparse.Namespace) -> int:
     """Pull mode (issue 32): build as deploy does, publish signed records to the cache, wave by
     wave, and wait for the hosts' reports (hive/publish.py). No ssh to any instance."""
+    from hive import cachefiles, publish, pull  # urllib's import, for pull mode's commands alone
     hive = _load(args)
     base = cachefiles.base_url(args.to)
     if hive.signing_key is None:
@@ -497,6 +495,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_status_from(args: argparse.Namespace) -> int:
     """`status --from C`: what the hosts of a pull deployment last reported to the cache (their
     status documents and pointers), no ssh, no build. Exit 1 when a host is stale."""
+    from hive import cachefiles, publish  # urllib's import, for pull mode's commands alone
     hive = _load(args, paths=False)
     base = cachefiles.base_url(args.from_, "--from")
     stale = options.rate(args.stale, "--stale")
