@@ -32,7 +32,6 @@ noisy); the hosts that did not end on the version are counted.
 from __future__ import annotations
 
 import argparse
-import calendar
 import json
 import os
 import tempfile
@@ -128,16 +127,6 @@ def outcomes(stdout: str) -> dict[str, int]:
     return counts
 
 
-def last_report(pull: Pull, since: float) -> float:
-    """Seconds from `since` (epoch) to the latest `finished` of the hosts' status documents
-    (whole seconds: the agent writes them so)."""
-    latest = 0.0
-    for h in pull.hosts:
-        doc = json.loads((pull.nginx.root / "nix-hive" / "status" / f"{h}.json").read_text())
-        latest = max(latest, calendar.timegm(time.strptime(doc["finished"], "%Y-%m-%dT%H:%M:%SZ")))
-    return latest - since
-
-
 def one(workdir: Path, n: int, mb: float, poll: float) -> dict[str, dict[str, float]]:
     t0 = time.perf_counter()
     pull, _ = start(workdir, n, mb)
@@ -157,10 +146,9 @@ def one(workdir: Path, n: int, mb: float, poll: float) -> dict[str, dict[str, fl
             setup_run(pull, "build", "-q", *common(pull)[1:])
         # (a) publish
         version(pull, "v2", mb, 2)
-        since = time.time()
         a, out = measured_output(fleet, "publish", *common(pull), "--poll", str(poll), "--wait-timeout", "900",
                                  "--to", pull.url, "h*", partial=True)
-        a |= {"last": last_report(pull, since), "done": outcomes(out).get("ok", 0)}
+        a["done"] = outcomes(out).get("ok", 0)
         print(f"  (publish N={n}: {json.dumps(a)}, outcomes {outcomes(out)})", flush=True)
         pull.stop.touch()
         time.sleep(10)  # the loops' last polls end (a heartbeat takes well under a second)
@@ -168,7 +156,7 @@ def one(workdir: Path, n: int, mb: float, poll: float) -> dict[str, dict[str, fl
         version(pull, "v3", mb, 3)
         b, out = measured_output(fleet, "deploy", "-q", *common(pull), "h*", partial=True)
         rows = json.loads(out)["instances"]
-        b |= {"last": b["wall"], "done": outcomes(out).get("ok", 0)}
+        b["done"] = outcomes(out).get("ok", 0)
         print(f"  (deploy N={n}: {json.dumps(b)}, outcomes {outcomes(out)})", flush=True)
         closure = float(closure_bytes(str(rows[0]["path"])))
     finally:
@@ -184,13 +172,13 @@ def report(n: int, r: dict[str, dict[str, float]], poll: float) -> None:
           f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     table = []
     for name, m in (("publish", a), ("deploy", b)):
-        table.append([name, f"{m['done']:.0f}/{n}", f"{m['wall']:.1f}", f"{m['last']:.0f}", f"{m['cpu']:.1f}",
+        table.append([name, f"{m['done']:.0f}/{n}", f"{m['wall']:.1f}", f"{m['cpu']:.1f}",
                       f"{m['own']:.1f}", f"{m['cpu'] / n:.3f}", f"{m['bytes'] / 1e6:.1f}",
                       f"{m['bytes'] / n / 1024:.1f}", f"{m['spawned']:.0f}", f"{m['rss']:.0f}"])
-    table.append(["deploy/publish", "", f"{b['wall'] / a['wall']:.2f}", "", f"{b['cpu'] / a['cpu']:.2f}",
+    table.append(["deploy/publish", "", f"{b['wall'] / a['wall']:.2f}", f"{b['cpu'] / a['cpu']:.2f}",
                   f"{b['own'] / a['own']:.2f}", "", f"{b['bytes'] / a['bytes']:.1f}", "",
                   f"{b['spawned'] / max(a['spawned'], 1):.1f}", ""])
-    print(tabulate(table, headers=["", "ok", "wall s", "last report s", "CPU s", "own CPU s", "CPU s/host",
+    print(tabulate(table, headers=["", "ok", "wall s (last report)", "CPU s", "own CPU s", "CPU s/host",
                                    "MB sent", "KiB sent/host", "processes", "peak MiB"],
                    disable_numparse=True), flush=True)
     print(f"publish's bytes beyond one closure: {(a['bytes'] - closure) / n / 1024:.1f} KiB per host; "
