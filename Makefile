@@ -19,7 +19,7 @@ APT_BROWSER := chromium
 # defined once, in tests/constants.py.  The demo and the benchmarks run as modules from here.
 WITH_NIX := NIX_CONFIG="$$(python3 -m tests.constants)"
 
-.PHONY: setup apt venv host-tree test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-scale bench-keys bench-diff bench-runner bench-eval test-matrix clean
+.PHONY: setup apt venv host-tree test lint typecheck pytest demo demo-flake demo-down bench bench-fleet bench-scale bench-keys bench-diff bench-pull bench-runner bench-eval test-matrix clean
 
 setup: apt venv
 
@@ -87,6 +87,9 @@ bench-keys: setup  # e.g. against main's nix-hive too: make bench-keys ARGS="--b
 
 bench-diff: setup  # nix-hive diff of 3 hosts against 300, e.g.: make bench-diff ARGS="--sizes 3,100"
 	$(WITH_NIX) $(PY) -m benchmarks.diff_scale $(ARGS)
+
+bench-pull: setup  # publish against deploy to N agent hosts, e.g.: make bench-pull ARGS="--sizes 100,200 --mb 2"
+	$(WITH_NIX) $(PY) -m benchmarks.pull_scale $(ARGS)
 
 bench-runner: setup  # doit's runner against nix-hive's, CPU per host at 30, 300, 1,000 hosts
 	$(PY) -m benchmarks.runner_scale $(ARGS)
