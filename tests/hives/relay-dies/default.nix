@@ -8,7 +8,9 @@ in
 {
   signingKey = ./secrets/hive.sec;
   systems.edge.configuration = { networking.hostName = "edge"; standin.payloadBytes = 4096; };
-  systems.web.configuration = { networking.hostName = "web"; standin.payloadBytes = 3000000; };
+  # WEB_PAYLOAD_BYTES: a test that counts the bytes sent wants the web closure well above the rest
+  systems.web.configuration = { networking.hostName = "web"; standin.payloadBytes =
+    let bytes = builtins.getEnv "WEB_PAYLOAD_BYTES"; in if bytes == "" then 3000000 else builtins.fromJSON bytes; };
   systems.solo.configuration = { networking.hostName = "solo"; standin.payloadBytes = 4096; };
   # a relay that dies is noticed in seconds, not ssh's default minutes
   instances.portico = host "portico" { system = "edge"; ssh = { ServerAliveInterval = 1; ServerAliveCountMax = 2; }; };
