@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ class Pulled:
     url: str  # the cache as the deployer reaches it
 
     def nix_hive(self, variant: str, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-        argv = self.lab.deployer_argv([str(REPO / ".venv" / "bin" / "python"), "-c",
+        argv = self.lab.deployer_argv([sys.executable, "-c",
                                        "import sys; from hive.cli import main; sys.exit(main())", *args])
         env = {**nix_env(), "PYTHONPATH": str(REPO), "PULL_VARIANT": variant}
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
