@@ -107,8 +107,8 @@ def eval_inventory(source: Mapping[str, str], directory: Path) -> Any:
     read_only = [] if source.get("NIX_HIVE_FLAKE") else ["--read-only"]
     argv = [*NIX, "eval", "--json", "--impure", *read_only, "--show-trace",
             *_include_flags({"deployment": str(directory)}), "--file", str(nix_file("eval.nix"))]
-    out = process.run(argv, env=source)
-    return json.loads(out.stdout)
+    out = process.run(argv, env=source, binary=True)  # read whole, not decoded line by line (5,000 instances)
+    return json.loads(out.stdout_bytes)
 
 
 _show_trace = False  # --show-trace: Nix's whole trace of a system's evaluation that fails

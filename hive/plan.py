@@ -336,6 +336,10 @@ def _deploy_tasks(plan: Plan) -> list[PlannedTask]:
                                f"{relay.url}{via}", skippable=Step.PUSH))
     owned = {r.owner: r for r in plan.relays if r.owner is not None}
     built = {s: TaskId(Kind.BUILD, s) for s in plan.systems}  # made once a system, not once an instance
+    # the same for every instance: looked at once (issue 29: a plan of 5,000 instances)
+    activate, goal = plan.final is Kind.ACTIVATE, plan.goal.value
+    with_keys, with_checks = activate and plan.keys, plan.goal in (Goal.SWITCH, Goal.TEST)
+    finals: list[TaskId] = []
     for number, wave in enumerate(plan.waves, 1):
         gate: tuple[TaskId, ...] = ()
         if number > 1:
@@ -354,21 +358,22 @@ def _deploy_tasks(plan: Plan) -> list[PlannedTask]:
             via = f" from {i.store}" if i.store else ""
             pushed = TaskId(Kind.PUSH, i.name)
             out.append(PlannedTask(pushed, tuple(deps), doc=f"copy {i.system} to {i.name}{via}", skippable=Step.PUSH))
+            if not activate:
+                finals.append(pushed)
+                continue
             before_activation: tuple[TaskId, ...] = (pushed,)
-            if plan.final is Kind.ACTIVATE and plan.keys and i.keys:
+            if with_keys and i.keys:
                 out.append(PlannedTask(TaskId(Kind.KEYS, i.name), (pushed, *gate),
                                        doc=f"upload keys {', '.join(i.keys)} to {i.name} (pre-activation ones; "
                                        "post-activation ones after the switch)"))
                 before_activation = (TaskId(Kind.KEYS, i.name),)
-            if plan.final is Kind.ACTIVATE:
-                checks = ""
-                if i.checks and plan.goal in (Goal.SWITCH, Goal.TEST):
-                    checks = f"; then checks {', '.join(c.name for c in i.checks)}"
-                out.append(PlannedTask(TaskId(Kind.ACTIVATE, i.name), (*before_activation, *gate),
-                                       doc=f"activate {i.system} on {i.name} ({plan.goal.value}, at most "
-                                       f"{i.activation_timeout} s){checks}", skippable=Step.ACTIVATE))
-    out.append(PlannedTask(TaskId(Kind.DEPLOY), tuple(plan.final_id(i.name) for i in plan.instances),
-                           doc="build, push and activate the selected instances"))
+            checks = f"; then checks {', '.join(c.name for c in i.checks)}" if i.checks and with_checks else ""
+            activated = TaskId(Kind.ACTIVATE, i.name)
+            finals.append(activated)
+            out.append(PlannedTask(activated, (*before_activation, *gate),
+                                   doc=f"activate {i.system} on {i.name} ({goal}, at most "
+                                   f"{i.activation_timeout} s){checks}", skippable=Step.ACTIVATE))
+    out.append(PlannedTask(TaskId(Kind.DEPLOY), tuple(finals), doc="build, push and activate the selected instances"))
     return out
 
 

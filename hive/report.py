@@ -108,37 +108,52 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, limit: int =
     `width`: the terminal's columns (`fitting`); each row then stays one line of the terminal,
     the columns giving way as `fit` says (KEEP by default). None (piped, `-v`): the whole
     table, every cell whole."""
-    cells = _cells(rows, limit)
+    plain = _plain(rows, limit)
     if width is None:
-        return _simple(list(headers), cells)
+        if plain == "ascii" and headers and "".join(headers).isascii() and "".join(headers).isprintable():
+            return _simple(list(headers), rows)
+        return tabulate(_cells(rows, limit, plain), headers=list(headers), tablefmt="simple", disable_numparse=True)
     kinds = [fit[i] if i < len(fit) else Fit.KEEP for i in range(len(headers))]
-    return _fitted([text_.cell(h) for h in headers], cells, kinds, max(width - 1, 1))
+    return _fitted([text_.cell(h) for h in headers], _cells(rows, limit, plain), kinds, max(width - 1, 1))
 
 
-def _cells(rows: Sequence[Sequence[Any]], limit: int) -> list[list[str]]:
+def _plain(rows: Sequence[Sequence[Any]], limit: int) -> str | None:
+    """Whether every value of `rows` is a printable string of at most `limit` characters, which
+    a table shows as it is: "ascii" when they are printable ASCII too (one column each), "text"
+    when not; None when some value needs `text_.cell`. Looked at in one go (issue 29: the
+    10,000 rows of a plan)."""
+    flat = list(itertools.chain.from_iterable(rows))
+    if not set(map(type, flat)) <= {str}:
+        return None
+    every = "".join(flat)
+    if not every.isprintable() or max(map(len, flat), default=0) > limit:
+        return None
+    return "ascii" if every.isascii() else "text"
+
+
+def _cells(rows: Sequence[Sequence[Any]], limit: int, plain: str | None) -> list[list[str]]:
     """Each value as `text_.cell(value, limit)`: a table of printable strings none longer than
-    `limit` (a fleet's names, addresses, URLs) as it is, in one look; any other one by one."""
-    flat = [c for row in rows for c in row]
-    if all(type(c) is str for c in flat) and "".join(flat).isprintable() and max(map(len, flat), default=0) <= limit:
+    `limit` (`plain`) as it is; any other one by one. Lists of their own (`_fitted` changes them)."""
+    if plain is not None:
         return [list(row) for row in rows]
     return [[text_.cell(c, limit) for c in row] for row in rows]
 
 
-def _simple(headers: list[str], cells: list[list[str]]) -> str:
-    """tabulate's "simple" table of these strings, numbers not parsed, byte for byte: written
-    here when every cell is printable ASCII (each character one column), which is the table
-    of a large fleet (tabulate looks at each cell's type: 0.15 s of `plan`'s 10,000 tasks);
-    any other table by tabulate itself (tests/test_report.py compares the two)."""
-    every = "".join(itertools.chain(headers, *cells))
-    if not headers or any(len(row) != len(headers) for row in cells) or not (every.isascii() and every.isprintable()):
-        return tabulate(cells, headers=headers, tablefmt="simple", disable_numparse=True)
+def _simple(headers: list[str], rows: Sequence[Sequence[str]]) -> str:
+    """tabulate's "simple" table of these printable ASCII strings (each character one column),
+    numbers not parsed, byte for byte: the table of a large fleet (tabulate looks at each
+    cell's type: 0.15 s of `plan`'s 10,000 tasks); any other table is tabulate's own
+    (tests/test_report.py compares the two)."""
+    if any(len(row) != len(headers) for row in rows):
+        return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
     # tabulate strips every cell (not the headers), left-aligns strings in columns as wide as
     # their widest cell and at least their header and 2, joins them with GAP, and strips each line
-    stripped = [tuple(c.strip() for c in row) for row in cells]
-    widths = [max([len(h) + 2, *(len(row[i]) for row in stripped)]) for i, h in enumerate(headers)]
+    stripped = [tuple(map(str.strip, row)) for row in rows]
+    columns = list(zip(*stripped, strict=True)) or [()] * len(headers)  # rows as long as headers: checked above
+    widths = [max(len(h) + 2, max(map(len, column), default=0)) for h, column in zip(headers, columns, strict=True)]
     line = GAP.join(f"%-{w}s" for w in widths)  # each cell left-aligned in its column's width
     return "\n".join([(line % tuple(headers)).rstrip(), GAP.join("-" * w for w in widths),
-                      *((line % row).rstrip() for row in stripped)])
+                      *[(line % row).rstrip() for row in stripped]])
 
 
 def fitting(stream: TextIO | None = None, *, verbose: bool = False) -> int | None:
@@ -366,7 +381,7 @@ def plan_rows(plan: Any) -> list[tuple[str, ...]]:
     """`nix-hive plan`: a row per task, in the order the plan lists them, each cell at most
     about PLAN_CELL characters, what it waits for PLAN_DEPS (a long list summarised: its count,
     its first and last items)."""
-    return [(str(t.id), text_.summary([str(d) for d in (*t.setup, *t.deps)], "tasks", PLAN_DEPS) or "-",
-             t.skippable.value if t.skippable is not None and t.skippable in plan.skip else "-",
-             text_.bound(t.doc, PLAN_CELL))
+    skipped: dict[Any, str] = {s: s.value for s in plan.skip}
+    return [(str(t.id), text_.summary(list(map(str, (*t.setup, *t.deps))), "tasks", PLAN_DEPS) or "-",
+             skipped.get(t.skippable, "-"), text_.bound(t.doc, PLAN_CELL))
             for t in plan.tasks]

@@ -148,6 +148,8 @@ def encode(key: str, value: str, *, one_word: bool | None = None, tokens: str = 
     spaces as ssh splits them; `tokens` (ssh's own %-tokens) are added after it as they are.
     A ValueError says why no spelling would do."""
     low = key.lower()
+    if not tokens and low != "proxyjump" and "%" not in value and "$" not in value and _PLAIN.match(value):
+        return value  # one plain word, as most are (an address, a user, a number): ssh reads it as it is
     if _CONTROL.search(value):
         raise ValueError("a line break or another control character: no ssh_config line can hold it")
     if low == "proxyjump":
@@ -266,7 +268,7 @@ def _block(hive: Hive, instance: Instance, fixed: _Fixed) -> list[tuple[str, Ori
         # what _Options would make of them (none replaces another): the defaults' lines as
         # they are, then the deployment's (issue 29: 5,000 blocks)
         return [(f"Host {host_pattern(hive, instance.name)}", None), *fixed.first_lines,
-                *(_given_line(hive, instance.name, key, value) for key, value in given.items())]
+                *[_given_line(hive, instance.name, key, value) for key, value in given.items()]]
     return _options_block(hive, instance, fixed)
 
 

@@ -88,8 +88,9 @@ def summary(items: Sequence[str], what: str, limit: int = 200) -> str:
     """A list that may be long, in at most `limit` characters or so: the items joined by
     spaces when that fits, else their count, the first ones and the last (`5,000 tasks
     (push:a, push:b, ..., push:z)`); an item itself is cut to `limit` characters."""
-    if sum(len(item) + 1 for item in items) <= limit + 1:
-        return " ".join(items)
+    joined = " ".join(items)
+    if len(joined) <= limit:
+        return joined
     if len(items) == 1:
         return bound(items[0], limit)
     last = bound(items[-1], limit)

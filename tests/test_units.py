@@ -34,7 +34,9 @@ class Calls:
     def __call__(self, argv: Sequence[str], *, env: Any = None, **_: Any) -> process.Result:
         self.argv.append(list(argv))
         self.env.append(dict(env or {}))
-        return process.Result(stdout=self.stdout, stderr="", exit_code=0)
+        binary = bool(_.get("binary"))
+        return process.Result(stdout="" if binary else self.stdout, stderr="", exit_code=0,
+                              stdout_bytes=self.stdout.encode() if binary else b"")
 
 
 @pytest.fixture
