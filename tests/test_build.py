@@ -6,6 +6,7 @@ whose builder appends the system's name to STANDIN_BUILD_LOG each time it really
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -233,6 +234,7 @@ def test_commands_that_connect_to_nothing_write_no_ssh_files_of_instances(
                         (["ssh-config"], ["known_hosts", "ssh_config"])):
         ssh_writes.clear()
         assert cli.main([*argv, "-q", "-c", str(hive)]) == 0, capsys.readouterr().err
+        assert gc.isenabled(), argv  # paused while the model is made, never longer (cli._kept)
         assert sorted(p.name for p in ssh_writes) == files, argv
         assert all(p.parent == generated for p in ssh_writes), argv
         assert not (generated / "h").exists() and list((tmp_path / "tmp").iterdir()) == [], argv
