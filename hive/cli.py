@@ -620,10 +620,9 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
         d.add_argument("--report", metavar="FILE", help="also write the outcome as JSON to FILE")
         d.add_argument("--timeline", metavar="SVG",
                        help="also draw the run in SVG: a row per instance by wave, a bar per step (nix-hive report)")
-        d.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
         d.add_argument("--no-live", action="store_true",
                        help="progress lines, not the live view a terminal shows by default")
-        d.add_argument("--max-failures", metavar="N|N%", help="stop starting new work after N failures")
+        _gate_arguments(d, "stop starting new work")
         d.add_argument("--push-jobs", metavar="N",
                        help="copies at once from each source: each relay store, each build host, this machine "
                             "(default: 10, what an sshd lets authenticate at once)")
@@ -678,8 +677,7 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
                          "as failed (it keeps polling, and applies the record by itself)")
     pb.add_argument("--poll", default="5", metavar="SECONDS",
                     help="seconds between two reads of the hosts' status documents (default: 5)")
-    pb.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
-    pb.add_argument("--max-failures", metavar="N|N%", help="publish no later wave after N failures")
+    _gate_arguments(pb, "publish no later wave")
     options.add_deadline_arguments(pb)
     pb.set_defaults(func=cmd_publish)
     df = sub.add_parser("diff", parents=[common, no, jobs, json_out],
@@ -693,6 +691,12 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
     for command in (b, pl, ls, s, df, pb, *(sub.choices[n] for n in ("deploy", "push"))):
         command.add_argument("patterns", nargs="*", metavar="PATTERN")
     _elevation_arguments(deploy)
+
+
+def _gate_arguments(parser: argparse.ArgumentParser, stops: str) -> None:
+    """The failure policy of a command that goes wave by wave (session.gate's rule)."""
+    parser.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
+    parser.add_argument("--max-failures", metavar="N|N%", help=f"{stops} after N failures")
 
 
 def _skip_unreachable_argument(parser: argparse.ArgumentParser) -> None:
@@ -734,10 +738,9 @@ def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
                               "them (a system booted once, kept when healthy: see deploy --reboot)")
     rbt.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rbt.add_argument("--report", metavar="FILE", help="also write the outcome as JSON to FILE")
-    rbt.add_argument("--keep-going", action="store_true", help="carry on with later waves after a failure")
     rbt.add_argument("--no-live", action="store_true",
                      help="progress lines, not the live view a terminal shows by default")
-    rbt.add_argument("--max-failures", metavar="N|N%", help="stop starting new reboots after N failures")
+    _gate_arguments(rbt, "stop starting new reboots")
     _skip_unreachable_argument(rbt)
     rbt.add_argument("--reboot-timeout", metavar="SECONDS",
                      help="a host must answer ssh and finish booting within this (default: the deployment's "
