@@ -8,9 +8,10 @@ Needs root (the lab). For each N, a fresh lab: R relays on the deployer's segmen
 N/R hosts behind it on a segment of its own (reachable only through their relay, which is
 their jump host and, for `relays`, their relay store), one system whose closure is about MB
 megabytes. `cache`: the same hosts substituting from one HTTP cache host on every segment
-(benchmarks/fleet-httpcache-scale), filled by nix-hive through the cache host's Nix over ssh.
-The system is built and signed before the clock starts. Measured, with the defaults (magic
-rollback and a command check per host):
+(benchmarks/fleet-scale with BENCH_CACHE=1: Python's http.server in the cache host's
+namespace), filled by nix-hive through the cache host's Nix over ssh. The system is built
+and signed before the clock starts. Measured, with the defaults (magic rollback and a command
+check per host):
 
 - wall time of `nix-hive deploy` of every host, and of the same deploy repeated with
   `--no build,push,activate`;
