@@ -526,11 +526,14 @@ def cmd_status_from(args: argparse.Namespace) -> int:
         def serial(value: int | None) -> str:
             return "-" if value is None else str(value)
 
-        emit(table([(r["instance"], r["outcome"], text.short_path(r["system"]) if r["system"] else "-",
-                     serial(r["applied_serial"]), serial(r["published_serial"]), publish.age(r["record_age"]),
-                     publish.age(r["report_age"]), r["reason"] or "-") for r in rows],
-                   ["instance", "outcome", "running", "applied", "published", "record age", "report age", "reason"],
-                   width=_width(args), fit=(Fit.KEEP,) * 7 + (Fit.CUT,)) + "\n"
+        # on a terminal, whether the host applied the newest record ("newest") before the
+        # serials themselves, which give way first (-v or a pipe: every column whole)
+        emit(table([(r["instance"], r["outcome"], publish.newest(r), publish.age(r["record_age"]),
+                     publish.age(r["report_age"]), r["reason"] or "-", serial(r["applied_serial"]),
+                     serial(r["published_serial"]), r["system"] or "-") for r in rows],
+                   ["instance", "outcome", "newest", "record age", "report age", "reason", "applied", "published",
+                    "running"], width=_width(args),
+                   fit=(Fit.KEEP,) * 5 + (Fit.CUT, Fit.DROP, Fit.DROP, Fit.PATH)) + "\n"
              + publish.stale_line(rows, stale) + "\n")
     return 1 if any(r["stale"] for r in rows) else 0
 

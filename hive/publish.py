@@ -407,8 +407,22 @@ def status_rows(reports: Sequence[HostReport], stale: float, now: float | None =
     return out
 
 
+def newest(row: Mapping[str, Any]) -> str:
+    """Whether a `status_rows` row's host applied the newest published record: "yes", "no"
+    (an older one, or none), "-" (nothing published for it)."""
+    if row["published_serial"] is None:
+        return "-"
+    return "yes" if row["applied_serial"] == row["published_serial"] else "no"
+
+
 def stale_line(rows: Sequence[Mapping[str, Any]], stale: float) -> str:
     names = [r["instance"] for r in rows if r["stale"]]
     if not names:
         return f"stale: none (every host reported within {stale:g} s)"
-    return f"stale ({len(names)}: no report newer than {stale:g} s): {', '.join(names)}"
+    shown = ", ".join(names)
+    if len(shown) > STALE_NAMES:  # a fleet's worth: the count, the first and the last (--json lists all)
+        shown = text.summary(names, "hosts", STALE_NAMES)
+    return f"stale ({len(names)}: no report newer than {stale:g} s): {shown}"
+
+
+STALE_NAMES = 160  # characters of stale hosts' names the line shows

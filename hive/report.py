@@ -93,6 +93,7 @@ class Fit(enum.Enum):
     KEEP = "keep"  # names, outcomes, numbers: cut only when nothing else is left to cut
     CUT = "cut"  # free text (a reason, a check's output): cut with an ellipsis to what the others leave
     PATH = "path"  # a store path: shown short (`nixos-system-www (lg1j8zk…)`), moved last, dropped first
+    DROP = "drop"  # a detail another column sums up (a serial): moved last and dropped first, as a path
 
 
 FREE = 30  # columns of free text a table keeps before it drops its store paths
@@ -172,8 +173,9 @@ def fitting(stream: TextIO | None = None, *, verbose: bool = False) -> int | Non
 
 def _fitted(headers: list[str], cells: list[list[str]], kinds: list[Fit], room: int) -> str:
     """The table in `room` columns, in this order, stopping as soon as it fits: as it is; its
-    store paths short and last (a column of none dropped); its paths dropped, the first first,
-    while they would leave the free text fewer than FREE columns (or fewer than it needs); the
+    store paths short and, with its details (DROP), last (a column of none dropped); those
+    dropped, the first first, while they would leave the free text fewer than FREE columns (or
+    fewer than it needs); the
     free text cut, widest column first; then the other columns, down to their headers' width,
     then to NARROWEST. A row that still does not fit (a terminal a few columns wide) is as
     narrow as it can be."""
@@ -186,13 +188,14 @@ def _fitted(headers: list[str], cells: list[list[str]], kinds: list[Fit], room: 
         return sum(widths.values()) + len(GAP) * (len(widths) - 1)
 
     widths = {c: natural(c) for c in order}
-    paths = [c for c in order if kinds[c] is Fit.PATH]
+    paths = [c for c in order if kinds[c] in (Fit.PATH, Fit.DROP)]
     if total(widths) > room and paths:
         for row in cells:
             for c in paths:
-                row[c] = text_.short_path(row[c])
+                if kinds[c] is Fit.PATH:
+                    row[c] = text_.short_path(row[c])
         paths = [c for c in paths if any(row[c] not in ("", "-") for row in cells)]  # a column of "-" goes
-        order = [c for c in order if kinds[c] is not Fit.PATH] + paths
+        order = [c for c in order if kinds[c] not in (Fit.PATH, Fit.DROP)] + paths
         widths = {c: natural(c) for c in order}
         free = [c for c in order if kinds[c] is Fit.CUT]
         while paths and total({c: min(w, FREE) if c in free else w for c, w in widths.items()}) > room:

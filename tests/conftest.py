@@ -98,6 +98,33 @@ def nix_hive(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
                           timeout=timeout)
 
 
+def nix_hive_on_terminal(*args: str, env: dict[str, str] | None = None, columns: int = 80,
+                         timeout: float = 120) -> tuple[int, str]:
+    """`nix_hive`, its stdout on a terminal `columns` wide (stderr dropped): its exit status and
+    what the terminal received, line ends as written."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    argv = [sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())", *args]
+    proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    os.close(slave)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(master)
+    return proc.wait(timeout=timeout), received.decode().replace("\r\n", "\n")
+
+
 @pytest.fixture
 def ssh_writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every file hive/ssh.py writes from now on, in order (they are written all the same)."""

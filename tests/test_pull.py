@@ -23,7 +23,7 @@ from hive import cachefiles, nix, pull
 from hive.errors import InputError
 from hive.model import Check
 from hive.pull import AgentStatus, Record, RecordError
-from tests.conftest import STANDIN, needs_nix, nix_hive, write_hive
+from tests.conftest import STANDIN, needs_nix, nix_hive, nix_hive_on_terminal, write_hive
 from tests.putserver import PutServer, serving
 
 SYSTEM = "/nix/store/0029324sp8jn3b9pf7706c0sdnijllq5-nixos-system-b"
@@ -400,6 +400,14 @@ def test_no_wait_publishes_every_pointer_at_once_and_reads_no_status(
     assert status.returncode == 1
     assert status.stdout.rstrip().splitlines()[-1] == "stale (3: no report newer than 900 s): a1, a2, b1"
     assert str(rows["a1"]["serial"]) in status.stdout and "no report" in status.stdout
+    # on a terminal 80 columns wide: every name whole, whether each host runs the newest record,
+    # then what room is left: the published serial (the columns of none given way)
+    code, shown = nix_hive_on_terminal("status", "-c", str(deployment.parent), "--from", cache, env=env)
+    assert code == 1 and max(len(line) for line in shown.splitlines()) <= 80, shown
+    header, _, *lines, _ = shown.splitlines()
+    assert header.split() == ["instance", "outcome", "newest", "record", "age", "report", "age", "reason", "published"]
+    assert [line.split()[:4] for line in lines] == [[name, "no", "report", "no"] for name in ("a1", "a2", "b1")]
+    assert lines[0].split()[-1] == str(rows["a1"]["serial"])
 
 
 @needs_nix
@@ -484,7 +492,7 @@ def test_what_a_report_means_for_the_published_serial() -> None:
 
 
 def test_status_rows_ages_and_stale_hosts() -> None:
-    from hive.publish import HostReport, age, stale_line, status_rows
+    from hive.publish import HostReport, age, newest, stale_line, status_rows
 
     now = pull.seconds_of("2026-12-07T15:00:00Z")
     pointer = f"/nix/store/{'a' * 32}-nix-hive-record-www-1-{int((now - 7200) * 1000)}"
@@ -498,4 +506,9 @@ def test_status_rows_ages_and_stale_hosts() -> None:
     assert rows[2]["outcome"] == "no report" and rows[2]["record_age"] is None
     assert stale_line(rows, 900) == "stale (2: no report newer than 900 s): www-2, www-3"
     assert stale_line(rows[:1], 900) == "stale: none (every host reported within 900 s)"
+    many = [{"instance": f"h{n:04}", "stale": True} for n in range(1000)]  # a fleet that stopped reporting
+    assert stale_line(many, 900).startswith("stale (1000: no report newer than 900 s): 1,000 hosts (h0000, h0001")
+    assert stale_line(many, 900).endswith(", ..., h0999)") and len(stale_line(many, 900)) < 250
+    assert [newest(r) for r in rows] == ["no", "no", "-"]  # www-1, www-2 applied serial 1 of a newer record
+    assert newest({**rows[0], "applied_serial": rows[0]["published_serial"]}) == "yes"
     assert [age(s) for s in (None, 5, 150, 7300, 200000)] == ["-", "5 s", "2 min", "2 h", "2 d"]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tabulate import tabulate
 
 from hive import text
-from hive.report import Fit, Row, fitting, summary_table, table
+from hive.report import FREE, Fit, Row, fitting, summary_table, table
 
 WWW = "/nix/store/lg1j8zkq0v6xw3mlsd7rxhj0q2pzr3ab-nixos-system-www"
 PORTICO = "/nix/store/0a9x8zkq0v6xw3mlsd7rxhj0q2pzr3ab-nixos-system-portico"
@@ -77,6 +77,23 @@ def test_status_drops_the_expected_path_before_the_current_one() -> None:
     assert shown[0].split() == ["instance", "system", "state", "reboot", "current", "path"]
     assert shown[2].endswith("yes (kernel)  nixos-system-portico (0a9x8zk…)")
     assert lines_of(table(rows, headers))[2].split()[2:4] == [WWW, PORTICO]  # piped: whole
+
+
+def test_a_detail_column_gives_way_whole_before_the_free_text_is_cut() -> None:
+    """Fit.DROP (status --from's serials): moved last and dropped while the free text would
+    keep fewer than FREE columns; never shortened as a path is; kept when there is room."""
+    headers = ["instance", "outcome", "reason", "applied", "published"]
+    fit = (Fit.KEEP, Fit.KEEP, Fit.CUT, Fit.DROP, Fit.DROP)
+    rows = [("web-frankfurt-01", "rolled-back", "the check http failed: connection refused", "1796664668007",
+             "1796664671388")]
+    shown = lines_of(table(rows, headers, width=80, fit=fit))
+    assert all(text.columns(ln) <= 79 for ln in shown), shown
+    assert shown[0].split() == ["instance", "outcome", "reason", "published"]  # the first detail went first
+    assert shown[2].endswith(f"{text.MORE}  1796664671388")  # the serial whole, the reason cut to what is left
+    assert len(shown[2].split("  ")[-2].strip()) >= FREE  # which is at least FREE columns
+    narrow = lines_of(table(rows, headers, width=60, fit=fit))
+    assert narrow[0].split() == ["instance", "outcome", "reason"] and "1796" not in narrow[2]
+    assert lines_of(table(rows, headers, width=200, fit=fit))[0].split() == headers  # room: as it is
 
 
 def test_wide_characters_are_measured_in_columns() -> None:
