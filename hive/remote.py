@@ -65,14 +65,17 @@ def overloaded(reason: str) -> bool:
 
 def probe_script(paths: Iterable[str]) -> str:
     """A POSIX shell script printing `current=`, `profile=` and a `valid=` line per path of
-    `paths` the host's store holds."""
-    script = ('printf "current=%s\\n" "$(readlink /run/current-system 2>/dev/null)"; '
-              f'p={SYSTEM_PROFILE}; printf "profile=%s\\n" "$(test -L $p && readlink -f $p)"')
+    `paths` the host's store holds. A path the host runs, or its system profile names, is
+    valid without asking Nix (both are GC roots): a redeploy of what is there starts no Nix
+    process on the host."""
+    script = ('cur=$(readlink /run/current-system 2>/dev/null); printf "current=%s\\n" "$cur"; '
+              f'p={SYSTEM_PROFILE}; prof=$(test -L $p && readlink -f $p); printf "profile=%s\\n" "$prof"')
     script += ('; for f in /run/nix-hive/*/state; do [ "$(cat "$f" 2>/dev/null)" = waiting ] && echo pending=1; '
                'done')
     for path in sorted(paths):
         quoted = shlex.quote(path)
-        script += f"; nix-store --check-validity {quoted} 2>/dev/null && echo valid={quoted}"
+        script += (f'; {{ [ "$cur" = {quoted} ] || [ "$prof" = {quoted} ] || '
+                   f"nix-store --check-validity {quoted} 2>/dev/null; }} && echo valid={quoted}")
     return script + "; true"
 
 

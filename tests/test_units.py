@@ -293,6 +293,25 @@ def test_probe_script_and_parser_on_recorded_answers() -> None:
     assert never.reachable and never.current is None and never.profile is None and never.valid == frozenset()
 
 
+def test_the_probe_asks_nix_only_about_a_path_the_host_does_not_run(tmp_path: Path) -> None:
+    """The probe under a real sh, with `readlink` saying the host runs /nix/store/a-x and a
+    `nix-store` that logs its calls: the running path is valid without asking Nix (a redeploy
+    of what is there starts no Nix process on the host), another one is asked about."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "readlink").write_text("#!/bin/sh\necho /nix/store/a-x\n")
+    (stubs / "nix-store").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/asked\n[ \"$2\" = /nix/store/b-y ]\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    script = remote.probe_script(["/nix/store/a-x", "/nix/store/b-y", "/nix/store/c-z"])
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                         env={"PATH": f"{stubs}:/usr/bin:/bin"}).stdout
+    found = remote.parse_probe(out, ["/nix/store/a-x", "/nix/store/b-y", "/nix/store/c-z"])
+    assert found.current == "/nix/store/a-x" and found.valid == {"/nix/store/a-x", "/nix/store/b-y"}
+    assert (tmp_path / "asked").read_text().split("\n")[:2] == ["--check-validity /nix/store/b-y",
+                                                               "--check-validity /nix/store/c-z"]
+
+
 def test_error_headline_prefers_what_ssh_said() -> None:
     stderr = ("@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.\n"
               "error: cannot connect to 'www-2'\n")
