@@ -483,7 +483,11 @@ def test_the_cursor_is_shown_whenever_the_view_stops_or_quits() -> None:
                 seen += os.read(master, 65536)
 
     def state(pid: int) -> str:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        """The process's state letter; "gone" once it was reaped (it may go between two looks)."""
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return "gone"
 
     try:
         read_until(b"pid ")
@@ -505,13 +509,14 @@ def test_the_cursor_is_shown_whenever_the_view_stops_or_quits() -> None:
         os.kill(view, signal.SIGQUIT)
         read_until(live.SHOW.encode(), mark)
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{view}").exists() and state(view) != "Z":
+        while state(view) not in ("Z", "gone"):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
         with contextlib.suppress(ProcessLookupError, ValueError, NameError):
             os.kill(view, signal.SIGKILL)
         os.close(master)
