@@ -6,6 +6,7 @@ be reached fails its systems and skips their instances."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from collections.abc import Callable
 
@@ -30,7 +31,10 @@ def locally_valid(path: str) -> bool:
 
 
 def test_a_build_host_builds_and_feeds_the_relay_while_the_deployer_sends_references(fleet_factory: Start) -> None:
-    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, payload_bytes=PAYLOAD)
+    # a web system of this run's own (its payload's size): the deployer's store keeps what
+    # earlier runs, or another test with the same configuration, built there
+    payload = PAYLOAD + 2 * secrets.randbelow(50_000)
+    fleet = fleet_factory(topology=TOPOLOGY, source=SOURCE, payload_bytes=payload)
 
     # The relay builds the web system: nothing of its payload leaves the deployer.
     before = fleet.lab.tx_bytes()
@@ -40,7 +44,7 @@ def test_a_build_host_builds_and_feeds_the_relay_while_the_deployer_sends_refere
     r = rows(result)
     assert all(row["outcome"] == "ok" for row in r.values()), r
     web = str(r["www-1"]["path"])
-    print(f"\nbuild host = relay: the deployer sent {sent:,} bytes for a {PAYLOAD:,}-byte web closure")
+    print(f"\nbuild host = relay: the deployer sent {sent:,} bytes for a {payload:,}-byte web closure")
     edge = closure_bytes(str(r["portico"]["path"]))  # built here and sent: the only closure that left
     assert sent < edge + PAYLOAD // 4, (sent, edge)
     assert not locally_valid(web)  # built there, never here
@@ -57,7 +61,7 @@ def test_a_build_host_builds_and_feeds_the_relay_while_the_deployer_sends_refere
     assert [ln for ln in again.stderr.splitlines() if " build " in ln and "unchanged" in ln]
 
     # Another host builds (www-1, behind the relay): it copies to the relay itself, host to host.
-    fleet.env.update(BUILD_HOST="www-1", STANDIN_PAYLOAD_BYTES=str(PAYLOAD + 1))
+    fleet.env.update(BUILD_HOST="www-1", STANDIN_PAYLOAD_BYTES=str(payload + 1))
     before = fleet.lab.tx_bytes()
     result = fleet.deploy("--json", "portico", "www-*")
     sent = fleet.lab.tx_bytes() - before
