@@ -32,6 +32,7 @@ noisy); the hosts that did not end on the version are counted.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import tempfile
@@ -121,10 +122,7 @@ def start(workdir: Path, n: int, mb: float) -> tuple[Pull, str]:
 
 
 def outcomes(stdout: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in json.loads(stdout)["instances"]:
-        counts[str(row.get("outcome"))] = counts.get(str(row.get("outcome")), 0) + 1
-    return counts
+    return dict(collections.Counter(str(row.get("outcome")) for row in json.loads(stdout)["instances"]))
 
 
 def one(workdir: Path, n: int, mb: float, poll: float) -> dict[str, dict[str, float]]:

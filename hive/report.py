@@ -111,7 +111,8 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, limit: int =
     table, every cell whole."""
     plain = _plain(rows, limit)
     if width is None:
-        if plain == "ascii" and headers and "".join(headers).isascii() and "".join(headers).isprintable():
+        named = "".join(headers)
+        if plain == "ascii" and headers and named.isascii() and named.isprintable():
             return _simple(list(headers), rows)
         return tabulate(_cells(rows, limit, plain), headers=list(headers), tablefmt="simple", disable_numparse=True)
     kinds = [fit[i] if i < len(fit) else Fit.KEEP for i in range(len(headers))]

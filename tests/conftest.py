@@ -101,7 +101,15 @@ def nix_hive(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
 def nix_hive_on_terminal(*args: str, env: dict[str, str] | None = None, columns: int = 80,
                          timeout: float = 120) -> tuple[int, str]:
     """`nix_hive`, its stdout on a terminal `columns` wide (stderr dropped): its exit status and
-    what the terminal received, line ends as written."""
+    what the terminal received (`on_terminal`)."""
+    argv = [sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())", *args]
+    return on_terminal(argv, {**os.environ, **(env or {})}, columns=columns, timeout=timeout)
+
+
+def on_terminal(argv: list[str], env: Mapping[str, str], *, columns: int = 80,
+                timeout: float = 120) -> tuple[int, str]:
+    """`argv` with its stdout on a terminal `columns` wide (stderr dropped): its exit status and
+    what the terminal received, "\\r\\n" read as "\\n"."""
     import fcntl
     import pty
     import struct
@@ -109,8 +117,7 @@ def nix_hive_on_terminal(*args: str, env: dict[str, str] | None = None, columns:
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    argv = [sys.executable, "-c", "import sys; from hive.cli import main; sys.exit(main())", *args]
-    proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.DEVNULL, env=dict(env))
     os.close(slave)
     received = b""
     while True:

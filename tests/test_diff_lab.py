@@ -9,20 +9,16 @@ deployer's meet across versions.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import random
 import re
-import struct
 import subprocess
-import termios
 from collections.abc import Callable
 from typing import Any
 
 from hive import text
-from tests.conftest import REPO, STANDIN, needs_lab
+from tests.conftest import REPO, STANDIN, needs_lab, on_terminal
 from tests.fleet import Fleet, closure_bytes, closure_sizes, nix_env
 
 pytestmark = needs_lab
@@ -46,27 +42,13 @@ def systems(fleet: Fleet, version_set: str) -> dict[str, str]:
 
 
 
-def on_terminal(fleet: Fleet, version_set: str, *args: str, columns: int = 80) -> tuple[int, str]:
+def diff_on_terminal(fleet: Fleet, version_set: str, *args: str, columns: int = 80) -> tuple[int, str]:
     """`nix-hive ARGS` (as `hive`) with its stdout on a terminal `columns` wide: its exit status
     and what the terminal received."""
     fleet.env["DIFF_SET"] = version_set
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     env = {**nix_env(), **fleet.env, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(fleet.nix_hive_argv(*args, "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}"),
-                            stdout=slave, stderr=subprocess.DEVNULL, env=env)
-    os.close(slave)
-    received = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the terminal's other side is closed
-            break
-        if not chunk:
-            break
-        received += chunk
-    os.close(master)
-    return proc.wait(timeout=120), received.decode().replace("\r\n", "\n")
+    return on_terminal(fleet.nix_hive_argv(*args, "-c", str(fleet.hive), "-I", f"nixpkgs={STANDIN}"), env,
+                       columns=columns)
 
 
 def lacking(fleet: Fleet, host: str, closure: dict[str, int]) -> int:
@@ -185,7 +167,8 @@ def test_diff_groups_the_fleet_and_tells_packages_sizes_and_bytes_to_fetch(fleet
     assert "not compared: 1 group(s)" in lines and "not reached: 1 host(s)" in lines
     assert any(ln.startswith("web-4 ") and "unreachable" in ln for ln in lines)
 
-    code, screen = on_terminal(fleet, "B", "diff", "--no", "build", "--no-dry-run")  # the same on an 80-column terminal
+    # the same on an 80-column terminal
+    code, screen = diff_on_terminal(fleet, "B", "diff", "--no", "build", "--no-dry-run")
     print(screen)
     lines = screen.splitlines()
     assert code == 1 and lines[0].split() == ["hosts", "system", "packages", "closure", "fetch"], screen
