@@ -88,6 +88,19 @@ def put(url: str, data: bytes, *, content_type: str = "text/plain", timeout: flo
         raise CacheFileError(f"PUT {url}: {_why(exc)}") from None
 
 
+def ensure_cache_info(base: str, store_dir: str = "/nix/store") -> bool:
+    """Write the cache's `nix-cache-info` if it has none; whether it was written. `nix copy
+    --to` writes it only when its own record of the cache (kept for a week) does not list the
+    cache, so a cache emptied at the same URL would be left without one: Nix on the hosts then
+    tries to write it itself (a read-only cache refuses), and the agent, which asks for it to
+    tell a cache that is down, would think so."""
+    url = f"{base}/nix-cache-info"
+    if get(url) is not None:
+        return False
+    put(url, f"StoreDir: {store_dir}\n".encode(), content_type="text/x-nix-cache-info")
+    return True
+
+
 def _why(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
         return str(exc.reason)

@@ -234,13 +234,24 @@ def sign(key_file: Path, paths: Sequence[str], *, store: str | None = None,
               timeout=timeout)
 
 
+# Binary caches Nix reaches over the network, remembering what they hold (`copy_argv`).
+_NETWORK_CACHES = frozenset({"http", "https", "s3"})
+
+
 def copy_argv(to: str, paths: Sequence[str], *, substitute: bool, source: str | None = None,
               check_sigs: bool = True) -> list[str]:
     """`nix copy` of the closures of `paths` to the store `to` (from `source`, default the
     local store); with `substitute`, the destination first tries its own substituters (a relay
     store) and receives only what they lack; without `check_sigs`, `--no-check-sigs` (the
-    destination adds them without checking their signatures, when it trusts the sender)."""
+    destination adds them without checking their signatures, when it trusts the sender).
+
+    To a binary cache over the network (http, https, s3), Nix's own record of what the cache
+    held is not trusted: Nix keeps it for 30 days (narinfo-cache-positive-ttl) and skips every
+    path it lists, so a cache emptied or replaced at the same URL would be left without them,
+    and its hosts unable to fetch. The cache is asked instead (one narinfo request a path)."""
     argv = [*NIX, "copy", *(["--from", source] if source else []), "--to", to]
+    if to.partition("://")[0] in _NETWORK_CACHES:
+        argv += ["--option", "narinfo-cache-positive-ttl", "0"]
     if substitute:
         argv.append("--substitute-on-destination")
     if not check_sigs:

@@ -202,6 +202,8 @@ class Publish:
         try:
             nix.sign(key, paths)
             nix.copy(self.base, paths, substitute=False, env={}, timeout=s.options.copy_deadline(size))
+            if cachefiles.ensure_cache_info(self.base):
+                self.line(f"wrote {self.base}/nix-cache-info (the cache had none)")
         except HiveError as exc:
             self._fail(list(self.records), f"copy to {self.base} failed: {exc}")
             return False

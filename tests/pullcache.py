@@ -4,8 +4,9 @@ status documents), and deployment records made by hand as docs/pull.md describes
 text rendered, a store path made with builtins.toFile that references the system (a
 content-addressed record, which the agent must check itself: hive/pull.py's are
 input-addressed), signed with `nix store sign --key-file`, copied with `nix copy --to` the
-cache, the pointer PUT. Not with hive/pull.py: the agent is tested against the documented
-format, not against that code.
+cache (nix-hive's argv, hive.nix.copy_argv: the lab's caches reuse their addresses, and Nix
+remembers what a cache at an address held), the pointer PUT. Not with hive/pull.py: the
+agent is tested against the documented format, not against that code.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hive import nix
 from tests.constants import nix_env
 from tests.lab import Lab
 
@@ -181,12 +183,12 @@ class Publisher:
         path = make_record(self.workdir / f"{instance}-{serial}", text, record_name(instance, serial), system)
         if key_file is not None:
             sign(key_file, path)
-        self.deployer(["nix", "copy", "--to", self.url, path])
+        self.deployer(nix.copy_argv(self.url, [path], substitute=False))
         return path
 
     def system(self, key_file: Path, system: str) -> None:
         sign(key_file, system)
-        self.deployer(["nix", "copy", "--to", self.url, system])
+        self.deployer(nix.copy_argv(self.url, [system], substitute=False))
 
     def point(self, instance: str, record: str) -> None:
         """The pointer PUT (one line, the record's path)."""

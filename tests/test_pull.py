@@ -430,6 +430,31 @@ def test_a_host_that_does_not_report_in_time_fails_and_stops_wave_2(
 
 
 @needs_nix
+def test_a_cache_emptied_at_the_same_url_is_filled_again(deployment: Path, tmp_path: Path,
+                                                          no_ssh: tuple[dict[str, str], Path]) -> None:
+    """Nix remembers what an HTTP cache held (30 days) and `nix copy --to` skips it: publish
+    to a cache emptied since (a new server at the same address, a wiped bucket) sends the
+    closures again, and the cache's nix-cache-info, which the agent asks for."""
+    env, _ = no_ssh
+    with serving(tmp_path / "cache") as server:
+        first = _rows(_publish(deployment, env, "--to", server.url, "--no-wait", "a1", "--json"))
+        shutil.rmtree(tmp_path / "cache")
+        (tmp_path / "cache").mkdir()
+        server.log.clear()
+        again = _publish(deployment, env, "--to", server.url, "--no-wait", "a1", "--json")
+        assert again.returncode == 0, again.stderr
+        record = str(_rows(again)["a1"]["record"])
+        assert record != first["a1"]["record"]
+    closure = subprocess.run(["nix-store", "-qR", record], capture_output=True, text=True, check=True).stdout.split()
+    assert len(closure) >= 3  # the record, its system, what the system holds
+    missing = [p for p in closure if not (tmp_path / f"cache/{Path(p).name[:32]}.narinfo").exists()]
+    assert missing == [], "the emptied cache did not receive these again"
+    assert (tmp_path / "cache/nix-cache-info").read_text() == "StoreDir: /nix/store\n"
+    assert ("PUT", "/nix-cache-info") in server.log
+    assert "wrote " in again.stderr and "nix-cache-info (the cache had none)" in again.stderr
+
+
+@needs_nix
 def test_the_serial_grows_past_the_pointer_already_there(deployment: Path, tmp_path: Path,
                                                          no_ssh: tuple[dict[str, str], Path]) -> None:
     env, _ = no_ssh

@@ -80,7 +80,13 @@ def test_copy_sign_and_profile_commands(calls: Calls) -> None:
     nix.sign(Path("/k/hive.sec"), ["/nix/store/p"])
     assert calls.argv[0][3:] == ["copy", "--to", "ssh://www-1", "--substitute-on-destination", "/nix/store/p"]
     assert calls.env[0] == {"NIX_SSHOPTS": "-F /c"}
-    assert calls.argv[1][3:] == ["copy", "--to", "s3://bucket?region=x", "/nix/store/p", "/nix/store/q"]
+    # a network cache is asked what it holds, not Nix's month-old record of it
+    assert calls.argv[1][3:] == ["copy", "--to", "s3://bucket?region=x", "--option", "narinfo-cache-positive-ttl",
+                                 "0", "/nix/store/p", "/nix/store/q"]
+    for to in ("http://c:8080", "https://c/sub"):
+        assert nix.copy_argv(to, ["/nix/store/p"], substitute=False)[3:7] == [
+            "copy", "--to", to, "--option"]
+    assert "narinfo-cache-positive-ttl" not in nix.copy_argv("file:///srv/c", ["/nix/store/p"], substitute=False)
     assert calls.argv[2][3:] == ["store", "sign", "--key-file", "/k/hive.sec", "--recursive", "/nix/store/p"]
     assert nix.set_profile_argv("/nix/store/p") == ["nix-env", "--profile", "/nix/var/nix/profiles/system",
                                                     "--set", "/nix/store/p"]
