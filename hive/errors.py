@@ -122,11 +122,20 @@ def undownloaded(stderr: str) -> tuple[str, str] | None:
 _OFFERED = re.compile(r"The fingerprint for the (\S+) key sent by the remote host is\s+(\S+?)\.?$", re.M)
 
 
-def ssh_reason(stderr: str, pinned: str | None = None) -> str:
+# What ssh says when nothing answered within ConnectTimeout although a connection was made:
+# the host's TCP answered but its sshd did not, or (far more often) the host is behind a jump
+# host, whose channel to it never opened (down, cut off, wrong address): no more is known.
+_NO_BANNER = "Connection timed out during banner exchange"
+NO_ANSWER = "did not answer ssh within"  # how ssh_reason words it
+
+
+def ssh_reason(stderr: str, pinned: str | None = None, connect_timeout: float | None = None) -> str:
     """Why ssh could not reach a host, in one line: what it said that tells most (its warning
     banners and advice left out), else its last line. A host key that is not the expected one
     says which key the host offered, and `pinned`, the attribute that holds the expected one
-    (`instances.www-1.hostKey`), if the deployment pins it."""
+    (`instances.www-1.hostKey`), if the deployment pins it. A connection nothing answered says
+    so, with the `connect_timeout` that expired (ssh's words name a banner exchange, which a
+    host behind a jump host that is down never reached)."""
     stderr = stderr.replace("\r\n", "\n")  # ssh ends these lines with \r\n
     offered = _OFFERED.search(stderr)
     if offered is not None and "Host key verification failed" in stderr:
@@ -137,6 +146,8 @@ def ssh_reason(stderr: str, pinned: str | None = None) -> str:
     lines = [ln.strip().strip("@ ").strip() for ln in stderr.splitlines()]
     lines = [ln for ln in lines if ln]
     told = next((ln for d in SSH_DIAGNOSTICS for ln in lines if d in ln), None)
+    if told is not None and _NO_BANNER in told:
+        return f"it {NO_ANSWER} " + (f"{connect_timeout:g} s" if connect_timeout is not None else "ConnectTimeout")
     return told or (lines[-1] if lines else "ssh failed and said nothing")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hive import elevate, health, process
+from hive import elevate, health, process, ssh
 from hive.activate import LOCK_MARGIN
 from hive.errors import HiveError, ProcessError, ssh_reason
 from hive.keys import Keys
@@ -52,8 +52,9 @@ def run_everywhere(hive: Hive, plan: Plan, command: Sequence[str], *, jobs: int)
                 sys.stderr.write(f"{i.name:<{width}} ! {line}\n")
             sys.stdout.flush()
         if out.exit_code != 0:
-            return i.name, (f"ssh could not connect: {ssh_reason(out.stderr, remote.pinned)}" if out.exit_code == 255
-                            else f"exit status {out.exit_code}")
+            if out.exit_code != 255:
+                return i.name, f"exit status {out.exit_code}"
+            return i.name, f"ssh could not connect: {ssh_reason(out.stderr, remote.pinned, ssh.connect_timeout())}"
         return None
 
     return sorted(r for r in _each(hive, plan, jobs, one) if r is not None)

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Protocol, TypeVar, overload
 
 from hive import elevate, process, ssh, tempdirs
-from hive.errors import HiveError, ProcessError, headline, ssh_reason
+from hive.errors import NO_ANSWER, HiveError, ProcessError, headline, ssh_reason
 from hive.model import Hive
 from hive.resources import host_script
 
@@ -52,10 +52,11 @@ class Probe:
 
 
 # What ssh says when the host's sshd answered too slowly or dropped the connection before
-# its banner: a host (or its sshd's MaxStartups) overwhelmed for a moment, not a host down
-OVERLOADED = ("during banner exchange", "kex_exchange_identification", "Connection reset by peer",
+# its banner: maybe a host (or its sshd's MaxStartups) overwhelmed for a moment by many
+# logins at once, not a host down (ssh_reason words a banner that never came as NO_ANSWER)
+OVERLOADED = (NO_ANSWER, "kex_exchange_identification", "Connection reset by peer",
               "Connection closed by remote host")
-RETRY_WIDTH = 4  # the hosts asked once more, so many at a time
+RETRY_WIDTH = 4  # the hosts asked once more, so many at a time; only after more were asked at once
 
 
 def overloaded(reason: str) -> bool:
@@ -130,7 +131,7 @@ def _answer_error(out: process.Result, pinned: str | None) -> str:
     """Why a call of a host script failed: what ssh said when it could not connect, else the
     script's own `error WHY` line, else the last word of its stderr."""
     if out.exit_code == SSH_FAILED:
-        return ssh_reason(out.stderr, pinned)
+        return ssh_reason(out.stderr, pinned, ssh.connect_timeout())
     said = next((ln.removeprefix("error ") for ln in out.stdout.splitlines() if ln.startswith("error ")), None)
     return said or headline(out.stderr) or f"exited {out.exit_code}"
 
@@ -230,6 +231,12 @@ class Remote:
         self.forget()
         return process.run(self.shell_argv(self.as_root(commands)), input=self.root_input())
 
+    @property
+    def known(self) -> Probe | None:
+        """What the last probe found, if one was made since the host last changed."""
+        with self._lock:
+            return self._probe
+
     def probe(self, paths: Iterable[str], *, keep: bool = False, timeout: float | None = None) -> Probe:
         """What the host has and runs, asked once (one ssh call) and remembered until a step
         changes the host (`forget`) or a path it was not asked about is needed. Jump hosts and
@@ -247,7 +254,8 @@ class Remote:
             if isinstance(exc, process.ProcessTimeoutError):
                 why = f"no answer within {exc.timeout:g} s"
             else:
-                why = ssh_reason(exc.stderr, self.pinned) if isinstance(exc, ProcessError) else str(exc)
+                why = (ssh_reason(exc.stderr, self.pinned, ssh.connect_timeout()) if isinstance(exc, ProcessError)
+                       else str(exc))
             found = Probe(reachable=False, asked=wanted, reason=why)
         with self._lock:
             self._probe = found
@@ -341,19 +349,36 @@ class Remotes:
         kept = frozenset(keep)
 
         def ask(name: str) -> Probe:
+            down = self.hop_down(name)
+            if down is not None:  # asked through it, it would only wait out the connect timeout
+                return Probe(reachable=False, asked=wanted[name], reason=down)
             return self[name].probe(wanted[name], keep=name in kept, timeout=timeout)
 
         found = self.each(list(wanted), ask, width=width)
         # a host whose sshd took too long to answer, or dropped the connection before its
         # banner, while many logins were under way (1,000 hosts asked 32 at once on a loaded
         # machine: 23 of them, behind one relay) is asked once more, a few at a time, before it
-        # counts as unreachable; a host that refused, or whose address or key is wrong, is not
-        again = [n for n, p in found.items() if not p.reachable and overloaded(p.reason)]
+        # counts as unreachable; a host that refused, or whose address or key is wrong, is not,
+        # nor any host when no more than that few were asked at once (a host behind a jump host
+        # that does not answer is down or cut off: asking again would double the wait)
+        wide = min(width or self.jobs, len(wanted)) > RETRY_WIDTH
+        again = [n for n, p in found.items() if wide and not p.reachable and overloaded(p.reason)]
         for name in again:
             self[name].forget()
         if again:
             found |= self.each(again, ask, width=RETRY_WIDTH)
         return found
+
+    def hop_down(self, name: str) -> str | None:
+        """Why `name` cannot be reached, when a jump host it goes through was asked and could
+        not be reached (the one nearest to this machine, which the others are reached through)."""
+        for hop in reversed(ssh.jump_chain(self.hive, name)):
+            with self._lock:
+                remote = self._remotes.get(hop)
+            known = remote.known if remote is not None else None
+            if known is not None and not known.reachable:
+                return f"its jump host {hop} is unreachable: {known.reason}"
+        return None
 
     def facts_all(self, wanted: Mapping[str, Sequence[str]], *, timeout: float,
                   width: int | None = None) -> dict[str, Facts]:

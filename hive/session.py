@@ -306,7 +306,8 @@ class Session:
         if down is not None:
             return f"its jump host {down} is unreachable: {found[down].reason}"
         reason = found[name].reason
-        return f"{reason} (through {', '.join(hops)})" if hops and not reason.startswith("its host key") else reason
+        named = reason.startswith(("its host key", "its jump host"))  # by itself: the hop's own, or not the path's
+        return f"{reason} (through {', '.join(hops)})" if hops and not named else reason
 
     def skipped_unreachable(self, name: str) -> str | None:
         """Why `name` is skipped as unreachable (--skip-unreachable: it, or a relay host it needs)."""

@@ -198,6 +198,10 @@ def test_a_host_key_that_is_not_the_pinned_one_is_named_in_one_line() -> None:
     assert ssh_reason("ssh: connect to host 10.0.0.1 port 22: Connection refused\n") == (
         "ssh: connect to host 10.0.0.1 port 22: Connection refused")
     assert ssh_reason("") == "ssh failed and said nothing"
+    # nothing answered (behind a jump host: the hop's channel never opened): said as such
+    silent = "Connection timed out during banner exchange\r\nConnection to UNKNOWN port 65535 timed out\r\n"
+    assert ssh_reason(silent, None, 3) == "it did not answer ssh within 3 s"
+    assert ssh_reason(silent) == "it did not answer ssh within ConnectTimeout"
 
 
 def test_an_unreachable_host_behind_a_jump_host_names_the_hop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

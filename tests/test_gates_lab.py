@@ -66,7 +66,9 @@ def test_an_unreachable_canary_is_known_within_the_connect_timeout_and_can_be_sk
     took = time.monotonic() - began
     assert result.returncode == 1, result.stderr
     r = rows(result)
-    assert r["www-1"]["outcome"] == "failed" and str(r["www-1"]["reason"]).startswith("unreachable: "), r
+    # ssh's words ("Connection timed out during banner exchange") said as what they mean here
+    assert r["www-1"]["outcome"] == "failed", r
+    assert r["www-1"]["reason"] == "unreachable: it did not answer ssh within 3 s (through portico)", r
     assert all(r[h]["outcome"] == "skipped" for h in ("www-2", "www-3"))
     assert all(fleet.lab.current_system(h) == v1["web"] for h in ("www-2", "www-3"))
     assert builds(build_log) == built
@@ -80,6 +82,17 @@ def test_an_unreachable_canary_is_known_within_the_connect_timeout_and_can_be_sk
     for host in ("www-2", "www-3"):
         assert r[host]["outcome"] == "ok", r
         assert fleet.lab.current_system(host) == v2["web"]
+
+    # the jump host itself down: the hosts behind it are not asked through it (each would wait
+    # out its connect timeout), and say which hop failed
+    fleet.lab.run("portico", ["ip", "link", "set", "eth0", "down"])
+    cut = deploy(fleet, "v2", "--connect-timeout", "3", "www-2", "www-*")
+    assert cut.returncode == 1, cut.stderr
+    r = rows(cut)
+    for host in WWW:  # each is known unreachable at the start, whatever its wave
+        assert r[host]["outcome"] == "failed", r
+        said = str(r[host]["reason"])
+        assert said.startswith("unreachable: its jump host portico is unreachable: ssh: connect to "), r
 
 
 def test_max_failures_counts_failed_pushes_and_keep_going_goes_on(fleet_factory: Start) -> None:

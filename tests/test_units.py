@@ -241,31 +241,59 @@ def test_a_host_too_busy_to_answer_is_asked_once_more_a_host_that_refused_is_not
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The 1,000-host lab run: 23 hosts behind one relay timed out in ssh's banner exchange
     while 32 logins were under way on a loaded machine. Such a host (or one whose sshd dropped
-    the connection before its banner) is asked again, alone or a few at a time, before it
-    counts as unreachable; a host that refused the login is asked once."""
-    said = {"host-1": ["Connection timed out during banner exchange", ""],
-            "host-2": ["kex_exchange_identification: Connection closed by remote host",
-                       "kex_exchange_identification: Connection closed by remote host"],
-            "host-3": ["Permission denied (publickey).", ""],
-            "host-4": [""]}
+    the connection before its banner) is asked again, a few at a time, before it counts as
+    unreachable, when more were asked at once than the retry asks; a host that refused the
+    login is asked once. Asked with no more logins at once than that, nothing is asked twice:
+    a host behind a jump host that does not answer is down or cut off."""
+    busy = "Connection timed out during banner exchange\r\nConnection to UNKNOWN port 65535 timed out"
     asked: list[str] = []
+    said: dict[str, list[str]] = {}
 
     def fake(argv: Sequence[str], **_: Any) -> process.Result:
         host = argv[argv.index("--") + 1]
         asked.append(host)
-        error = said[host].pop(0)
+        error = said.get(host, [""]).pop(0)
         if error:
             raise ProcessError(list(argv), 255, error + "\n")
         return process.Result(stdout="current=/nix/store/x-sys\n", stderr="", exit_code=0)
 
     monkeypatch.setattr(process, "run", fake)
-    with remote.Remotes(fleet_hive(5)) as remotes:
-        found = remotes.probe_all({f"host-{n}": frozenset() for n in range(1, 5)})
-    assert {n: p.reachable for n, p in found.items()} == {"host-1": True, "host-2": False, "host-3": False,
-                                                          "host-4": True}
-    assert sorted(asked) == ["host-1", "host-1", "host-2", "host-2", "host-3", "host-4"]
-    assert found["host-2"].reason == "kex_exchange_identification: Connection closed by remote host"
-    assert found["host-3"].reason == "Permission denied (publickey)."
+    monkeypatch.setattr(ssh, "_connect_timeout", 7)
+    for width, twice in ((10, True), (remote.RETRY_WIDTH, False)):
+        said.update({"host-1": [busy, ""],
+                     "host-2": ["kex_exchange_identification: Connection closed by remote host"] * 2,
+                     "host-3": ["Permission denied (publickey).", ""]})
+        asked.clear()
+        with remote.Remotes(fleet_hive(7)) as remotes:
+            found = remotes.probe_all({f"host-{n}": frozenset() for n in range(1, 7)}, width=width)
+        assert {n: p.reachable for n, p in found.items()} == {
+            "host-1": twice, "host-2": False, "host-3": False, "host-4": True, "host-5": True, "host-6": True}
+        assert sorted(asked) == (["host-1", "host-1", "host-2", "host-2"] if twice
+                                 else ["host-1", "host-2"]) + ["host-3", "host-4", "host-5", "host-6"]
+        assert found["host-2"].reason == "kex_exchange_identification: Connection closed by remote host"
+        assert found["host-3"].reason == "Permission denied (publickey)."
+        if not twice:
+            assert found["host-1"].reason == "it did not answer ssh within 7 s"
+
+
+def test_hosts_behind_a_jump_host_that_cannot_be_reached_are_not_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each would only wait out its connect timeout through a connection that cannot open."""
+    asked: list[str] = []
+
+    def fake(argv: Sequence[str], **_: Any) -> process.Result:
+        host = argv[argv.index("--") + 1]
+        asked.append(host)
+        if host == "gate":
+            raise ProcessError(list(argv), 255, "ssh: connect to host 203.0.113.1 port 22: Connection timed out\n")
+        return process.Result(stdout="current=/nix/store/x-sys\n", stderr="", exit_code=0)
+
+    monkeypatch.setattr(process, "run", fake)
+    with remote.Remotes(fleet_hive(3), hubs={"gate"}) as remotes:
+        found = remotes.probe_all({f"host-{n}": frozenset() for n in range(3)})
+    assert asked == ["gate"]
+    assert {n: p.reason for n, p in found.items()} == {
+        f"host-{n}": "its jump host gate is unreachable: ssh: connect to host 203.0.113.1 port 22: Connection timed out"
+        for n in range(3)}
 
 
 def test_remote_commands_are_quoted_and_use_sudo_only_when_not_root(tmp_path: Path) -> None:
