@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hive import activate, elevate, options, process, reboot, state, tasks
+from hive import activate, elevate, options, process, reboot, state, tasks, units
 from hive.errors import InputError
 from hive.evaluate import default_config, evaluate
 from hive.model import Goal, Instance, Step
@@ -464,6 +464,10 @@ def row(session: Session, i: Instance, wave: int | None = None) -> Row:
     final = found.get("activate" if plan.final is Kind.ACTIVATE else "push")
     if final is None:
         return made(Status.SKIPPED.value, "not started")
+    said = session.dry_runs.get(i.name)
+    if final.status is Status.OK and said is not None and "would " in said:  # --goal dry-activate
+        dry = units.parse(said)
+        return dataclasses.replace(made(str(final.status), dry.describe()), dry_run=dry.as_json())
     return made(str(final.status), final.reason if final.status is not Status.OK else "")
 
 

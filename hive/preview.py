@@ -35,7 +35,7 @@ from hive.errors import HiveError
 from hive.model import Goal, Step
 from hive.report import Fit, emit, table
 from hive.session import Session
-from hive.units import Change, DryRun, fleet_wide, parse
+from hive.units import DryRun, fleet_wide, parse
 
 KERNEL_WORDS = frozenset(reboot.KERNEL_FILES)
 RED, BOLD, RESET = "\x1b[31m", "\x1b[1m", "\x1b[0m"
@@ -51,10 +51,8 @@ class DryResult:
     error: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        dry = self.dry
-        return {"host": self.host, "error": self.error,
-                "units": {c.value: dry.of(c) for c in Change} if dry else None,
-                "systemdRestarts": dry.systemd_restarts if dry else None,
+        found = self.dry.as_json() if self.dry else {"units": None, "systemdRestarts": None}
+        return {"host": self.host, "error": self.error, **found,
                 "reboot": sorted(set(self.needs) - {reboot.INHIBITED}) or None,
                 "inhibited": reboot.INHIBITED in self.needs}
 

@@ -280,12 +280,16 @@ class Row:
     started: Mapping[str, float] = field(default_factory=dict)
     steps: Mapping[str, str] = field(default_factory=dict)
     wave: int | None = None
+    # `deploy --goal dry-activate`: what its activation would do (hive/units.py's DryRun.as_json)
+    dry_run: Mapping[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"instance": self.instance, "system": self.system, "path": self.path,
                                "outcome": self.result, "reason": self.reason, "seconds": dict(self.seconds)}
         if self.wave is not None:
             out.update(wave=self.wave, started=dict(self.started), steps=dict(self.steps))
+        if self.dry_run is not None:
+            out["dryRun"] = dict(self.dry_run)
         return out
 
 

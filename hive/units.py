@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class Change(Enum):
@@ -53,6 +54,10 @@ _DANGEROUS_PREFIXES = {"wpa_supplicant": "network", "network-addresses-": "netwo
                        "sshd@": "ssh"}
 
 
+_VERBS = {Change.STOP: "stop", Change.RESTART: "restart", Change.RELOAD: "reload", Change.START: "start",
+          Change.SKIP: "leave running, changed:"}
+
+
 def danger(unit: str) -> str | None:
     """What a unit's stop or restart endangers ("ssh", "network", "nix-daemon"), or None."""
     if unit in DANGEROUS:
@@ -69,6 +74,22 @@ class DryRun:
 
     def of(self, change: Change) -> list[str]:
         return sorted(u for u, c in self.units.items() if c is change)
+
+    def as_json(self) -> dict[str, Any]:
+        """Each change's units (every change named, empty lists included), and whether systemd
+        itself restarts (`diff --json`'s dryRun, a dry-activate deploy's rows)."""
+        return {"units": {c.value: self.of(c) for c in Change}, "systemdRestarts": self.systemd_restarts}
+
+    def describe(self) -> str:
+        """One line, the worst first: `would restart systemd; stop a.service; restart
+        sshd.service (ssh), b.service; reload c.service`, or `would change no unit`."""
+        parts = ["restart systemd"] if self.systemd_restarts else []
+        for change in Change:
+            names = [u + (f" ({what})" if change in (Change.STOP, Change.RESTART) and (what := danger(u)) else "")
+                     for u in self.of(change)]
+            if names:
+                parts.append(f"{_VERBS[change]} {', '.join(names)}")
+        return "would " + "; ".join(parts) if parts else "would change no unit"
 
     @property
     def dangers(self) -> list[str]:

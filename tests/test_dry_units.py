@@ -47,6 +47,19 @@ def test_nothing_to_do_is_an_empty_answer() -> None:
     assert parse("") == DryRun()
 
 
+def test_a_dry_run_in_one_line_and_as_json() -> None:
+    """What `deploy --goal dry-activate`'s summary says of a host (and its --json)."""
+    assert parse(PERL).describe() == (
+        "would restart systemd; stop old.service; restart nginx.service, nix-daemon.service (nix-daemon), "
+        "sshd.service (ssh); reload dbus.service; start new.service; leave running, changed: postgresql.service")
+    assert parse(NG).describe() == ("would stop old.service; restart nginx.service; reload dbus.service; "
+                                    "start new.service")
+    assert parse("would activate the configuration...\n").describe() == "would change no unit"
+    assert parse(NG).as_json() == {"units": {"stop": ["old.service"], "restart": ["nginx.service"],
+                                             "reload": ["dbus.service"], "start": ["new.service"],
+                                             "changed, not restarted": []}, "systemdRestarts": False}
+
+
 def test_changes_that_can_cut_a_host_off_come_first() -> None:
     dry = parse(PERL)
     assert dry.dangers == ["systemd restarts", "nix-daemon.service restarts (nix-daemon)",

@@ -65,6 +65,14 @@ def test_a_fleet_preview_dry_runs_once_per_group_and_confirm_gates_the_deploy(fl
                for d in dangers), dangers
     assert any(d.startswith("initrd, kernel change on db-1…db-4 (4 hosts)") for d in dangers), dangers
     assert any(d.startswith("switch inhibitors change on db-1…db-4") for d in dangers), dangers
+    # deploy --goal dry-activate: each host's own dry activation, in its summary line and --json
+    dry = fleet.deploy("--json", "--goal", "dry-activate", "--no", "build", "web-1", "web-2")
+    assert dry.returncode == 0, dry.stderr
+    for row in json.loads(dry.stdout)["instances"]:
+        assert row["outcome"] == "ok", row
+        assert row["reason"] == "would restart app.service, sshd.service (ssh)", row
+        assert row["dryRun"]["units"]["restart"] == ["app.service", "sshd.service"], row
+        assert row["dryRun"]["systemdRestarts"] is False
     # the dry runs changed nothing: every host runs what it ran, none switched again
     assert {h: fleet.lab.current_system(h) for h in TOPOLOGY if h != "db-5"} == {
         h: p for h, p in before.items() if h != "db-5"}
