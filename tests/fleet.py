@@ -131,10 +131,12 @@ class Fleet:
         return subprocess.run(self.nix_hive_argv(*args), env=env, capture_output=True, text=True,
                               timeout=timeout)
 
-    def answered(self, *args: str, prompt: bytes, answer: str, timeout: float = 300) -> tuple[int, str, str, str]:
+    def answered(self, *args: str, prompt: bytes, answer: str, then: Sequence[tuple[bytes, str]] = (),
+                 timeout: float = 300) -> tuple[int, str, str, str]:
         """`nix-hive ARGS` with a pseudo-terminal as its stdin and controlling terminal (stdout and
-        stderr piped): once the terminal shows `prompt`, `answer` is typed. Its exit status,
-        stdout, stderr, and what the terminal showed."""
+        stderr piped): once the terminal shows `prompt`, `answer` is typed; then each of `then`'s
+        prompts, shown after the one before, is answered in turn. Its exit status, stdout,
+        stderr, and what the terminal showed."""
         master, slave = pty.openpty()
 
         def controlling() -> None:
@@ -147,11 +149,13 @@ class Fleet:
         seen = b""
         deadline = time.monotonic() + timeout
         try:
-            while prompt not in seen:  # (an EIO once nix-hive ended without asking)
-                assert time.monotonic() < deadline, f"no {prompt!r} within {timeout} s: {seen!r}"
-                if select.select([master], [], [], 1)[0]:
-                    seen += os.read(master, 1024)
-            os.write(master, answer.encode() + b"\n")
+            for asked, typed in ((prompt, answer), *then):
+                at = len(seen)
+                while asked not in seen[at:]:  # (an EIO once nix-hive ended without asking)
+                    assert time.monotonic() < deadline, f"no {asked!r} within {timeout} s: {seen!r}"
+                    if select.select([master], [], [], 1)[0]:
+                        seen += os.read(master, 1024)
+                os.write(master, typed.encode() + b"\n")
             out, err = proc.communicate(timeout=timeout)
         finally:
             if proc.poll() is None:

@@ -232,8 +232,20 @@ def test_a_sudo_password_deploys_and_is_found_nowhere_and_a_wrong_one_is_tried_o
         assert failures.count("incorrect password attempt") == 1, host  # one attempt: no lockout
     assert len(fleet.lab.activations("www-1")) == 1 and len(fleet.lab.activations("portico")) == 1
 
-    # another system, then `rollback` to the first: both with the password, from a private file
+    # -S with --confirm: the password asked first, once; the diff's dry activation (as root,
+    # with it), then the question; answered yes, the deploy goes on with the same password
     v1 = fleet.lab.current_system("www-1")
+    code, out, err, terminal = fleet.answered("deploy", "-S", "--confirm", "--json", *base, "www-1",
+                                              prompt=b"password", answer=PASSWORD,
+                                              then=[(b"[y/N]", "y")])
+    assert code == 0, err
+    assert terminal.count("sudo password") == 1 and "Deploy to 1 host" in terminal, terminal
+    summary = json.loads(out)
+    assert summary["diff"]["groups"][0]["dryRun"]["error"] == "", summary["diff"]
+    assert rows(out)["www-1"]["outcome"] == "ok" and fleet.lab.current_system("www-1") != v1
+    assert PASSWORD not in out + err + terminal
+
+    # another system, then `rollback` to the first: both with the password, from a private file
     good = tmp_path / "good"
     good.write_text(PASSWORD + "\n")
     good.chmod(0o600)
