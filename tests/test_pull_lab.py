@@ -255,6 +255,20 @@ def test_the_cache_down_during_a_poll_changes_nothing_and_the_next_poll_applies(
         assert local["outcome"] == "failed" and "cannot read the pointer" in local["reason"], local
     finally:
         pull.nginx.start()
+    # the cache answers but lacks the system (an upload not finished, a cache collected): no
+    # verdict on the record, nothing changed, and the next poll asks the cache again (Nix
+    # remembers a path a cache lacked for an hour unless told not to)
+    info = pull.nginx.root / f"{pull.systems[h, 'v2'].removeprefix('/nix/store/')[:32]}.narinfo"
+    kept = info.read_bytes()
+    info.unlink()
+    try:
+        pull.poll(h, check=False)
+        local = json.loads(pull.lab.read(h, "/var/lib/nix-hive-agent/status.json") or "{}")
+        assert local["outcome"] == "failed", local
+        assert "the cache lacks part of the record's closure (asked again next poll)" in local["reason"], local
+        assert pull.current(h, "base")
+    finally:
+        info.write_bytes(kept)
     pull.poll(h)
     assert pull.current(h, "v2")
     assert pull.status(h)["outcome"] == "ok" and pull.status(h)["record"] == record

@@ -216,12 +216,20 @@ fi
 
 # 3. fetch, verify, read
 log "fetching $record from $cache"
+# Nix remembers for an hour that a cache lacked a path (narinfo-cache-negative-ttl): the next
+# poll must ask the cache again, as a path it lacks now may come (a cache being filled).
 if ! timeout -k 10 "$limit" nix --extra-experimental-features nix-command copy --from "$cache" "$record" \
-    2>"$state/nix.err"; then
+    --option narinfo-cache-negative-ttl 0 2>"$state/nix.err"; then
   said=$(grep -v '^warning:' "$state/nix.err" | tail -n 3 | tr '\n' ' ')
   if ! get "$cache/nix-cache-info" > /dev/null 2>&1; then
     report failed "cannot fetch the record (the cache does not answer): $said"
   fi
+  case $said in
+    # a path of the closure the cache does not hold (an upload not finished, a cache emptied or
+    # collected): no verdict on the record, asked again next poll
+    *"is not valid"*|*"does not exist in binary cache"*)
+      report failed "the cache lacks part of the record's closure (asked again next poll): $said" ;;
+  esac
   finish refused "the cache's record or closure was refused by Nix (signatures, hashes): $said"
 fi
 if ! said=$(signed_by_key "$record"); then
