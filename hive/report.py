@@ -303,13 +303,34 @@ def total_seconds(seconds: Mapping[str, float]) -> float:
     return sum(v for k, v in seconds.items() if k not in phases)
 
 
+WHOLE_SHOWN = 10  # reasons a terminal's summary shows whole below its table, when it had to cut them
+
+
 def summary_table(rows: Sequence[Row], width: int | None = None) -> str:
     """The summary of a command over instances (deploy, push, reboot, rollback, upload-keys);
-    `width`: fitted to a terminal (`table`), a line per instance."""
-    return table([(r.instance, r.system, r.path or "-", r.result,
-                   f"{total_seconds(r.seconds):.1f}", r.reason) for r in rows],
-                 ["instance", "system", "store path", "result", "seconds", "reason"], width=width,
-                 fit=(Fit.KEEP, Fit.KEEP, Fit.PATH, Fit.KEEP, Fit.KEEP, Fit.CUT))
+    `width`: fitted to a terminal (`table`), a line per instance, and then the reasons it cut
+    (the part that says why is often the end: "…: Could not resolve hostname portico"), whole
+    and wrapped, each once with its instances, the first WHOLE_SHOWN of them."""
+    shown = table([(r.instance, r.system, r.path or "-", r.result,
+                    f"{total_seconds(r.seconds):.1f}", r.reason) for r in rows],
+                  ["instance", "system", "store path", "result", "seconds", "reason"], width=width,
+                  fit=(Fit.KEEP, Fit.KEEP, Fit.PATH, Fit.KEEP, Fit.KEEP, Fit.CUT))
+    if width is None:
+        return shown
+    lines = shown.split("\n")[2:]  # a line per row, after the header and its rule
+    cut = [r for r, line in zip(rows, lines, strict=False) if r.reason and text_.cell(r.reason) not in line]
+    if not cut:
+        return shown
+    room = max(width - 1, 1)
+    out = [shown, "", text_.cut("reasons cut above, whole:", room)]
+    said: dict[str, list[str]] = {}  # the same reason once, with its instances (a wave skipped, one cause)
+    for r in cut:
+        said.setdefault(text_.cell(r.reason), []).append(r.instance)
+    for reason, names in list(said.items())[:WHOLE_SHOWN]:
+        out += text_.wrap(f"{text_.cell(text_.compact(names))}: {reason}", room)
+    if len(said) > WHOLE_SHOWN:
+        out.append(text_.cut(f"and {len(said) - WHOLE_SHOWN} more: -v or --json shows every reason whole", room))
+    return "\n".join(out)
 
 
 # The inventory ------------------------------------------------------------------------------

@@ -163,6 +163,39 @@ def cut(text: str, width: int) -> str:
     return text  # not reached: the text did not fit
 
 
+def wrap(text: str, width: int, indent: str = "    ") -> list[str]:
+    """`text` (one printable line) in lines of at most `width` columns, broken between words,
+    the later lines indented by `indent`; a word longer than a line is broken where it must."""
+    width = max(width, columns(indent) + 8)
+    out: list[str] = []
+    prefix, current = "", ""
+    for word in text.split():
+        if columns(prefix + current + (" " if current else "") + word) <= width:
+            current += (" " if current else "") + word
+            continue
+        if current:
+            out.append(prefix + current)
+            prefix, current = indent, ""
+        while columns(prefix + word) > width:
+            head = _head(word, width - columns(prefix))
+            out.append(prefix + head)
+            prefix, word = indent, word[len(head):]
+        current = word
+    if current:
+        out.append(prefix + current)
+    return out
+
+
+def _head(word: str, room: int) -> str:
+    """The longest start of `word` that takes at most `room` columns (one character at least)."""
+    used = 0
+    for i, char in enumerate(word):
+        used += _char_columns(char)
+        if used > room:
+            return word[:max(i, 1)]
+    return word
+
+
 def pad(text: str, width: int) -> str:
     """`text` padded with spaces to `width` columns."""
     return text + " " * max(width - columns(text), 0)

@@ -603,6 +603,10 @@ def test_a_deploy_on_a_terminal_says_it_evaluates_then_fits_its_summary(tmp_path
     assert evaluating < raw.index("nix-hive  ", evaluating + 1) and "evaluating" not in shown, raw
     assert shown.startswith("nix-hive  ") and "done, 3 failed" in shown.splitlines()[0], shown
     summary = shown[shown.index("instance "):].splitlines()
-    assert [r.split()[0] for r in summary[2:] if r] == ["www-1", "www-2", "www-3"], summary  # a line each
+    assert [r.split()[0] for r in summary[2:5]] == ["www-1", "www-2", "www-3"], summary  # a line each
     assert summary[2].endswith(MORE) and "unreachable: ssh: connect to host 127.0.0.1" in summary[2], summary
+    # then the reasons it cut, whole (wrapped; the same one once): the end says why
+    assert summary[5:7] == ["", "reasons cut above, whole:"], summary
+    whole = " ".join(ln.strip() for ln in summary[7:])
+    assert whole == f"www-1{MORE}www-3: unreachable: ssh: connect to host 127.0.0.1 port 1: Connection refused", summary
     assert all(columns(ln) < width for ln in summary_lines(raw)), summary_lines(raw)

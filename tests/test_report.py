@@ -41,9 +41,14 @@ def test_piped_the_summary_is_the_whole_table_as_before() -> None:
 
 
 def test_on_80_columns_the_summary_is_a_line_per_instance() -> None:
-    shown = lines_of(summary_table(ROWS, 80))
-    assert len(shown) == 2 + len(ROWS)
-    assert all(text.columns(ln) <= 79 for ln in shown), shown
+    everything = lines_of(summary_table(ROWS, 80))
+    assert all(text.columns(ln) <= 79 for ln in everything), everything
+    shown = everything[:2 + len(ROWS)]
+    # then what it cut, whole, wrapped: the end of a reason often says why
+    assert everything[2 + len(ROWS):2 + len(ROWS) + 2] == ["", "reasons cut above, whole:"]
+    whole = everything[2 + len(ROWS) + 2:]
+    assert whole[0].startswith("www-1: activate: rolled back:") and all(ln.startswith("    ") for ln in whole[1:])
+    assert " ".join(ln.strip() for ln in whole) == f"www-1: {REASON}"  # www-2's short reason was whole above
     assert shown[0].split() == ["instance", "system", "result", "seconds", "reason"]  # no room for the paths
     www = shown[3]
     assert www.startswith("www-1 ") and "rolled back" in www and www.endswith(text.MORE)
@@ -108,7 +113,34 @@ def test_wide_characters_are_measured_in_columns() -> None:
 
 def test_a_terminal_too_narrow_for_the_headers_still_gets_a_line_per_row() -> None:
     shown = lines_of(summary_table(ROWS, 34))
-    assert len(shown) == 2 + len(ROWS) and all(text.columns(ln) <= 33 for ln in shown), shown
+    assert shown[2 + len(ROWS)] == "" and all(text.columns(ln) <= 33 for ln in shown), shown
+
+
+def test_the_reasons_cut_are_shown_whole_the_first_ten() -> None:
+    rows = [Row(f"www-{n}", "www", WWW, "failed", f"unreachable: ssh: Could not resolve hostname www-{n}.example.com: "
+                "Name or service not known") for n in range(12)] + [Row("db", "db", "", "ok", "")]
+    shown = lines_of(summary_table(rows, 80))
+    at = shown.index("reasons cut above, whole:")
+    assert at == 2 + len(rows) + 1
+    assert [ln.split(":")[0] for ln in shown[at + 1::2][:10]] == [f"www-{n}" for n in range(10)]
+    assert shown[-1] == "and 2 more: -v or --json shows every reason whole"
+    assert all(text.columns(ln) <= 79 for ln in shown), shown
+    assert "reasons cut" not in summary_table(rows[-1:], 80) and "reasons cut" not in summary_table(rows)
+    # the same reason once, with its instances
+    same = [Row(name, "www", WWW, "failed", REASON) for name in ("www-1", "www-2", "www-3", "www-4", "www-5", "db")]
+    shown = lines_of(summary_table(same, 80))
+    at = shown.index("reasons cut above, whole:")
+    assert shown[at + 1].startswith(f"db, www-1{text.MORE}www-5: activate: rolled back:"), shown
+    assert " ".join(ln.strip() for ln in shown[at + 1:]) == f"db, www-1{text.MORE}www-5: {REASON}"
+
+
+def test_wrap_keeps_to_its_columns_and_breaks_a_word_too_long() -> None:
+    assert text.wrap("a b c", 20) == ["a b c"]
+    assert text.wrap("alpha beta gamma delta", 12) == ["alpha beta", "    gamma", "    delta"]
+    long = text.wrap("x" * 30, 12)
+    assert long == ["x" * 12, "    " + "x" * 8, "    " + "x" * 8, "    " + "xx"]
+    wide = text.wrap("ホストが応答しません " * 4, 16)
+    assert all(text.columns(ln) <= 16 for ln in wide) and "".join(wide).replace(" ", "") == "ホストが応答しません" * 4
 
 
 def test_a_table_fits_a_terminal_only() -> None:
