@@ -667,6 +667,7 @@ def _selection_commands(sub: Any, common: Parser, no: Parser, jobs: Parser) -> N
                         "pointers) instead of asking them over ssh; builds nothing")
     s.add_argument("--stale", default="900", metavar="SECONDS",
                    help="with --from: a host whose last report is older than this is named stale (default: 900)")
+    options.add_deadline_arguments(s, only="connect_timeout")
     s.set_defaults(func=cmd_status)
     pb = sub.add_parser("publish", parents=[common, no, json_out],
                         help="pull mode: build, then publish signed records to a binary cache for the hosts' "
@@ -754,6 +755,8 @@ def _ssh_commands(sub: Any, common: Parser, jobs: Parser) -> None:
         _elevation_arguments(command)
     r = sub.add_parser("run", parents=[common, jobs], help="run a command on every selected instance")
     r.add_argument("patterns", nargs="+", metavar="PATTERN")
+    for command in (ck, uk, rb, rbt, r):  # they log in to hosts (status too, above)
+        options.add_deadline_arguments(command, only="connect_timeout")
     r.set_defaults(func=cmd_run)
 
 
@@ -822,6 +825,9 @@ def _main(args_in: list[str], debug: bool) -> int:
             args.command = tail
         process.set_verbose(sys.stderr if getattr(args, "verbose", False) else None)
         nix.set_show_trace(getattr(args, "show_trace", False))
+        # --connect-timeout, for every command that takes it (a run's session sets it again)
+        ssh.set_connect_timeout(options.deadlines({"connect_timeout": getattr(args, "connect_timeout", None)})
+                                .get("connect_timeout"))
         return int(args.func(args))
     except HiveError as exc:
         if debug:

@@ -152,10 +152,12 @@ def deadlines(values: Mapping[str, Any], *, doit: bool = False) -> dict[str, Any
     return out
 
 
-def add_deadline_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--copy-timeout`, `--copy-rate`, `--connect-timeout`, `--stop-timeout` (see DEADLINES)."""
+def add_deadline_arguments(parser: argparse.ArgumentParser, *, only: str | None = None) -> None:
+    """`--copy-timeout`, `--copy-rate`, `--connect-timeout`, `--stop-timeout` (see DEADLINES);
+    `only`: that one (`connect_timeout`, for the commands that log in to hosts and copy nothing)."""
     for name, flag_, _, helptext, metavar in DEADLINES:
-        parser.add_argument(flag_, dest=name, metavar=metavar, help=helptext)
+        if only is None or name == only:
+            parser.add_argument(flag_, dest=name, metavar=metavar, help=helptext)
 
 
 def goal(text: str, option: str = "--goal") -> Goal:

@@ -490,3 +490,41 @@ def test_a_second_ctrl_c_says_what_each_host_left_mid_activation_does_by_itself(
             follower.join(10)
     finally:
         session.close()
+
+
+@needs_nix
+@pytest.mark.parametrize("command", [["status"], ["check"], ["rollback"], ["reboot"], ["run", "--", "true"],
+                                     ["upload-keys"]])
+def test_every_command_that_logs_in_takes_connect_timeout(tmp_path: Path, command: list[str]) -> None:
+    """Its ssh connections (the first one, here: an ssh that fails after saying what its
+    configuration gave it) carry --connect-timeout."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    mark = tmp_path / "asked"
+    real = shutil.which("ssh")
+    assert real is not None
+    (bin_ / "ssh").write_text(f"""#!/bin/sh
+[ "$1" = -G ] && exec {real} "$@"
+cfg=; host=
+while [ $# -gt 0 ]; do
+  case $1 in -F) cfg=$2; shift 2 ;; -o) shift 2 ;; --) host=$2; break ;; *) shift ;; esac
+done
+[ -n "$host" ] && {real} -G -F "$cfg" "$host" | grep -i '^connecttimeout ' >> {mark}
+exit 255
+""")
+    (bin_ / "ssh").chmod(0o755)
+    write_hive(tmp_path / "fleet", f"""
+        {{
+          paths.nixpkgs = {STANDIN};
+          keys.token.text = "t";
+          systems.web.configuration = {{ networking.hostName = "web"; }};
+          systems.web.checks.up = {{ command = "true"; }};
+          systems.web.keys = [ "token" ];
+          instances.w = {{ system = "web"; ssh.Hostname = "192.0.2.1"; }};
+        }}
+    """)
+    verb, *rest = command
+    out = nix_hive(verb, "-c", str(tmp_path / "fleet"), "--connect-timeout", "7", "w", *rest,
+                   env={"PATH": f"{bin_}:{os.environ['PATH']}"})
+    assert out.returncode == 1, out.stderr  # w could not be reached
+    assert mark.read_text().splitlines()[0] == "connecttimeout 7", out.stderr
