@@ -57,6 +57,7 @@ from hive.report import (
     summary_table,
     system_rows,
     table,
+    with_whole,
 )
 from hive.resources import nix_file
 from hive.select import Wave, flatten, select
@@ -426,9 +427,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         dump_json(rows, hosts=True)
     else:
         shown = {True: "healthy", False: "FAILED", None: "-"}
-        emit(table([(r["instance"], r["check"] or "-", shown[r["healthy"]], r["tries"], f"{r['seconds']:.1f}",
-                     r["detail"]) for r in rows], ["instance", "check", "result", "tries", "seconds", "detail"],
-                   width=_width(args), fit=(Fit.KEEP,) * 5 + (Fit.CUT,)) + "\n")
+        width = _width(args)
+        emit(with_whole(table([(r["instance"], r["check"] or "-", shown[r["healthy"]], r["tries"],
+                                f"{r['seconds']:.1f}", r["detail"]) for r in rows],
+                              ["instance", "check", "result", "tries", "seconds", "detail"],
+                              width=width, fit=(Fit.KEEP,) * 5 + (Fit.CUT,)),
+                        [(r["instance"], r["detail"] if r["healthy"] is False else "") for r in rows], width,
+                        "details") + "\n")
     return 1 if any(r["healthy"] is False for r in rows) else 0
 
 
@@ -504,9 +509,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
         dump_json({"outcome": "ok" if code == 0 else "failed", **run, "instances": [r.as_json() for r in rows]},
                   hosts=True)
     else:
-        emit(table([(r.instance, r.wave, r.serial if r.serial is not None else "-", r.outcome, r.reason)
-                    for r in rows], ["instance", "wave", "serial", "outcome", "reason"], width=_width(args),
-                   fit=(Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.CUT)) + "\n")
+        width = _width(args)
+        emit(with_whole(table([(r.instance, r.wave, r.serial if r.serial is not None else "-", r.outcome, r.reason)
+                               for r in rows], ["instance", "wave", "serial", "outcome", "reason"], width=width,
+                              fit=(Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.KEEP, Fit.CUT)),
+                        [(r.instance, r.reason) for r in rows], width) + "\n")
     return code
 
 
@@ -528,12 +535,14 @@ def cmd_status_from(args: argparse.Namespace) -> int:
 
         # on a terminal, whether the host applied the newest record ("newest") before the
         # serials themselves, which give way first (-v or a pipe: every column whole)
-        emit(table([(r["instance"], r["outcome"], publish.newest(r), publish.age(r["record_age"]),
-                     publish.age(r["report_age"]), r["reason"] or "-", serial(r["applied_serial"]),
-                     serial(r["published_serial"]), r["system"] or "-") for r in rows],
-                   ["instance", "outcome", "newest", "record age", "report age", "reason", "applied", "published",
-                    "running"], width=_width(args),
-                   fit=(Fit.KEEP,) * 5 + (Fit.CUT, Fit.DROP, Fit.DROP, Fit.PATH)) + "\n"
+        width = _width(args)
+        emit(with_whole(table([(r["instance"], r["outcome"], publish.newest(r), publish.age(r["record_age"]),
+                                publish.age(r["report_age"]), r["reason"] or "-", serial(r["applied_serial"]),
+                                serial(r["published_serial"]), r["system"] or "-") for r in rows],
+                              ["instance", "outcome", "newest", "record age", "report age", "reason", "applied",
+                               "published", "running"], width=width,
+                              fit=(Fit.KEEP,) * 5 + (Fit.CUT, Fit.DROP, Fit.DROP, Fit.PATH)),
+                        [(r["instance"], r["reason"] or "") for r in rows], width) + "\n"
              + publish.stale_line(rows, stale) + "\n")
     return 1 if any(r["stale"] for r in rows) else 0
 
@@ -549,11 +558,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(rows, hosts=True)
     else:
-        emit(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-",
-                     f"{r['state']}: {r['reason']}" if r["reason"] else r["state"], r.get("reboot", "-"))
-                    for r in rows],
-                   ["instance", "system", "expected path", "current path", "state", "reboot"], width=_width(args),
-                   fit=(Fit.KEEP, Fit.KEEP, Fit.PATH, Fit.PATH, Fit.CUT, Fit.KEEP)) + "\n")
+        width = _width(args)
+        states = [f"{r['state']}: {r['reason']}" if r["reason"] else r["state"] for r in rows]
+        emit(with_whole(table([(r["instance"], r["system"], r["expected"] or "-", r["current"] or "-", s,
+                                r.get("reboot", "-")) for r, s in zip(rows, states, strict=True)],
+                              ["instance", "system", "expected path", "current path", "state", "reboot"],
+                              width=width, fit=(Fit.KEEP, Fit.KEEP, Fit.PATH, Fit.PATH, Fit.CUT, Fit.KEEP)),
+                        [(r["instance"], s) for r, s in zip(rows, states, strict=True)], width, "states") + "\n")
     return code
 
 

@@ -303,33 +303,41 @@ def total_seconds(seconds: Mapping[str, float]) -> float:
     return sum(v for k, v in seconds.items() if k not in phases)
 
 
-WHOLE_SHOWN = 10  # reasons a terminal's summary shows whole below its table, when it had to cut them
+WHOLE_SHOWN = 10  # texts a terminal's table shows whole below it, when it had to cut them
 
 
 def summary_table(rows: Sequence[Row], width: int | None = None) -> str:
     """The summary of a command over instances (deploy, push, reboot, rollback, upload-keys);
     `width`: fitted to a terminal (`table`), a line per instance, and then the reasons it cut
-    (the part that says why is often the end: "…: Could not resolve hostname portico"), whole
-    and wrapped, each once with its instances, the first WHOLE_SHOWN of them."""
+    (`with_whole`)."""
     shown = table([(r.instance, r.system, r.path or "-", r.result,
                     f"{total_seconds(r.seconds):.1f}", r.reason) for r in rows],
                   ["instance", "system", "store path", "result", "seconds", "reason"], width=width,
                   fit=(Fit.KEEP, Fit.KEEP, Fit.PATH, Fit.KEEP, Fit.KEEP, Fit.CUT))
+    return with_whole(shown, [(r.instance, r.reason) for r in rows], width)
+
+
+def with_whole(shown: str, said: Sequence[tuple[str, str]], width: int | None, what: str = "reasons") -> str:
+    """`shown`, a table `table` fitted to `width` columns (None: whole, returned as it is) with a
+    line per row after its header, and below it each row's text of `said` (instance, text)
+    that its line does not hold whole (the part that says why is often the end: "…: Could not
+    resolve hostname portico"), wrapped, each text once with its instances, the first
+    WHOLE_SHOWN of them."""
     if width is None:
         return shown
     lines = shown.split("\n")[2:]  # a line per row, after the header and its rule
-    cut = [r for r, line in zip(rows, lines, strict=False) if r.reason and text_.cell(r.reason) not in line]
+    cut: dict[str, list[str]] = {}  # the same text once, with its instances (a wave skipped, one cause)
+    for (name, said_), line in zip(said, lines, strict=False):
+        if said_ and text_.cell(said_) not in line:
+            cut.setdefault(text_.cell(said_), []).append(name)
     if not cut:
         return shown
     room = max(width - 1, 1)
-    out = [shown, "", text_.cut("reasons cut above, whole:", room)]
-    said: dict[str, list[str]] = {}  # the same reason once, with its instances (a wave skipped, one cause)
-    for r in cut:
-        said.setdefault(text_.cell(r.reason), []).append(r.instance)
-    for reason, names in list(said.items())[:WHOLE_SHOWN]:
-        out += text_.wrap(f"{text_.cell(text_.compact(names))}: {reason}", room)
-    if len(said) > WHOLE_SHOWN:
-        out.append(text_.cut(f"and {len(said) - WHOLE_SHOWN} more: -v or --json shows every reason whole", room))
+    out = [shown, "", text_.cut(f"{what} cut above, whole:", room)]
+    for whole, names in list(cut.items())[:WHOLE_SHOWN]:
+        out += text_.wrap(f"{text_.cell(text_.compact(names))}: {whole}", room)
+    if len(cut) > WHOLE_SHOWN:
+        out.append(text_.cut(f"and {len(cut) - WHOLE_SHOWN} more: -v or --json shows every one whole", room))
     return "\n".join(out)
 
 

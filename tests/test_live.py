@@ -25,7 +25,7 @@ import pytest
 
 from hive import cli, live
 from hive.live import Failed, Live, Snapshot, Work, render
-from tests.conftest import REPO, needs_lab, needs_nix, write_hive
+from tests.conftest import REPO, needs_lab, needs_nix, nix_hive_on_terminal, write_hive
 from tests.constants import STANDIN, nix_env
 
 MORE = "…"
@@ -573,6 +573,32 @@ def test_a_resize_draws_a_new_frame_at_once_and_the_last_frame_is_clean() -> Non
     shown = screen.text()
     assert shown.count("nix-hive") == 1 and "www-1" in shown, shown
     assert all(columns(r) <= 49 for r in shown.splitlines()), shown
+
+
+@needs_nix
+def test_status_and_check_on_a_terminal_show_what_they_cut_whole(tmp_path: Path) -> None:
+    """Hosts that refuse the connection (127.0.0.1, port 1): `status` and `check` cut their
+    state and detail to 80 columns, and say each whole below, once for the hosts it is alike."""
+    hive = write_hive(tmp_path / "fleet", f"""
+        {{
+          paths.nixpkgs = {STANDIN};
+          systems.web.configuration = {{ networking.hostName = "web"; }};
+          systems.web.checks.up = {{ command = "true"; retries = 0; }};
+          instances = builtins.listToAttrs (map (n: {{
+            name = "www-${{toString n}}";
+            value = {{ system = "web"; ssh = {{ Hostname = "127.0.0.1"; Port = "1"; }}; }};
+          }}) [ 1 2 3 ]);
+        }}
+    """)
+    refused = "ssh: connect to host 127.0.0.1 port 1: Connection refused"
+    for command, what, said in (("status", "states", f"www-1{MORE}www-3: unreachable: {refused}"),
+                                ("check", "details", f"www-1{MORE}www-3: exit 255: {refused}")):
+        code, shown = nix_hive_on_terminal(command, "-c", str(hive), timeout=300)
+        lines = shown.rstrip("\n").splitlines()
+        assert code == 1 and all(columns(ln) < 80 for ln in lines), shown
+        at = lines.index(f"{what} cut above, whole:")
+        assert lines[at - 1] == "" and [ln.split()[0] for ln in lines[2:at - 1]] == ["www-1", "www-2", "www-3"]
+        assert " ".join(ln.strip() for ln in lines[at + 1:]) == said, shown
 
 
 @needs_nix

@@ -123,7 +123,7 @@ def test_the_reasons_cut_are_shown_whole_the_first_ten() -> None:
     at = shown.index("reasons cut above, whole:")
     assert at == 2 + len(rows) + 1
     assert [ln.split(":")[0] for ln in shown[at + 1::2][:10]] == [f"www-{n}" for n in range(10)]
-    assert shown[-1] == "and 2 more: -v or --json shows every reason whole"
+    assert shown[-1] == "and 2 more: -v or --json shows every one whole"
     assert all(text.columns(ln) <= 79 for ln in shown), shown
     assert "reasons cut" not in summary_table(rows[-1:], 80) and "reasons cut" not in summary_table(rows)
     # the same reason once, with its instances
