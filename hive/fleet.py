@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hive import elevate, health, process, ssh
+from hive import elevate, health, process
 from hive.activate import LOCK_MARGIN
 from hive.errors import HiveError, ProcessError, ssh_reason
 from hive.keys import Keys
@@ -54,7 +54,7 @@ def run_everywhere(hive: Hive, plan: Plan, command: Sequence[str], *, jobs: int)
         if out.exit_code != 0:
             if out.exit_code != 255:
                 return i.name, f"exit status {out.exit_code}"
-            return i.name, f"ssh could not connect: {ssh_reason(out.stderr, remote.pinned, ssh.connect_timeout())}"
+            return i.name, f"ssh could not connect: {ssh_reason(out.stderr, remote.pinned, remote.connect_timeout)}"
         return None
 
     return sorted(r for r in _each(hive, plan, jobs, one) if r is not None)

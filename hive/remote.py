@@ -127,11 +127,11 @@ def parse_closure(stdout: str) -> dict[str, int]:
     return dict(zip(paths, map(int, sizes), strict=True))
 
 
-def _answer_error(out: process.Result, pinned: str | None) -> str:
+def _answer_error(out: process.Result, pinned: str | None, connect_timeout: int) -> str:
     """Why a call of a host script failed: what ssh said when it could not connect, else the
     script's own `error WHY` line, else the last word of its stderr."""
     if out.exit_code == SSH_FAILED:
-        return ssh_reason(out.stderr, pinned, ssh.connect_timeout())
+        return ssh_reason(out.stderr, pinned, connect_timeout)
     said = next((ln.removeprefix("error ") for ln in out.stdout.splitlines() if ln.startswith("error ")), None)
     return said or headline(out.stderr) or f"exited {out.exit_code}"
 
@@ -167,6 +167,14 @@ class Remote:
         # the attribute that pins its host key, for a reason that names it
         self.pinned = f"instances.{name}.hostKey" if known is not None and known.host_key else None
         self.password = hive.sudo_password if hive is not None and self.elevate is elevate.Method.SUDO else None
+        # its own ConnectTimeout, when the deployment gives it one (else --connect-timeout's, or 10)
+        own = next((v for k, v in known.ssh.items() if k.lower() == "connecttimeout"), None) if known else None
+        self._connect_timeout = int(str(own)) if own is not None and str(own).strip().isdigit() else None
+
+    @property
+    def connect_timeout(self) -> int:
+        """The seconds ssh gives a new connection to this host (its banner included)."""
+        return self._connect_timeout if self._connect_timeout is not None else ssh.connect_timeout()
 
     @property
     def config(self) -> Path:
@@ -254,7 +262,7 @@ class Remote:
             if isinstance(exc, process.ProcessTimeoutError):
                 why = f"no answer within {exc.timeout:g} s"
             else:
-                why = (ssh_reason(exc.stderr, self.pinned, ssh.connect_timeout()) if isinstance(exc, ProcessError)
+                why = (ssh_reason(exc.stderr, self.pinned, self.connect_timeout) if isinstance(exc, ProcessError)
                        else str(exc))
             found = Probe(reachable=False, asked=wanted, reason=why)
         with self._lock:
@@ -273,7 +281,7 @@ class Remote:
         except HiveError as exc:
             return Facts(reachable=False, reason=str(exc))
         if out.exit_code != 0:
-            return Facts(reachable=False, reason=_answer_error(out, self.pinned))
+            return Facts(reachable=False, reason=_answer_error(out, self.pinned, self.connect_timeout))
         try:
             return parse_facts(out.stdout, paths)
         except HiveError as exc:
@@ -290,7 +298,7 @@ class Remote:
         except HiveError as exc:
             raise HiveError(f"{self.name}: {exc}") from exc
         if out.exit_code != 0:
-            raise HiveError(f"{self.name}: {_answer_error(out, self.pinned)}")
+            raise HiveError(f"{self.name}: {_answer_error(out, self.pinned, self.connect_timeout)}")
         try:
             return parse_closure(out.stdout)
         except HiveError as exc:

@@ -4,6 +4,7 @@ work is in the tests with real Nix and the lab; these pin the details."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -274,6 +275,13 @@ def test_a_host_too_busy_to_answer_is_asked_once_more_a_host_that_refused_is_not
         assert found["host-3"].reason == "Permission denied (publickey)."
         if not twice:
             assert found["host-1"].reason == "it did not answer ssh within 7 s"
+    # a host with a ConnectTimeout of its own: that one is said
+    own = fleet_hive(2)
+    own = dataclasses.replace(own, instances={**own.instances, "host-1": dataclasses.replace(
+        own.instances["host-1"], ssh=frozen_map({**own.instances["host-1"].ssh, "ConnectTimeout": "30"}))})
+    said.update({"host-1": [busy]})
+    with remote.Remotes(own) as remotes:
+        assert remotes.probe_all({"host-1": frozenset()})["host-1"].reason == "it did not answer ssh within 30 s"
 
 
 def test_hosts_behind_a_jump_host_that_cannot_be_reached_are_not_asked(monkeypatch: pytest.MonkeyPatch) -> None:
