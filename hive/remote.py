@@ -59,6 +59,11 @@ OVERLOADED = (NO_ANSWER, "kex_exchange_identification", "Connection reset by pee
 RETRY_WIDTH = 4  # the hosts asked once more, so many at a time; only after more were asked at once
 
 
+def hop_unreachable(hop: str, reason: str) -> str:
+    """Why a host behind the jump host `hop` cannot be reached, `reason` being the hop's own."""
+    return f"its jump host {hop} is unreachable: {reason}"
+
+
 def overloaded(reason: str) -> bool:
     """ssh's `reason` for not reaching a host says it was busy rather than down."""
     return any(marker in reason for marker in OVERLOADED)
@@ -168,8 +173,8 @@ class Remote:
         self.pinned = f"instances.{name}.hostKey" if known is not None and known.host_key else None
         self.password = hive.sudo_password if hive is not None and self.elevate is elevate.Method.SUDO else None
         # its own ConnectTimeout, when the deployment gives it one (else --connect-timeout's, or 10)
-        own = next((v for k, v in known.ssh.items() if k.lower() == "connecttimeout"), None) if known else None
-        self._connect_timeout = int(str(own)) if own is not None and str(own).strip().isdigit() else None
+        own = ssh.option(known, "ConnectTimeout")
+        self._connect_timeout = int(own) if own is not None and own.strip().isdigit() else None
 
     @property
     def connect_timeout(self) -> int:
@@ -385,7 +390,7 @@ class Remotes:
                 remote = self._remotes.get(hop)
             known = remote.known if remote is not None else None
             if known is not None and not known.reachable:
-                return f"its jump host {hop} is unreachable: {known.reason}"
+                return hop_unreachable(hop, known.reason)
         return None
 
     def facts_all(self, wanted: Mapping[str, Sequence[str]], *, timeout: float,

@@ -21,7 +21,7 @@ from hive.options import Options, default_state_file
 from hive.outcome import Failure, NotStarted, Outcome, Outcomes, Status, StepFailed
 from hive.plan import Kind, Plan, TaskId
 from hive.process import ProcessKilledError
-from hive.remote import Answer, Probe, Remotes
+from hive.remote import Answer, Probe, Remotes, hop_unreachable
 from hive.report import Progress
 
 
@@ -304,7 +304,7 @@ class Session:
         hops = _jumps(instance) if instance is not None else []
         down = next((hop for hop in hops if hop in found and not found[hop].reachable), None)
         if down is not None:
-            return f"its jump host {down} is unreachable: {found[down].reason}"
+            return hop_unreachable(down, found[down].reason)
         reason = found[name].reason
         named = reason.startswith(("its host key", "its jump host"))  # by itself: the hop's own, or not the path's
         return f"{reason} (through {', '.join(hops)})" if hops and not named else reason

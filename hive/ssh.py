@@ -298,6 +298,15 @@ def _control(control_dir: Path) -> dict[str, str]:
             "ControlPersist": "60"}
 
 
+def option(instance: Instance | None, key: str) -> str | None:
+    """The value `instance` gives the ssh option `key` (ssh's keywords are case-insensitive:
+    `ProxyJump`, `proxyjump`), or None."""
+    if instance is None:
+        return None
+    low = key.lower()
+    return next((v for k, v in instance.ssh.items() if k.lower() == low), None)
+
+
 def jump_chain(hive: Hive, name: str) -> list[str]:
     """The instances an ssh to instance `name` goes through (its ProxyJump hosts that are
     instances, theirs, and so on), nearest first."""
@@ -305,7 +314,7 @@ def jump_chain(hive: Hive, name: str) -> list[str]:
     todo = [name]
     while todo:
         instance = hive.instances.get(todo.pop(0))
-        jumps = next((v for k, v in instance.ssh.items() if k.lower() == "proxyjump"), "") if instance else ""
+        jumps = option(instance, "ProxyJump") or ""
         for hop in jumps.split(",") if jumps.lower() != "none" else ():
             host = hop.strip().removeprefix("ssh://").rpartition("@")[2]
             host = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
